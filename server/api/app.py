@@ -1,0 +1,132 @@
+"""The FastAPI application: routes only; the work is in jobs.service."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from fastapi.responses import FileResponse
+
+from ..jobs.resolve import RequestError
+from ..jobs.service import JobService
+from .errors import error_response, install_error_handlers
+from .schemas import ErrorResponse, Health, JobAccepted, JobCreate, JobList, JobOut
+
+ERRORS = {
+    404: {"model": ErrorResponse, "description": "no such job"},
+    409: {"model": ErrorResponse, "description": "the job is not in a state that allows this"},
+    413: {"model": ErrorResponse, "description": "request body too large"},
+    422: {"model": ErrorResponse, "description": "invalid request"},
+}
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise RequestError("payload_too_large", self._message(), status=413)
+            return message
+
+        try:
+            return await self.app(scope, counting_receive, send)
+        except RequestError as e:
+            if e.status != 413:
+                raise
+            return await self._too_large(scope, receive, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes // 2**20} MiB (server.max_body_mb)"
+
+    async def _too_large(self, scope, receive, send):
+        await error_response(413, "payload_too_large", self._message())(scope, receive, send)
+
+
+def create_app(service: JobService, max_body_bytes: int) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="SparseCtrl previs server",
+        summary="Sparse keyframe conditions in, a short video out (AnimateDiff v3 + SparseCtrl).",
+        version="1",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.get("/v1/health", response_model=Health)
+    def health():
+        return service.health()
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=ERRORS)
+    def submit(body: JobCreate, response: Response):
+        fields = body.model_dump()
+        fields["keyframes"] = [k.model_dump() for k in body.keyframes]
+        job = service.submit(fields)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return JobAccepted(id=job.id, status=job.status)
+
+    @app.get("/v1/jobs", response_model=JobList)
+    def list_jobs(limit: int = 50):
+        return JobList(jobs=[JobOut.of(j) for j in service.store.list(max(1, min(limit, 500)))])
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
+    def get_job(job_id: str):
+        return JobOut.of(service.get(job_id))
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
+    def cancel_job(job_id: str, response: Response):
+        job = service.cancel(job_id)
+        if job.status == "running":
+            response.status_code = 202  # stops within one denoising step; poll until "cancelled"
+        return JobOut.of(job)
+
+    def _finished_output(job_id: str):
+        job = service.get(job_id)
+        if job.status != "succeeded":
+            raise RequestError("not_ready", f"job {job_id} is {job.status}; its output exists once it succeeded", 409)
+        return job
+
+    @app.get(
+        "/v1/jobs/{job_id}/video",
+        response_class=FileResponse,
+        responses={200: {"content": {"video/mp4": {}}}, **ERRORS},
+    )
+    def get_video(job_id: str):
+        job = _finished_output(job_id)
+        return FileResponse(service.files.video(job.id), media_type="video/mp4", filename=f"{job.id}.mp4")
+
+    @app.get(
+        "/v1/jobs/{job_id}/frames/{n}.png",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    )
+    def get_frame(job_id: str, n: int):
+        job = _finished_output(job_id)
+        if not 0 <= n < job.request["num_frames"]:
+            raise RequestError("not_found", f"frame {n} is outside 0..{job.request['num_frames'] - 1}", 404)
+        return FileResponse(service.files.frame(job.id, n), media_type="image/png")
+
+    return app

@@ -1,0 +1,111 @@
+"""Request and response bodies of the HTTP API; these models are the OpenAPI schema at /docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine.request import SCHEDULER_NAMES
+from ..jobs.resolve import SEED_MAX
+from ..jobs.store import JobRecord
+
+Modality = Literal["lineart", "rgb", "depth"]
+SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class KeyframeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    index: int = Field(ge=0, description="0-based index of the generated frame this image conditions")
+    image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
+
+
+class JobCreate(BaseModel):
+    """A generation request. Omitted optional fields take the server's configured defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: str
+    negative_prompt: str | None = None
+    modality: Modality
+    num_frames: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=8, multiple_of=8)
+    height: int | None = Field(None, ge=8, multiple_of=8)
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    conditioning_scale: float | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    scheduler: SchedulerName | None = None  # type: ignore[valid-type]
+    fps: int | None = Field(None, ge=1)
+    keyframes: list[KeyframeIn] = Field(min_length=1)
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    progress: Progress
+    error: ErrorInfo | None
+    request: dict[str, Any] = Field(description="the resolved request (defaults applied), keyframes without images")
+    seed: int
+    model: str
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    video_url: str | None = Field(description="where the MP4 is served once the job succeeded")
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobOut:
+        error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
+        return cls(
+            id=job.id,
+            status=job.status,
+            progress=Progress(step=job.step, total=job.total),
+            error=error,
+            request=job.request,
+            seed=job.seed,
+            model=job.model,
+            cancel_requested=job.cancel_requested,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            video_url=f"/v1/jobs/{job.id}/video" if job.status == "succeeded" else None,
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    tiny: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    device: str
+    dtype: str
+    model: ModelInfo
+    modalities: list[Modality]
+    queue_length: int = Field(description="jobs waiting, not counting the running one")
+    running_job: str | None

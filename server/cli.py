@@ -1,0 +1,211 @@
+"""Command line: `python -m server [serve]` starts the HTTP server; `python -m server generate` makes one clip.
+
+Flags override the config file, which overrides server/defaults.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import MODALITIES, Config, ConfigError, load_config
+
+log = logging.getLogger("server")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config laid over server/defaults.toml")
+    p.add_argument(
+        "--model",
+        metavar="tiny|FOLDER",
+        help="'tiny' for the random-weight test model (no weights needed), or a diffusers SD1.5 folder",
+    )
+    p.add_argument("--motion-adapter", metavar="FOLDER", help="diffusers MotionAdapter folder")
+    p.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        metavar="MODALITY=FOLDER",
+        help=f"SparseControlNetModel folder for a modality ({', '.join(MODALITIES)}); repeatable",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", help="auto, float16, bfloat16, float32")
+    p.add_argument("--data-dir", metavar="DIR", help="where jobs, videos and the tiny model are kept")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    server: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for flag, table, key in (
+        ("host", server, "host"),
+        ("port", server, "port"),
+        ("data_dir", server, "data_dir"),
+        ("log_level", server, "log_level"),
+        ("model", model, "base"),
+        ("motion_adapter", model, "motion_adapter"),
+        ("device", model, "device"),
+        ("dtype", model, "dtype"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            table[key] = value
+    encoders = {}
+    for item in args.encoder:
+        modality, sep, folder = item.partition("=")
+        if not sep or not folder:
+            raise ConfigError(f"--encoder takes MODALITY=FOLDER, got {item!r}")
+        encoders[modality] = folder
+    if encoders:
+        model["encoders"] = encoders
+    return {k: v for k, v in (("server", server), ("model", model)) if v}
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _load_engine(config: Config):
+    from .engine.engine import Engine
+    from .engine.models import load_model
+
+    model = load_model(config.model, config.data_dir)
+    return Engine(model, config.scheduler, keep_encoders_on_device=config.model.encoders_on_device)
+
+
+def serve(config: Config) -> int:
+    import uvicorn
+
+    from .api.app import create_app
+    from .jobs.service import JobService
+
+    engine = _load_engine(config)
+    data_dir = config.data_dir
+    service = JobService(config, engine, data_dir)
+    app = create_app(service, max_body_bytes=config.server.max_body_mb * 2**20)
+    tiny = " -- TINY RANDOM MODEL: output is noise, for testing the pipeline only" if engine.model.tiny else ""
+    log.info(
+        "serving model %s on http://%s:%d (data dir %s)%s",
+        engine.model.name,
+        config.server.host,
+        config.server.port,
+        data_dir,
+        tiny,
+    )
+    uvicorn.run(
+        app, host=config.server.host, port=config.server.port, log_level=config.server.log_level, access_log=False
+    )
+    return 0
+
+
+def generate(config: Config, args: argparse.Namespace) -> int:
+    from .engine.engine import random_seed
+    from .jobs.resolve import RequestError, resolve_request
+    from .video.encode import write_mp4, write_pngs
+
+    keyframes = []
+    for item in args.keyframe:
+        index, sep, path = item.partition(":")
+        if not sep or not index.isdigit():
+            raise ConfigError(f"--keyframe takes INDEX:IMAGE, got {item!r}")
+        try:
+            keyframes.append({"index": int(index), "image": Path(path).read_bytes()})
+        except OSError as e:
+            raise ConfigError(f"cannot read keyframe image {path}: {e.strerror}") from None
+    fields = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "modality": args.modality,
+        "num_frames": args.frames,
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "conditioning_scale": args.conditioning_scale,
+        "seed": args.seed,
+        "scheduler": args.scheduler,
+        "fps": args.fps,
+        "keyframes": keyframes,
+    }
+    engine = _load_engine(config)
+    try:
+        request = resolve_request(fields, config, engine.modalities, seed=random_seed()).request
+    except RequestError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    with tqdm(total=request.steps, unit="step", desc="generating") as bar:
+        result = engine.generate(request, on_step=lambda step, total: bar.update(step - bar.n))
+    out = write_mp4(result.frames, request.fps, Path(args.out))
+    if args.frames_dir:
+        write_pngs(result.frames, Path(args.frames_dir))
+    print(
+        f"wrote {out} ({request.num_frames} frames {request.width}x{request.height} at {request.fps} fps, "
+        f"seed {result.seed}, {result.seconds:.1f} s)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    p_serve = sub.add_parser("serve", help="start the HTTP server (the default)")
+    for p in (parser, p_serve):
+        _add_model_flags(p)
+        p.add_argument("--host", help="interface to bind (default 127.0.0.1, this machine only)")
+        p.add_argument("--port", type=int, help="port (default 8765)")
+
+    g = sub.add_parser("generate", help="make one clip without HTTP")
+    _add_model_flags(g)
+    g.add_argument("--modality", required=True, choices=MODALITIES)
+    g.add_argument(
+        "--keyframe",
+        action="append",
+        required=True,
+        metavar="INDEX:IMAGE",
+        help="condition image for generated frame INDEX (0-based); repeatable",
+    )
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt")
+    g.add_argument("--frames", type=int, help="number of generated frames")
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--conditioning-scale", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--scheduler")
+    g.add_argument("--fps", type=int)
+    g.add_argument("--out", required=True, metavar="CLIP.mp4")
+    g.add_argument("--frames-dir", metavar="DIR", help="also write every frame as DIR/NNNN.png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(config.server.log_level)
+
+    from .engine.models import ModelLoadError
+
+    try:
+        if args.command == "generate":
+            return generate(config, args)
+        return serve(config)
+    except (ConfigError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,160 @@
+"""Server configuration: the packaged defaults.toml, a user's TOML laid over it, flags laid over that.
+
+The values themselves live only in defaults.toml; this module gives them types and checks that a user's
+file names only keys that exist, so a typo is an error at start rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODALITIES = ("lineart", "rgb", "depth")
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be used; the message names the key or file."""
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str
+    port: int
+    data_dir: str
+    max_body_mb: int
+    log_level: str
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    base: str
+    motion_adapter: str
+    device: str
+    dtype: str
+    encoders_on_device: bool
+    encoders: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.base == "tiny"
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    negative_prompt: str
+    num_frames: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    conditioning_scale: float
+    scheduler: str
+    fps: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_size: int
+    max_size: int
+    max_frames: int
+    max_steps: int
+    max_guidance_scale: float
+    max_conditioning_scale: float
+    max_fps: int
+    max_prompt_chars: int
+    max_image_pixels: int
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection
+    model: ModelSection
+    generation: GenerationDefaults
+    scheduler: dict[str, Any]
+    limits: Limits
+
+    @property
+    def data_dir(self) -> Path:
+        if self.server.data_dir:
+            return Path(self.server.data_dir).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(base) / "sparsectrl-previs"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _packaged_defaults() -> dict[str, Any]:
+    return _read_toml(Path(__file__).with_name("defaults.toml"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], where: str, open_tables: set[str]) -> dict[str, Any]:
+    """Lay `over` on `base`; keys unknown to `base` are errors except inside `open_tables`."""
+    out = dict(base)
+    for key, value in over.items():
+        path = f"{where}.{key}" if where else key
+        if key not in base and path not in open_tables and where not in open_tables:
+            raise ConfigError(f"unknown config key '{path}'")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _merge(base[key], value, path, open_tables)
+        else:
+            out[key] = value
+    return out
+
+
+# Tables whose keys are free-form: encoder names per modality, scheduler kwargs.
+_OPEN_TABLES = {"model.encoders", "scheduler"}
+
+
+def _typed(cls: type, table: dict[str, Any], name: str) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in table:
+            if f.name == "encoders":
+                continue
+            raise ConfigError(f"missing config key '{name}.{f.name}'")
+        value = table[f.name]
+        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
+        if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+            raise ConfigError(f"config key '{name}.{f.name}' should be {f.type}, got {value!r}")
+        kwargs[f.name] = float(value) if f.type == "float" else value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML at `path`, then `overrides` ({"server": {"port": 9000}, ...})."""
+    raw = _packaged_defaults()
+    if path:
+        raw = _merge(raw, _read_toml(Path(path)), "", _OPEN_TABLES)
+    if overrides:
+        raw = _merge(raw, overrides, "", _OPEN_TABLES)
+
+    model_table = dict(raw["model"])
+    encoders = {str(k): str(v) for k, v in model_table.pop("encoders", {}).items() if v}
+    unknown = sorted(set(encoders) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"[model.encoders] names unknown modalities {unknown}; known: {list(MODALITIES)}")
+    model = _typed(ModelSection, model_table, "model")
+    model = ModelSection(**{**model.__dict__, "encoders": encoders})
+
+    generation_table = dict(raw["generation"])
+    if model.is_tiny:
+        generation_table.update(raw.get("tiny_generation", {}))
+    return Config(
+        server=_typed(ServerSection, raw["server"], "server"),
+        model=model,
+        generation=_typed(GenerationDefaults, generation_table, "generation"),
+        scheduler=dict(raw.get("scheduler", {})),
+        limits=_typed(Limits, raw["limits"], "limits"),
+    )

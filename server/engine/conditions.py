@@ -1,0 +1,59 @@
+"""Keyframe images: decoded safely, then fitted to the generation size the documented way.
+
+Fitting (docs/api.md): the image is scaled, keeping its aspect ratio, until it covers width x height, then
+centre-cropped to exactly width x height (Lanczos). Transparent pixels become black (the "no line" colour of
+line art and the "far" of depth); greyscale is replicated to RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+class ImageError(ValueError):
+    """A keyframe image that cannot be used; the message says why."""
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode image bytes into an RGB image, refusing oversized images before their pixels are decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(f"image is {width}x{height}, more than the {max_pixels} pixels allowed")
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image is too large to decode") from None
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise ImageError(f"not a readable PNG/JPEG/WebP image ({type(e).__name__})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def fit_to_size(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width x height keeping the aspect ratio, then centre-crop to exactly that size."""
+    if img.size == (width, height):
+        return img
+    scale = max(width / img.width, height / img.height)
+    scaled_w = max(width, round(img.width * scale))
+    scaled_h = max(height, round(img.height * scale))
+    img = img.resize((scaled_w, scaled_h), Image.Resampling.LANCZOS)
+    left = (scaled_w - width) // 2
+    top = (scaled_h - height) // 2
+    return img.crop((left, top, left + width, top + height))

@@ -1,0 +1,169 @@
+"""The generation engine: one loaded model, a SparseCtrl encoder per modality, one request at a time.
+
+Generation is diffusers' AnimateDiffSparseControlNetPipeline, built per request around the already-loaded
+components (cheap: no weights are copied), so the encoder and scheduler can change between requests without
+reloading the base. The engine adds what a server needs around it: image fitting, determinism, progress,
+cancellation between steps, and giving memory back after every job.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .conditions import fit_to_size
+from .models import LoadedModel
+from .request import GenerationRequest
+from .schedulers import build_scheduler
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback when the job was cancelled; the pipeline unwinds through it."""
+
+
+class ModalityUnavailable(ValueError):
+    def __init__(self, modality: str, available: list[str]):
+        self.modality, self.available = modality, available
+        super().__init__(
+            f"no condition encoder is configured for modality '{modality}'; "
+            f"available: {', '.join(available) if available else 'none'}"
+        )
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    frames: np.ndarray  # uint8, (num_frames, height, width, 3)
+    seed: int
+    seconds: float
+    peak_memory_bytes: int | None  # accelerator peak during the job; None on CPU
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randrange(0, 2**32)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, scheduler_overrides: dict[str, Any], keep_encoders_on_device: bool = False):
+        self.model = model
+        self.scheduler_overrides = dict(scheduler_overrides)
+        self.keep_encoders_on_device = keep_encoders_on_device
+        self._active_modality: str | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.model.modalities
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _activate_encoder(self, modality: str):
+        """The encoder for `modality` on the device; unless all are kept there, the previous one leaves it."""
+        encoders = self.model.encoders
+        if modality not in encoders:
+            raise ModalityUnavailable(modality, self.modalities)
+        previous = self._active_modality
+        if previous not in (None, modality) and not self.keep_encoders_on_device:
+            encoders[previous].to("cpu")
+        self._active_modality = modality
+        return encoders[modality].to(self.device)
+
+    def build_pipeline(self, modality: str, scheduler: str):
+        """diffusers' SparseCtrl pipeline around the loaded components, with this request's encoder and scheduler."""
+        from diffusers import AnimateDiffSparseControlNetPipeline
+
+        m = self.model
+        pipe = AnimateDiffSparseControlNetPipeline(
+            vae=m.vae,
+            text_encoder=m.text_encoder,
+            tokenizer=m.tokenizer,
+            unet=m.unet,
+            motion_adapter=None,  # already merged into m.unet (a UNetMotionModel)
+            controlnet=self._activate_encoder(modality),
+            scheduler=build_scheduler(scheduler, m.scheduler_config, self.scheduler_overrides),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        """Run one request to frames. Raises JobCancelled if `should_cancel()` turns true between steps."""
+        started = time.perf_counter()
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        # 1. Pipeline with this request's encoder and scheduler.
+        pipe = self.build_pipeline(request.modality, request.scheduler)
+
+        # 2. Keyframes in index order, each fitted to the generation size.
+        keyframes = sorted(request.keyframes, key=lambda k: k.index)
+        images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
+        indices = [k.index for k in keyframes]
+
+        # 3. Progress and cancellation between denoising steps.
+        def step_end(_pipe, step: int, _timestep, callback_kwargs):
+            if on_step is not None:
+                on_step(step + 1, request.steps)
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled()
+            return callback_kwargs
+
+        # 4. Denoise and decode. The seed drives the request's generator and, isolated by fork_rng, the global
+        #    RNG too: the RGB encoder's VAE encoding samples from it, and it must repeat as well.
+        try:
+            with torch.random.fork_rng(devices=[self.device] if cuda else []):
+                torch.manual_seed(request.seed)
+                generator = torch.Generator(device=self.device).manual_seed(request.seed)
+                output = pipe(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt or None,
+                    num_frames=request.num_frames,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance_scale,
+                    conditioning_frames=images,
+                    controlnet_frame_indices=indices,
+                    controlnet_conditioning_scale=request.conditioning_scale,
+                    generator=generator,
+                    output_type="np",
+                    callback_on_step_end=step_end,
+                )
+            frames = to_uint8(output.frames[0])
+            del output
+        finally:
+            # 5. Give memory back before the next job (the reference scripts ran out on the second one).
+            del pipe
+            self.release_memory()
+
+        peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
+        return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
+
+    def release_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()

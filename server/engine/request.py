@@ -1,0 +1,35 @@
+"""What the engine is asked to make: a fully resolved request (defaults already applied, limits checked)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+# The scheduler names the API accepts (engine/schedulers.py maps each to a diffusers class).
+SCHEDULER_NAMES = ("ddim", "euler", "euler_a", "dpm++ 2m", "dpm++ 2m karras", "lcm", "pndm")
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """A condition image for one generated frame (0-based index into the clip)."""
+
+    index: int
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    modality: str
+    num_frames: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    conditioning_scale: float
+    seed: int
+    scheduler: str
+    fps: int
+    keyframes: list[Keyframe] = field(default_factory=list)

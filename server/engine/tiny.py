@@ -1,0 +1,200 @@
+"""A tiny random-weight model of the real classes, written offline as real diffusers folders.
+
+`--model tiny` and the tests use it: the same classes as Stable Diffusion 1.5 + AnimateDiff v3 + SparseCtrl,
+with a few channels each, so that everything downstream (loading, the pipeline, the HTTP contract, video)
+runs for real on a CPU in seconds. Its output is structured noise, never a preview; the server says so.
+
+Layout written (the same as the real weights' folders, see docs/weights.md):
+    ROOT/base/{unet,vae,text_encoder,tokenizer,scheduler}/ + model_index.json
+    ROOT/motion_adapter/
+    ROOT/encoders/{lineart,rgb,depth}/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Bump when the tiny architecture changes, so a cached folder from an older build is rebuilt.
+TINY_VERSION = "1"
+CROSS_ATTENTION_DIM = 32
+BLOCK_OUT_CHANNELS = (32, 64)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table (from the published algorithm)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def write_tokenizer(folder: Path) -> int:
+    """Write a CLIP BPE tokenizer that covers every byte (so any prompt tokenizes); returns vocab size."""
+    from transformers import CLIPTokenizer
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    # A handful of merges so the BPE does real merging on common English.
+    merges = ["t h", "th e</w>", "a n", "i n", "e r</w>", "o n</w>", "a r", "e d</w>"]
+    for m in merges:
+        vocab_list.append("".join(m.split(" ")))
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return len(vocab)
+
+
+def _randomise_zero_params(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """ControlNet-style zero-initialised layers make a random model ignore its conditions; fill them."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.numel() and torch.count_nonzero(p) == 0:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+
+
+def build_tiny_model(root: Path, seed: int = 0) -> Path:
+    """Write the tiny model under `root` (idempotent: an up-to-date folder is kept). Returns `root`."""
+    from diffusers import (
+        AutoencoderKL,
+        MotionAdapter,
+        PNDMScheduler,
+        SparseControlNetModel,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = Path(root)
+    stamp = root / "tiny_model.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_VERSION:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log.info("building the tiny random-weight model in %s", root)
+
+    generator = torch.Generator().manual_seed(seed)
+    vocab_size = write_tokenizer(tmp / "tokenizer-tmp")
+    tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer-tmp")
+    shutil.rmtree(tmp / "tokenizer-tmp")
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=BLOCK_OUT_CHANNELS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    # Four VAE blocks: the same 8x downscale as SD1.5, so image sizes mean the same as on the real model.
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=CROSS_ATTENTION_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # SD1.5 ships a PNDM config carrying keys (skip_prk_steps, set_alpha_to_one) that other schedulers lack.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(tmp / "base")
+
+    adapter = MotionAdapter(
+        block_out_channels=BLOCK_OUT_CHANNELS,
+        motion_layers_per_block=1,
+        motion_norm_num_groups=8,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=32,
+    )
+    _randomise_zero_params(adapter, generator)
+    adapter.save_pretrained(tmp / "motion_adapter")
+
+    common = dict(
+        in_channels=4,
+        block_out_channels=BLOCK_OUT_CHANNELS,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=32,
+        concat_conditioning_mask=True,
+    )
+    encoder_kinds = {
+        # Like the released scribble encoder: image pixels through a conv embedding.
+        "lineart": dict(
+            conditioning_channels=3,
+            use_simplified_condition_embedding=False,
+            conditioning_embedding_out_channels=(8, 8, 8, 8),
+        ),
+        # Like the released RGB encoder: VAE latents through a single conv.
+        "rgb": dict(conditioning_channels=4, use_simplified_condition_embedding=True),
+        "depth": dict(
+            conditioning_channels=3,
+            use_simplified_condition_embedding=False,
+            conditioning_embedding_out_channels=(8, 8, 8, 8),
+        ),
+    }
+    for modality, kind in encoder_kinds.items():
+        encoder = SparseControlNetModel(**common, **kind)
+        _randomise_zero_params(encoder, generator)
+        encoder.save_pretrained(tmp / "encoders" / modality)
+
+    (tmp / "tiny_model.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    tmp.rename(root)
+    return root

@@ -1,0 +1,1 @@
+"""Jobs: resolving requests, the SQLite job store, job files, and the single GPU worker."""

@@ -1,0 +1,148 @@
+"""Turning a submitted request (plain data) into a resolved one: config defaults applied, limits checked,
+keyframe images decoded. Shared by the HTTP API and the `generate` CLI; imports neither FastAPI nor torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import MODALITIES, Config
+from ..engine.conditions import ImageError, decode_image
+from ..engine.request import SCHEDULER_NAMES, GenerationRequest, Keyframe
+
+SEED_MAX = 2**32 - 1
+
+
+class RequestError(ValueError):
+    """A request that cannot be run; `code` is the API error code, `status` the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    request: GenerationRequest
+
+    def echo(self) -> dict[str, Any]:
+        """The request as stored and echoed by the API: every field, keyframes without their images."""
+        fields = asdict(self.request) | {"keyframes": [{"index": k.index} for k in self.request.keyframes]}
+        return fields
+
+    def keyframe_pngs(self) -> dict[int, bytes]:
+        out = {}
+        for k in self.request.keyframes:
+            buf = io.BytesIO()
+            k.image.save(buf, format="PNG")
+            out[k.index] = buf.getvalue()
+        return out
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise RequestError("invalid_request", f"{name} must be between {low} and {high}, got {value}")
+
+
+def decode_keyframe_image(data: str | bytes, index: int, max_pixels: int):
+    if isinstance(data, str):
+        if data.startswith("data:"):
+            data = data.partition(",")[2]
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("invalid_image", f"keyframe {index}: image is not valid base64") from None
+    try:
+        return decode_image(data, max_pixels)
+    except ImageError as e:
+        raise RequestError("invalid_image", f"keyframe {index}: {e}") from None
+
+
+def resolve_request(
+    fields: dict[str, Any],
+    config: Config,
+    modalities: list[str],
+    seed: int,
+) -> ResolvedJob:
+    """Apply defaults from `config`, check every limit, decode keyframes. `seed` is used when none is given.
+
+    `fields` has the API's field names; keyframes are [{"index": int, "image": base64 str | bytes}].
+    """
+    d, lim = config.generation, config.limits
+    get = lambda name: d.__dict__[name] if fields.get(name) is None else fields[name]  # noqa: E731
+
+    prompt = fields.get("prompt") or ""
+    negative_prompt = get("negative_prompt")
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if len(text) > lim.max_prompt_chars:
+            raise RequestError("invalid_request", f"{name} is longer than {lim.max_prompt_chars} characters")
+
+    modality = fields.get("modality")
+    if modality not in MODALITIES:
+        raise RequestError("invalid_request", f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+    if modality not in modalities:
+        raise RequestError(
+            "modality_unavailable",
+            f"no condition encoder is configured for modality '{modality}' on this server; "
+            f"available: {', '.join(modalities) if modalities else 'none'}",
+        )
+
+    num_frames, width, height, steps = get("num_frames"), get("width"), get("height"), get("steps")
+    _check_range("num_frames", num_frames, 1, lim.max_frames)
+    for name, size in (("width", width), ("height", height)):
+        _check_range(name, size, lim.min_size, lim.max_size)
+        if size % 8:
+            raise RequestError("invalid_request", f"{name} must be a multiple of 8, got {size}")
+    _check_range("steps", steps, 1, lim.max_steps)
+    guidance_scale, conditioning_scale = float(get("guidance_scale")), float(get("conditioning_scale"))
+    _check_range("guidance_scale", guidance_scale, 0.0, lim.max_guidance_scale)
+    _check_range("conditioning_scale", conditioning_scale, 0.0, lim.max_conditioning_scale)
+    fps = get("fps")
+    _check_range("fps", fps, 1, lim.max_fps)
+    scheduler = get("scheduler")
+    if scheduler not in SCHEDULER_NAMES:
+        raise RequestError("invalid_request", f"scheduler must be one of {list(SCHEDULER_NAMES)}, got {scheduler!r}")
+    if fields.get("seed") is not None:
+        seed = fields["seed"]
+    _check_range("seed", seed, 0, SEED_MAX)
+
+    raw_keyframes = fields.get("keyframes") or []
+    if not raw_keyframes:
+        raise RequestError("invalid_request", "at least one keyframe is needed")
+    if len(raw_keyframes) > num_frames:
+        raise RequestError(
+            "invalid_request", f"{len(raw_keyframes)} keyframes for {num_frames} frames: at most one per frame"
+        )
+    seen: set[int] = set()
+    keyframes = []
+    for kf in raw_keyframes:
+        index = kf["index"]
+        if not 0 <= index < num_frames:
+            raise RequestError("invalid_request", f"keyframe index {index} is outside 0..{num_frames - 1}")
+        if index in seen:
+            raise RequestError("invalid_request", f"two keyframes have index {index}")
+        seen.add(index)
+        keyframes.append(Keyframe(index, decode_keyframe_image(kf["image"], index, lim.max_image_pixels)))
+    keyframes.sort(key=lambda k: k.index)
+
+    return ResolvedJob(
+        GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            modality=modality,
+            num_frames=num_frames,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            conditioning_scale=conditioning_scale,
+            seed=seed,
+            scheduler=scheduler,
+            fps=fps,
+            keyframes=keyframes,
+        )
+    )

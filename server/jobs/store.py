@@ -1,0 +1,183 @@
+"""Job records in SQLite: one connection behind a lock, WAL, and guarded state changes.
+
+A job moves queued -> running -> succeeded | failed | cancelled, or queued -> cancelled; a finished job never
+changes again (every update names the state it expects to leave). On open, a job that was running when the
+previous process died is marked failed with code `interrupted`; queued jobs stay queued and run.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: str
+    request: dict[str, Any]  # the resolved request, without images
+    seed: int
+    model: str
+    step: int
+    total: int
+    cancel_requested: bool
+    error_code: str | None
+    error_message: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class JobStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+        self.interrupted_on_open = self._mark_interrupted()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _mark_interrupted(self) -> list[str]:
+        with self.transaction() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))]
+            db.execute(
+                "UPDATE jobs SET status = ?, error_code = 'interrupted', finished_at = ?, "
+                "error_message = 'the server stopped while this job was running; submit it again' "
+                "WHERE status = ?",
+                (FAILED, time.time(), RUNNING),
+            )
+        return ids
+
+    def create(self, job_id: str, request: dict[str, Any], seed: int, model: str, total: int) -> JobRecord:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, status, request, seed, model, total, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, QUEUED, json.dumps(request), seed, model, total, time.time()),
+            )
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def list(self, limit: int = 50) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [_record(r) for r in rows]
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
+
+    def claim_next(self) -> JobRecord | None:
+        """Move the oldest queued job to running and return it (None if the queue is empty)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET status = ?, started_at = ? WHERE id = ? AND status = ?",
+                (RUNNING, time.time(), row["id"], QUEUED),
+            )
+        return self.get(row["id"])
+
+    def set_progress(self, job_id: str, step: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET step = ? WHERE id = ? AND status = ?", (step, job_id, RUNNING))
+
+    def finish(self, job_id: str, status: str, error_code: str | None = None, error_message: str | None = None) -> bool:
+        """Running -> a finished state. False if the job was not running (it never changes twice)."""
+        assert status in FINISHED
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, finished_at = ? "
+                "WHERE id = ? AND status = ?",
+                (status, error_code, error_message, time.time(), job_id, RUNNING),
+            )
+        return cur.rowcount == 1
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job at once, or flag a running one (the worker stops it within a step)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, cancel_requested = 1 WHERE id = ? AND status = ?",
+                (CANCELLED, now, job_id, QUEUED),
+            )
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?", (job_id, RUNNING))
+        return self.get(job_id)
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        status=row["status"],
+        request=json.loads(row["request"]),
+        seed=row["seed"],
+        model=row["model"],
+        step=row["step"],
+        total=row["total"],
+        cancel_requested=bool(row["cancel_requested"]),
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

@@ -1,0 +1,140 @@
+"""The single worker: takes queued jobs in submission order and runs them on the engine, one at a time.
+
+It runs in a thread of the server process; torch releases the GIL in its kernels, so the HTTP side keeps
+answering while a job runs. An exception fails only its job; the worker lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from PIL import Image
+from tqdm import tqdm
+
+from ..engine.engine import Engine, JobCancelled, ModalityUnavailable
+from ..engine.request import GenerationRequest, Keyframe
+from ..video.encode import write_mp4, write_pngs
+from .files import JobFiles
+from .store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+OOM_HINT = (
+    "out of memory: try fewer frames, a smaller width/height, or a lower-memory mode "
+    "(see docs/troubleshooting.md); the server has freed the memory and takes the next job"
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+class Worker:
+    def __init__(self, engine: Engine, store: JobStore, files: JobFiles, progress_bar: bool = True):
+        self.engine, self.store, self.files = engine, store, files
+        self.progress_bar = progress_bar
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="sparsectrl-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current step; a job cut short is recorded as interrupted."""
+        self._stopping.set()
+        self._cancel.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._lock:
+            if self._current == job_id:
+                self._cancel.set()
+
+    @property
+    def current_job_id(self) -> str | None:
+        return self._current
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _load_request(self, job: JobRecord) -> GenerationRequest:
+        fields = {k: v for k, v in job.request.items() if k != "keyframes"}
+        keyframes = []
+        for kf in job.request["keyframes"]:
+            with Image.open(self.files.keyframe(job.id, kf["index"])) as img:
+                keyframes.append(Keyframe(kf["index"], img.convert("RGB")))
+        return GenerationRequest(**fields, keyframes=keyframes)
+
+    def _run(self, job: JobRecord) -> None:
+        with self._lock:
+            self._current = job.id
+            self._cancel.clear()
+        # A cancel that arrived between claiming and the line above is in the record.
+        latest = self.store.get(job.id)
+        if latest is not None and latest.cancel_requested:
+            self._cancel.set()
+
+        bar = tqdm(
+            total=job.total,
+            desc=f"job {job.id[:8]}",
+            unit="step",
+            file=sys.stderr,
+            disable=not self.progress_bar,
+            dynamic_ncols=True,
+        )
+
+        def on_step(step: int, total: int) -> None:
+            self.store.set_progress(job.id, step)
+            bar.update(step - bar.n)
+
+        try:
+            request = self._load_request(job)
+            result = self.engine.generate(request, on_step=on_step, should_cancel=self._cancel.is_set)
+            write_pngs(result.frames, self.files.frames(job.id))
+            write_mp4(result.frames, request.fps, self.files.video(job.id))
+            self.store.finish(job.id, SUCCEEDED)
+            peak = f", peak {result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else ""
+            log.info("job %s succeeded in %.1f s (seed %d%s)", job.id, result.seconds, result.seed, peak)
+        except JobCancelled:
+            if self._stopping.is_set():
+                self.store.finish(job.id, FAILED, "interrupted", "the server stopped while this job was running")
+                log.info("job %s interrupted by shutdown", job.id)
+            else:
+                self.store.finish(job.id, CANCELLED)
+                log.info("job %s cancelled", job.id)
+        except ModalityUnavailable as e:
+            self.store.finish(job.id, FAILED, "modality_unavailable", str(e))
+        except Exception as e:  # noqa: BLE001 - a job's failure must never end the worker
+            if is_out_of_memory(e):
+                self.store.finish(job.id, FAILED, "out_of_memory", OOM_HINT)
+                log.error("job %s ran out of memory: %s", job.id, e)
+            else:
+                self.store.finish(job.id, FAILED, "generation_failed", f"{type(e).__name__}: {e}")
+                log.exception("job %s failed", job.id)
+        finally:
+            bar.close()
+            with self._lock:
+                self._current = None
+            self.engine.release_memory()
