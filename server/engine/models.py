@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 TINY_NAME = "tiny-random"
 
 
+class _DropEmptyFp32Warning(logging.Filter):
+    """diffusers warns that modules "should be kept in float32: []" when casting UNetMotionModel: an empty list."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropEmptyFp32Warning())
+
+
 class ModelLoadError(RuntimeError):
     """Weights that cannot be loaded; the message names the folder and what was expected there."""
 

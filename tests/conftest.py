@@ -1,0 +1,59 @@
+"""Shared fixtures: the tiny random-weight model, built once per test session into real diffusers folders."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sketch(width: int = 64, height: int = 64, shift: int = 0):
+    """A white-on-black line drawing (what the line-art encoder expects), different for each `shift`."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((8 + shift, 12, width // 2 + shift, height - 10), outline="white", width=2)
+    draw.line((0, height - 6, width, height // 3), fill="white", width=2)
+    return img
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    from server.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_root):
+    from server.config import load_config
+
+    return load_config(overrides={"model": {"base": "tiny"}, "server": {"data_dir": str(tiny_root.parent.parent)}})
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_config, tiny_root):
+    from server.engine.engine import Engine
+    from server.engine.models import load_model
+
+    # data_dir/models/tiny is tiny_root, so the session's tiny model is reused, not rebuilt.
+    model = load_model(tiny_config.model, tiny_config.data_dir)
+    return Engine(model, tiny_config.scheduler)
+
+
+@pytest.fixture
+def data_dir_with_tiny(tmp_path, tiny_root) -> Path:
+    """A fresh data dir that already holds the tiny model (copied: building it again takes seconds)."""
+    shutil.copytree(tiny_root, tmp_path / "models" / "tiny")
+    return tmp_path

@@ -1,0 +1,197 @@
+"""The HTTP contract of docs/api.md, over a real uvicorn process on a loopback port."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import pytest
+
+from server.video.encode import read_video
+from tests.e2e.conftest import job_body, keyframe
+
+pytestmark = pytest.mark.slow
+
+
+def test_health_reports_device_model_and_modalities(configured_server):
+    health = configured_server.client.get("/v1/health").json()
+    assert health == {
+        "status": "ok",
+        "device": "cpu",
+        "dtype": "float32",
+        "model": {"name": "sd15-test", "tiny": False},
+        "modalities": ["lineart", "rgb"],
+        "queue_length": 0,
+        "running_job": None,
+    }
+
+
+def test_openapi_schema_and_docs_are_served(configured_server):
+    schema = configured_server.client.get("/openapi.json").json()
+    assert {"/v1/health", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/video"} <= set(schema["paths"])
+    assert configured_server.client.get("/docs").status_code == 200
+
+
+def test_submit_progress_then_video_and_frames(configured_server, tmp_path):
+    c = configured_server.client
+    r = c.post("/v1/jobs", json=job_body(steps=8, fps=12))
+    assert r.status_code == 202
+    accepted = r.json()
+    assert accepted["status"] == "queued" and r.headers["location"] == f"/v1/jobs/{accepted['id']}"
+
+    seen_steps = []
+    while (job := c.get(f"/v1/jobs/{accepted['id']}").json())["status"] in ("queued", "running"):
+        seen_steps.append(job["progress"]["step"])
+        time.sleep(0.02)
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == {"step": 8, "total": 8}
+    assert seen_steps == sorted(seen_steps) and len(set(seen_steps)) >= 2  # progress rose while running
+    assert job["seed"] == 7 and job["request"]["keyframes"] == [{"index": 0}, {"index": 15}]
+    assert "image" not in str(job["request"]) and job["error"] is None
+
+    video = c.get(job["video_url"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    (tmp_path / "clip.mp4").write_bytes(video.content)
+    frames, fps = read_video(tmp_path / "clip.mp4")
+    assert frames.shape == (16, 64, 64, 3) and fps == 12
+
+    png = c.get(f"/v1/jobs/{accepted['id']}/frames/15.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    from io import BytesIO
+
+    from PIL import Image
+
+    last = np.asarray(Image.open(BytesIO(png.content)))
+    assert last.shape == (64, 64, 3)
+    # The PNG is the lossless frame 15: of all video frames (lossy 4:2:0), frame 15 is the closest to it.
+    distances = [np.abs(last.astype(int) - f).mean() for f in frames]
+    assert int(np.argmin(distances)) == 15, distances
+    assert c.get(f"/v1/jobs/{accepted['id']}/frames/16.png").status_code == 404
+
+
+def test_same_request_and_seed_give_identical_frames_over_http(configured_server):
+    c = configured_server.client
+    ids = [c.post("/v1/jobs", json=job_body(modality="rgb", seed=123)).json()["id"] for _ in range(2)]
+    for job_id in ids:
+        assert configured_server.wait_for(job_id)["status"] == "succeeded"
+    a, b = (c.get(f"/v1/jobs/{i}/frames/{n}.png").content for i in ids for n in (9,))
+    assert a == b
+
+
+def test_jobs_run_one_at_a_time_in_submission_order(configured_server):
+    c = configured_server.client
+    ids = [c.post("/v1/jobs", json=job_body(steps=2, seed=i)).json()["id"] for i in range(4)]
+    jobs = [configured_server.wait_for(i) for i in ids]
+    assert all(j["status"] == "succeeded" for j in jobs)
+    for earlier, later in zip(jobs, jobs[1:]):
+        assert earlier["finished_at"] <= later["started_at"]
+
+
+def test_cancel_a_running_job_within_a_step_while_health_stays_fast(configured_server):
+    c = configured_server.client
+    long_job = c.post("/v1/jobs", json=job_body(num_frames=32, width=128, height=128, steps=150)).json()["id"]
+    queued_job = c.post("/v1/jobs", json=job_body()).json()["id"]
+    configured_server.wait_for(long_job, statuses=("running",))
+    while c.get(f"/v1/jobs/{long_job}").json()["progress"]["step"] < 1:
+        time.sleep(0.02)
+
+    latencies = []
+    for _ in range(10):
+        started = time.perf_counter()
+        health = c.get("/v1/health")
+        latencies.append(time.perf_counter() - started)
+        assert health.json()["running_job"] == long_job
+    print(
+        f"/v1/health during generation: median {statistics.median(latencies) * 1000:.1f} ms, "
+        f"max {max(latencies) * 1000:.1f} ms over {len(latencies)} calls"
+    )
+    assert statistics.median(latencies) < 0.1
+
+    r = c.delete(f"/v1/jobs/{queued_job}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+    r = c.delete(f"/v1/jobs/{long_job}")
+    assert r.status_code == 202 and r.json()["cancel_requested"]
+    step_at_cancel = r.json()["progress"]["step"]
+    job = configured_server.wait_for(long_job, timeout=30)
+    assert job["status"] == "cancelled"
+    assert job["progress"]["step"] <= step_at_cancel + 2 < 150
+    assert c.delete(f"/v1/jobs/{long_job}").status_code == 409
+    assert c.get(f"/v1/jobs/{long_job}/video").status_code == 409
+
+    # The worker lives on.
+    after = c.post("/v1/jobs", json=job_body(steps=2)).json()["id"]
+    assert configured_server.wait_for(after)["status"] == "succeeded"
+
+
+BAD_REQUESTS = [
+    # (name, method, path, json body or raw bytes, status, error code)
+    ("missing prompt", "POST", "/v1/jobs", {"modality": "lineart", "keyframes": [keyframe(0)]}, 422, "invalid_request"),
+    ("missing modality", "POST", "/v1/jobs", {"prompt": "x", "keyframes": [keyframe(0)]}, 422, "invalid_request"),
+    ("unknown modality", "POST", "/v1/jobs", job_body(modality="normal"), 422, "invalid_request"),
+    ("modality without encoder", "POST", "/v1/jobs", job_body(modality="depth"), 422, "modality_unavailable"),
+    ("missing keyframes", "POST", "/v1/jobs", {"prompt": "x", "modality": "lineart"}, 422, "invalid_request"),
+    ("empty keyframes", "POST", "/v1/jobs", job_body(keyframes=[]), 422, "invalid_request"),
+    (
+        "keyframe past the end",
+        "POST",
+        "/v1/jobs",
+        job_body(num_frames=8, keyframes=[keyframe(8)]),
+        422,
+        "invalid_request",
+    ),
+    ("negative keyframe index", "POST", "/v1/jobs", job_body(keyframes=[keyframe(-1)]), 422, "invalid_request"),
+    ("duplicate indices", "POST", "/v1/jobs", job_body(keyframes=[keyframe(3), keyframe(3)]), 422, "invalid_request"),
+    (
+        "more keyframes than frames",
+        "POST",
+        "/v1/jobs",
+        job_body(num_frames=2, keyframes=[keyframe(0), keyframe(1), keyframe(1)]),
+        422,
+        "invalid_request",
+    ),
+    ("width not a multiple of 8", "POST", "/v1/jobs", job_body(width=100), 422, "invalid_request"),
+    ("width over the limit", "POST", "/v1/jobs", job_body(width=4096), 422, "invalid_request"),
+    ("too many frames", "POST", "/v1/jobs", job_body(num_frames=1000), 422, "invalid_request"),
+    ("zero steps", "POST", "/v1/jobs", job_body(steps=0), 422, "invalid_request"),
+    ("too many steps", "POST", "/v1/jobs", job_body(steps=10_000), 422, "invalid_request"),
+    ("unknown scheduler", "POST", "/v1/jobs", job_body(scheduler="heun"), 422, "invalid_request"),
+    ("negative seed", "POST", "/v1/jobs", job_body(seed=-1), 422, "invalid_request"),
+    ("string for a number", "POST", "/v1/jobs", job_body(num_frames="16"), 422, "invalid_request"),
+    ("number for the prompt", "POST", "/v1/jobs", job_body(prompt=5), 422, "invalid_request"),
+    ("unknown field", "POST", "/v1/jobs", job_body(stpes=10), 422, "invalid_request"),
+    ("prompt too long", "POST", "/v1/jobs", job_body(prompt="x" * 5000), 422, "invalid_request"),
+    ("image not base64", "POST", "/v1/jobs", job_body(keyframes=[{"index": 0, "image": "%%%"}]), 422, "invalid_image"),
+    (
+        "image not an image",
+        "POST",
+        "/v1/jobs",
+        job_body(keyframes=[{"index": 0, "image": "aGVsbG8="}]),
+        422,
+        "invalid_image",
+    ),
+    ("malformed JSON", "POST", "/v1/jobs", b'{"prompt": ', 422, "invalid_request"),
+    ("JSON list", "POST", "/v1/jobs", b"[1, 2]", 422, "invalid_request"),
+    ("body over max_body_mb", "POST", "/v1/jobs", b"{" + b" " * (2 * 2**20) + b"}", 413, "payload_too_large"),
+    ("unknown job", "GET", "/v1/jobs/0123456789abcdef0123456789abcdef", None, 404, "not_found"),
+    ("not a job id", "GET", "/v1/jobs/nope", None, 404, "not_found"),
+    ("traversal in job id", "GET", "/v1/jobs/..%2F..%2Fjobs.sqlite3/video", None, 404, "not_found"),
+    ("traversal in path", "GET", "/v1/jobs/../../etc/passwd", None, 404, "not_found"),
+    ("cancel unknown job", "DELETE", "/v1/jobs/0123456789abcdef0123456789abcdef", None, 404, "not_found"),
+    ("unknown route", "GET", "/v2/health", None, 404, "not_found"),
+    ("wrong method", "PUT", "/v1/jobs", None, 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize("name, method, path, body, status, code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_json_error(configured_server, name, method, path, body, status, code):
+    c = configured_server.client
+    if isinstance(body, bytes):
+        r = c.request(method, path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = c.request(method, path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert c.get("/v1/health").status_code == 200  # and the server keeps serving
