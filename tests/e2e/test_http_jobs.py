@@ -84,7 +84,7 @@ def test_jobs_run_one_at_a_time_in_submission_order(configured_server):
     ids = [c.post("/v1/jobs", json=job_body(steps=2, seed=i)).json()["id"] for i in range(4)]
     jobs = [configured_server.wait_for(i) for i in ids]
     assert all(j["status"] == "succeeded" for j in jobs)
-    for earlier, later in zip(jobs, jobs[1:]):
+    for earlier, later in zip(jobs, jobs[1:], strict=False):
         assert earlier["finished_at"] <= later["started_at"]
 
 

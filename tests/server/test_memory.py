@@ -13,8 +13,7 @@ from tests.conftest import ROOT
 
 JOBS = 20
 
-_SCRIPT = (
-    """
+_SCRIPT = """
 import gc, json, resource, sys
 from pathlib import Path
 import psutil
@@ -26,8 +25,8 @@ from tests.server.test_engine import make_request
 config = load_config(overrides={"model": {"base": "tiny"}, "server": {"data_dir": sys.argv[1]}})
 engine = Engine(load_model(config.model, config.data_dir), config.scheduler)
 rows = []
-for i in range(%d):
-    request = make_request(num_frames=16, width=128, height=128, steps=3, modality=("lineart", "rgb")[i %% 2])
+for i in range(int(sys.argv[2])):
+    request = make_request(num_frames=16, width=128, height=128, steps=3, modality=("lineart", "rgb")[i % 2])
     result = engine.generate(request)
     gc.collect()
     rows.append({
@@ -37,14 +36,12 @@ for i in range(%d):
     })
 print(json.dumps(rows))
 """
-    % JOBS
-)
 
 
 @pytest.mark.slow
 def test_twenty_jobs_in_a_row_do_not_grow_peak_memory(data_dir_with_tiny):
     out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(data_dir_with_tiny)],
+        [sys.executable, "-c", _SCRIPT, str(data_dir_with_tiny), str(JOBS)],
         cwd=ROOT,
         capture_output=True,
         text=True,
