@@ -1,0 +1,74 @@
+"""HTTP client for the server's API (docs/api.md), on urllib: the add-on may use only Blender and the stdlib.
+
+Every failure is a ServerError with a sentence an artist can act on; no traceback reaches the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class ServerError(Exception):
+    """Something went wrong talking to the server; str() is a message fit for the panel."""
+
+    def __init__(self, message: str, code: str = "error", status: int | None = None):
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+class Client:
+    def __init__(self, url: str, timeout: float = 10.0):
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        self.url, self.timeout = url, timeout
+
+    def _request(self, method: str, path: str, body: Any = None, raw: bool = False, timeout: float | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as e:
+            try:
+                err = json.loads(e.read())["error"]
+                raise ServerError(err["message"], err["code"], e.code) from None
+            except (ValueError, KeyError, TypeError):
+                raise ServerError(f"the server answered HTTP {e.code} {e.reason}", "http_error", e.code) from None
+        except urllib.error.URLError as e:
+            reason = e.reason if isinstance(e.reason, str) else (e.reason.strerror or str(e.reason))
+            raise ServerError(
+                f"cannot reach the server at {self.url} ({reason}). Is it running?", "unreachable"
+            ) from None
+        except TimeoutError:
+            raise ServerError(f"the server at {self.url} did not answer in time", "timeout") from None
+        except (ConnectionError, OSError) as e:
+            raise ServerError(f"lost the connection to the server at {self.url} ({e})", "unreachable") from None
+        if raw:
+            return payload
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise ServerError(f"{self.url} did not answer like a SparseCtrl server (not JSON)", "bad_answer") from None
+
+    def health(self) -> dict[str, Any]:
+        health = self._request("GET", "/v1/health", timeout=3.0)
+        if not isinstance(health, dict) or "modalities" not in health:
+            raise ServerError(f"{self.url} did not answer like a SparseCtrl server", "bad_answer")
+        return health
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v1/jobs", body, timeout=60.0)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def video(self, job_id: str) -> bytes:
+        return self._request("GET", f"/v1/jobs/{job_id}/video", raw=True, timeout=120.0)

@@ -1,0 +1,65 @@
+"""Timeline frames <-> generated frames. Pure Python: imports without Blender.
+
+The shot's N timeline frames [start, end] map linearly onto the n generated frames, the way the strip plays
+them back (a Speed effect in Stretch mode spreads the n frames over the N): timeline frame f shows generated
+frame round((f - start) * n / N), the last one at most. A keyframe goes to that index, so the conditioned
+frame is the one on screen at the keyframe's timeline frame. Two keyframes landing on one index keep the
+first and say so; keyframes outside the shot are left out with a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MappedKeyframes:
+    indices: dict[int, int]  # timeline frame -> generated index, in timeline order
+    messages: list[str] = field(default_factory=list)  # warnings for the artist, one sentence each
+
+
+def timeline_to_index(frame: int, start: int, end: int, num_frames: int) -> int:
+    shot_frames = end - start + 1
+    return min(num_frames - 1, max(0, int((frame - start) * num_frames / shot_frames + 0.5)))
+
+
+def map_keyframes(frames: list[int], start: int, end: int, num_frames: int) -> MappedKeyframes:
+    if end < start:
+        raise ValueError(f"the shot ends (frame {end}) before it starts (frame {start})")
+    if num_frames < 1:
+        raise ValueError("the number of generated frames must be at least 1")
+    indices: dict[int, int] = {}
+    taken: dict[int, int] = {}
+    messages = []
+    outside = sorted(f for f in set(frames) if not start <= f <= end)
+    if outside:
+        messages.append(f"keyframes outside the shot {start}-{end} left out: {', '.join(map(str, outside))}")
+    for frame in sorted(set(frames) - set(outside)):
+        index = timeline_to_index(frame, start, end, num_frames)
+        if index in taken:
+            messages.append(
+                f"keyframes {taken[index]} and {frame} both land on generated frame {index} "
+                f"(of {num_frames}); keeping {taken[index]}. Generate more frames or move a marker."
+            )
+            continue
+        taken[index] = frame
+        indices[frame] = index
+    return MappedKeyframes(indices, messages)
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """'1, 24, 48' or '1 24 48' -> [1, 24, 48]; a clear ValueError for anything else."""
+    frames = []
+    for part in text.replace(",", " ").split():
+        try:
+            frames.append(int(part))
+        except ValueError:
+            raise ValueError(f"'{part}' in the keyframe list is not a frame number") from None
+    return sorted(set(frames))
+
+
+def every_n(start: int, end: int, n: int) -> list[int]:
+    if n < 1:
+        raise ValueError("'every N frames' needs N of at least 1")
+    frames = list(range(start, end + 1, n))
+    return frames if frames[-1] == end else frames + [end]

@@ -1,0 +1,109 @@
+"""Render buffers -> condition images. numpy only (Blender bundles it); no bpy, so it is tested directly.
+
+Buffers are top row first: Z (camera distance along the view axis, huge where nothing was hit), world
+normals, alpha (0 where the background shows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Camera Z at or beyond this is "nothing hit" (Cycles writes 1e10 for the background).
+BACKGROUND_Z = 1e9
+# The grey of the farthest surface of the shot; the background alone is black.
+FAR_GREY = 24
+# Line art: a depth step of more than this fraction of the distance, or a fold sharper than this angle.
+DEPTH_STEP = 0.03
+CREASE_DEGREES = 35.0
+
+
+@dataclass(frozen=True)
+class RenderBuffers:
+    z: np.ndarray  # (h, w) float
+    normal: np.ndarray  # (h, w, 3) float
+    alpha: np.ndarray  # (h, w) float
+
+    @property
+    def foreground(self) -> np.ndarray:
+        return (self.alpha > 0.5) & (self.z < BACKGROUND_Z)
+
+
+@dataclass(frozen=True)
+class DepthRange:
+    near: float
+    far: float
+
+
+def shot_depth_range(buffers: list[RenderBuffers]) -> DepthRange:
+    """One near/far for all keyframes of a shot, so one distance is one grey on every keyframe."""
+    values = [b.z[b.foreground] for b in buffers if b.foreground.any()]
+    if not values:
+        return DepthRange(1.0, 1.0)
+    z = np.concatenate(values)
+    return DepthRange(float(z.min()), float(z.max()))
+
+
+def depth_image(buffers: RenderBuffers, shot: DepthRange) -> np.ndarray:
+    """Near = white, far = dark grey, background = black; linear in inverse depth (as depth estimators such
+    as MiDaS, which depth ControlNets learnt from, present it). uint8 (h, w, 3), grey replicated to RGB."""
+    fg = buffers.foreground
+    grey = np.zeros(buffers.z.shape, np.float32)
+    if shot.far > shot.near:
+        inv = 1.0 / np.clip(buffers.z[fg], shot.near, shot.far)
+        t = (inv - 1.0 / shot.far) / (1.0 / shot.near - 1.0 / shot.far)  # 1 at near, 0 at far
+        grey[fg] = FAR_GREY + t * (255 - FAR_GREY)
+    else:
+        grey[fg] = 255
+    out = np.round(grey).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)
+
+
+def line_width(width: int, height: int) -> int:
+    """Line thickness in pixels, scaled with the image: 1 px up to 256, 2 px at 512, 4 px at 1024."""
+    return max(1, round(min(width, height) / 256))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    out = mask.copy()
+    h, w = mask.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dx * dx + dy * dy > radius * radius + radius:
+                continue
+            shifted = np.zeros_like(mask)
+            shifted[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
+                max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+            ]
+            out |= shifted
+    return out
+
+
+def lineart_image(buffers: RenderBuffers, width_px: int | None = None) -> np.ndarray:
+    """White lines on black: silhouettes (object vs background), borders (depth steps), creases (normal
+    folds). uint8 (h, w, 3)."""
+    fg = buffers.foreground
+    z = np.where(fg, buffers.z, np.inf)
+    n = buffers.normal / np.maximum(np.linalg.norm(buffers.normal, axis=2, keepdims=True), 1e-6)
+    cos_limit = np.cos(np.radians(CREASE_DEGREES))
+    edges = np.zeros(fg.shape, bool)
+    for axis in (0, 1):
+        a = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        b = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+        both = fg[a] & fg[b]
+        silhouette = fg[a] != fg[b]
+        with np.errstate(invalid="ignore"):
+            step = both & (np.abs(z[a] - z[b]) > DEPTH_STEP * np.minimum(z[a], z[b]))
+        crease = both & ((n[a] * n[b]).sum(axis=2) < cos_limit)
+        edge = silhouette | step | crease
+        # Draw the line on the nearer side of the pair (the object's outline, not the background's).
+        nearer_a = z[a] <= z[b]
+        edges[a] |= edge & nearer_a
+        edges[b] |= edge & ~nearer_a
+    h, w = fg.shape
+    radius = (width_px or line_width(w, h)) // 2
+    if radius:
+        edges = _dilate(edges, radius)
+    out = np.where(edges, 255, 0).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)

@@ -1,0 +1,202 @@
+"""Rendering passes at keyframes, in a temporary copy of the user's scene.
+
+The copy (Scene.copy(): a linked copy sharing objects, with its own render settings, view layers and
+compositor) is what gets the low-sample engine, the passes, the File Output node and the output paths; it is
+removed afterwards, also when a render fails. The user's scene is never written to. Works with Blender 4.2+
+(node_tree / file_slots) and 5.x (compositing_node_group / file_output_items), by feature detection.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from .process import RenderBuffers, depth_image, lineart_image, shot_depth_range
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("depth", "lineart", "rgb")
+
+
+class PassError(RuntimeError):
+    """A pass could not be rendered; the message is for the artist."""
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Pixels of an image file as float (h, w, channels), top row first."""
+    img = bpy.data.images.load(str(path), check_existing=False)
+    try:
+        img.colorspace_settings.name = "Non-Color"
+        w, h = img.size
+        data = np.empty(w * h * img.channels, np.float32)
+        img.pixels.foreach_get(data)
+        return np.flipud(data.reshape(h, w, img.channels))
+    finally:
+        bpy.data.images.remove(img)
+
+
+def _compositor_tree(scene):
+    """A fresh compositor node tree owned by `scene` (5.x: a node group; 4.x: scene.node_tree)."""
+    if hasattr(scene, "compositing_node_group"):
+        tree = bpy.data.node_groups.new("SparseCtrl passes", "CompositorNodeTree")
+        scene.compositing_node_group = tree
+        return tree
+    scene.use_nodes = True
+    tree = scene.node_tree
+    tree.nodes.clear()
+    return tree
+
+
+def _file_output(tree, render_layers, directory: Path, sockets: dict[str, str]):
+    node = tree.nodes.new("CompositorNodeOutputFile")
+    fmt = node.format
+    if hasattr(fmt, "media_type"):
+        fmt.media_type = "IMAGE"
+    fmt.file_format = "OPEN_EXR"
+    fmt.color_depth = "32"
+    if hasattr(node, "file_output_items"):  # Blender 5.x
+        node.directory = str(directory) + "/"
+        node.file_name = ""
+        for name, socket in sockets.items():
+            kind = "VECTOR" if socket == "Normal" else "FLOAT"
+            node.file_output_items.new(kind, name)
+            tree.links.new(render_layers.outputs[socket], node.inputs[name])
+    else:  # Blender 4.x
+        node.base_path = str(directory)
+        node.file_slots.clear()
+        for name, socket in sockets.items():
+            node.file_slots.new(name)
+            tree.links.new(render_layers.outputs[socket], node.inputs[name])
+    return node
+
+
+class PassRenderer:
+    """Use as a context manager: `with PassRenderer(scene, w, h) as r: images = r.render(modality, frames)`."""
+
+    def __init__(self, scene, width: int, height: int, view_layer_name: str | None = None):
+        if scene.camera is None:
+            raise PassError("the scene has no camera: set one (Scene properties > Camera) to render passes")
+        self.scene, self.width, self.height = scene, width, height
+        self.view_layer_name = view_layer_name or scene.view_layers[0].name
+        self.seconds_per_keyframe: list[float] = []
+
+    def __enter__(self):
+        self._dir = Path(tempfile.mkdtemp(prefix="sparsectrl_passes_"))
+        self._copy = self.scene.copy()
+        self._copy.name = "SparseCtrl passes (temporary)"
+        self._trees = []
+        r = self._copy.render
+        r.resolution_x, r.resolution_y, r.resolution_percentage = self.width, self.height, 100
+        r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+        r.use_border = False
+        r.use_sequencer = False  # the previews this add-on puts on the Sequencer must not replace the render
+        r.use_multiview = False
+        for layer in self._copy.view_layers:
+            layer.use = layer.name == self.view_layer_name
+        return self
+
+    def __exit__(self, *exc):
+        for tree in self._trees:
+            if tree.name in bpy.data.node_groups:
+                bpy.data.node_groups.remove(tree)
+        bpy.data.scenes.remove(self._copy)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return False
+
+    def _render(self, frame: int) -> None:
+        self._copy.frame_set(frame)
+        started = time.perf_counter()
+        try:
+            bpy.ops.render.render(write_still=self._copy.render.filepath != "", scene=self._copy.name)
+        except RuntimeError as e:
+            raise PassError(f"rendering frame {frame} failed: {e}") from None
+        self.seconds_per_keyframe.append(time.perf_counter() - started)
+
+    def _geometry_buffers(self, frames: list[int]) -> list[RenderBuffers]:
+        """Camera Z, normals and alpha at each frame: Cycles at one sample, passes through a File Output node."""
+        scene = self._copy
+        scene.render.engine = "CYCLES"
+        scene.cycles.samples = 1
+        scene.cycles.use_denoising = False
+        scene.cycles.device = "CPU"
+        scene.render.film_transparent = True
+        scene.render.use_compositing = True
+        scene.render.filepath = ""
+        layer = scene.view_layers[self.view_layer_name]
+        layer.use_pass_z = True
+        layer.use_pass_normal = True
+        tree = _compositor_tree(scene)
+        if tree.name in bpy.data.node_groups:
+            self._trees.append(tree)
+        render_layers = tree.nodes.new("CompositorNodeRLayers")
+        render_layers.scene = scene
+        render_layers.layer = self.view_layer_name
+        buffers = []
+        for frame in frames:
+            out_dir = self._dir / f"frame_{frame:05d}"
+            out_dir.mkdir()
+            node = _file_output(tree, render_layers, out_dir, {"z": "Depth", "normal": "Normal", "alpha": "Alpha"})
+            self._render(frame)
+            tree.nodes.remove(node)
+            files = {name: next(out_dir.glob(f"{name}*.exr"), None) for name in ("z", "normal", "alpha")}
+            missing = [name for name, path in files.items() if path is None]
+            if missing:
+                raise PassError(f"the compositor wrote no {', '.join(missing)} pass for frame {frame}")
+            buffers.append(
+                RenderBuffers(
+                    z=_read_image(files["z"])[:, :, 0],
+                    normal=_read_image(files["normal"])[:, :, :3],
+                    alpha=_read_image(files["alpha"])[:, :, 0],
+                )
+            )
+        return buffers
+
+    def _rgb(self, frames: list[int]) -> list[np.ndarray]:
+        """A quick shaded render: Workbench, as the scene's viewport shading settings describe it."""
+        scene = self._copy
+        scene.render.engine = "BLENDER_WORKBENCH"
+        scene.render.film_transparent = False
+        scene.render.use_compositing = False
+        settings = scene.render.image_settings
+        if hasattr(settings, "media_type"):
+            settings.media_type = "IMAGE"
+        settings.file_format = "PNG"
+        settings.color_mode = "RGB"
+        settings.color_depth = "8"
+        images = []
+        for frame in frames:
+            path = self._dir / f"rgb_{frame:05d}.png"
+            scene.render.filepath = str(path)
+            self._render(frame)
+            pixels = _read_image(path)[:, :, :3]
+            images.append(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+        return images
+
+    def render(self, modality: str, frames: list[int]) -> dict[int, np.ndarray]:
+        """Condition images (uint8 (h, w, 3)) for `modality` at each timeline frame."""
+        if modality not in MODALITIES:
+            raise PassError(f"unknown pass {modality!r}")
+        if modality == "rgb":
+            images = self._rgb(frames)
+        else:
+            buffers = self._geometry_buffers(frames)
+            if modality == "depth":
+                shot = shot_depth_range(buffers)
+                images = [depth_image(b, shot) for b in buffers]
+            else:
+                images = [lineart_image(b) for b in buffers]
+        for frame, seconds in zip(frames, self.seconds_per_keyframe[-len(frames) :], strict=True):
+            log.info("%s pass at frame %d: %.2f s", modality, frame, seconds)
+        return dict(zip(frames, images, strict=True))
+
+
+def render_passes(scene, modality: str, frames: list[int], width: int, height: int) -> dict[int, np.ndarray]:
+    """Render `modality` at `frames`; the user's scene is left exactly as it was."""
+    with PassRenderer(scene, width, height) as renderer:
+        return renderer.render(modality, frames)
