@@ -1,5 +1,33 @@
-"""SparseCtrl previs Blender add-on (not built yet: see the open issue "Blender add-on").
+"""SparseCtrl previs: render passes at keyframes, send them to the SparseCtrl server, get the preview strip.
 
-It will render depth / line art / RGB passes at keyframes, send them to the server (docs/api.md) and put the
-returned video on the Video Sequencer.
+Blender-facing modules (properties, operators, panels, passes.render, strips, batch) import bpy; the logic
+(frame_mapping, request, client, png, passes.process) does not, so it is tested without Blender. bpy is
+imported only inside register()/unregister() here, so those modules import anywhere.
 """
+
+
+def _modules():
+    from . import operators, panels, properties
+
+    return properties, operators, panels
+
+
+def register() -> None:
+    import bpy
+
+    properties, operators, panels = _modules()
+    for module in (properties, operators, panels):
+        for cls in module.CLASSES:
+            bpy.utils.register_class(cls)
+    properties.register()
+
+
+def unregister() -> None:
+    import bpy
+
+    properties, operators, panels = _modules()
+    operators.unregister_timers()
+    properties.unregister()
+    for module in (panels, operators, properties):
+        for cls in reversed(module.CLASSES):
+            bpy.utils.unregister_class(cls)

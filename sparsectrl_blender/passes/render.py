@@ -91,6 +91,7 @@ class PassRenderer:
         self._copy = self.scene.copy()
         self._copy.name = "SparseCtrl passes (temporary)"
         self._trees = []
+        self._images_before = set(bpy.data.images)
         r = self._copy.render
         r.resolution_x, r.resolution_y, r.resolution_percentage = self.width, self.height, 100
         r.pixel_aspect_x = r.pixel_aspect_y = 1.0
@@ -106,6 +107,8 @@ class PassRenderer:
             if tree.name in bpy.data.node_groups:
                 bpy.data.node_groups.remove(tree)
         bpy.data.scenes.remove(self._copy)
+        for image in set(bpy.data.images) - self._images_before:  # the "Render Result" our renders made
+            bpy.data.images.remove(image)
         shutil.rmtree(self._dir, ignore_errors=True)
         return False
 

@@ -1,0 +1,209 @@
+"""Operators: check connection, generate / regenerate, cancel, randomise seed (bpy).
+
+HTTP never runs on Blender's main thread: a worker thread talks to the server and a bpy.app.timers function
+(main thread) reads its state, updates the panel and, when the video is in, adds the strip.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+import bpy
+
+from .client import Client, ServerError
+from .generation import JobRunner, PreparedJob
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class Connection:
+    checking: bool = False
+    health: dict | None = None
+    error: str | None = None
+    url: str = ""
+
+
+@dataclass
+class ActiveRun:
+    scene_name: str
+    prepared: PreparedJob
+    runner: JobRunner
+    thread: threading.Thread
+    replace_strip: str | None = None
+
+
+class Status:
+    """Runtime state shown by the panel; not saved in the .blend."""
+
+    def __init__(self):
+        self.connection = Connection()
+        self.run: ActiveRun | None = None
+        self.message = ""
+        self.message_is_error = False
+
+    def say(self, text: str, error: bool = False) -> None:
+        self.message, self.message_is_error = text, error
+        print(("SparseCtrl error: " if error else "SparseCtrl: ") + text)
+
+
+STATUS = Status()
+
+
+def _redraw() -> None:
+    for window in getattr(bpy.context.window_manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type in ("SEQUENCE_EDITOR", "VIEW_3D"):
+                area.tag_redraw()
+
+
+def _check_connection(url: str) -> None:
+    c = STATUS.connection
+    try:
+        c.health, c.error = Client(url).health(), None
+    except ServerError as e:
+        c.health, c.error = None, str(e)
+    c.checking, c.url = False, url
+
+
+def _poll_connection():
+    _redraw()
+    return POLL_SECONDS if STATUS.connection.checking else None
+
+
+def _poll_run():
+    run = STATUS.run
+    if run is None:
+        return None
+    state = run.runner.state
+    if run.thread.is_alive():
+        _redraw()
+        return POLL_SECONDS
+    STATUS.run = None
+    scene = bpy.data.scenes.get(run.scene_name)
+    if state.phase == "done" and scene is not None:
+        from .generation import import_result
+        from .strips import find_strip
+
+        try:
+            replace = find_strip(scene, run.replace_strip) if run.replace_strip else None
+            strip = import_result(
+                scene, run.prepared, state, scene.sparsectrl.to_settings(), bpy.data.filepath, replace=replace
+            )
+            STATUS.say(f"preview added: {strip.name} (channel {strip.channel})")
+        except Exception as e:  # noqa: BLE001 - the artist gets a sentence, never a traceback
+            STATUS.say(f"could not add the strip: {e}", error=True)
+    elif state.phase == "cancelled":
+        STATUS.say("cancelled")
+    else:
+        STATUS.say(state.error or f"the job ended {state.phase}", error=True)
+    _redraw()
+    return None
+
+
+TIMERS = (_poll_connection, _poll_run)
+
+
+class SPARSECTRL_OT_check_connection(bpy.types.Operator):
+    bl_idname = "sparsectrl.check_connection"
+    bl_label = "Check Connection"
+    bl_description = "Ask the server which model and modalities it has"
+
+    def execute(self, context):
+        url = context.scene.sparsectrl.server_url
+        STATUS.connection.checking = True
+        threading.Thread(target=_check_connection, args=(url,), daemon=True).start()
+        if not bpy.app.timers.is_registered(_poll_connection):
+            bpy.app.timers.register(_poll_connection, first_interval=POLL_SECONDS)
+        return {"FINISHED"}
+
+
+class SPARSECTRL_OT_randomize_seed(bpy.types.Operator):
+    bl_idname = "sparsectrl.randomize_seed"
+    bl_label = "Randomise Seed"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        context.scene.sparsectrl.seed = random.randrange(0, 2**31 - 1)
+        return {"FINISHED"}
+
+
+class SPARSECTRL_OT_generate(bpy.types.Operator):
+    bl_idname = "sparsectrl.generate"
+    bl_label = "Generate"
+    bl_description = "Render the passes at the keyframes, send them to the server and add the preview strip"
+
+    regenerate: bpy.props.BoolProperty(
+        name="Regenerate", description="New seed; stack or replace per the setting", options={"SKIP_SAVE"}
+    )
+
+    @classmethod
+    def poll(cls, context):
+        return STATUS.run is None
+
+    def execute(self, context):
+        from .generation import prepare
+        from .passes.render import PassError
+        from .scene_keyframes import KeyframeError
+        from .strips import active_preview_strip
+
+        scene = context.scene
+        props = scene.sparsectrl
+        replace = None
+        if self.regenerate:
+            props.seed = random.randrange(0, 2**31 - 1)
+            if props.regenerate_mode == "REPLACE":
+                replace = active_preview_strip(scene)
+        health = STATUS.connection.health
+        if health is not None and props.modality not in health["modalities"]:
+            return self._fail(
+                f"the server has no {props.modality} encoder (available: {', '.join(health['modalities']) or 'none'})"
+            )
+        settings = props.to_settings()
+        try:
+            prepared = prepare(scene, settings)
+        except (KeyframeError, PassError, ValueError) as e:
+            return self._fail(str(e))
+        for message in prepared.messages:
+            self.report({"WARNING"}, message)
+        runner = JobRunner(Client(settings.server_url), prepared.body, poll_seconds=POLL_SECONDS)
+        thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
+        STATUS.run = ActiveRun(scene.name, prepared, runner, thread, replace.name if replace else None)
+        thread.start()
+        bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
+        STATUS.say(f"sent {len(prepared.passes)} {settings.modality} keyframes")
+        return {"FINISHED"}
+
+    def _fail(self, message: str):
+        STATUS.say(message, error=True)
+        self.report({"ERROR"}, message)
+        return {"CANCELLED"}
+
+
+class SPARSECTRL_OT_cancel(bpy.types.Operator):
+    bl_idname = "sparsectrl.cancel"
+    bl_label = "Cancel"
+    bl_description = "Cancel the running generation on the server"
+
+    @classmethod
+    def poll(cls, context):
+        return STATUS.run is not None
+
+    def execute(self, context):
+        STATUS.run.runner.cancel()
+        STATUS.say("cancelling…")
+        return {"FINISHED"}
+
+
+CLASSES = (SPARSECTRL_OT_check_connection, SPARSECTRL_OT_randomize_seed, SPARSECTRL_OT_generate, SPARSECTRL_OT_cancel)
+
+
+def unregister_timers() -> None:
+    for timer in TIMERS:
+        if bpy.app.timers.is_registered(timer):
+            bpy.app.timers.unregister(timer)
+    if STATUS.run is not None:
+        STATUS.run.runner.cancel()
+        STATUS.run = None

@@ -1,0 +1,108 @@
+"""The sidebar panel (tab "SparseCtrl") in the Video Sequencer and the 3D Viewport (bpy)."""
+
+from __future__ import annotations
+
+import bpy
+
+from .operators import STATUS
+from .request import MODALITY_LABELS, generation_size
+
+
+def draw_panel(layout, context) -> None:
+    scene = context.scene
+    props = scene.sparsectrl
+
+    box = layout.box()
+    row = box.row(align=True)
+    row.prop(props, "server_url", text="")
+    row.operator("sparsectrl.check_connection", text="", icon="FILE_REFRESH")
+    c = STATUS.connection
+    if c.checking:
+        box.label(text="Checking…", icon="SORTTIME")
+    elif c.health is not None and c.url == props.server_url:
+        model = c.health["model"]
+        tiny = " (tiny random model: noise)" if model.get("tiny") else ""
+        box.label(text=f"Connected: {model['name']}{tiny}", icon="LINKED")
+        box.label(text="Modalities: " + (", ".join(MODALITY_LABELS[m] for m in c.health["modalities"]) or "none"))
+    elif c.error:
+        box.label(text=c.error, icon="ERROR")
+    else:
+        box.label(text="Not checked yet", icon="UNLINKED")
+
+    col = layout.column()
+    col.prop(props, "prompt")
+    col.prop(props, "negative_prompt")
+    col.prop(props, "modality")
+    if c.health is not None and props.modality not in c.health["modalities"]:
+        why = (
+            "no depth encoder was released; configure your own on the server"
+            if props.modality == "depth"
+            else "not configured on the server"
+        )
+        col.label(text=f"{MODALITY_LABELS[props.modality]} unavailable: {why}", icon="ERROR")
+
+    col = layout.column(heading="Keyframes")
+    col.prop(props, "keyframe_source", text="")
+    if props.keyframe_source == "EVERY_N":
+        col.prop(props, "every_n")
+    elif props.keyframe_source == "LIST":
+        col.prop(props, "frame_list")
+    col.prop(props, "shot_range")
+
+    col = layout.column(align=True)
+    col.prop(props, "num_frames")
+    col.prop(props, "size")
+    r = scene.render
+    try:
+        w, h = generation_size(r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, props.size)
+        col.label(text=f"{w} × {h} px (scene aspect)")
+    except ValueError:
+        pass
+    col.prop(props, "steps")
+    col.prop(props, "guidance_scale")
+    col.prop(props, "conditioning_scale")
+    row = col.row(align=True)
+    row.prop(props, "seed")
+    row.operator("sparsectrl.randomize_seed", text="", icon="FILE_REFRESH")
+
+    run = STATUS.run
+    if run is not None:
+        state = run.runner.state
+        box = layout.box()
+        text = f"{state.phase}: step {state.step}/{state.total}" if state.total else state.phase
+        box.label(text=text, icon="RENDER_ANIMATION")
+        if state.total:
+            box.progress(factor=state.step / state.total, text=f"{state.step}/{state.total}")
+        box.operator("sparsectrl.cancel", icon="CANCEL")
+    else:
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        row.operator("sparsectrl.generate", icon="RENDER_ANIMATION")
+        sub = layout.row(align=True)
+        sub.operator("sparsectrl.generate", text="Regenerate (new seed)").regenerate = True
+        sub.prop(props, "regenerate_mode", text="")
+    if STATUS.message:
+        layout.label(text=STATUS.message, icon="ERROR" if STATUS.message_is_error else "INFO")
+
+
+class SPARSECTRL_PT_sequencer(bpy.types.Panel):
+    bl_label = "SparseCtrl Preview"
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "SparseCtrl"
+
+    def draw(self, context):
+        draw_panel(self.layout, context)
+
+
+class SPARSECTRL_PT_view3d(bpy.types.Panel):
+    bl_label = "SparseCtrl Preview"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "SparseCtrl"
+
+    def draw(self, context):
+        draw_panel(self.layout, context)
+
+
+CLASSES = (SPARSECTRL_PT_sequencer, SPARSECTRL_PT_view3d)

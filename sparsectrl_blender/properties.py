@@ -1,0 +1,87 @@
+"""The panel's settings: a PropertyGroup on the scene, saved in the .blend (bpy)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from .request import GenerationSettings
+
+_DEFAULTS = GenerationSettings()
+
+
+class SparseCtrlSettings(bpy.types.PropertyGroup):
+    server_url: StringProperty(
+        name="Server", default=_DEFAULTS.server_url, description="URL of the SparseCtrl server (python -m server)"
+    )
+    prompt: StringProperty(name="Prompt", description="What the preview should look like")
+    negative_prompt: StringProperty(name="Negative", description="What it should not look like")
+    modality: EnumProperty(
+        name="Condition",
+        items=[
+            ("lineart", "Line art", "White lines on black from the geometry (the released scribble encoder)"),
+            ("depth", "Depth", "Camera depth, near white; needs a depth encoder on the server"),
+            ("rgb", "RGB", "A quick shaded render: animates the image"),
+        ],
+        default=_DEFAULTS.modality,
+    )
+    keyframe_source: EnumProperty(
+        name="Keyframes",
+        items=[
+            ("MARKERS", "Timeline markers", "Every timeline marker in the shot"),
+            ("SELECTED_MARKERS", "Selected markers", "Selected timeline markers"),
+            ("CAMERA_KEYS", "Camera keyframes", "Keyframes of the active camera"),
+            ("EVERY_N", "Every N frames", "Evenly spaced, plus the last frame"),
+            ("LIST", "List", "Frame numbers typed in"),
+        ],
+        default=_DEFAULTS.keyframe_source,
+    )
+    every_n: IntProperty(name="N", default=_DEFAULTS.every_n, min=1)
+    frame_list: StringProperty(name="Frames", description="Frame numbers, e.g. 1, 24, 48")
+    shot_range: EnumProperty(
+        name="Shot",
+        items=[("SCENE", "Scene range", "Scene start to end"), ("PREVIEW", "Preview range", "The preview range")],
+        default=_DEFAULTS.shot_range,
+    )
+    num_frames: IntProperty(
+        name="Generated frames",
+        default=_DEFAULTS.num_frames,
+        min=1,
+        max=256,
+        description="Frames the model generates; the strip stretches them over the shot",
+    )
+    size: IntProperty(
+        name="Size",
+        default=_DEFAULTS.size,
+        min=64,
+        max=1024,
+        step=8,
+        subtype="PIXEL",
+        description="Long side of the generated video; the scene's aspect, multiples of 8",
+    )
+    steps: IntProperty(name="Steps", default=_DEFAULTS.steps, min=1, max=150)
+    guidance_scale: FloatProperty(name="Guidance", default=_DEFAULTS.guidance_scale, min=0.0, max=30.0)
+    conditioning_scale: FloatProperty(name="Condition strength", default=_DEFAULTS.conditioning_scale, min=0.0, max=4.0)
+    seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
+    regenerate_mode: EnumProperty(
+        name="Regenerate",
+        items=[
+            ("STACK", "Stack", "Add the new preview above the old one"),
+            ("REPLACE", "Replace", "Replace the selected preview strip"),
+        ],
+        default="STACK",
+    )
+
+    def to_settings(self) -> GenerationSettings:
+        return GenerationSettings(**{f: getattr(self, f) for f in GenerationSettings.__dataclass_fields__})
+
+
+CLASSES = (SparseCtrlSettings,)
+
+
+def register() -> None:
+    bpy.types.Scene.sparsectrl = bpy.props.PointerProperty(type=SparseCtrlSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.sparsectrl

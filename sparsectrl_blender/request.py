@@ -1,0 +1,63 @@
+"""Generation settings and the job body sent to the server (docs/api.md). Pure Python: no bpy."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+MODALITY_LABELS = {"lineart": "Line art", "depth": "Depth", "rgb": "RGB"}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What the panel (a PropertyGroup in the .blend) or the batch command's flags hold."""
+
+    server_url: str = "http://127.0.0.1:8765"
+    prompt: str = ""
+    negative_prompt: str = ""
+    modality: str = "lineart"
+    keyframe_source: str = "MARKERS"  # MARKERS, SELECTED_MARKERS, CAMERA_KEYS, EVERY_N, LIST
+    every_n: int = 12
+    frame_list: str = ""
+    shot_range: str = "SCENE"  # SCENE or PREVIEW
+    num_frames: int = 16
+    size: int = 512  # the long side of the generated video, in pixels
+    steps: int = 25
+    guidance_scale: float = 7.5
+    conditioning_scale: float = 1.0
+    seed: int = 0
+
+
+def generation_size(scene_width: float, scene_height: float, long_side: int) -> tuple[int, int]:
+    """The scene's aspect ratio at `long_side` pixels on its longer side, both multiples of 8 (at least 64)."""
+    if scene_width <= 0 or scene_height <= 0:
+        raise ValueError("the scene's resolution must be positive")
+    scale = long_side / max(scene_width, scene_height)
+
+    def snap(v: float) -> int:
+        return max(64, int(round(v * scale / 8)) * 8)
+
+    return snap(scene_width), snap(scene_height)
+
+
+def job_body(settings: GenerationSettings, width: int, height: int, fps: int, keyframe_pngs: dict[int, bytes]) -> dict:
+    """The POST /v1/jobs body; `keyframe_pngs` maps generated index -> PNG bytes."""
+    if not settings.prompt.strip():
+        raise ValueError("write a prompt first: it says what the preview should look like")
+    return {
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt or None,
+        "modality": settings.modality,
+        "num_frames": settings.num_frames,
+        "width": width,
+        "height": height,
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "conditioning_scale": settings.conditioning_scale,
+        "seed": settings.seed,
+        "fps": fps,
+        "keyframes": [
+            {"index": index, "image": base64.b64encode(png).decode("ascii")}
+            for index, png in sorted(keyframe_pngs.items())
+        ],
+    }

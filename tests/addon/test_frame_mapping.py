@@ -1,0 +1,55 @@
+"""Frame mapping (pure Python): shot -> generated frames, as the stretched strip plays them back."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsectrl_blender.frame_mapping import every_n, map_keyframes, parse_frame_list, timeline_to_index
+
+
+def test_ends_of_the_shot_map_to_the_first_and_last_generated_frames():
+    assert timeline_to_index(1, 1, 48, 16) == 0
+    assert timeline_to_index(48, 1, 48, 16) == 15
+
+
+def test_mapping_is_linear_and_nearest():
+    # 48 shot frames over 16 generated: each generated frame covers 3 timeline frames.
+    assert [timeline_to_index(f, 1, 48, 16) for f in (1, 2, 3, 4, 24, 25, 47)] == [0, 0, 1, 1, 8, 8, 15]
+    # Same number of frames: identity.
+    assert [timeline_to_index(f, 10, 25, 16) for f in range(10, 26)] == list(range(16))
+
+
+def test_markers_map_to_indices_in_timeline_order():
+    mapped = map_keyframes([48, 1, 24], 1, 48, 16)
+    assert mapped.indices == {1: 0, 24: 8, 48: 15}
+    assert mapped.messages == []
+
+
+def test_two_keyframes_on_one_index_keep_the_first_with_a_warning():
+    mapped = map_keyframes([10, 11], 1, 48, 16)
+    assert mapped.indices == {10: 3}
+    assert len(mapped.messages) == 1 and "10 and 11 both land on generated frame 3" in mapped.messages[0]
+
+
+def test_keyframes_outside_the_shot_are_left_out_with_a_message():
+    mapped = map_keyframes([0, 5, 60], 1, 48, 16)
+    assert mapped.indices == {5: 1}
+    assert mapped.messages == ["keyframes outside the shot 1-48 left out: 0, 60"]
+
+
+def test_single_frame_shots_and_clips():
+    assert map_keyframes([7], 7, 7, 1).indices == {7: 0}
+    assert map_keyframes([1, 48], 1, 48, 1).indices == {1: 0}
+
+
+def test_bad_ranges_are_errors():
+    with pytest.raises(ValueError, match="ends .* before it starts"):
+        map_keyframes([1], 10, 5, 16)
+
+
+def test_frame_lists_and_every_n():
+    assert parse_frame_list("24, 1 48,24") == [1, 24, 48]
+    with pytest.raises(ValueError, match="'x' in the keyframe list"):
+        parse_frame_list("1, x")
+    assert every_n(1, 48, 12) == [1, 13, 25, 37, 48]
+    assert every_n(1, 49, 12) == [1, 13, 25, 37, 49]

@@ -1,0 +1,136 @@
+"""Passes rendered by real Blender (bpy 5.0.1, headless, Cycles CPU / Workbench) in a scene built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from sparsectrl_blender.passes import render as passes  # noqa: E402
+from sparsectrl_blender.passes.process import FAR_GREY  # noqa: E402
+from tests.addon.scenes import build_shot  # noqa: E402
+
+W, H = 128, 72  # the generation size of a 1920x1080 scene at 128 px
+
+
+def _box(img, obj_name, scene):
+    """Pixel box (rows, cols) of an object's projected bounds, shrunk to its inside."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    obj = scene.objects[obj_name]
+    pts = [world_to_camera_view(scene, scene.camera, obj.matrix_world @ Vector(c)) for c in obj.bound_box]
+    xs = [p.x * W for p in pts]
+    ys = [(1 - p.y) * H for p in pts]
+    x0, x1, y0, y1 = max(0, min(xs)), min(W, max(xs)), max(0, min(ys)), min(H, max(ys))
+    pad_x, pad_y = (x1 - x0) * 0.3, (y1 - y0) * 0.3
+    return slice(int(y0 + pad_y), int(y1 - pad_y)), slice(int(x0 + pad_x), int(x1 - pad_x))
+
+
+def test_depth_polarity_and_one_normalisation_per_shot():
+    scene = build_shot()
+    near = scene.objects["near"]
+    near.keyframe_insert("location", frame=1)
+    near.location.x = -60  # out of view at frame 48: only the far cube remains
+    near.keyframe_insert("location", frame=48)
+    scene.frame_set(1)
+
+    images = passes.render_passes(scene, "depth", [1, 48], W, H)
+    first, last = images[1], images[48]
+    assert first.shape == (H, W, 3) and first.dtype == np.uint8
+    assert (first[..., 0] == first[..., 1]).all() and (first[..., 0] == first[..., 2]).all()  # grey as RGB
+    near_px, far_px = first[_box(first, "near", scene)][..., 0], first[_box(first, "far", scene)][..., 0]
+    assert near_px.min() > far_px.max()  # nearer is brighter
+    assert near_px.mean() > 200 and 0 < far_px.mean() < 100
+    assert first[0, W // 2, 0] == 0 and first[H - 1, W // 2, 0] == 0  # empty background is black
+    # The far cube did not move: it keeps its grey although it is the only object at frame 48.
+    scene.frame_set(48)
+    far_last = last[_box(last, "far", scene)][..., 0]
+    assert abs(int(np.median(far_last)) - int(np.median(far_px))) <= 2
+    assert far_last.max() < 255 and far_last.min() >= FAR_GREY - 1
+
+
+def test_lineart_is_white_lines_on_black_along_silhouettes():
+    scene = build_shot()
+    line = passes.render_passes(scene, "lineart", [1], W, H)[1][..., 0]
+    depth = passes.render_passes(scene, "depth", [1], W, H)[1][..., 0]
+    assert set(np.unique(line)) <= {0, 255}
+    assert 0.01 < (line == 255).mean() < 0.2  # lines, not fills
+    fg = depth > 0
+    silhouette = fg & ~(np.roll(fg, 1, 0) & np.roll(fg, -1, 0) & np.roll(fg, 1, 1) & np.roll(fg, -1, 1))
+    silhouette[[0, -1], :] = silhouette[:, [0, -1]] = False  # the image border is not an outline
+    near_line = np.zeros_like(fg)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near_line |= np.roll(np.roll(line == 255, dy, 0), dx, 1)
+    assert near_line[silhouette].mean() > 0.95  # every outline pixel has a line next to it
+    inside = fg & np.roll(fg, 3, 0) & np.roll(fg, -3, 0) & np.roll(fg, 3, 1) & np.roll(fg, -3, 1)
+    assert (line[inside] == 255).mean() < 0.2  # flat faces stay mostly black
+
+
+def test_rgb_pass_is_a_shaded_render():
+    scene = build_shot()
+    rgb = passes.render_passes(scene, "rgb", [1], W, H)[1]
+    assert rgb.shape == (H, W, 3)
+    assert rgb[_box(rgb, "far", scene)].mean() > rgb[0, W // 2].mean() + 20  # objects stand out
+
+
+def _snapshot(scene):
+    r = scene.render
+    layer = scene.view_layers[0]
+    return {
+        "engine": r.engine,
+        "res": (r.resolution_x, r.resolution_y, r.resolution_percentage),
+        "filepath": r.filepath,
+        "format": r.image_settings.file_format,
+        "film": r.film_transparent,
+        "compositing": r.use_compositing,
+        "sequencer": r.use_sequencer,
+        "frame": scene.frame_current,
+        "z": layer.use_pass_z,
+        "normal": layer.use_pass_normal,
+        "compositor": getattr(scene, "compositing_node_group", None) or getattr(scene, "node_tree", None),
+        "scenes": sorted(s.name for s in bpy.data.scenes),
+        "groups": len(bpy.data.node_groups),
+        "images": len(bpy.data.images),
+        "near": tuple(scene.objects["near"].location),
+    }
+
+
+@pytest.mark.parametrize("modality", ["depth", "lineart", "rgb"])
+def test_the_users_scene_is_left_exactly_as_it_was(modality):
+    scene = build_shot()
+    scene.render.engine = "BLENDER_EEVEE"
+    scene.render.resolution_percentage = 50
+    scene.render.filepath = "//renders/shot_"
+    scene.frame_set(17)
+    before = _snapshot(scene)
+    passes.render_passes(scene, modality, [1, 24, 48], 64, 40)
+    assert _snapshot(scene) == before
+
+
+def test_the_scene_is_restored_when_a_render_fails(monkeypatch):
+    scene = build_shot()
+    scene.frame_set(5)
+    before = _snapshot(scene)
+    real = passes.PassRenderer._render
+    calls = []
+
+    def failing(self, frame):
+        calls.append(frame)
+        if len(calls) == 2:
+            raise passes.PassError(f"rendering frame {frame} failed: simulated")
+        real(self, frame)
+
+    monkeypatch.setattr(passes.PassRenderer, "_render", failing)
+    with pytest.raises(passes.PassError, match="simulated"):
+        passes.render_passes(scene, "depth", [1, 24, 48], 64, 40)
+    assert _snapshot(scene) == before
+
+
+def test_a_scene_without_camera_is_a_clear_error():
+    scene = build_shot()
+    scene.camera = None
+    with pytest.raises(passes.PassError, match="the scene has no camera"):
+        passes.render_passes(scene, "depth", [1], 64, 40)

@@ -1,0 +1,58 @@
+"""Request building and the urllib client (pure Python; the client against a closed port)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+
+import pytest
+
+from sparsectrl_blender.client import Client, ServerError
+from sparsectrl_blender.png import encode_png
+from sparsectrl_blender.request import GenerationSettings, generation_size, job_body
+
+
+def test_generation_size_keeps_the_scene_aspect_in_multiples_of_8():
+    assert generation_size(1920, 1080, 512) == (512, 288)
+    assert generation_size(1080, 1920, 512) == (288, 512)
+    assert generation_size(2048, 858, 512) == (512, 216)  # 2.39:1
+    w, h = generation_size(1000, 1000, 300)
+    assert w == h == 304 and w % 8 == 0
+
+
+def test_job_body_matches_the_api_contract():
+    png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    body = job_body(GenerationSettings(prompt="a fox", seed=5), 512, 288, 8, {15: png, 0: png})
+    assert body["keyframes"][0]["index"] == 0 and body["keyframes"][1]["index"] == 15
+    assert base64.b64decode(body["keyframes"][0]["image"]) == png
+    assert {k: body[k] for k in ("prompt", "modality", "num_frames", "width", "height", "seed", "fps")} == {
+        "prompt": "a fox",
+        "modality": "lineart",
+        "num_frames": 16,
+        "width": 512,
+        "height": 288,
+        "seed": 5,
+        "fps": 8,
+    }
+    with pytest.raises(ValueError, match="write a prompt"):
+        job_body(GenerationSettings(prompt="  "), 64, 64, 8, {0: png})
+
+
+def test_png_encoder_round_trips():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(pixels)))), pixels)
+
+
+def test_unreachable_server_is_one_clear_sentence():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ServerError) as e:
+        Client(f"127.0.0.1:{port}").health()
+    assert e.value.code == "unreachable"
+    assert f"cannot reach the server at http://127.0.0.1:{port}" in str(e.value) and "Is it running?" in str(e.value)
