@@ -23,7 +23,9 @@ SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the sce
 
 def _saved_settings(scene) -> dict:
     """The panel's settings saved in the .blend (ID properties, readable even when the add-on is not enabled)."""
-    saved = scene.get(SETTINGS_PROP)
+    system = getattr(scene, "bl_system_properties_get", None)  # Blender 5.0 keeps bpy.props values there
+    container = system() if system is not None else scene
+    saved = container.get(SETTINGS_PROP) if container is not None else None
     if saved is None:
         return {}
     fields = {f.name for f in dataclasses.fields(GenerationSettings)}
@@ -125,10 +127,12 @@ def run(argv: list[str]) -> int:
     state = runner.run()
     if state.phase != "done":
         raise ServerError(state.error or f"the job ended {state.phase}")
-    out = Path(args.out) if args.out else shot
+    out = (Path(args.out) if args.out else shot).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    strip = import_result(scene, prepared, state, settings, blend_path=str(out.resolve()))
-    bpy.ops.wm.save_as_mainfile(filepath=str(out.resolve()))
+    # Save as OUT first (Blender remaps the shot's relative paths), so the video path is relative to OUT.
+    bpy.ops.wm.save_as_mainfile(filepath=str(out))
+    strip = import_result(scene, prepared, state, settings, blend_path=str(out))
+    bpy.ops.wm.save_mainfile()
     print(
         f"strip '{strip.name}' on channel {strip.channel}, frames {strip.frame_final_start}-"
         f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {out}",

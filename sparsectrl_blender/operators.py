@@ -99,8 +99,17 @@ def _poll_run():
         STATUS.say("cancelled")
     else:
         STATUS.say(state.error or f"the job ended {state.phase}", error=True)
+    _report(STATUS.message, STATUS.message_is_error)
     _redraw()
     return None
+
+
+def _report(message: str, error: bool) -> None:
+    """Put a message in Blender's Info report from a timer (only operators can report)."""
+    try:
+        bpy.ops.sparsectrl.report(message=message, error=error)
+    except (RuntimeError, AttributeError):  # no context to report into (e.g. during shutdown)
+        pass
 
 
 TIMERS = (_poll_connection, _poll_run)
@@ -197,7 +206,26 @@ class SPARSECTRL_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (SPARSECTRL_OT_check_connection, SPARSECTRL_OT_randomize_seed, SPARSECTRL_OT_generate, SPARSECTRL_OT_cancel)
+class SPARSECTRL_OT_report(bpy.types.Operator):
+    bl_idname = "sparsectrl.report"
+    bl_label = "SparseCtrl Report"
+    bl_options = {"INTERNAL"}
+
+    message: bpy.props.StringProperty()
+    error: bpy.props.BoolProperty()
+
+    def execute(self, context):
+        self.report({"ERROR" if self.error else "INFO"}, self.message)
+        return {"FINISHED"}
+
+
+CLASSES = (
+    SPARSECTRL_OT_report,
+    SPARSECTRL_OT_check_connection,
+    SPARSECTRL_OT_randomize_seed,
+    SPARSECTRL_OT_generate,
+    SPARSECTRL_OT_cancel,
+)
 
 
 def unregister_timers() -> None:

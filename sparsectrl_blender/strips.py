@@ -53,7 +53,8 @@ def add_preview_strip(scene, video_path: str, start: int, end: int, num_frames: 
     needed = 1 if num_frames == shot_frames else 2
     old = []
     if replace is not None:
-        old = [replace] + [s for s in _all_strips(scene) if getattr(s, "input_1", None) == replace]
+        # Effects first: removing the movie strip would take its Speed effect with it.
+        old = [s for s in _all_strips(scene) if getattr(s, "input_1", None) == replace] + [replace]
     channel = first_free_channel(scene, start, end, needed, ignore=old)
     if replace is not None:
         channel = (

@@ -1,0 +1,219 @@
+"""The add-on against a real `python -m server --model tiny` process: batch run, UI operators, cancel, errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from server.video.encode import read_video  # noqa: E402
+from sparsectrl_blender.client import Client  # noqa: E402
+from sparsectrl_blender.generation import JobRunner  # noqa: E402
+from tests.addon.scenes import build_shot  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+from tests.e2e.conftest import job_body  # noqa: E402
+from tests.e2e.server_process import ServerProcess  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory, tiny_root):
+    import shutil
+
+    data = tmp_path_factory.mktemp("addon_server")
+    shutil.copytree(tiny_root, data / "models" / "tiny")
+    server = ServerProcess(["--model", "tiny"], data, data / "server.log")
+    yield server
+    server.stop()
+
+
+def save_shot(path: Path, **kwargs) -> Path:
+    build_shot(**kwargs)
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    return path
+
+
+def run_batch(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "sparsectrl_blender.batch", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def preview_strips(scene):
+    editor = scene.sequence_editor
+    strips = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+    return [s for s in strips if s.type == "MOVIE" and "sparsectrl" in s.keys()]
+
+
+def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
+    shot = save_shot(tmp_path / "shot.blend", start=1, end=48, markers=(1, 24, 48))
+    out = run_batch(
+        shot,
+        "--server",
+        tiny_server.url,
+        "--modality",
+        "lineart",
+        "--frames",
+        16,
+        "--size",
+        128,
+        "--steps",
+        3,
+        "--seed",
+        11,
+        "--prompt",
+        "two boxes in fog",
+        "--passes-dir",
+        tmp_path / "passes",
+        "--out",
+        tmp_path / "out" / "shot_out.blend",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "passes").iterdir()) == [
+        "frame_0001.png",
+        "frame_0024.png",
+        "frame_0048.png",
+    ]
+
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "out" / "shot_out.blend"))
+    scene = bpy.context.scene
+    (strip,) = preview_strips(scene)
+    assert (strip.frame_final_start, strip.frame_final_duration) == (1, 48)
+    video = Path(bpy.path.abspath(strip.filepath))
+    assert strip.filepath.startswith("//sparsectrl/") and video.is_file()
+    frames, _ = read_video(video)
+    assert frames.shape == (16, 72, 128, 3)  # 1920x1080 at 128 px: 128x72
+    meta = json.loads(strip["sparsectrl"])
+    assert meta["prompt"] == "two boxes in fog" and meta["seed"] == 11 and meta["modality"] == "lineart"
+    assert meta["keyframes"] == {"1": 0, "24": 8, "48": 15} and meta["model"] == "tiny-random"
+    assert strip["sparsectrl_seed"] == 11 and strip["sparsectrl_prompt"] == "two boxes in fog"
+
+    # What the Sequencer shows at each keyframe's timeline frame is the generated frame it conditioned.
+    scene.render.use_sequencer = True
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 128, 72, 100
+    scene.view_settings.view_transform = "Standard"
+    scene.render.image_settings.file_format = "PNG"
+    for frame, index in meta["keyframes"].items():
+        scene.frame_set(int(frame))
+        scene.render.filepath = str(tmp_path / f"vse_{frame}.png")
+        bpy.ops.render.render(write_still=True)
+        img = bpy.data.images.load(scene.render.filepath)
+        shown = np.round(np.flipud(np.array(img.pixels[:]).reshape(72, 128, 4))[..., :3] * 255)
+        distances = [np.abs(shown - f).mean() for f in frames]
+        assert int(np.argmin(distances)) == index, (frame, index, distances)
+
+
+def test_batch_with_the_server_down_fails_with_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    shot = save_shot(tmp_path / "shot.blend")
+    out = run_batch(shot, "--server", f"http://127.0.0.1:{port}", "--prompt", "x")
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach the server at") and "Traceback" not in out.stderr
+
+
+def test_batch_refuses_a_modality_the_server_lacks_and_bad_keyframes(tiny_server, tmp_path):
+    shot = save_shot(tmp_path / "shot.blend", markers=())
+    out = run_batch(shot, "--server", tiny_server.url, "--prompt", "x")
+    assert out.returncode == 1 and "error: no keyframes: add timeline markers" in out.stderr
+
+
+def test_runner_cancel_stops_the_job_on_the_server(tiny_server):
+    runner = JobRunner(
+        Client(tiny_server.url), job_body(num_frames=32, width=128, height=128, steps=150), poll_seconds=0.05
+    )
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while runner.state.step < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.cancel()
+    thread.join(60)
+    assert runner.state.phase == "cancelled" and runner.state.step < 150
+    assert tiny_server.client.get(f"/v1/jobs/{runner.state.job_id}").json()["status"] == "cancelled"
+
+
+@pytest.fixture
+def addon():
+    import sparsectrl_blender
+
+    sparsectrl_blender.register()
+    yield sys.modules["sparsectrl_blender.operators"]
+    sparsectrl_blender.unregister()
+
+
+def _finish(ops):
+    """Run the add-on's timer by hand (bpy as a module has no event loop to fire bpy.app.timers)."""
+    run = ops.STATUS.run
+    run.thread.join(120)
+    assert ops._poll_run() is None
+
+
+def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_server, tmp_path, addon):
+    ops = addon
+    build_shot(start=1, end=24, markers=(1, 24))
+    scene = bpy.context.scene
+    props = scene.sparsectrl
+    props.server_url, props.prompt, props.size, props.steps, props.num_frames = tiny_server.url, "x", 128, 2, 8
+
+    bpy.ops.sparsectrl.check_connection()
+    deadline = time.monotonic() + 10
+    while ops.STATUS.connection.checking and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ops.STATUS.connection.health["model"]["tiny"] is True
+
+    assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
+    assert not bpy.ops.sparsectrl.generate.poll()  # one generation at a time
+    _finish(ops)
+    (first,) = preview_strips(scene)
+    assert ops.STATUS.message.startswith("preview added") and not ops.STATUS.message_is_error
+    assert (first.frame_final_start, first.frame_final_duration) == (1, 24)
+
+    props.regenerate_mode = "REPLACE"
+    scene.sequence_editor.active_strip = first
+    old_seed, old_channel = props.seed, first.channel
+    bpy.ops.sparsectrl.generate(regenerate=True)
+    _finish(ops)
+    (replaced,) = preview_strips(scene)
+    assert replaced["sparsectrl_seed"] == props.seed != old_seed and replaced.channel == old_channel
+
+    props.regenerate_mode = "STACK"
+    bpy.ops.sparsectrl.generate(regenerate=True)
+    _finish(ops)
+    assert len(preview_strips(scene)) == 2
+
+    props.num_frames, props.steps, props.size = 24, 150, 256  # long enough to cancel mid-run
+    bpy.ops.sparsectrl.generate()
+    runner = ops.STATUS.run.runner
+    deadline = time.monotonic() + 60
+    while runner.state.step < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bpy.ops.sparsectrl.cancel() == {"FINISHED"}
+    _finish(ops)
+    assert ops.STATUS.message == "cancelled" and runner.state.step < 150
+    assert len(preview_strips(scene)) == 2
+
+    props.num_frames, props.steps, props.size = 8, 2, 128
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        props.server_url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    bpy.ops.sparsectrl.generate()
+    _finish(ops)
+    assert ops.STATUS.message_is_error and "cannot reach the server" in ops.STATUS.message
+    assert len(preview_strips(scene)) == 2  # nothing lost
