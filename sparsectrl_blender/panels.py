@@ -85,24 +85,23 @@ def draw_panel(layout, context) -> None:
         layout.label(text=STATUS.message, icon="ERROR" if STATUS.message_is_error else "INFO")
 
 
-class SPARSECTRL_PT_sequencer(bpy.types.Panel):
+class _SparseCtrlPanel:
+    """The same panel in each editor that has a sidebar."""
+
     bl_label = "SparseCtrl Preview"
+    bl_region_type = "UI"
+    bl_category = "SparseCtrl"
+
+    def draw(self, context):
+        draw_panel(self.layout, context)
+
+
+class SPARSECTRL_PT_sequencer(_SparseCtrlPanel, bpy.types.Panel):
     bl_space_type = "SEQUENCE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "SparseCtrl"
-
-    def draw(self, context):
-        draw_panel(self.layout, context)
 
 
-class SPARSECTRL_PT_view3d(bpy.types.Panel):
-    bl_label = "SparseCtrl Preview"
+class SPARSECTRL_PT_view3d(_SparseCtrlPanel, bpy.types.Panel):
     bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "SparseCtrl"
-
-    def draw(self, context):
-        draw_panel(self.layout, context)
 
 
 CLASSES = (SPARSECTRL_PT_sequencer, SPARSECTRL_PT_view3d)
