@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,21 @@ def serve(config: Config) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.security import is_loopback_name
     from .jobs.service import JobService
 
+    token = config.server.token or os.environ.get("SPARSECTRL_TOKEN", "")
+    if not is_loopback_name(config.server.host) and not token:
+        raise ConfigError(
+            f"binding {config.server.host} lets other machines drive this GPU: set server.token in the config "
+            "(or the SPARSECTRL_TOKEN environment variable) and give the same token to the add-on"
+        )
     engine = _load_engine(config)
     data_dir = config.data_dir
     service = JobService(config, engine, data_dir)
-    app = create_app(service, max_body_bytes=config.server.max_body_mb * 2**20)
+    app = create_app(service, config, token=token)
+    if token:
+        log.info("API requests need 'Authorization: Bearer <token>'")
     tiny = " -- TINY RANDOM MODEL: output is noise, for testing the pipeline only" if engine.model.tiny else ""
     log.info(
         "serving model %s on http://%s:%d (data dir %s)%s",

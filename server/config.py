@@ -26,6 +26,9 @@ class ServerSection:
     data_dir: str
     max_body_mb: int
     log_level: str
+    token: str
+    allowed_hosts: list
+    allowed_origins: list
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
+class Retention:
+    max_age_hours: float
+    max_total_mb: float
+
+
+@dataclass(frozen=True)
 class Limits:
     min_size: int
     max_size: int
@@ -76,6 +85,7 @@ class Config:
     generation: GenerationDefaults
     scheduler: dict[str, Any]
     limits: Limits
+    retention: Retention
 
     @property
     def data_dir(self) -> Path:
@@ -125,9 +135,11 @@ def _typed(cls: type, table: dict[str, Any], name: str) -> Any:
                 continue
             raise ConfigError(f"missing config key '{name}.{f.name}'")
         value = table[f.name]
-        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
+        expected = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}.get(str(f.type))
         if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
             raise ConfigError(f"config key '{name}.{f.name}' should be {f.type}, got {value!r}")
+        if f.type == "list" and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key '{name}.{f.name}' should be a list of strings, got {value!r}")
         kwargs[f.name] = float(value) if f.type == "float" else value
     return cls(**kwargs)
 
@@ -157,4 +169,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         generation=_typed(GenerationDefaults, generation_table, "generation"),
         scheduler=dict(raw.get("scheduler", {})),
         limits=_typed(Limits, raw["limits"], "limits"),
+        retention=_typed(Retention, raw["retention"], "retention"),
     )

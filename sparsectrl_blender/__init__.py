@@ -7,16 +7,16 @@ imported only inside register()/unregister() here, so those modules import anywh
 
 
 def _modules():
-    from . import operators, panels, properties
+    from . import operators, panels, preferences, properties
 
-    return properties, operators, panels
+    return preferences, properties, operators, panels
 
 
 def register() -> None:
     import bpy
 
-    properties, operators, panels = _modules()
-    for module in (properties, operators, panels):
+    preferences, properties, operators, panels = _modules()
+    for module in (preferences, properties, operators, panels):
         for cls in module.CLASSES:
             bpy.utils.register_class(cls)
     properties.register()
@@ -25,9 +25,9 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    properties, operators, panels = _modules()
+    preferences, properties, operators, panels = _modules()
     operators.unregister_timers()
     properties.unregister()
-    for module in (panels, operators, properties):
+    for module in (panels, operators, properties, preferences):
         for cls in reversed(module.CLASSES):
             bpy.utils.unregister_class(cls)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("shot", metavar="SHOT.blend")
     p.add_argument("--server", help="server URL (default: the one saved in the .blend, else http://127.0.0.1:8765)")
+    p.add_argument("--token", help="the server's token, if it has one (default: SPARSECTRL_TOKEN)")
     p.add_argument("--modality", choices=["lineart", "depth", "rgb"])
     p.add_argument("--keyframes", help="'markers' (default), 'camera', 'every:N', or a list like 1,24,48")
     p.add_argument("--frames", type=int, help="generated frames")
@@ -106,7 +108,7 @@ def run(argv: list[str]) -> int:
     scene = bpy.context.scene
     settings = settings_from(args, _saved_settings(scene))
 
-    client = Client(settings.server_url)
+    client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
     health = client.health()
     if settings.modality not in health["modalities"]:
         raise ServerError(

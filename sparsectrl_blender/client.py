@@ -19,26 +19,39 @@ class ServerError(Exception):
         self.code, self.status = code, status
 
 
+def _http_error(e: urllib.error.HTTPError) -> ServerError:
+    """The server's {"error": {"code", "message"}} as a ServerError (docs/api.md)."""
+    try:
+        err = json.loads(e.read())["error"]
+        message, code = str(err["message"]), str(err["code"])
+    except (ValueError, KeyError, TypeError):
+        return ServerError(f"the server answered HTTP {e.code} {e.reason}", "http_error", e.code)
+    if e.code == 401:
+        message = (
+            "the server refused the token: set the server's token in the add-on's preferences "
+            "(Edit > Preferences > Add-ons > SparseCtrl Previs)"
+        )
+    return ServerError(message, code, e.code)
+
+
 class Client:
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = 10.0, token: str = ""):
         url = url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             url = "http://" + url
-        self.url, self.timeout = url, timeout
+        self.url, self.timeout, self.token = url, timeout, token.strip()
 
     def _request(self, method: str, path: str, body: Any = None, raw: bool = False, timeout: float | None = None):
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as e:
-            try:
-                err = json.loads(e.read())["error"]
-                raise ServerError(err["message"], err["code"], e.code) from None
-            except (ValueError, KeyError, TypeError):
-                raise ServerError(f"the server answered HTTP {e.code} {e.reason}", "http_error", e.code) from None
+            raise _http_error(e) from None
         except urllib.error.URLError as e:
             reason = e.reason if isinstance(e.reason, str) else (e.reason.strerror or str(e.reason))
             raise ServerError(

@@ -72,6 +72,7 @@ class RunnerState:
     total: int = 0
     job_id: str | None = None
     error: str | None = None
+    lost: bool = False  # the server went away during the job
     job: dict = field(default_factory=dict)
     video: bytes | None = None
 
@@ -129,7 +130,7 @@ class JobRunner:
             s.video = self.client.video(s.job_id)
             s.phase = "done"
         except ServerError as e:
-            s.phase, s.error = "failed", str(e)
+            s.phase, s.error, s.lost = "failed", str(e), e.code == "lost"
         except Exception as e:  # noqa: BLE001 - the UI shows a message, never a traceback
             log.exception("generation failed")
             s.phase, s.error = "failed", f"unexpected error: {type(e).__name__}: {e}"

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 import bpy
 
+from . import preferences
 from .client import Client, ServerError
 from .generation import JobRunner, PreparedJob
 
 POLL_SECONDS = 0.25
+# How long the server may be unreachable during a job before the panel says it went away.
+LOST_AFTER_SECONDS = 10.0
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Status:
         self.run: ActiveRun | None = None
         self.message = ""
         self.message_is_error = False
+        self.can_resubmit = False  # the last job was lost with the server: the panel offers to send it again
 
     def say(self, text: str, error: bool = False) -> None:
         self.message, self.message_is_error = text, error
@@ -59,10 +63,10 @@ def _redraw() -> None:
                 area.tag_redraw()
 
 
-def _check_connection(url: str) -> None:
+def _check_connection(url: str, token: str) -> None:
     c = STATUS.connection
     try:
-        c.health, c.error = Client(url).health(), None
+        c.health, c.error = Client(url, token=token).health(), None
     except ServerError as e:
         c.health, c.error = None, str(e)
     c.checking, c.url = False, url
@@ -82,6 +86,7 @@ def _poll_run():
         _redraw()
         return POLL_SECONDS
     STATUS.run = None
+    STATUS.can_resubmit = state.lost
     scene = bpy.data.scenes.get(run.scene_name)
     if state.phase == "done" and scene is not None:
         from .generation import import_result
@@ -123,7 +128,7 @@ class SPARSECTRL_OT_check_connection(bpy.types.Operator):
     def execute(self, context):
         url = context.scene.sparsectrl.server_url
         STATUS.connection.checking = True
-        threading.Thread(target=_check_connection, args=(url,), daemon=True).start()
+        threading.Thread(target=_check_connection, args=(url, preferences.token()), daemon=True).start()
         if not bpy.app.timers.is_registered(_poll_connection):
             bpy.app.timers.register(_poll_connection, first_interval=POLL_SECONDS)
         return {"FINISHED"}
@@ -177,7 +182,9 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
             return self._fail(str(e))
         for message in prepared.messages:
             self.report({"WARNING"}, message)
-        runner = JobRunner(Client(settings.server_url), prepared.body, poll_seconds=POLL_SECONDS)
+        runner = JobRunner(
+            Client(settings.server_url, token=preferences.token()), prepared.body, poll_seconds=POLL_SECONDS
+        )
         thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
         STATUS.run = ActiveRun(scene.name, prepared, runner, thread, replace.name if replace else None)
         thread.start()

@@ -77,7 +77,9 @@ def draw_panel(layout, context) -> None:
     else:
         row = layout.row(align=True)
         row.scale_y = 1.4
-        row.operator("sparsectrl.generate", icon="RENDER_ANIMATION")
+        row.operator(
+            "sparsectrl.generate", text="Resubmit" if STATUS.can_resubmit else "Generate", icon="RENDER_ANIMATION"
+        )
         sub = layout.row(align=True)
         sub.operator("sparsectrl.generate", text="Regenerate (new seed)").regenerate = True
         sub.prop(props, "regenerate_mode", text="")

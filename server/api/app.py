@@ -1,18 +1,20 @@
 """The FastAPI application: routes only; the work is in jobs.service."""
 
-from __future__ import annotations
-
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
 
+from ..config import Config
 from ..jobs.resolve import RequestError
 from ..jobs.service import JobService
 from .errors import error_response, install_error_handlers
-from .schemas import ErrorResponse, Health, JobAccepted, JobCreate, JobList, JobOut
+from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, job_create_model
+from .security import RequestGuard, is_loopback_name
 
 ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing or wrong token (when the server has one)"},
+    403: {"model": ErrorResponse, "description": "request from a web page or for another host"},
     404: {"model": ErrorResponse, "description": "no such job"},
     409: {"model": ErrorResponse, "description": "the job is not in a state that allows this"},
     413: {"model": ErrorResponse, "description": "request body too large"},
@@ -21,7 +23,11 @@ ERRORS = {
 
 
 class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length is sent."""
+    """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length is sent.
+
+    With Content-Length, the header decides (the HTTP server holds the body to it). Without (chunked), the body
+    is read here up to the limit and handed on whole.
+    """
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -29,36 +35,42 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise RequestError("payload_too_large", self._message(), status=413)
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            return await self.app(scope, counting_receive, send)
-        except RequestError as e:
-            if e.status != 413:
-                raise
-            return await self._too_large(scope, receive, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-    def _message(self) -> str:
-        return f"request body is larger than {self.max_bytes // 2**20} MiB (server.max_body_mb)"
+        return await self.app(scope, replay, send)
 
     async def _too_large(self, scope, receive, send):
-        await error_response(413, "payload_too_large", self._message())(scope, receive, send)
+        message = f"request body is larger than {self.max_bytes // 2**20} MiB (server.max_body_mb)"
+        await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
-def create_app(service: JobService, max_body_bytes: int) -> FastAPI:
+def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
+    """The app for `service`; `token` (server.token or SPARSECTRL_TOKEN) is required on every API call if set."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         service.start()
@@ -74,7 +86,16 @@ def create_app(service: JobService, max_body_bytes: int) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_mb * 2**20)
+    # Added last, so it runs first: nothing else sees a refused request.
+    app.add_middleware(
+        RequestGuard,
+        loopback_only=is_loopback_name(config.server.host),
+        token=token,
+        allowed_hosts=config.server.allowed_hosts,
+        allowed_origins=config.server.allowed_origins,
+    )
+    JobCreate = job_create_model(config.limits)
 
     @app.get("/v1/health", response_model=Health)
     def health():

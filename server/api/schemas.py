@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import Limits
 from ..engine.request import SCHEDULER_NAMES
 from ..jobs.resolve import SEED_MAX
 from ..jobs.store import JobRecord
@@ -15,29 +16,35 @@ SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-class KeyframeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    index: int = Field(ge=0, description="0-based index of the generated frame this image conditions")
-    image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
+def job_create_model(limits: Limits) -> type[BaseModel]:
+    """The POST /v1/jobs body, with the configured limits in its schema (so /docs and clients see them)."""
 
+    class KeyframeIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        index: int = Field(ge=0, le=limits.max_frames - 1, description="0-based generated frame it conditions")
+        image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
 
-class JobCreate(BaseModel):
-    """A generation request. Omitted optional fields take the server's configured defaults."""
+    size = dict(ge=limits.min_size, le=limits.max_size, multiple_of=8)
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str
-    negative_prompt: str | None = None
-    modality: Modality
-    num_frames: int | None = Field(None, ge=1)
-    width: int | None = Field(None, ge=8, multiple_of=8)
-    height: int | None = Field(None, ge=8, multiple_of=8)
-    steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
-    conditioning_scale: float | None = Field(None, ge=0)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    scheduler: SchedulerName | None = None  # type: ignore[valid-type]
-    fps: int | None = Field(None, ge=1)
-    keyframes: list[KeyframeIn] = Field(min_length=1)
+    class JobCreate(BaseModel):
+        """A generation request. Omitted optional fields take the server's configured defaults."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        prompt: str = Field(max_length=limits.max_prompt_chars)
+        negative_prompt: str | None = Field(None, max_length=limits.max_prompt_chars)
+        modality: Modality
+        num_frames: int | None = Field(None, ge=1, le=limits.max_frames)
+        width: int | None = Field(None, **size)
+        height: int | None = Field(None, **size)
+        steps: int | None = Field(None, ge=1, le=limits.max_steps)
+        guidance_scale: float | None = Field(None, ge=0, le=limits.max_guidance_scale)
+        conditioning_scale: float | None = Field(None, ge=0, le=limits.max_conditioning_scale)
+        seed: int | None = Field(None, ge=0, le=SEED_MAX)
+        scheduler: SchedulerName | None = None  # type: ignore[valid-type]
+        fps: int | None = Field(None, ge=1, le=limits.max_fps)
+        keyframes: list[KeyframeIn] = Field(min_length=1, max_length=limits.max_frames)
+
+    return JobCreate
 
 
 class ErrorInfo(BaseModel):

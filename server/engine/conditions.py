@@ -27,12 +27,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height}, more than the {max_pixels} pixels allowed")
+                raise ImageError(f"image is {width}x{height}: too large, more than the {max_pixels} pixels allowed")
             img.load()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image is too large to decode") from None
+        raise ImageError(f"image is too large, more than the {max_pixels} pixels allowed") from None
     except Exception as e:  # PIL raises many types for corrupt data
         raise ImageError(f"not a readable PNG/JPEG/WebP image ({type(e).__name__})") from None
     return to_rgb(img)

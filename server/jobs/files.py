@@ -41,5 +41,17 @@ class JobFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
+    def remove_outputs(self, job_id: str) -> None:
+        """Drop a job's video and frames (kept: its keyframes, to look at or resubmit)."""
+        shutil.rmtree(self.frames(job_id), ignore_errors=True)
+        for path in self.folder(job_id).glob("*.mp4*"):
+            path.unlink(missing_ok=True)
+        for path in self.folder(job_id).glob(".*.partial"):
+            path.unlink(missing_ok=True)
+
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def size(self, job_id: str) -> int:
+        folder = self.folder(job_id)
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0

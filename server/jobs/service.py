@@ -11,6 +11,7 @@ from ..config import Config
 from ..engine.engine import Engine, random_seed
 from .files import JobFiles, is_job_id
 from .resolve import RequestError, resolve_request
+from .retention import prune
 from .store import RUNNING, JobRecord, JobStore
 from .worker import Worker
 
@@ -27,11 +28,16 @@ class JobService:
         self.store = JobStore(Path(data_dir) / "jobs.sqlite3")
         self.files = JobFiles(Path(data_dir) / "jobs")
         self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar)
+        self.worker.after_job = self.prune
         for job_id in self.store.interrupted_on_open:
             log.warning("job %s was running when the server last stopped: marked failed (interrupted)", job_id)
 
     def start(self) -> None:
+        self.prune()
         self.worker.start()
+
+    def prune(self) -> list[str]:
+        return prune(self.store, self.files, self.config.retention)
 
     def stop(self) -> None:
         self.worker.stop()

@@ -122,6 +122,19 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [_record(r) for r in rows]
 
+    def finished_oldest_first(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN (?, ?, ?) ORDER BY finished_at, seq", FINISHED
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job's record (retention); running and queued jobs are never deleted."""
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)", (job_id, *FINISHED))
+        return cur.rowcount == 1
+
     def queue_length(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]

@@ -6,6 +6,7 @@ answering while a job runs. An exception fails only its job; the worker lives on
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import threading
@@ -27,6 +28,13 @@ OOM_HINT = (
 )
 
 
+DISK_FULL_HINT = "the disk holding the data dir is full: free space or lower [retention] in the config"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     import torch
 
@@ -46,6 +54,7 @@ class Worker:
         self._lock = threading.Lock()
         self._current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="sparsectrl-worker", daemon=True)
+        self.after_job = None  # called after every job (the service prunes old results there)
 
     def start(self) -> None:
         self._thread.start()
@@ -118,6 +127,7 @@ class Worker:
             peak = f", peak {result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else ""
             log.info("job %s succeeded in %.1f s (seed %d%s)", job.id, result.seconds, result.seed, peak)
         except JobCancelled:
+            self.files.remove_outputs(job.id)
             if self._stopping.is_set():
                 self.store.finish(job.id, FAILED, "interrupted", "the server stopped while this job was running")
                 log.info("job %s interrupted by shutdown", job.id)
@@ -127,7 +137,11 @@ class Worker:
         except ModalityUnavailable as e:
             self.store.finish(job.id, FAILED, "modality_unavailable", str(e))
         except Exception as e:  # noqa: BLE001 - a job's failure must never end the worker
-            if is_out_of_memory(e):
+            self.files.remove_outputs(job.id)  # never serve a partial result
+            if is_disk_full(e):
+                self.store.finish(job.id, FAILED, "disk_full", DISK_FULL_HINT)
+                log.error("job %s: disk full while writing its results", job.id)
+            elif is_out_of_memory(e):
                 self.store.finish(job.id, FAILED, "out_of_memory", OOM_HINT)
                 log.error("job %s ran out of memory: %s", job.id, e)
             else:
@@ -138,3 +152,5 @@ class Worker:
             with self._lock:
                 self._current = None
             self.engine.release_memory()
+            if self.after_job is not None:
+                self.after_job()

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], data_dir: Path, log_path: Path):
+    def __init__(self, args: list[str], data_dir: Path, log_path: Path, token: str = ""):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -34,7 +34,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.url, timeout=30, headers=headers)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 120) -> None:

@@ -217,3 +217,35 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     _finish(ops)
     assert ops.STATUS.message_is_error and "cannot reach the server" in ops.STATUS.message
     assert len(preview_strips(scene)) == 2  # nothing lost
+
+
+def test_server_disappearing_mid_job_says_so_and_offers_to_resubmit(tmp_path, tiny_root, addon, monkeypatch):
+    import shutil
+
+    ops = addon
+    shutil.copytree(tiny_root, tmp_path / "data" / "models" / "tiny")
+    server = ServerProcess(["--model", "tiny"], tmp_path / "data", tmp_path / "server.log")
+    build_shot(start=1, end=24, markers=(1, 24))
+    props = bpy.context.scene.sparsectrl
+    props.server_url, props.prompt, props.size, props.steps, props.num_frames = server.url, "x", 256, 150, 24
+    monkeypatch.setattr(ops, "LOST_AFTER_SECONDS", 1.0)
+    bpy.ops.sparsectrl.generate()
+    runner = ops.STATUS.run.runner
+    deadline = time.monotonic() + 60
+    while runner.state.step < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.kill9()
+    _finish(ops)
+    assert ops.STATUS.message_is_error and ops.STATUS.can_resubmit
+    assert "the server went away during job" in ops.STATUS.message and "resubmit" in ops.STATUS.message
+
+    restarted = ServerProcess(["--model", "tiny"], tmp_path / "data", tmp_path / "server.log")
+    try:
+        props.server_url, props.size, props.steps, props.num_frames = restarted.url, 128, 2, 8
+        bpy.ops.sparsectrl.generate()
+        _finish(ops)
+        assert ops.STATUS.message.startswith("preview added") and not ops.STATUS.can_resubmit
+        lost = restarted.client.get(f"/v1/jobs/{runner.state.job_id}").json()
+        assert lost["status"] == "failed" and lost["error"]["code"] == "interrupted"
+    finally:
+        restarted.stop()

@@ -1,0 +1,97 @@
+"""Who may drive the server: the artist's own tools, never a web page open in their browser.
+
+Browsers let any page send requests to 127.0.0.1. Three checks, in this order, before any route runs:
+
+1. Host (DNS rebinding): on a loopback-only server the Host header must name loopback (127.x, localhost,
+   [::1]) or an entry of server.allowed_hosts; a rebinding page's requests carry its own domain.
+2. Origin: a browser attaches Origin to cross-site requests (`null` from sandboxed or file:// pages) and
+   Sec-Fetch-Site to all; anything but same-origin (the server's own /docs) or server.allowed_origins is
+   refused. Scripts and the Blender add-on send neither header.
+3. Token: with server.token set (required to bind another interface), every API request needs
+   `Authorization: Bearer TOKEN`. /docs and /openapi.json stay readable.
+
+CORS is off: no Access-Control-* header is ever sent, so even an allowed request's answer stays unreadable
+to other pages.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from urllib.parse import urlsplit
+
+from .errors import error_response
+
+OPEN_PATHS = {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """'127.0.0.1:8765' -> ('127.0.0.1', '8765'); '[::1]:8765' -> ('::1', '8765')."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, rest.lstrip(":")
+    name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    return name, port
+
+
+def is_loopback_name(name: str) -> bool:
+    if name.lower() in ("localhost", "localhost.") or name.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class RequestGuard:
+    def __init__(self, app, *, loopback_only: bool, token: str, allowed_hosts=(), allowed_origins=()):
+        self.app = app
+        self.loopback_only = loopback_only
+        self.token = token.encode() if token else b""
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
+        self.allowed_origins = {o.lower().rstrip("/") for o in allowed_origins}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        refusal = self._refusal(scope.get("path", ""), headers)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        status, code, message = refusal
+        response = error_response(status, code, message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+    def _refusal(self, path: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
+        host = headers.get("host", "").lower()
+        if self.loopback_only and not (is_loopback_name(split_host(host)[0]) or host in self.allowed_hosts):
+            return (
+                403,
+                "forbidden_host",
+                (
+                    f"Host '{host}' is not this server; it answers on loopback only (add it to server.allowed_hosts "
+                    "if it is a name for this machine)"
+                ),
+            )
+        origin = headers.get("origin")
+        fetch_site = headers.get("sec-fetch-site")
+        if origin is not None or fetch_site in ("cross-site", "same-site"):
+            same_origin = (
+                origin is not None and urlsplit(origin).netloc.lower() == host and fetch_site in (None, "same-origin")
+            )
+            if not same_origin and (origin or "").lower().rstrip("/") not in self.allowed_origins:
+                return (
+                    403,
+                    "forbidden_origin",
+                    (
+                        f"requests from web pages are refused (Origin: {origin or 'none'}, Sec-Fetch-Site: "
+                        f"{fetch_site or 'none'}); list trusted origins in server.allowed_origins"
+                    ),
+                )
+        if self.token and path not in OPEN_PATHS:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+                return 401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'"
+        return None

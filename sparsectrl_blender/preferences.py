@@ -1,0 +1,30 @@
+"""Add-on preferences: the server token lives here, in Blender's user preferences, never in a .blend (bpy)."""
+
+from __future__ import annotations
+
+import bpy
+
+ADDON_ID = __package__  # "bl_ext.user_default.sparsectrl_previs" when installed as an extension
+
+
+class SparseCtrlPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    token: bpy.props.StringProperty(
+        name="Server token",
+        subtype="PASSWORD",
+        description="The server's token (server.token / SPARSECTRL_TOKEN); needed when it runs on another machine",
+    )
+
+    def draw(self, context):
+        self.layout.prop(self, "token")
+        self.layout.label(text="Only needed for a server started with a token (e.g. on a shared GPU box).")
+
+
+def token() -> str:
+    """The token from the preferences; empty when none is set or the add-on was registered without them."""
+    addon = bpy.context.preferences.addons.get(ADDON_ID)
+    return addon.preferences.token if addon is not None and addon.preferences is not None else ""
+
+
+CLASSES = (SparseCtrlPreferences,)

@@ -1,0 +1,135 @@
+"""Faults lose nothing: out of memory, exceptions and a full disk fail one job; the worker takes the next.
+
+A real JobService on the tiny engine; the faults are raised at the edges we cannot reach here (the GPU's
+allocator, the disk), by patching the engine call or the file writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import time
+
+import pytest
+import torch
+
+import server.jobs.worker as worker_module
+from server.jobs.service import JobService
+from tests.conftest import png_bytes, sketch
+
+
+def fields(**changes):
+    body = {
+        "prompt": "x",
+        "modality": "lineart",
+        "num_frames": 4,
+        "steps": 2,
+        "seed": 1,
+        "keyframes": [{"index": 0, "image": base64.b64encode(png_bytes(sketch())).decode()}],
+    }
+    body.update(changes)
+    return body
+
+
+def wait(service, job_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = service.get(job_id)
+        if job.finished:
+            return job
+        time.sleep(0.02)
+    raise TimeoutError(job_id)
+
+
+@pytest.fixture
+def service(engine, tiny_config, tmp_path):
+    svc = JobService(tiny_config, engine, tmp_path, progress_bar=False)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def fail_once(monkeypatch, target, name, error):
+    real = getattr(target, name)
+    calls = []
+
+    def patched(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, patched)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes"),
+    ],
+    ids=["cuda", "python", "cpu-allocator"],
+)
+def test_out_of_memory_fails_the_job_with_a_hint_and_the_next_runs(service, engine, monkeypatch, error):
+    fail_once(monkeypatch, engine, "generate", error)
+    first, second = (service.submit(fields()).id for _ in range(2))
+    failed = wait(service, first)
+    assert (failed.status, failed.error_code) == ("failed", "out_of_memory")
+    assert "fewer frames" in failed.error_message
+    assert wait(service, second).status == "succeeded"
+
+
+def test_an_exception_fails_only_its_job_with_its_message(service, engine, monkeypatch):
+    fail_once(monkeypatch, engine, "generate", ValueError("scheduler exploded at step 3"))
+    first, second = (service.submit(fields()).id for _ in range(2))
+    failed = wait(service, first)
+    assert failed.error_code == "generation_failed"
+    assert failed.error_message == "ValueError: scheduler exploded at step 3"
+    assert wait(service, second).status == "succeeded"
+
+
+def test_disk_full_while_writing_fails_the_job_and_serves_no_partial_file(service, monkeypatch):
+    real = worker_module.write_mp4
+
+    def disk_full(frames, fps, path):
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_bytes(b"\x00" * 1000)  # half-written when the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(worker_module, "write_mp4", disk_full)
+    job_id = service.submit(fields()).id
+    failed = wait(service, job_id)
+    assert (failed.status, failed.error_code) == ("failed", "disk_full")
+    folder = service.files.folder(job_id)
+    assert not service.files.video(job_id).exists() and not service.files.frames(job_id).exists()
+    assert not list(folder.glob("*.partial")) and not list(folder.glob(".*.partial"))
+    assert service.files.keyframe(job_id, 0).exists()  # the inputs are kept
+
+    monkeypatch.setattr(worker_module, "write_mp4", real)
+    assert wait(service, service.submit(fields()).id).status == "succeeded"
+
+
+def test_retention_prunes_by_age_then_by_size_and_never_touches_queued_jobs(service, tiny_config):
+    import dataclasses
+
+    from server.jobs.retention import prune
+
+    done = [service.submit(fields(seed=i)).id for i in range(3)]
+    for job_id in done:
+        wait(service, job_id)
+    service.worker.stop()
+    queued = service.submit(fields()).id
+    size = service.files.size(done[0])
+    assert size > 0
+
+    keep_all = dataclasses.replace(tiny_config.retention, max_age_hours=0, max_total_mb=0)
+    assert prune(service.store, service.files, keep_all) == []
+
+    by_size = dataclasses.replace(keep_all, max_total_mb=(2.5 * size) / 2**20)
+    assert prune(service.store, service.files, by_size) == [done[0]]  # oldest first, until it fits
+    assert service.store.get(done[0]) is None and not service.files.folder(done[0]).exists()
+
+    by_age = dataclasses.replace(keep_all, max_age_hours=1)
+    assert prune(service.store, service.files, by_age, now=time.time() + 7200) == done[1:]
+    assert service.store.get(queued).status == "queued"
