@@ -3,6 +3,7 @@
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 
 from ..config import Config
@@ -87,6 +88,13 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_mb * 2**20)
+    if config.server.allowed_origins:  # CORS stays off unless origins are listed
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.server.allowed_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     # Added last, so it runs first: nothing else sees a refused request.
     app.add_middleware(
         RequestGuard,

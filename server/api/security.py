@@ -10,8 +10,8 @@ Browsers let any page send requests to 127.0.0.1. Three checks, in this order, b
 3. Token: with server.token set (required to bind another interface), every API request needs
    `Authorization: Bearer TOKEN`. /docs and /openapi.json stay readable.
 
-CORS is off: no Access-Control-* header is ever sent, so even an allowed request's answer stays unreadable
-to other pages.
+CORS is off unless server.allowed_origins lists origins; then exactly those get CORS headers (a web tool
+the user trusts), and still need the token if the server has one.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        refusal = self._refusal(scope.get("path", ""), headers)
+        refusal = self._refusal(scope.get("method", ""), scope.get("path", ""), headers)
         if refusal is None:
             return await self.app(scope, receive, send)
         status, code, message = refusal
@@ -64,7 +64,7 @@ class RequestGuard:
             response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
 
-    def _refusal(self, path: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
+    def _refusal(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
         host = headers.get("host", "").lower()
         if self.loopback_only and not (is_loopback_name(split_host(host)[0]) or host in self.allowed_hosts):
             return (
@@ -90,7 +90,8 @@ class RequestGuard:
                         f"{fetch_site or 'none'}); list trusted origins in server.allowed_origins"
                     ),
                 )
-        if self.token and path not in OPEN_PATHS:
+        preflight = method == "OPTIONS" and "access-control-request-method" in headers  # carries no token
+        if self.token and path not in OPEN_PATHS and not preflight:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
                 return 401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'"

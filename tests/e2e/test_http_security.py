@@ -139,8 +139,15 @@ def test_a_token_server_needs_the_token_on_every_api_call(token_server):
         assert user.get("/v1/health").status_code == 200
         job = user.post("/v1/jobs", json=job_body(steps=1)).json()["id"]
         assert user.get(f"/v1/jobs/{job}").status_code == 200
-        # Listed origins and hosts pass; the token is still needed.
-        assert user.get("/v1/health", headers={"Origin": "http://localhost:3000"}).status_code == 200
+        # Listed origins and hosts pass, with CORS headers for exactly that origin; the token is still needed.
+        listed = user.get("/v1/health", headers={"Origin": "http://localhost:3000"})
+        assert listed.status_code == 200
+        assert listed.headers["access-control-allow-origin"] == "http://localhost:3000"
+        preflight = httpx.options(
+            f"{url}/v1/jobs", headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
+        assert httpx.get(f"{url}/v1/health", headers={"Origin": "http://localhost:3000"}).status_code == 401
         assert user.get("/v1/health", headers={"Host": "previs-box.local:8765"}).status_code == 200
 
 
