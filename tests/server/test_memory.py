@@ -4,6 +4,7 @@ memory on the second job). Measured in a fresh process so its peak belongs to th
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -55,7 +56,8 @@ def test_twenty_jobs_in_a_row_do_not_grow_peak_memory(data_dir_with_tiny):
     print(f"{JOBS} jobs, peak RSS MiB per job: {[round(p) for p in peaks]}; RSS after: {[round(r) for r in rss]}")
     # After the first jobs have warmed the allocator, neither the high-water mark nor the resident size grows.
     assert peaks[-1] - peaks[2] < 24, peaks
-    assert max(rss[3:]) - rss[2] < 24, rss
+    # A leak moves the typical resident size; the allocator's one-off blips (seen: +35 MiB for one job) do not.
+    assert statistics.median(rss[-5:]) - statistics.median(rss[3:8]) < 16, rss
     if rows[0]["accelerator_peak"] is not None:  # on a GPU: the allocator's own peak per job
         gpu = [r["accelerator_peak"] for r in rows]
         assert max(gpu[1:]) <= gpu[0] * 1.02, gpu
