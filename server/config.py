@@ -60,6 +60,14 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
+class LongVideo:
+    window_length: int
+    window_overlap: int
+    shared_noise: bool
+    decode_chunk: int
+
+
+@dataclass(frozen=True)
 class Retention:
     max_age_hours: float
     max_total_mb: float
@@ -70,6 +78,7 @@ class Limits:
     min_size: int
     max_size: int
     max_frames: int
+    max_output_frames: int
     max_steps: int
     max_guidance_scale: float
     max_conditioning_scale: float
@@ -86,6 +95,7 @@ class Config:
     scheduler: dict[str, Any]
     limits: Limits
     retention: Retention
+    long_video: LongVideo
 
     @property
     def data_dir(self) -> Path:
@@ -170,4 +180,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         scheduler=dict(raw.get("scheduler", {})),
         limits=_typed(Limits, raw["limits"], "limits"),
         retention=_typed(Retention, raw["retention"], "retention"),
+        long_video=_check_windows(_typed(LongVideo, raw["long_video"], "long_video")),
     )
+
+
+def _check_windows(long_video: LongVideo) -> LongVideo:
+    if not (1 <= long_video.window_length <= 32 and 0 <= long_video.window_overlap < long_video.window_length):
+        raise ConfigError(
+            "[long_video] needs 1 <= window_length <= 32 (the motion module's reach) and "
+            "0 <= window_overlap < window_length"
+        )
+    if long_video.decode_chunk < 1:
+        raise ConfigError("[long_video] decode_chunk must be at least 1")
+    return long_video

@@ -49,7 +49,7 @@ def engine(tiny_config, tiny_root):
 
     # data_dir/models/tiny is tiny_root, so the session's tiny model is reused, not rebuilt.
     model = load_model(tiny_config.model, tiny_config.data_dir)
-    return Engine(model, tiny_config.scheduler)
+    return Engine(model, tiny_config.scheduler, tiny_config.long_video)
 
 
 @pytest.fixture

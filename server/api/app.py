@@ -154,8 +154,9 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
     )
     def get_frame(job_id: str, n: int):
         job = _finished_output(job_id)
-        if not 0 <= n < job.request["num_frames"]:
-            raise RequestError("not_found", f"frame {n} is outside 0..{job.request['num_frames'] - 1}", 404)
+        frames = job.request.get("output_frames") or job.request["num_frames"]
+        if not 0 <= n < frames:
+            raise RequestError("not_found", f"frame {n} is outside 0..{frames - 1}", 404)
         return FileResponse(service.files.frame(job.id, n), media_type="image/png")
 
     return app

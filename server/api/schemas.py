@@ -23,6 +23,12 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
         model_config = ConfigDict(extra="forbid", strict=True)
         index: int = Field(ge=0, le=limits.max_frames - 1, description="0-based generated frame it conditions")
         image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
+        output_index: int | None = Field(
+            None,
+            ge=0,
+            le=limits.max_output_frames - 1,
+            description="with output_frames: the delivered frame that must show this keyframe's generated frame",
+        )
 
     size = dict(ge=limits.min_size, le=limits.max_size, multiple_of=8)
 
@@ -42,6 +48,12 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
         seed: int | None = Field(None, ge=0, le=SEED_MAX)
         scheduler: SchedulerName | None = None  # type: ignore[valid-type]
         fps: int | None = Field(None, ge=1, le=limits.max_fps)
+        output_frames: int | None = Field(
+            None,
+            ge=1,
+            le=limits.max_output_frames,
+            description="retime the clip to this many frames (e.g. the shot's length), keyframes pinned",
+        )
         keyframes: list[KeyframeIn] = Field(min_length=1, max_length=limits.max_frames)
 
     return JobCreate

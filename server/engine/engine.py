@@ -19,10 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import LongVideo
+from ..video.retime import retime, timing
 from .conditions import fit_to_size
 from .models import LoadedModel
 from .request import GenerationRequest
 from .schedulers import build_scheduler
+from .windowed import generate_windowed
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,16 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, scheduler_overrides: dict[str, Any], keep_encoders_on_device: bool = False):
+    def __init__(
+        self,
+        model: LoadedModel,
+        scheduler_overrides: dict[str, Any],
+        long_video: LongVideo,
+        keep_encoders_on_device: bool = False,
+    ):
         self.model = model
         self.scheduler_overrides = dict(scheduler_overrides)
+        self.long_video = long_video
         self.keep_encoders_on_device = keep_encoders_on_device
         self._active_modality: str | None = None
 
@@ -130,33 +140,63 @@ class Engine:
                 raise JobCancelled()
             return callback_kwargs
 
-        # 4. Denoise and decode. The seed drives the request's generator and, isolated by fork_rng, the global
-        #    RNG too: the RGB encoder's VAE encoding samples from it, and it must repeat as well.
+        # 4. Denoise and decode: diffusers' pipeline as it is for one window's worth of frames; longer clips in
+        #    context windows. The seed drives the request's generator and, isolated by fork_rng, the global RNG
+        #    too: the RGB encoder's VAE encoding samples from it, and it must repeat as well.
+        lv = self.long_video
         try:
             with torch.random.fork_rng(devices=[self.device] if cuda else []):
                 torch.manual_seed(request.seed)
                 generator = torch.Generator(device=self.device).manual_seed(request.seed)
-                output = pipe(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    num_frames=request.num_frames,
-                    width=request.width,
-                    height=request.height,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance_scale,
-                    conditioning_frames=images,
-                    controlnet_frame_indices=indices,
-                    controlnet_conditioning_scale=request.conditioning_scale,
-                    generator=generator,
-                    output_type="np",
-                    callback_on_step_end=step_end,
-                )
-            frames = to_uint8(output.frames[0])
-            del output
+                if request.num_frames <= lv.window_length:
+                    output = pipe(
+                        prompt=request.prompt,
+                        negative_prompt=request.negative_prompt or None,
+                        num_frames=request.num_frames,
+                        width=request.width,
+                        height=request.height,
+                        num_inference_steps=request.steps,
+                        guidance_scale=request.guidance_scale,
+                        conditioning_frames=images,
+                        controlnet_frame_indices=indices,
+                        controlnet_conditioning_scale=request.conditioning_scale,
+                        generator=generator,
+                        output_type="np",
+                        callback_on_step_end=step_end,
+                    )
+                    generated = output.frames[0]
+                    del output
+                else:
+                    generated = generate_windowed(
+                        pipe,
+                        prompt=request.prompt,
+                        negative_prompt=request.negative_prompt or None,
+                        num_frames=request.num_frames,
+                        width=request.width,
+                        height=request.height,
+                        steps=request.steps,
+                        guidance_scale=request.guidance_scale,
+                        conditioning_frames=images,
+                        frame_indices=indices,
+                        conditioning_scale=request.conditioning_scale,
+                        generator=generator,
+                        window_length=lv.window_length,
+                        window_overlap=lv.window_overlap,
+                        shared_noise=lv.shared_noise,
+                        decode_chunk=lv.decode_chunk,
+                        on_step_end=lambda i: step_end(None, i, None, {}),
+                    )
+            frames = to_uint8(generated)
+            del generated
         finally:
             # 5. Give memory back before the next job (the reference scripts ran out on the second one).
             del pipe
             self.release_memory()
+
+        # 6. Retime to the delivered frame count, keyframes pinned to their output frames.
+        if request.delivered_frames != request.num_frames or any(k.output_index is not None for k in keyframes):
+            anchors = [(k.output_index, k.index) for k in keyframes if k.output_index is not None]
+            frames = retime(frames, timing(request.num_frames, request.delivered_frames, anchors))
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)

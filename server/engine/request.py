@@ -16,6 +16,7 @@ class Keyframe:
 
     index: int
     image: Image.Image
+    output_index: int | None = None  # where this keyframe must land in the retimed output (None: no anchor)
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,8 @@ class GenerationRequest:
     scheduler: str
     fps: int
     keyframes: list[Keyframe] = field(default_factory=list)
+    output_frames: int = 0  # frames in the delivered clip after retiming; 0: num_frames (no retiming)
+
+    @property
+    def delivered_frames(self) -> int:
+        return self.output_frames or self.num_frames

@@ -31,7 +31,8 @@ class ResolvedJob:
 
     def echo(self) -> dict[str, Any]:
         """The request as stored and echoed by the API: every field, keyframes without their images."""
-        fields = asdict(self.request) | {"keyframes": [{"index": k.index} for k in self.request.keyframes]}
+        keyframes = [{"index": k.index, "output_index": k.output_index} for k in self.request.keyframes]
+        fields = asdict(self.request) | {"keyframes": keyframes, "output_frames": self.request.delivered_frames}
         return fields
 
     def keyframe_pngs(self) -> dict[int, bytes]:
@@ -110,6 +111,10 @@ def resolve_request(
         seed = fields["seed"]
     _check_range("seed", seed, 0, SEED_MAX)
 
+    output_frames = fields.get("output_frames")
+    if output_frames is not None:
+        _check_range("output_frames", output_frames, 1, lim.max_output_frames)
+
     raw_keyframes = fields.get("keyframes") or []
     if not raw_keyframes:
         raise RequestError("invalid_request", "at least one keyframe is needed")
@@ -126,8 +131,26 @@ def resolve_request(
         if index in seen:
             raise RequestError("invalid_request", f"two keyframes have index {index}")
         seen.add(index)
-        keyframes.append(Keyframe(index, decode_keyframe_image(kf["image"], index, lim.max_image_pixels)))
+        output_index = kf.get("output_index")
+        if output_index is not None:
+            if output_frames is None:
+                raise RequestError("invalid_request", f"keyframe {index} has an output_index but no output_frames")
+            if not 0 <= output_index < output_frames:
+                raise RequestError(
+                    "invalid_request",
+                    f"keyframe {index}: output_index {output_index} is outside 0..{output_frames - 1}",
+                )
+        image = decode_keyframe_image(kf["image"], index, lim.max_image_pixels)
+        keyframes.append(Keyframe(index, image, output_index))
     keyframes.sort(key=lambda k: k.index)
+    pinned = [k for k in keyframes if k.output_index is not None]
+    for a, b in zip(pinned, pinned[1:], strict=False):
+        if b.output_index <= a.output_index:
+            raise RequestError(
+                "invalid_request",
+                f"keyframes {a.index} and {b.index} are in one order but their output_index values in the other "
+                "(or equal): the clip cannot run backwards",
+            )
 
     return ResolvedJob(
         GenerationRequest(
@@ -144,5 +167,6 @@ def resolve_request(
             scheduler=scheduler,
             fps=fps,
             keyframes=keyframes,
+            output_frames=output_frames or 0,
         )
     )

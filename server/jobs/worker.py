@@ -93,7 +93,7 @@ class Worker:
         keyframes = []
         for kf in job.request["keyframes"]:
             with Image.open(self.files.keyframe(job.id, kf["index"])) as img:
-                keyframes.append(Keyframe(kf["index"], img.convert("RGB")))
+                keyframes.append(Keyframe(kf["index"], img.convert("RGB"), kf.get("output_index")))
         return GenerationRequest(**fields, keyframes=keyframes)
 
     def _run(self, job: JobRecord) -> None:

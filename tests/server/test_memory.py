@@ -24,7 +24,7 @@ from server.engine.models import load_model
 from tests.server.test_engine import make_request
 
 config = load_config(overrides={"model": {"base": "tiny"}, "server": {"data_dir": sys.argv[1]}})
-engine = Engine(load_model(config.model, config.data_dir), config.scheduler)
+engine = Engine(load_model(config.model, config.data_dir), config.scheduler, config.long_video)
 rows = []
 for i in range(int(sys.argv[2])):
     request = make_request(num_frames=16, width=128, height=128, steps=3, modality=("lineart", "rgb")[i % 2])

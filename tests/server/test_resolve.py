@@ -38,7 +38,8 @@ def test_defaults_come_from_the_config_and_the_seed_is_kept():
     )
     assert r.negative_prompt == g.negative_prompt and r.seed == 77
     echo = job.echo()
-    assert echo["keyframes"] == [{"index": 0}] and echo["seed"] == 77
+    assert echo["keyframes"] == [{"index": 0, "output_index": None}] and echo["seed"] == 77
+    assert echo["output_frames"] == g.num_frames
     assert resolve_request(body(seed=5), CONFIG, ALL, seed=77).request.seed == 5
 
 

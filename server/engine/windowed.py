@@ -1,0 +1,151 @@
+"""Generating clips longer than one context window with diffusers' SparseCtrl pipeline components.
+
+AnimateDiffSparseControlNetPipeline has no long-video support. This follows its __call__ step for step
+(same helpers: encode_prompt, prepare_image, prepare_sparse_control_conditioning, prepare_latents, the
+scheduler, the SparseCtrl encoder and the UNet, decode_latents), changing only what windows need:
+
+- the denoiser runs per context window; each window gets its slice of the latents, of the conditions and of
+  the mask, so a keyframe conditions every window that contains its index (and no other);
+- the windows' noise predictions are blended with the weights of windows.context_windows before one
+  scheduler step on the whole clip (so every scheduler, multistep ones included, sees one prediction);
+- initial noise is shared across windows (windows.share_noise);
+- the VAE decodes in chunks of frames.
+
+With a single window covering the clip, every operation is the pipeline's own, in its order: the frames are
+bit-identical to the plain pipeline call (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .windows import Window, context_windows, share_noise
+
+
+@torch.no_grad()
+def generate_windowed(
+    pipe,
+    *,
+    prompt: str,
+    negative_prompt: str | None,
+    num_frames: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+    conditioning_frames: list,
+    frame_indices: list[int],
+    conditioning_scale: float,
+    generator: torch.Generator,
+    window_length: int,
+    window_overlap: int,
+    shared_noise: bool,
+    decode_chunk: int,
+    on_step_end: Callable[[int], None] | None = None,
+    on_window: Callable[[Window, torch.Tensor], None] | None = None,
+) -> np.ndarray:
+    """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np"."""
+    device = pipe._execution_device
+    controlnet = pipe.controlnet
+    do_cfg = guidance_scale > 1
+
+    # 1. Prompt embeddings (negative first, as the pipeline batches CFG).
+    prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt)
+    if do_cfg:
+        prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+
+    # 2. Sparse conditions and mask over the whole clip, sliced per window below.
+    images = pipe.prepare_image(conditioning_frames, width, height, device, controlnet.dtype)
+    cond, mask = pipe.prepare_sparse_control_conditioning(images, num_frames, frame_indices, device, controlnet.dtype)
+
+    # 3. Timesteps and initial noise.
+    pipe.scheduler.set_timesteps(steps, device=device)
+    timesteps = pipe.scheduler.timesteps
+    latents = pipe.prepare_latents(
+        1, pipe.unet.config.in_channels, num_frames, height, width, prompt_embeds.dtype, device, generator, None
+    )
+    windows = context_windows(num_frames, window_length, window_overlap)
+    if shared_noise and len(windows) > 1:
+        latents = share_noise(latents, window_length, window_overlap, generator)
+    extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    embeds_by_length: dict[int, torch.Tensor] = {}
+
+    # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step.
+    for i, t in enumerate(timesteps):
+        if len(windows) == 1:
+            noise_pred = _predict(
+                pipe,
+                latents,
+                t,
+                prompt_embeds,
+                embeds_by_length,
+                cond,
+                mask,
+                conditioning_scale,
+                guidance_scale,
+                do_cfg,
+            )
+            if on_window is not None:
+                on_window(windows[0], mask)
+        else:
+            noise_pred = torch.zeros_like(latents)
+            for window in windows:
+                sl = slice(window.start, window.stop)
+                prediction = _predict(
+                    pipe,
+                    latents[:, :, sl],
+                    t,
+                    prompt_embeds,
+                    embeds_by_length,
+                    cond[:, :, sl],
+                    mask[:, :, sl],
+                    conditioning_scale,
+                    guidance_scale,
+                    do_cfg,
+                )
+                weights = torch.tensor(window.weights, device=device, dtype=prediction.dtype)
+                noise_pred[:, :, sl] += prediction * weights.view(1, 1, -1, 1, 1)
+                if on_window is not None:
+                    on_window(window, mask[:, :, sl])
+        latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+        if on_step_end is not None:
+            on_step_end(i)
+
+    # 5. Decode in chunks of frames (the VAE's memory grows with the frames it decodes at once).
+    chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, num_frames, decode_chunk)]
+    video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+    return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+
+def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, conditioning_scale, guidance_scale, do_cfg):
+    """One guided noise prediction for `latents` (one window), as the pipeline's loop body computes it."""
+    frames = latents.shape[2]
+    if frames not in embeds_by_length:
+        embeds_by_length[frames] = prompt_embeds.repeat_interleave(repeats=frames, dim=0)
+    embeds = embeds_by_length[frames]
+    model_input = torch.cat([latents] * 2) if do_cfg else latents
+    model_input = pipe.scheduler.scale_model_input(model_input, t)
+    down, mid = pipe.controlnet(
+        model_input,
+        t,
+        encoder_hidden_states=embeds,
+        controlnet_cond=cond,
+        conditioning_mask=mask,
+        conditioning_scale=conditioning_scale,
+        guess_mode=False,
+        return_dict=False,
+    )
+    noise_pred = pipe.unet(
+        model_input,
+        t,
+        encoder_hidden_states=embeds,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+    ).sample
+    if do_cfg:
+        uncond, text = noise_pred.chunk(2)
+        noise_pred = uncond + guidance_scale * (text - uncond)
+    return noise_pred
