@@ -35,6 +35,7 @@ def _saved_settings(scene) -> dict:
     enums = {
         "modality": ("lineart", "depth", "rgb"),
         "keyframe_source": ("MARKERS", "SELECTED_MARKERS", "CAMERA_KEYS", "EVERY_N", "LIST"),
+        "frames_mode": ("AUTO", "FIXED"),
         "shot_range": ("SCENE", "PREVIEW"),
     }
     for key, names in enums.items():
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="the server's token, if it has one (default: SPARSECTRL_TOKEN)")
     p.add_argument("--modality", choices=["lineart", "depth", "rgb"])
     p.add_argument("--keyframes", help="'markers' (default), 'camera', 'every:N', or a list like 1,24,48")
-    p.add_argument("--frames", type=int, help="generated frames")
+    p.add_argument("--frames", type=int, help="generated frames (default: --motion-rate per second of shot)")
+    p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int)
@@ -79,6 +81,10 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "negative_prompt": args.negative_prompt,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if args.frames is not None:
+        values["frames_mode"] = "FIXED"
+    if args.motion_rate is not None:
+        values["frames_mode"], values["motion_rate"] = "AUTO", args.motion_rate
     if args.preview_range:
         values["shot_range"] = "PREVIEW"
     if args.keyframes:

@@ -63,3 +63,10 @@ def every_n(start: int, end: int, n: int) -> list[int]:
         raise ValueError("'every N frames' needs N of at least 1")
     frames = list(range(start, end + 1, n))
     return frames if frames[-1] == end else frames + [end]
+
+
+def generated_frame_count(shot_frames: int, fps: float, motion_rate: float, max_frames: int) -> int:
+    """Frames to generate for a shot: `motion_rate` per second of shot (8 by default), between 2 and
+    `max_frames`, never more than the shot has."""
+    wanted = round(shot_frames / fps * motion_rate)
+    return max(1, min(shot_frames, max_frames, max(2, wanted)))

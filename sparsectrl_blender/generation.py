@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import Client, ServerError
-from .frame_mapping import map_keyframes
+from .frame_mapping import generated_frame_count, map_keyframes
 from .png import encode_png
-from .request import GenerationSettings, generation_size, job_body
+from .request import MAX_GENERATED_FRAMES, GenerationSettings, generation_size, job_body
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,26 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     from .scene_keyframes import keyframe_frames, shot_range
 
     start, end = shot_range(scene, settings)
-    mapped = map_keyframes(keyframe_frames(scene, settings), start, end, settings.num_frames)
+    shot_frames = end - start + 1
+    r = scene.render
+    fps = r.fps / r.fps_base
+    if settings.frames_mode == "AUTO":
+        num_frames = generated_frame_count(shot_frames, fps, settings.motion_rate, MAX_GENERATED_FRAMES)
+    else:
+        num_frames = min(settings.num_frames, MAX_GENERATED_FRAMES)
+    mapped = map_keyframes(keyframe_frames(scene, settings), start, end, num_frames)
     if not mapped.indices:
         raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
-    r = scene.render
     width, height = generation_size(r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, settings.size)
     frames = list(mapped.indices)
     with PassRenderer(scene, width, height) as renderer:
         images = renderer.render(settings.modality, frames)
         seconds = list(renderer.seconds_per_keyframe)
     passes = {frame: encode_png(img) for frame, img in images.items()}
-    fps = max(1, round(settings.num_frames * (r.fps / r.fps_base) / (end - start + 1)))
-    body = job_body(settings, width, height, fps, {mapped.indices[f]: png for f, png in passes.items()})
+    # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
+    # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
+    keyframes = [(mapped.indices[f], f - start, png) for f, png in passes.items()]
+    body = job_body(settings, num_frames, width, height, max(1, round(fps)), shot_frames, keyframes)
     for message in mapped.messages:
         log.warning(message)
     return PreparedJob(body, start, end, mapped.indices, passes, mapped.messages, seconds)
@@ -176,6 +184,5 @@ def import_result(
     }
     if blend_path:  # relative to the .blend ("//sparsectrl/..."), so the project folder can move
         path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
-    return add_preview_strip(
-        scene, str(path), prepared.start, prepared.end, prepared.body["num_frames"], metadata, replace=replace
-    )
+    delivered = prepared.body.get("output_frames") or prepared.body["num_frames"]
+    return add_preview_strip(scene, str(path), prepared.start, prepared.end, delivered, metadata, replace=replace)

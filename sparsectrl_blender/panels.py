@@ -50,7 +50,8 @@ def draw_panel(layout, context) -> None:
     col.prop(props, "shot_range")
 
     col = layout.column(align=True)
-    col.prop(props, "num_frames")
+    col.prop(props, "frames_mode")
+    col.prop(props, "motion_rate" if props.frames_mode == "AUTO" else "num_frames")
     col.prop(props, "size")
     r = scene.render
     try:

@@ -43,12 +43,27 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         items=[("SCENE", "Scene range", "Scene start to end"), ("PREVIEW", "Preview range", "The preview range")],
         default=_DEFAULTS.shot_range,
     )
+    frames_mode: EnumProperty(
+        name="Generated frames",
+        items=[
+            ("AUTO", "Motion rate", "A number of frames per second of shot"),
+            ("FIXED", "Fixed", "Exactly this many frames"),
+        ],
+        default=_DEFAULTS.frames_mode,
+    )
+    motion_rate: FloatProperty(
+        name="Frames per second",
+        default=_DEFAULTS.motion_rate,
+        min=1.0,
+        max=24.0,
+        description="Generated frames per second of shot; the server retimes them to the shot",
+    )
     num_frames: IntProperty(
         name="Generated frames",
         default=_DEFAULTS.num_frames,
         min=1,
         max=256,
-        description="Frames the model generates; the strip stretches them over the shot",
+        description="Frames the model generates; the server retimes them to the shot",
     )
     size: IntProperty(
         name="Size",

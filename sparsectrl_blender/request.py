@@ -6,6 +6,8 @@ import base64
 from dataclasses import dataclass
 
 MODALITY_LABELS = {"lineart": "Line art", "depth": "Depth", "rgb": "RGB"}
+# The server's default limits.max_frames; a server configured lower answers with a clear error.
+MAX_GENERATED_FRAMES = 256
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class GenerationSettings:
     every_n: int = 12
     frame_list: str = ""
     shot_range: str = "SCENE"  # SCENE or PREVIEW
+    frames_mode: str = "AUTO"  # AUTO: motion_rate frames per second of shot; FIXED: num_frames
+    motion_rate: float = 8.0
     num_frames: int = 16
     size: int = 512  # the long side of the generated video, in pixels
     steps: int = 25
@@ -40,15 +44,24 @@ def generation_size(scene_width: float, scene_height: float, long_side: int) -> 
     return snap(scene_width), snap(scene_height)
 
 
-def job_body(settings: GenerationSettings, width: int, height: int, fps: int, keyframe_pngs: dict[int, bytes]) -> dict:
-    """The POST /v1/jobs body; `keyframe_pngs` maps generated index -> PNG bytes."""
+def job_body(
+    settings: GenerationSettings,
+    num_frames: int,
+    width: int,
+    height: int,
+    fps: int,
+    output_frames: int,
+    keyframes: list[tuple[int, int, bytes]],
+) -> dict:
+    """The POST /v1/jobs body. `keyframes` are (generated index, output index, PNG bytes); the server
+    retimes the clip to `output_frames` with each keyframe's generated frame on its output frame."""
     if not settings.prompt.strip():
         raise ValueError("write a prompt first: it says what the preview should look like")
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
         "modality": settings.modality,
-        "num_frames": settings.num_frames,
+        "num_frames": num_frames,
         "width": width,
         "height": height,
         "steps": settings.steps,
@@ -56,8 +69,9 @@ def job_body(settings: GenerationSettings, width: int, height: int, fps: int, ke
         "conditioning_scale": settings.conditioning_scale,
         "seed": settings.seed,
         "fps": fps,
+        "output_frames": output_frames,
         "keyframes": [
-            {"index": index, "image": base64.b64encode(png).decode("ascii")}
-            for index, png in sorted(keyframe_pngs.items())
+            {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
+            for index, output_index, png in sorted(keyframes)
         ],
     }

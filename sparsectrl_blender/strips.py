@@ -1,8 +1,8 @@
 """Putting the preview on the Video Sequencer: a movie strip spanning exactly the shot (bpy).
 
-The clip has `num_frames` frames; the shot has N. When they differ, a Speed effect in Stretch mode above the
-movie strip spreads the clip over the N frames (Blender shows clip frame round((f - start) * n / N) at
-timeline frame f, the mapping frame_mapping uses for keyframes).
+The add-on asks the server for a clip retimed to the shot's N frames, so the movie strip plays frame for
+frame. Should a clip have another frame count n, a Speed effect in Stretch mode above the movie strip spreads
+it over the N frames (Blender shows clip frame round((f - start) * n / N) at timeline frame f).
 """
 
 from __future__ import annotations

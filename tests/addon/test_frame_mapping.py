@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sparsectrl_blender.frame_mapping import every_n, map_keyframes, parse_frame_list, timeline_to_index
+from sparsectrl_blender.frame_mapping import (
+    every_n,
+    generated_frame_count,
+    map_keyframes,
+    parse_frame_list,
+    timeline_to_index,
+)
 
 
 def test_ends_of_the_shot_map_to_the_first_and_last_generated_frames():
@@ -53,3 +59,11 @@ def test_frame_lists_and_every_n():
         parse_frame_list("1, x")
     assert every_n(1, 48, 12) == [1, 13, 25, 37, 48]
     assert every_n(1, 49, 12) == [1, 13, 25, 37, 49]
+
+
+def test_generated_frames_follow_the_motion_rate():
+    assert generated_frame_count(96, 24, 8, 256) == 32  # a 4 s shot at 8 frames per second of shot
+    assert generated_frame_count(240, 24, 8, 256) == 80
+    assert generated_frame_count(2400, 24, 8, 256) == 256  # capped at the server's limit
+    assert generated_frame_count(5, 24, 8, 256) == 2  # at least two
+    assert generated_frame_count(1, 24, 8, 256) == 1  # a one-frame shot

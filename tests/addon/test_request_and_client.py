@@ -22,8 +22,8 @@ def test_generation_size_keeps_the_scene_aspect_in_multiples_of_8():
 
 def test_job_body_matches_the_api_contract():
     png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
-    body = job_body(GenerationSettings(prompt="a fox", seed=5), 512, 288, 8, {15: png, 0: png})
-    assert body["keyframes"][0]["index"] == 0 and body["keyframes"][1]["index"] == 15
+    body = job_body(GenerationSettings(prompt="a fox", seed=5), 16, 512, 288, 24, 48, [(15, 47, png), (0, 0, png)])
+    assert [(k["index"], k["output_index"]) for k in body["keyframes"]] == [(0, 0), (15, 47)]
     assert base64.b64decode(body["keyframes"][0]["image"]) == png
     assert {k: body[k] for k in ("prompt", "modality", "num_frames", "width", "height", "seed", "fps")} == {
         "prompt": "a fox",
@@ -32,10 +32,11 @@ def test_job_body_matches_the_api_contract():
         "width": 512,
         "height": 288,
         "seed": 5,
-        "fps": 8,
+        "fps": 24,
     }
+    assert body["output_frames"] == 48
     with pytest.raises(ValueError, match="write a prompt"):
-        job_body(GenerationSettings(prompt="  "), 64, 64, 8, {0: png})
+        job_body(GenerationSettings(prompt="  "), 16, 64, 64, 8, 16, [(0, 0, png)])
 
 
 def test_png_encoder_round_trips():

@@ -68,6 +68,7 @@ def test_panel_settings_are_saved_in_the_blend_and_read_by_the_batch(tmp_path):
         server=None,
         modality=None,
         frames=None,
+        motion_rate=None,
         size=None,
         steps=12,
         seed=None,

@@ -95,19 +95,22 @@ def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
     assert (strip.frame_final_start, strip.frame_final_duration) == (1, 48)
     video = Path(bpy.path.abspath(strip.filepath))
     assert strip.filepath.startswith("//sparsectrl/") and video.is_file()
-    frames, _ = read_video(video)
-    assert frames.shape == (16, 72, 128, 3)  # 1920x1080 at 128 px: 128x72
+    frames, fps = read_video(video)
+    assert frames.shape == (48, 72, 128, 3) and fps == 24  # retimed to the shot; 1920x1080 at 128 px: 128x72
+    assert len(preview_strips(scene)) == 1 and not [s for s in scene.sequence_editor.strips_all if s.type == "SPEED"]
     meta = json.loads(strip["sparsectrl"])
     assert meta["prompt"] == "two boxes in fog" and meta["seed"] == 11 and meta["modality"] == "lineart"
     assert meta["keyframes"] == {"1": 0, "24": 8, "48": 15} and meta["model"] == "tiny-random"
     assert strip["sparsectrl_seed"] == 11 and strip["sparsectrl_prompt"] == "two boxes in fog"
 
-    # What the Sequencer shows at each keyframe's timeline frame is the generated frame it conditioned.
+    # The Sequencer shows, at each keyframe's timeline frame, the delivered frame the server pinned the
+    # keyframe's generated frame to (the pinning itself: tests/server/test_windows.py).
     scene.render.use_sequencer = True
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 128, 72, 100
     scene.view_settings.view_transform = "Standard"
     scene.render.image_settings.file_format = "PNG"
-    for frame, index in meta["keyframes"].items():
+    for frame in meta["keyframes"]:
+        index = int(frame) - 1
         scene.frame_set(int(frame))
         scene.render.filepath = str(tmp_path / f"vse_{frame}.png")
         bpy.ops.render.render(write_still=True)
@@ -115,6 +118,34 @@ def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
         shown = np.round(np.flipud(np.array(img.pixels[:]).reshape(72, 128, 4))[..., :3] * 255)
         distances = [np.abs(shown - f).mean() for f in frames]
         assert int(np.argmin(distances)) == index, (frame, index, distances)
+
+
+def test_batch_on_a_96_frame_shot_spans_exactly_96_frames(tiny_server, tmp_path):
+    shot = save_shot(tmp_path / "shot.blend", start=1, end=96, markers=(1, 40, 96))
+    out = run_batch(
+        shot,
+        "--server",
+        tiny_server.url,
+        "--size",
+        64,
+        "--steps",
+        2,
+        "--prompt",
+        "long shot",
+        "--out",
+        tmp_path / "long.blend",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "long.blend"))
+    (strip,) = preview_strips(bpy.context.scene)
+    assert (strip.frame_final_start, strip.frame_final_end) == (1, 97)  # frames 1..96
+    meta = json.loads(strip["sparsectrl"])
+    assert meta["num_frames"] == 32  # 4 s at 8 generated frames per second: denoised in context windows
+    frames, _ = read_video(Path(bpy.path.abspath(strip.filepath)))
+    assert len(frames) == 96
+    job = tiny_server.client.get(f"/v1/jobs/{meta['job_id']}").json()
+    assert job["request"]["output_frames"] == 96
+    assert [(k["index"], k["output_index"]) for k in job["request"]["keyframes"]] == [(0, 0), (13, 39), (31, 95)]
 
 
 def test_batch_with_the_server_down_fails_with_one_line(tmp_path):
@@ -171,6 +202,7 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     scene = bpy.context.scene
     props = scene.sparsectrl
     props.server_url, props.prompt, props.size, props.steps, props.num_frames = tiny_server.url, "x", 128, 2, 8
+    props.frames_mode = "FIXED"
 
     bpy.ops.sparsectrl.check_connection()
     deadline = time.monotonic() + 10
@@ -228,6 +260,7 @@ def test_server_disappearing_mid_job_says_so_and_offers_to_resubmit(tmp_path, ti
     build_shot(start=1, end=24, markers=(1, 24))
     props = bpy.context.scene.sparsectrl
     props.server_url, props.prompt, props.size, props.steps, props.num_frames = server.url, "x", 256, 150, 24
+    props.frames_mode = "FIXED"
     monkeypatch.setattr(ops, "LOST_AFTER_SECONDS", 1.0)
     bpy.ops.sparsectrl.generate()
     runner = ops.STATUS.run.runner

@@ -70,6 +70,35 @@ def test_submit_progress_then_video_and_frames(configured_server, tmp_path):
     assert c.get(f"/v1/jobs/{accepted['id']}/frames/16.png").status_code == 404
 
 
+def test_a_64_frame_job_in_context_windows_retimed_to_96(configured_server, tmp_path):
+    c = configured_server.client
+    body = job_body(
+        num_frames=64,
+        steps=2,
+        output_frames=96,
+        keyframes=[
+            dict(keyframe(0), output_index=0),
+            dict(keyframe(40, 5), output_index=60),
+            dict(keyframe(63, 9), output_index=95),
+        ],
+    )
+    job = configured_server.wait_for(c.post("/v1/jobs", json=body).json()["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    assert job["request"]["num_frames"] == 64 and job["request"]["output_frames"] == 96
+    (tmp_path / "long.mp4").write_bytes(c.get(job["video_url"]).content)
+    frames, _ = read_video(tmp_path / "long.mp4")
+    assert frames.shape == (96, 64, 64, 3)
+    assert c.get(f"/v1/jobs/{job['id']}/frames/95.png").status_code == 200
+    assert c.get(f"/v1/jobs/{job['id']}/frames/96.png").status_code == 404
+    backwards = job_body(
+        num_frames=64,
+        output_frames=96,
+        keyframes=[dict(keyframe(0), output_index=50), dict(keyframe(40), output_index=10)],
+    )
+    r = c.post("/v1/jobs", json=backwards)
+    assert r.status_code == 422 and "cannot run backwards" in r.json()["error"]["message"]
+
+
 def test_same_request_and_seed_give_identical_frames_over_http(configured_server):
     c = configured_server.client
     ids = [c.post("/v1/jobs", json=job_body(modality="rgb", seed=123)).json()["id"] for _ in range(2)]
