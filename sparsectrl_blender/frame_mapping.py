@@ -1,10 +1,11 @@
 """Timeline frames <-> generated frames. Pure Python: imports without Blender.
 
-The shot's N timeline frames [start, end] map linearly onto the n generated frames, the way the strip plays
-them back (a Speed effect in Stretch mode spreads the n frames over the N): timeline frame f shows generated
-frame round((f - start) * n / N), the last one at most. A keyframe goes to that index, so the conditioned
-frame is the one on screen at the keyframe's timeline frame. Two keyframes landing on one index keep the
-first and say so; keyframes outside the shot are left out with a message.
+The shot's N timeline frames [start, end] map linearly onto the n generated frames: timeline frame f goes to
+generated index round((f - start) * n / N), the last one at most. The server retimes the n frames back to N
+with each keyframe pinned (its generated index shown exactly at its own timeline frame), so this choice only
+has to be monotonic and close to linear; it is also how Blender's Speed effect in Stretch mode would play n
+frames over N. Two keyframes landing on one index keep the first and say so; keyframes outside the shot are
+left out with a message.
 """
 
 from __future__ import annotations

@@ -122,7 +122,12 @@ def test_the_schema_carries_the_configured_limits(configured_server):
     body = schema["components"]["schemas"]["JobCreate"]["properties"]
     num_frames = next(s for s in body["num_frames"]["anyOf"] if s.get("type") == "integer")
     width = next(s for s in body["width"]["anyOf"] if s.get("type") == "integer")
-    assert num_frames["maximum"] == 256 and width == {"type": "integer", "minimum": 64, "maximum": 1024, "multipleOf": 8}
+    assert num_frames["maximum"] == 256 and width == {
+        "type": "integer",
+        "minimum": 64,
+        "maximum": 1024,
+        "multipleOf": 8,
+    }
 
 
 def test_a_token_server_needs_the_token_on_every_api_call(token_server):

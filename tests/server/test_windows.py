@@ -138,3 +138,10 @@ def test_output_frames_retime_with_keyframes_on_their_output_frames(engine):
     assert retimed.shape == (48, 64, 64, 3)
     for k in keyframes:
         np.testing.assert_array_equal(retimed[k.output_index], generated[k.index])
+
+
+def test_256_frames_the_issues_upper_bound(engine):
+    keyframes = [Keyframe(0, sketch()), Keyframe(128, sketch(shift=6)), Keyframe(255, sketch(shift=12))]
+    result = engine.generate(make_request(num_frames=256, steps=1, keyframes=keyframes))
+    assert result.frames.shape == (256, 64, 64, 3)
+    assert len(context_windows(256, 16, 4)) == 21

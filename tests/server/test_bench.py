@@ -1,0 +1,43 @@
+"""The benchmark command's smoke run (the tiny model): it runs and writes its table. Not a timed test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_memory_benchmark_smoke_run_writes_a_table(data_dir_with_tiny, tmp_path):
+    out_file = tmp_path / "BENCHMARKS.md"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.bench",
+            "memory",
+            "--arch",
+            "tiny",
+            "--frames",
+            "16,40",
+            "--size",
+            "64",
+            "--data-dir",
+            str(data_dir_with_tiny),
+            "--out",
+            str(out_file),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out_file.read_text()
+    assert "| frames | windows | peak (MiB) |" in text and "torch " in text and "diffusers " in text
+    rows = [line for line in text.splitlines() if line.startswith("| 16 |") or line.startswith("| 40 |")]
+    assert len(rows) == 2 and rows[1].startswith("| 40 | 3 |")  # 40 frames: three 16-frame windows
