@@ -1,0 +1,100 @@
+"""The panel's draw code against a recording layout: every property it shows and operator it offers exists,
+in each state (not connected, connected with depth missing, running, failed with resubmit)."""
+
+from __future__ import annotations
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from tests.addon.scenes import build_shot  # noqa: E402
+
+
+class Layout:
+    """Stands in for bpy.types.UILayout: records what is drawn, checks what is referenced."""
+
+    def __init__(self, log):
+        self.log = log
+        self.scale_y = 1.0
+
+    def _sub(self, *args, **kwargs):
+        return Layout(self.log)
+
+    row = column = box = _sub
+
+    def prop(self, data, name, **kwargs):
+        assert hasattr(data, name), f"the panel shows a missing property {name!r}"
+        self.log.append(("prop", name))
+
+    def operator(self, idname, **kwargs):
+        category, _, name = idname.partition(".")
+        assert hasattr(getattr(bpy.ops, category), name), f"the panel offers a missing operator {idname!r}"
+        self.log.append(("operator", idname, kwargs.get("text")))
+
+        class Props:
+            pass
+
+        return Props()
+
+    def label(self, text="", **kwargs):
+        self.log.append(("label", text))
+
+    def progress(self, factor=0.0, text=""):
+        self.log.append(("progress", text))
+
+
+@pytest.fixture
+def addon():
+    import sys
+
+    import sparsectrl_blender
+
+    sparsectrl_blender.register()
+    ops = sys.modules["sparsectrl_blender.operators"]
+    yield ops, sys.modules["sparsectrl_blender.panels"]
+    sparsectrl_blender.unregister()
+    ops.STATUS.__init__()  # runtime state is module-level: leave none to other tests
+
+
+def draw(panels):
+    log = []
+    panels.draw_panel(Layout(log), bpy.context)
+    return log
+
+
+def test_the_panel_in_each_state(addon):
+    ops, panels = addon
+    build_shot()
+    props = bpy.context.scene.sparsectrl
+
+    idle = draw(panels)
+    assert ("label", "Not checked yet") in idle and ("operator", "sparsectrl.generate", "Generate") in idle
+    assert {
+        "prompt",
+        "negative_prompt",
+        "modality",
+        "keyframe_source",
+        "shot_range",
+        "frames_mode",
+        "size",
+        "steps",
+        "guidance_scale",
+        "conditioning_scale",
+        "seed",
+        "server_url",
+    } <= {e[1] for e in idle if e[0] == "prop"}
+    assert ("label", "1920 × 1080 px (scene aspect)") not in idle and ("label", "512 × 288 px (scene aspect)") in idle
+
+    ops.STATUS.connection = ops.Connection(
+        health={"model": {"name": "sd15", "tiny": False}, "modalities": ["lineart", "rgb"]}, url=props.server_url
+    )
+    props.modality = "depth"
+    connected = draw(panels)
+    assert ("label", "Connected: sd15") in connected and ("label", "Modalities: Line art, RGB") in connected
+    assert any(
+        e[0] == "label" and e[1].startswith("Depth unavailable: no depth encoder was released") for e in connected
+    )
+
+    ops.STATUS.can_resubmit = True
+    assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)
+    ops.STATUS.can_resubmit = False
