@@ -1,4 +1,8 @@
-"""Benchmarks: python -m server.bench memory [--arch full|tiny] [--frames 16,32,64,128] [--size 128] [--steps 1]
+"""Benchmarks: python -m server.bench memory|speed [--arch full|tiny] [--size N] [--steps N] ...
+
+`speed`: our engine and a bare diffusers AnimateDiffSparseControlNetPipeline call on the same weights and
+request, side by side in one process: s/step, total s, peak memory, achieved TFLOP/s (FLOPs counted with
+torch.utils.flop_counter on the same request) and the ours/diffusers ratio.
 
 `memory`: peak memory of one job as the clip grows, with context windows (server/engine/windowed.py). Each
 point runs in a fresh process so its peak is its own: torch.cuda.max_memory_allocated on a GPU, the
@@ -184,13 +188,190 @@ def memory(args: argparse.Namespace) -> int:
         f"| {r['frames']} | {r['windows']} | {r['peak_mib']:.0f} | {r['over_loaded_mib']:.0f} | {r['seconds']:.1f} |"
         for r in rows
     ]
-    out_path = Path(args.out)
-    if not out_path.exists():
-        out_path.write_text("# Benchmarks\n\nWritten by `python -m server.bench`; newest last.\n")
-    with out_path.open("a") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"appended to {out_path}")
+    _append(Path(args.out), lines)
     return 0
+
+
+def _build(args: argparse.Namespace):
+    from .config import load_config
+    from .engine.engine import Engine
+    from .engine.models import load_model, resolve_device, resolve_dtype
+
+    overrides = {"model": {"base": "tiny"}} if args.arch == "tiny" else {}
+    if args.data_dir:
+        overrides["server"] = {"data_dir": args.data_dir}
+    config = load_config(overrides=overrides)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.arch == "full":
+        from .engine.full_size import build_full_size_model
+
+        model = build_full_size_model(device, dtype)
+    else:
+        model = load_model(config.model, config.data_dir)
+    return config, Engine(model, config.scheduler, config.long_video)
+
+
+def _request(model, frames: int, size: int, steps: int):
+    from PIL import Image, ImageDraw
+
+    from .engine.request import GenerationRequest, Keyframe
+
+    sketch = Image.new("RGB", (size, size))
+    ImageDraw.Draw(sketch).rectangle((size // 8, size // 8, size // 2, size - size // 8), outline="white", width=2)
+    return GenerationRequest(
+        prompt="a benchmark",
+        negative_prompt="",
+        modality=next(iter(model.encoders)),
+        num_frames=frames,
+        width=size,
+        height=size,
+        steps=steps,
+        guidance_scale=7.5,
+        conditioning_scale=1.0,
+        seed=0,
+        scheduler="ddim",
+        fps=8,
+        keyframes=[Keyframe(0, sketch), Keyframe(frames - 1, sketch)],
+    )
+
+
+def _bare_diffusers(engine, request):
+    """The same request as a user calls diffusers directly, on the engine's very modules."""
+    import torch
+    from diffusers import AnimateDiffSparseControlNetPipeline
+
+    from .engine.schedulers import build_scheduler
+
+    m = engine.model
+    pipe = AnimateDiffSparseControlNetPipeline(
+        vae=m.vae,
+        text_encoder=m.text_encoder,
+        tokenizer=m.tokenizer,
+        unet=m.unet,
+        motion_adapter=None,
+        controlnet=m.encoders[request.modality].to(m.device),
+        scheduler=build_scheduler(request.scheduler, m.scheduler_config, engine.scheduler_overrides),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    step_times = []
+
+    def run():
+        torch.manual_seed(request.seed)
+        return pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_frames=request.num_frames,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            conditioning_frames=[k.image for k in request.keyframes],
+            controlnet_frame_indices=[k.index for k in request.keyframes],
+            controlnet_conditioning_scale=request.conditioning_scale,
+            generator=torch.Generator(m.device).manual_seed(request.seed),
+            output_type="np",
+            callback_on_step_end=lambda p, i, t, kw: (step_times.append(time.perf_counter()), kw)[1],
+        ).frames[0]
+
+    return run, step_times
+
+
+def _timed(run, step_times, device) -> dict:
+    import torch
+
+    step_times.clear()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak_rss()
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    total = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
+    gaps = [b - a for a, b in zip(step_times, step_times[1:], strict=False)]
+    per_step = sum(gaps) / len(gaps) if gaps else total
+    return {"total_s": total, "s_per_step": per_step, "peak_mib": peak / 2**20}
+
+
+def speed(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import diffusers
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config, engine = _build(args)
+    device = engine.device
+    request = _request(engine.model, args.frames, args.size, args.steps)
+
+    # FLOPs of the whole job (text encoder, every step, VAE decode): counted on a 1- and a 2-step run.
+    counts = []
+    for steps in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            engine.generate(dataclasses.replace(request, steps=steps))
+        counts.append(counter.get_total_flops())
+    per_step_flops = counts[1] - counts[0]
+    job_flops = counts[0] + (args.steps - 1) * per_step_flops
+
+    ours_times: list[float] = []
+
+    def ours():
+        return engine.generate(request, on_step=lambda s, t: ours_times.append(time.perf_counter())).frames
+
+    bare, bare_times = _bare_diffusers(engine, request)
+    results = {}
+    for _ in range(args.repeats):  # alternate, keep each side's best run
+        for name, run, times in (("ours", ours, ours_times), ("diffusers", bare, bare_times)):
+            r = _timed(run, times, device)
+            if name not in results or r["total_s"] < results[name]["total_s"]:
+                results[name] = r
+    for r in results.values():
+        r["tflops"] = job_flops / r["total_s"] / 1e12
+    ratio = results["ours"]["total_s"] / results["diffusers"]["total_s"]
+    dtype = str(engine.model.dtype).removeprefix("torch.")
+    for name, r in results.items():
+        print(
+            f"{name:>9}: {r['s_per_step']:.3f} s/step  {r['total_s']:.2f} s total  peak {r['peak_mib']:.0f} MiB  "
+            f"{r['tflops']:.3f} TFLOP/s achieved"
+        )
+    print(
+        f"ours/diffusers time ratio {ratio:.3f}; job = {job_flops / 1e12:.2f} TFLOP "
+        f"({per_step_flops / 1e12:.2f} per step)"
+    )
+    head = (
+        f"### {datetime.date.today().isoformat()} · {_device_name(str(device))} · torch {torch.__version__} · "
+        f"diffusers {diffusers.__version__} · speed · {args.arch}-size architecture, {args.frames}×"
+        f"{args.size}², {args.steps} steps, {dtype}, CFG on"
+    )
+    lines = [
+        "",
+        head,
+        "",
+        f"One job = {job_flops / 1e12:.2f} TFLOP (torch.utils.flop_counter), best of "
+        f"{args.repeats}; peak = {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'VmHWM'}.",
+        "",
+        "| run | s/step | total s | peak (MiB) | achieved TFLOP/s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {name} | {r['s_per_step']:.3f} | {r['total_s']:.2f} | {r['peak_mib']:.0f} | {r['tflops']:.3f} |"
+        for name, r in results.items()
+    ]
+    lines += ["", f"ours/diffusers time ratio: {ratio:.3f}"]
+    _append(Path(args.out), lines)
+    return 0
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nWritten by `python -m server.bench`; newest last.\n")
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"appended to {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m server.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("memory", "_point"):
+    for name in ("memory", "speed", "_point"):
         p = sub.add_parser(name)
         p.add_argument("--arch", choices=["full", "tiny"], default="full")
         p.add_argument("--size", type=int, default=128)
@@ -208,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
         if name == "memory":
             p.add_argument("--frames", dest="frames_list", default="16,32,64,128")
+        if name == "speed":
+            p.add_argument("--frames", type=int, default=16)
+            p.add_argument("--repeats", type=int, default=2)
+        if name != "_point":
             p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
         else:
             p.add_argument("--frames", type=int, required=True)
@@ -215,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_point":
         print(json.dumps(_point(args)))
         return 0
-    return memory(args)
+    return memory(args) if args.command == "memory" else speed(args)
 
 
 if __name__ == "__main__":

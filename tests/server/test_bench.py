@@ -41,3 +41,37 @@ def test_memory_benchmark_smoke_run_writes_a_table(data_dir_with_tiny, tmp_path)
     assert "| frames | windows | peak (MiB) |" in text and "torch " in text and "diffusers " in text
     rows = [line for line in text.splitlines() if line.startswith("| 16 |") or line.startswith("| 40 |")]
     assert len(rows) == 2 and rows[1].startswith("| 40 | 3 |")  # 40 frames: three 16-frame windows
+
+
+def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_with_tiny, tmp_path):
+    out_file = tmp_path / "BENCHMARKS.md"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.bench",
+            "speed",
+            "--arch",
+            "tiny",
+            "--frames",
+            "8",
+            "--size",
+            "64",
+            "--steps",
+            "3",
+            "--repeats",
+            "1",
+            "--data-dir",
+            str(data_dir_with_tiny),
+            "--out",
+            str(out_file),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out_file.read_text()
+    assert "| run | s/step | total s | peak (MiB) | achieved TFLOP/s |" in text
+    assert "| ours |" in text and "| diffusers |" in text and "ours/diffusers time ratio" in text
