@@ -79,7 +79,13 @@ def _load_engine(config: Config):
     from .engine.models import load_model
 
     model = load_model(config.model, config.data_dir)
-    return Engine(model, config.scheduler, config.long_video, keep_encoders_on_device=config.model.encoders_on_device)
+    return Engine(
+        model,
+        config.scheduler,
+        config.long_video,
+        keep_encoders_on_device=config.model.encoders_on_device,
+        performance=config.performance,
+    )
 
 
 def serve(config: Config) -> int:

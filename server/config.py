@@ -68,6 +68,20 @@ class LongVideo:
 
 
 @dataclass(frozen=True)
+class Performance:
+    vae_slicing: str
+    channels_last: bool
+    fuse_qkv: bool
+    compile: bool
+
+
+@dataclass(frozen=True)
+class Draft:
+    scale: float
+    steps: int
+
+
+@dataclass(frozen=True)
 class Retention:
     max_age_hours: float
     max_total_mb: float
@@ -96,6 +110,8 @@ class Config:
     limits: Limits
     retention: Retention
     long_video: LongVideo
+    performance: Performance
+    draft: Draft
 
     @property
     def data_dir(self) -> Path:
@@ -181,7 +197,21 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         limits=_typed(Limits, raw["limits"], "limits"),
         retention=_typed(Retention, raw["retention"], "retention"),
         long_video=_check_windows(_typed(LongVideo, raw["long_video"], "long_video")),
+        performance=_check_performance(_typed(Performance, raw["performance"], "performance")),
+        draft=_check_draft(_typed(Draft, raw["draft"], "draft")),
     )
+
+
+def _check_performance(performance: Performance) -> Performance:
+    if performance.vae_slicing not in ("auto", "on", "off"):
+        raise ConfigError('[performance] vae_slicing must be "auto", "on" or "off"')
+    return performance
+
+
+def _check_draft(draft: Draft) -> Draft:
+    if not (0.1 <= draft.scale <= 1.0 and draft.steps >= 1):
+        raise ConfigError("[draft] needs 0.1 <= scale <= 1 and steps >= 1")
+    return draft
 
 
 def _check_windows(long_video: LongVideo) -> LongVideo:

@@ -36,6 +36,7 @@ def _saved_settings(scene) -> dict:
         "modality": ("lineart", "depth", "rgb"),
         "keyframe_source": ("MARKERS", "SELECTED_MARKERS", "CAMERA_KEYS", "EVERY_N", "LIST"),
         "frames_mode": ("AUTO", "FIXED"),
+        "quality": ("final", "draft"),
         "shot_range": ("SCENE", "PREVIEW"),
     }
     for key, names in enums.items():
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels")
     p.add_argument("--steps", type=int)
+    p.add_argument("--draft", action="store_true", help="a quick draft (smaller, fewer steps, scaled up)")
     p.add_argument("--seed", type=int)
     p.add_argument("--prompt")
     p.add_argument("--negative-prompt")
@@ -81,6 +83,8 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "negative_prompt": args.negative_prompt,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "draft", False):
+        values["quality"] = "draft"
     if args.frames is not None:
         values["frames_mode"] = "FIXED"
     if args.motion_rate is not None:

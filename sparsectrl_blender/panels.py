@@ -59,6 +59,7 @@ def draw_panel(layout, context) -> None:
         col.label(text=f"{w} × {h} px (scene aspect)")
     except ValueError:
         pass
+    col.prop(props, "quality", expand=True)
     col.prop(props, "steps")
     col.prop(props, "guidance_scale")
     col.prop(props, "conditioning_scale")

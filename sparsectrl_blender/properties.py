@@ -78,6 +78,14 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
     guidance_scale: FloatProperty(name="Guidance", default=_DEFAULTS.guidance_scale, min=0.0, max=30.0)
     conditioning_scale: FloatProperty(name="Condition strength", default=_DEFAULTS.conditioning_scale, min=0.0, max=4.0)
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
+    quality: EnumProperty(
+        name="Quality",
+        items=[
+            ("final", "Final", "Full size and steps"),
+            ("draft", "Draft", "Quick: the server generates smaller with fewer steps and scales it up"),
+        ],
+        default=_DEFAULTS.quality,
+    )
     regenerate_mode: EnumProperty(
         name="Regenerate",
         items=[

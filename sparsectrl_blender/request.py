@@ -30,6 +30,7 @@ class GenerationSettings:
     guidance_scale: float = 7.5
     conditioning_scale: float = 1.0
     seed: int = 0
+    quality: str = "final"  # "draft": the server generates smaller with fewer steps, for quick iteration
 
 
 def generation_size(scene_width: float, scene_height: float, long_side: int) -> tuple[int, int]:
@@ -70,6 +71,7 @@ def job_body(
         "seed": settings.seed,
         "fps": fps,
         "output_frames": output_frames,
+        "quality": settings.quality,
         "keyframes": [
             {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
             for index, output_index, png in sorted(keyframes)

@@ -48,6 +48,9 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
         seed: int | None = Field(None, ge=0, le=SEED_MAX)
         scheduler: SchedulerName | None = None  # type: ignore[valid-type]
         fps: int | None = Field(None, ge=1, le=limits.max_fps)
+        quality: Literal["final", "draft"] | None = Field(
+            None, description="draft: smaller and fewer steps ([draft] in the config), scaled up to width x height"
+        )
         output_frames: int | None = Field(
             None,
             ge=1,

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..config import LongVideo
+from ..config import LongVideo, Performance
 from ..video.retime import retime, timing
 from .conditions import fit_to_size
 from .models import LoadedModel
+from .performance import apply_performance
 from .request import GenerationRequest
 from .schedulers import build_scheduler
 from .windowed import generate_windowed
@@ -69,10 +71,13 @@ class Engine:
         scheduler_overrides: dict[str, Any],
         long_video: LongVideo,
         keep_encoders_on_device: bool = False,
+        performance: Performance | None = None,
     ):
         self.model = model
         self.scheduler_overrides = dict(scheduler_overrides)
         self.long_video = long_video
+        if performance is not None:
+            apply_performance(model, performance)
         self.keep_encoders_on_device = keep_encoders_on_device
         self._active_modality: str | None = None
 
@@ -194,7 +199,12 @@ class Engine:
             del pipe
             self.empty_cache()
 
-        # 6. Retime to the delivered frame count, keyframes pinned to their output frames.
+        # 6. A draft made smaller is scaled back up to the size asked for.
+        if request.output_width and (request.output_width, request.output_height) != (request.width, request.height):
+            size = (request.output_width, request.output_height)
+            frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames])
+
+        # 7. Retime to the delivered frame count, keyframes pinned to their output frames.
         if request.delivered_frames != request.num_frames or any(k.output_index is not None for k in keyframes):
             anchors = [(k.output_index, k.index) for k in keyframes if k.output_index is not None]
             frames = retime(frames, timing(request.num_frames, request.delivered_frames, anchors))

@@ -35,6 +35,9 @@ class GenerationRequest:
     fps: int
     keyframes: list[Keyframe] = field(default_factory=list)
     output_frames: int = 0  # frames in the delivered clip after retiming; 0: num_frames (no retiming)
+    quality: str = "final"  # "draft": generated smaller and with fewer steps ([draft]), scaled up to output size
+    output_width: int = 0  # delivered size when it differs from the generation size (drafts); 0: width
+    output_height: int = 0
 
     @property
     def delivered_frames(self) -> int:

@@ -152,6 +152,16 @@ def resolve_request(
                 "(or equal): the clip cannot run backwards",
             )
 
+    quality = fields.get("quality") or "final"
+    if quality not in ("final", "draft"):
+        raise RequestError("invalid_request", f"quality must be 'final' or 'draft', got {quality!r}")
+    output_width = output_height = 0
+    if quality == "draft":
+        # Smaller and fewer steps; the engine scales the frames back up to the size asked for.
+        output_width, output_height = width, height
+        width, height = (max(lim.min_size, int(round(v * config.draft.scale / 8)) * 8) for v in (width, height))
+        steps = min(steps, config.draft.steps)
+
     return ResolvedJob(
         GenerationRequest(
             prompt=prompt,
@@ -168,5 +178,8 @@ def resolve_request(
             fps=fps,
             keyframes=keyframes,
             output_frames=output_frames or 0,
+            quality=quality,
+            output_width=output_width,
+            output_height=output_height,
         )
     )

@@ -34,7 +34,7 @@ def test_job_body_matches_the_api_contract():
         "seed": 5,
         "fps": 24,
     }
-    assert body["output_frames"] == 48
+    assert body["output_frames"] == 48 and body["quality"] == "final"
     with pytest.raises(ValueError, match="write a prompt"):
         job_body(GenerationSettings(prompt="  "), 16, 64, 64, 8, 16, [(0, 0, png)])
 

@@ -99,6 +99,17 @@ def test_a_64_frame_job_in_context_windows_retimed_to_96(configured_server, tmp_
     assert r.status_code == 422 and "cannot run backwards" in r.json()["error"]["message"]
 
 
+def test_a_draft_is_delivered_at_the_size_asked(configured_server, tmp_path):
+    c = configured_server.client
+    job = c.post("/v1/jobs", json=job_body(width=128, height=96, steps=20, quality="draft")).json()["id"]
+    job = configured_server.wait_for(job)
+    assert job["status"] == "succeeded" and job["progress"]["total"] == 8  # [draft] steps
+    assert (job["request"]["quality"], job["request"]["width"], job["request"]["output_width"]) == ("draft", 64, 128)
+    (tmp_path / "draft.mp4").write_bytes(c.get(job["video_url"]).content)
+    frames, _ = read_video(tmp_path / "draft.mp4")
+    assert frames.shape == (16, 96, 128, 3)
+
+
 def test_same_request_and_seed_give_identical_frames_over_http(configured_server):
     c = configured_server.client
     ids = [c.post("/v1/jobs", json=job_body(modality="rgb", seed=123)).json()["id"] for _ in range(2)]

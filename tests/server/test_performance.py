@@ -1,0 +1,68 @@
+"""Speed/memory levers ([performance]) and draft quality ([draft]) on the tiny model (CPU)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from server.engine.engine import Engine
+from server.engine.models import load_model
+from server.engine.performance import vae_slicing_enabled
+from server.jobs.resolve import resolve_request
+from tests.conftest import png_bytes, sketch
+from tests.server.test_engine import make_request
+
+
+def test_vae_slicing_is_on_for_accelerators_only_by_default():
+    assert vae_slicing_enabled("auto", torch.device("cuda")) and vae_slicing_enabled("auto", torch.device("mps"))
+    assert not vae_slicing_enabled("auto", torch.device("cpu"))
+    assert vae_slicing_enabled("on", torch.device("cpu")) and not vae_slicing_enabled("off", torch.device("cuda"))
+
+
+@pytest.fixture
+def own_model(tiny_config, tiny_root):
+    """A model of its own: the levers change modules in place."""
+    return load_model(tiny_config.model, tiny_config.data_dir)
+
+
+def test_levers_keep_the_frames_and_compile_wraps_the_unet(engine, own_model, tiny_config):
+    perf = dataclasses.replace(tiny_config.performance, vae_slicing="on", channels_last=True, fuse_qkv=True)
+    fast = Engine(own_model, tiny_config.scheduler, tiny_config.long_video, performance=perf)
+    assert own_model.vae.use_slicing
+    conv = next(m for m in own_model.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    request = make_request(steps=3)
+    reference = engine.generate(request).frames.astype(int)
+    levered = fast.generate(request).frames.astype(int)
+    assert np.abs(levered - reference).max() <= 2  # float reassociation only, not a different picture
+
+    compiled = dataclasses.replace(tiny_config.performance, compile=True)
+    Engine(own_model, tiny_config.scheduler, tiny_config.long_video, performance=compiled)
+    assert type(own_model.unet).__name__ == "OptimizedModule"  # compiled lazily, on the first job
+
+
+def test_a_draft_is_smaller_and_shorter_then_scaled_to_the_size_asked(engine, tiny_config):
+    config = dataclasses.replace(tiny_config, draft=dataclasses.replace(tiny_config.draft, scale=0.5, steps=2))
+    image = base64.b64encode(png_bytes(sketch(128, 128))).decode()
+    fields = {
+        "prompt": "x",
+        "modality": "lineart",
+        "num_frames": 8,
+        "width": 128,
+        "height": 96,
+        "steps": 6,
+        "quality": "draft",
+        "keyframes": [{"index": 0, "image": image}],
+    }
+    draft = resolve_request(fields, config, ["lineart"], seed=3).request
+    assert (draft.width, draft.height, draft.steps) == (64, 64, 2)  # 96 * 0.5 = 48 -> the 64 px minimum
+    assert (draft.output_width, draft.output_height) == (128, 96)
+    steps = []
+    frames = engine.generate(draft, on_step=lambda s, t: steps.append(s)).frames
+    assert frames.shape == (8, 96, 128, 3) and steps == [1, 2]
+    final = resolve_request(fields | {"quality": "final"}, config, ["lineart"], seed=3).request
+    assert (final.width, final.height, final.steps, final.output_width) == (128, 96, 6, 0)
