@@ -153,7 +153,9 @@ def generate(config: Config, args: argparse.Namespace) -> int:
     }
     engine = _load_engine(config)
     try:
-        request = resolve_request(fields, config, engine.modalities, seed=random_seed()).request
+        request = resolve_request(
+            fields, config, engine.modalities, seed=random_seed(), draft_adapter=engine.model.has_draft_adapter
+        ).request
     except RequestError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2
@@ -202,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--scheduler")
     g.add_argument("--fps", type=int)
+    g.add_argument("--draft", action="store_true", help="quality = draft (quick, see [draft])")
     g.add_argument("--out", required=True, metavar="CLIP.mp4")
     g.add_argument("--frames-dir", metavar="DIR", help="also write every frame as DIR/NNNN.png")
     return parser

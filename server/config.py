@@ -36,6 +36,7 @@ class ModelSection:
     name: str
     base: str
     motion_adapter: str
+    draft_motion_adapter: str
     device: str
     dtype: str
     encoders_on_device: bool
@@ -79,6 +80,10 @@ class Performance:
 class Draft:
     scale: float
     steps: int
+    adapter_scale: float
+    adapter_scheduler: str
+    adapter_steps: int
+    adapter_guidance_scale: float
 
 
 @dataclass(frozen=True)
@@ -209,8 +214,13 @@ def _check_performance(performance: Performance) -> Performance:
 
 
 def _check_draft(draft: Draft) -> Draft:
-    if not (0.1 <= draft.scale <= 1.0 and draft.steps >= 1):
-        raise ConfigError("[draft] needs 0.1 <= scale <= 1 and steps >= 1")
+    if not (
+        0.1 <= draft.scale <= 1.0
+        and draft.steps >= 1
+        and 0.1 <= draft.adapter_scale <= 1.0
+        and draft.adapter_steps >= 1
+    ):
+        raise ConfigError("[draft] needs scales between 0.1 and 1 and steps >= 1")
     return draft
 
 

@@ -149,7 +149,10 @@ class Engine:
         #    context windows. The seed drives the request's generator and, isolated by fork_rng, the global RNG
         #    too: the RGB encoder's VAE encoding samples from it, and it must repeat as well.
         lv = self.long_video
+        draft_motion = request.quality == "draft" and self.model.has_draft_adapter
         try:
+            if draft_motion:  # the distilled motion module, copied into the UNet's motion layers for this job
+                self.model.unet.load_motion_modules(self.model.motion_adapters["draft"])
             with torch.random.fork_rng(devices=[self.device] if cuda else []):
                 torch.manual_seed(request.seed)
                 generator = torch.Generator(device=self.device).manual_seed(request.seed)
@@ -197,6 +200,8 @@ class Engine:
             # 5. Give the accelerator's cached memory back before the next job (the reference scripts ran out of
             #    memory on the second one). The full gc pass (~0.2 s) runs in the worker after the job is reported.
             del pipe
+            if draft_motion:
+                self.model.unet.load_motion_modules(self.model.motion_adapters["final"])
             self.empty_cache()
 
         # 6. A draft made smaller is scaled back up to the size asked for.

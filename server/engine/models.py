@@ -47,6 +47,12 @@ class LoadedModel:
     unet: Any  # UNetMotionModel
     scheduler_config: dict[str, Any]
     encoders: dict[str, Any] = field(default_factory=dict)  # modality -> SparseControlNetModel
+    # "final" (the one merged into unet) and, if configured, "draft": MotionAdapters kept on the CPU to swap in.
+    motion_adapters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_draft_adapter(self) -> bool:
+        return "draft" in self.motion_adapters
 
     @property
     def modalities(self) -> list[str]:
@@ -115,10 +121,12 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
 
         root = build_tiny_model(data_dir / "models" / "tiny")
         base, adapter_path = str(root / "base"), str(root / "motion_adapter")
+        draft_path = section.draft_motion_adapter or str(root / "motion_adapter_draft")
         encoders_cfg = {m: str(root / "encoders" / m) for m in MODALITIES} | encoders_cfg
         name = TINY_NAME
     else:
         base, adapter_path = section.base, section.motion_adapter
+        draft_path = section.draft_motion_adapter
         name = section.name or Path(base).expanduser().name
 
     device = resolve_device(section.device)
@@ -139,7 +147,16 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
         raise ModelLoadError(
             f"the motion adapter in {adapter_dir} does not fit the UNet in {base_dir / 'unet'}: {e}"
         ) from e
-    del unet2d, adapter
+    del unet2d
+    motion_adapters = {"final": adapter}
+    if draft_path:
+        draft_dir = _require_folder(draft_path, "draft motion adapter", "a diffusers MotionAdapter folder")
+        draft = _load("draft motion adapter", draft_dir, MotionAdapter.from_pretrained, torch_dtype=dtype)
+        if draft.config.block_out_channels != adapter.config.block_out_channels:
+            raise ModelLoadError(
+                f"the draft motion adapter in {draft_dir} does not fit the UNet in {base_dir / 'unet'}"
+            )
+        motion_adapters["draft"] = draft
     try:
         scheduler_config = dict(DDIMScheduler.load_config(base_dir / "scheduler"))
     except Exception as e:
@@ -162,7 +179,17 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
             encoder.to(device)
 
     model = LoadedModel(
-        name, section.is_tiny, device, dtype, vae, text_encoder, tokenizer, unet, scheduler_config, encoders
+        name,
+        section.is_tiny,
+        device,
+        dtype,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler_config,
+        encoders,
+        motion_adapters,
     )
     log.info(
         "loaded model %s on %s (%s) in %.1f s; modalities: %s",

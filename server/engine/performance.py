@@ -24,7 +24,10 @@ def apply_performance(model: LoadedModel, performance: Performance) -> list[str]
     model.vae.use_slicing = vae_slicing_enabled(performance.vae_slicing, model.device)
     if model.vae.use_slicing:
         applied.append("VAE slicing")
-    if performance.fuse_qkv:
+    if performance.fuse_qkv and model.has_draft_adapter:
+        # Swapping motion modules loads q/k/v weights the fused projections would not see.
+        log.warning("performance: fuse_qkv is off because a draft motion adapter is configured")
+    elif performance.fuse_qkv:
         model.unet.fuse_qkv_projections()
         applied.append("fused QKV")
     if performance.channels_last:

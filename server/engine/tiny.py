@@ -6,7 +6,7 @@ runs for real on a CPU in seconds. Its output is structured noise, never a previ
 
 Layout written (the same as the real weights' folders, see docs/weights.md):
     ROOT/base/{unet,vae,text_encoder,tokenizer,scheduler}/ + model_index.json
-    ROOT/motion_adapter/
+    ROOT/motion_adapter/, ROOT/motion_adapter_draft/ (a second random one, for draft quality)
     ROOT/encoders/{lineart,rgb,depth}/
 """
 
@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 # Bump when the tiny architecture changes, so a cached folder from an older build is rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 CROSS_ATTENTION_DIM = 32
 BLOCK_OUT_CHANNELS = (32, 64)
 
@@ -162,6 +162,10 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
     )
     _randomise_zero_params(adapter, generator)
     adapter.save_pretrained(tmp / "motion_adapter")
+    # A second motion module of the same shape, standing in for a distilled (AnimateLCM) draft module.
+    draft = MotionAdapter(**adapter.config)
+    _randomise_zero_params(draft, generator)
+    draft.save_pretrained(tmp / "motion_adapter_draft")
 
     common = dict(
         in_channels=4,

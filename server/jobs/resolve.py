@@ -68,6 +68,7 @@ def resolve_request(
     config: Config,
     modalities: list[str],
     seed: int,
+    draft_adapter: bool = False,
 ) -> ResolvedJob:
     """Apply defaults from `config`, check every limit, decode keyframes. `seed` is used when none is given.
 
@@ -157,10 +158,18 @@ def resolve_request(
         raise RequestError("invalid_request", f"quality must be 'final' or 'draft', got {quality!r}")
     output_width = output_height = 0
     if quality == "draft":
-        # Smaller and fewer steps; the engine scales the frames back up to the size asked for.
+        # With a distilled draft motion module (draft_adapter): its scheduler, steps and guidance. Without: smaller
+        # and fewer steps. Either way the engine delivers the size asked for.
+        draft = config.draft
+        if draft_adapter:
+            scale, steps = draft.adapter_scale, min(steps, draft.adapter_steps)
+            scheduler, guidance_scale = draft.adapter_scheduler, draft.adapter_guidance_scale
+        else:
+            scale, steps = draft.scale, min(steps, draft.steps)
         output_width, output_height = width, height
-        width, height = (max(lim.min_size, int(round(v * config.draft.scale / 8)) * 8) for v in (width, height))
-        steps = min(steps, config.draft.steps)
+        width, height = (max(lim.min_size, int(round(v * scale / 8)) * 8) for v in (width, height))
+        if (width, height) == (output_width, output_height):
+            output_width = output_height = 0
 
     return ResolvedJob(
         GenerationRequest(

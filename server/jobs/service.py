@@ -44,7 +44,13 @@ class JobService:
         self.store.close()
 
     def submit(self, fields: dict[str, Any]) -> JobRecord:
-        resolved = resolve_request(fields, self.config, self.engine.modalities, seed=random_seed())
+        resolved = resolve_request(
+            fields,
+            self.config,
+            self.engine.modalities,
+            seed=random_seed(),
+            draft_adapter=self.engine.model.has_draft_adapter,
+        )
         job_id = uuid.uuid4().hex
         # Files first: the worker may claim the job the moment its record exists.
         self.files.save_keyframes(job_id, resolved.keyframe_pngs())

@@ -30,8 +30,11 @@ def own_model(tiny_config, tiny_root):
 
 
 def test_levers_keep_the_frames_and_compile_wraps_the_unet(engine, own_model, tiny_config):
+    own_model.motion_adapters.pop("draft")  # fused QKV is refused while a draft module may be swapped in
     perf = dataclasses.replace(tiny_config.performance, vae_slicing="on", channels_last=True, fuse_qkv=True)
     fast = Engine(own_model, tiny_config.scheduler, tiny_config.long_video, performance=perf)
+    attention = next(m for m in own_model.unet.modules() if type(m).__name__ == "Attention")
+    assert attention.fused_projections
     assert own_model.vae.use_slicing
     conv = next(m for m in own_model.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -58,7 +61,7 @@ def test_a_draft_is_smaller_and_shorter_then_scaled_to_the_size_asked(engine, ti
         "quality": "draft",
         "keyframes": [{"index": 0, "image": image}],
     }
-    draft = resolve_request(fields, config, ["lineart"], seed=3).request
+    draft = resolve_request(fields, config, ["lineart"], seed=3, draft_adapter=False).request
     assert (draft.width, draft.height, draft.steps) == (64, 64, 2)  # 96 * 0.5 = 48 -> the 64 px minimum
     assert (draft.output_width, draft.output_height) == (128, 96)
     steps = []
@@ -66,3 +69,32 @@ def test_a_draft_is_smaller_and_shorter_then_scaled_to_the_size_asked(engine, ti
     assert frames.shape == (8, 96, 128, 3) and steps == [1, 2]
     final = resolve_request(fields | {"quality": "final"}, config, ["lineart"], seed=3).request
     assert (final.width, final.height, final.steps, final.output_width) == (128, 96, 6, 0)
+
+
+def test_a_draft_motion_module_is_swapped_in_for_drafts_only(engine, tiny_config):
+    assert engine.model.has_draft_adapter  # the tiny model ships a second random motion module for this
+    image = base64.b64encode(png_bytes(sketch())).decode()
+    fields = {
+        "prompt": "x",
+        "modality": "lineart",
+        "num_frames": 8,
+        "steps": 10,
+        "seed": 5,
+        "keyframes": [{"index": 0, "image": image}],
+    }
+    d = tiny_config.draft
+    draft = resolve_request(fields | {"quality": "draft"}, tiny_config, ["lineart"], seed=1, draft_adapter=True)
+    r = draft.request
+    assert (r.scheduler, r.guidance_scale, r.steps) == (
+        d.adapter_scheduler,
+        d.adapter_guidance_scale,
+        min(10, d.adapter_steps),
+    )
+    assert draft.echo()["quality"] == "draft"
+
+    final = resolve_request(fields, tiny_config, ["lineart"], seed=1, draft_adapter=True).request
+    before = engine.generate(final).frames
+    drafted = engine.generate(r).frames
+    same_settings_final = engine.generate(dataclasses.replace(r, quality="final")).frames
+    assert not np.array_equal(drafted, same_settings_final)  # the draft module really ran
+    np.testing.assert_array_equal(engine.generate(final).frames, before)  # and the final one is back, exactly
