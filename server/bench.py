@@ -28,53 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _point(args: argparse.Namespace) -> dict:
     """One job of args.frames frames, in this process."""
-    import psutil
-    import torch
-    from PIL import Image, ImageDraw
-
-    from .config import load_config
-    from .engine.engine import Engine
-    from .engine.models import load_model, resolve_device, resolve_dtype
-    from .engine.request import GenerationRequest, Keyframe
-    from .engine.windows import context_windows
-
-    overrides = {"model": {"base": "tiny"}} if args.arch == "tiny" else {}
-    if args.data_dir:
-        overrides["server"] = {"data_dir": args.data_dir}
-    config = load_config(overrides=overrides)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    if args.arch == "full":
-        from .engine.full_size import build_full_size_model
-
-        model = build_full_size_model(device, dtype)
-    else:
-        model = load_model(config.model, config.data_dir)
-    engine = Engine(model, config.scheduler, config.long_video)
     import gc
 
+    import psutil
+    import torch
+
+    from .engine.windows import context_windows
+
+    config, engine = _build(args)
+    device = engine.device
     gc.collect()
     loaded_rss = psutil.Process().memory_info().rss
     # Building the model has its own peak; the job's peak is measured from here (Linux resets VmHWM).
     peak_reset = _reset_peak_rss()
-    sketch = Image.new("RGB", (args.size, args.size))
-    ImageDraw.Draw(sketch).rectangle((8, 8, args.size // 2, args.size - 8), outline="white", width=2)
     n = args.frames
-    request = GenerationRequest(
-        prompt="a benchmark",
-        negative_prompt="",
-        modality=next(iter(model.encoders)),
-        num_frames=n,
-        width=args.size,
-        height=args.size,
-        steps=args.steps,
-        guidance_scale=7.5,
-        conditioning_scale=1.0,
-        seed=0,
-        scheduler="ddim",
-        fps=8,
-        keyframes=[Keyframe(0, sketch), Keyframe(n - 1, sketch)],
-    )
+    request = _request(engine.model, n, args.size, args.steps)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -94,7 +62,7 @@ def _point(args: argparse.Namespace) -> dict:
         "over_loaded_mib": over / 2**20,
         "seconds": seconds,
         "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(engine.model.dtype).removeprefix("torch."),
         "shape": list(result.frames.shape),
     }
 
