@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .windows import Window, context_windows, share_noise
+from .windows import context_windows, share_noise
 
 
 @torch.no_grad()
@@ -45,7 +45,6 @@ def generate_windowed(
     shared_noise: bool,
     decode_chunk: int,
     on_step_end: Callable[[int], None] | None = None,
-    on_window: Callable[[Window, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np"."""
     device = pipe._execution_device
@@ -71,6 +70,10 @@ def generate_windowed(
     if shared_noise and len(windows) > 1:
         latents = share_noise(latents, window_length, window_overlap, generator)
     extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    # Blend weights per window, shaped to broadcast over (batch, channels, frames, h, w); built once.
+    weights = {
+        w.start: torch.tensor(w.weights, device=device, dtype=latents.dtype).view(1, 1, -1, 1, 1) for w in windows
+    }
     embeds_by_length: dict[int, torch.Tensor] = {}
 
     # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step.
@@ -88,8 +91,6 @@ def generate_windowed(
                 guidance_scale,
                 do_cfg,
             )
-            if on_window is not None:
-                on_window(windows[0], mask)
         else:
             noise_pred = torch.zeros_like(latents)
             for window in windows:
@@ -106,10 +107,7 @@ def generate_windowed(
                     guidance_scale,
                     do_cfg,
                 )
-                weights = torch.tensor(window.weights, device=device, dtype=prediction.dtype)
-                noise_pred[:, :, sl] += prediction * weights.view(1, 1, -1, 1, 1)
-                if on_window is not None:
-                    on_window(window, mask[:, :, sl])
+                noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
         if on_step_end is not None:
             on_step_end(i)

@@ -21,10 +21,6 @@ class Window:
     stop: int  # exclusive
     weights: tuple[float, ...]  # per frame of the window; over all windows, each frame's weights sum to 1
 
-    @property
-    def frames(self) -> range:
-        return range(self.start, self.stop)
-
     def __len__(self) -> int:
         return self.stop - self.start
 

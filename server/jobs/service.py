@@ -27,8 +27,7 @@ class JobService:
         self.config, self.engine = config, engine
         self.store = JobStore(Path(data_dir) / "jobs.sqlite3")
         self.files = JobFiles(Path(data_dir) / "jobs")
-        self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar)
-        self.worker.after_job = self.prune
+        self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune)
         for job_id in self.store.interrupted_on_open:
             log.warning("job %s was running when the server last stopped: marked failed (interrupted)", job_id)
 

@@ -10,6 +10,7 @@ import errno
 import logging
 import sys
 import threading
+from collections.abc import Callable
 
 from PIL import Image
 from tqdm import tqdm
@@ -45,8 +46,16 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 class Worker:
-    def __init__(self, engine: Engine, store: JobStore, files: JobFiles, progress_bar: bool = True):
+    def __init__(
+        self,
+        engine: Engine,
+        store: JobStore,
+        files: JobFiles,
+        progress_bar: bool = True,
+        after_job: Callable[[], object] | None = None,
+    ):
         self.engine, self.store, self.files = engine, store, files
+        self.after_job = after_job  # called after every job (the service prunes old results there)
         self.progress_bar = progress_bar
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -54,7 +63,6 @@ class Worker:
         self._lock = threading.Lock()
         self._current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="sparsectrl-worker", daemon=True)
-        self.after_job = None  # called after every job (the service prunes old results there)
 
     def start(self) -> None:
         self._thread.start()
