@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .weights.locate import SearchFolders
+from .weights.refs import WeightRef, WeightRefError
 
 MODALITIES = ("lineart", "rgb", "depth")
 
@@ -31,20 +34,32 @@ class ServerSection:
     allowed_origins: list
 
 
+# [model] keys that name weights (a string or { path, config, scale }); see server/weights/refs.py.
+WEIGHT_KEYS = ("base", "vae", "tokenizer", "motion_adapter", "draft_motion_adapter", "domain_adapter")
+TEMPORAL_NORMS = ("per_frame", "joint")
+
+
 @dataclass(frozen=True)
 class ModelSection:
     name: str
-    base: str
-    motion_adapter: str
-    draft_motion_adapter: str
     device: str
     dtype: str
     encoders_on_device: bool
-    encoders: dict[str, str] = field(default_factory=dict)
+    temporal_norm: str
+    cache_converted: bool
+    base: WeightRef | None = None
+    vae: WeightRef | None = None
+    tokenizer: WeightRef | None = None
+    motion_adapter: WeightRef | None = None
+    draft_motion_adapter: WeightRef | None = None
+    domain_adapter: WeightRef | None = None
+    encoders: dict[str, WeightRef] = field(default_factory=dict)
+    loras: dict[str, WeightRef] = field(default_factory=dict)
+    search: SearchFolders = field(default_factory=SearchFolders)
 
     @property
     def is_tiny(self) -> bool:
-        return self.base == "tiny"
+        return self.base is not None and self.base.ref == "tiny"
 
 
 @dataclass(frozen=True)
@@ -154,15 +169,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str, open_tables: 
     return out
 
 
-# Tables whose keys are free-form: encoder names per modality, scheduler kwargs.
-_OPEN_TABLES = {"model.encoders", "scheduler"}
+# Tables whose keys are free-form: encoder names per modality, LoRA names, scheduler kwargs.
+_OPEN_TABLES = {"model.encoders", "model.loras", "scheduler"}
 
 
 def _typed(cls: type, table: dict[str, Any], name: str) -> Any:
     kwargs = {}
     for f in fields(cls):
         if f.name not in table:
-            if f.name == "encoders":
+            if f.default is not MISSING or f.default_factory is not MISSING:
                 continue
             raise ConfigError(f"missing config key '{name}.{f.name}'")
         value = table[f.name]
@@ -183,13 +198,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if overrides:
         raw = _merge(raw, overrides, "", _OPEN_TABLES)
 
-    model_table = dict(raw["model"])
-    encoders = {str(k): str(v) for k, v in model_table.pop("encoders", {}).items() if v}
-    unknown = sorted(set(encoders) - set(MODALITIES))
-    if unknown:
-        raise ConfigError(f"[model.encoders] names unknown modalities {unknown}; known: {list(MODALITIES)}")
-    model = _typed(ModelSection, model_table, "model")
-    model = ModelSection(**{**model.__dict__, "encoders": encoders})
+    model = _model_section(dict(raw["model"]))
 
     generation_table = dict(raw["generation"])
     if model.is_tiny:
@@ -205,6 +214,35 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         performance=_check_performance(_typed(Performance, raw["performance"], "performance")),
         draft=_check_draft(_typed(Draft, raw["draft"], "draft")),
     )
+
+
+def _model_section(table: dict[str, Any]) -> ModelSection:
+    try:
+        refs = {key: WeightRef.parse(table.pop(key, ""), f"model.{key}") for key in WEIGHT_KEYS}
+        encoders = {
+            str(k): ref
+            for k, v in table.pop("encoders", {}).items()
+            if (ref := WeightRef.parse(v, f"model.encoders.{k}")) is not None
+        }
+        loras = {
+            str(k): ref
+            for k, v in table.pop("loras", {}).items()
+            if (ref := WeightRef.parse(v, f"model.loras.{k}")) is not None
+        }
+    except WeightRefError as e:
+        raise ConfigError(str(e)) from None
+    unknown = sorted(set(encoders) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"[model.encoders] names unknown modalities {unknown}; known: {list(MODALITIES)}")
+    bad_names = [n for n in loras if not n.replace("-", "").replace("_", "").isalnum() or n == "domain_adapter"]
+    if bad_names:
+        raise ConfigError(f"[model.loras] names {bad_names}: use letters, digits, - and _ (not 'domain_adapter')")
+    search_table = table.pop("search", {})
+    search = _typed(SearchFolders, {**search_table, "folders": list(search_table.get("folders", []))}, "model.search")
+    model = _typed(ModelSection, table, "model")
+    if model.temporal_norm not in TEMPORAL_NORMS:
+        raise ConfigError(f"[model] temporal_norm must be one of {list(TEMPORAL_NORMS)}")
+    return ModelSection(**{**model.__dict__, **refs, "encoders": encoders, "loras": loras, "search": search})
 
 
 def _check_performance(performance: Performance) -> Performance:

@@ -1,7 +1,8 @@
-"""Loading the base model, the motion module and one condition encoder per modality from diffusers folders.
+"""Loading the base model, the motion module, one condition encoder per modality and the LoRAs.
 
-The base (SD1.5 UNet + motion adapter -> UNetMotionModel, VAE, text encoder) is loaded once; encoders are
-loaded at start too, so a broken folder is reported before any job, and swapped per request.
+Each may be a diffusers folder, an HF-cache repo id or a single file (server/weights). The base (SD1.5 UNet +
+motion adapter -> UNetMotionModel, VAE, text encoder) is loaded once; encoders are loaded at start too, so a
+broken file is reported before any job, and swapped per request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from typing import Any
 import torch
 
 from ..config import MODALITIES, ModelSection
+from ..weights.checkpoint import CheckpointError
+from ..weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, load_sparsectrl_file, load_vae_file
+from ..weights.locate import WeightsNotFound, locate
+from ..weights.lora import load_loras, merge_domain_adapter
+from ..weights.refs import WeightRef
+from .temporal_norm import use_per_frame_temporal_norm
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ class LoadedModel:
     encoders: dict[str, Any] = field(default_factory=dict)  # modality -> SparseControlNetModel
     # "final" (the one merged into unet) and, if configured, "draft": MotionAdapters kept on the CPU to swap in.
     motion_adapters: dict[str, Any] = field(default_factory=dict)
+    # name -> default scale of the LoRAs a request may turn on (loaded into unet/text_encoder as peft adapters).
+    loras: dict[str, float] = field(default_factory=dict)
 
     @property
     def has_draft_adapter(self) -> bool:
@@ -86,92 +95,192 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; use one of {sorted(dtypes)} or 'auto'") from None
 
 
-def _require_folder(path: str, what: str, expected: str) -> Path:
-    if not path:
-        raise ModelLoadError(f"no {what} configured: set it in the config file (see docs/weights.md)")
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ModelLoadError(f"{what} folder not found: {folder} (expected {expected})")
-    return folder
-
-
-def _load(what: str, folder: Path, loader, **kwargs):
+def _located(ref: WeightRef, kind: str, what: str, section: ModelSection):
     try:
-        return loader(folder, **kwargs)
+        return locate(ref.ref, kind, section.search)
+    except WeightsNotFound as e:
+        raise ModelLoadError(f"{what}: {e}") from None
+
+
+def _load(what: str, where: Path, loader, *args, **kwargs):
+    """Run `loader`; any failure becomes one ModelLoadError naming `what` and `where`."""
+    try:
+        return loader(*args, **kwargs)
+    except ModelLoadError:
+        raise
+    except CheckpointError as e:
+        raise ModelLoadError(f"could not load the {what}: {e}") from e
     except Exception as e:
-        raise ModelLoadError(f"could not load the {what} from {folder}: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(f"could not load the {what} from {where}: {type(e).__name__}: {e}") from e
+
+
+def _require_folder_parts(folder: Path, parts: tuple[str, ...], what: str) -> None:
+    missing = [p for p in parts if not (folder / p).exists()]
+    if missing:
+        raise ModelLoadError(
+            f"{what} folder {folder} lacks {', '.join(missing)}: expected a diffusers folder "
+            f"({', '.join(parts)}) or a single .safetensors/.ckpt file"
+        )
+
+
+def find_tokenizer(section: ModelSection, config_dir: Path | None) -> Path:
+    """The CLIP tokenizer for a single-file base, which carries none (see [model] tokenizer)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if section.tokenizer is not None:
+        found = _located(section.tokenizer, "tokenizer", "tokenizer", section).path
+        return found / "tokenizer" if (found / "tokenizer" / "vocab.json").is_file() else found
+    candidates = [config_dir / "tokenizer"] if config_dir else []
+    candidates += [root / "sd1_tokenizer" for root in section.search.for_kind("tokenizer")]
+    for folder in candidates:
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return folder
+    for repo, sub in HF_TOKENIZERS:
+        vocab = try_to_load_from_cache(repo, f"{sub}vocab.json")
+        merges = try_to_load_from_cache(repo, f"{sub}merges.txt")
+        if isinstance(vocab, str) and isinstance(merges, str):
+            return Path(vocab).parent
+    raise ModelLoadError(
+        "a single-file base carries no CLIP tokenizer and none was found: set [model] tokenizer to a folder with "
+        "vocab.json and merges.txt, point [model.search] comfyui at a ComfyUI install, or run "
+        "`python -m server download` (it caches stable-diffusion-v1-5's)"
+    )
+
+
+# Where a CLIP ViT-L/14 tokenizer may sit in the HF cache: (repo, subfolder/).
+HF_TOKENIZERS = (
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer/"),
+    ("runwayml/stable-diffusion-v1-5", "tokenizer/"),
+    ("openai/clip-vit-large-patch14", ""),
+)
+
+
+def _load_vae(ref: WeightRef, section: ModelSection, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    where = _located(ref, "base", "VAE", section).path
+    if where.is_dir():
+        sub = where / "vae" if (where / "vae" / "config.json").is_file() else where
+        return _load("VAE", sub, AutoencoderKL.from_pretrained, sub, torch_dtype=dtype)
+    return _load("VAE", where, load_vae_file, where, dtype, Path(ref.config) if ref.config else None)
+
+
+def load_base(section: ModelSection, ref: WeightRef, data_dir: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """tokenizer, text_encoder, vae, unet (2-D) and scheduler_config from a diffusers folder or a single file."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    where = _located(ref, "base", "base model", section).path
+    if where.is_dir():
+        _require_folder_parts(where, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), "base model")
+        parts = {
+            "tokenizer": _load("tokenizer", where, CLIPTokenizer.from_pretrained, where / "tokenizer"),
+            "text_encoder": _load(
+                "text encoder", where, CLIPTextModel.from_pretrained, where / "text_encoder", torch_dtype=dtype
+            ),
+            "vae": _load("VAE", where, AutoencoderKL.from_pretrained, where / "vae", torch_dtype=dtype),
+            "unet": _load("UNet", where, UNet2DConditionModel.from_pretrained, where / "unet", torch_dtype=dtype),
+        }
+        scheduler_dir = where / "scheduler"
+    else:
+        config_dir = Path(ref.config).expanduser() if ref.config else None
+        cache_root = data_dir / "converted" if section.cache_converted else None
+        parts = _load("base model", where, load_sd15_file, where, dtype, cache_root, config_dir)
+        tokenizer_dir = find_tokenizer(section, config_dir)
+        parts["tokenizer"] = _load("tokenizer", tokenizer_dir, CLIPTokenizer.from_pretrained, tokenizer_dir)
+        scheduler_dir = (config_dir or CONFIGS / "sd15") / "scheduler"
+    if section.vae is not None:
+        parts["vae"] = _load_vae(section.vae, section, dtype)
+    if parts["vae"] is None:
+        raise ModelLoadError(
+            f'{where} has no VAE inside (a "noVAE" model): set [model] vae, e.g. "stabilityai/sd-vae-ft-mse" '
+            "or vae-ft-mse-840000-ema-pruned.safetensors"
+        )
+    try:
+        parts["scheduler_config"] = dict(DDIMScheduler.load_config(scheduler_dir))
+    except Exception as e:
+        raise ModelLoadError(f"no scheduler config in {scheduler_dir}: {e}") from e
+    return parts
+
+
+def load_motion_adapter(ref: WeightRef, what: str, section: ModelSection, data_dir: Path, dtype: torch.dtype):
+    from diffusers import MotionAdapter
+
+    where = _located(ref, "motion_adapter", what, section).path
+    if where.is_dir():
+        _require_folder_parts(where, ("config.json",), what)
+        return _load(what, where, MotionAdapter.from_pretrained, where, torch_dtype=dtype)
+    cache_root = data_dir / "converted" if section.cache_converted else None
+    config = Path(ref.config).expanduser() if ref.config else None
+    return _load(what, where, load_motion_module_file, where, dtype, cache_root, config)
+
+
+def load_encoder(ref: WeightRef, modality: str, section: ModelSection, data_dir: Path, dtype: torch.dtype):
+    from diffusers import SparseControlNetModel
+
+    what = f"{modality} encoder"
+    where = _located(ref, "encoder", what, section).path
+    if where.is_dir():
+        _require_folder_parts(where, ("config.json",), what)
+        return _load(what, where, SparseControlNetModel.from_pretrained, where, torch_dtype=dtype)
+    cache_root = data_dir / "converted" if section.cache_converted else None
+    config = Path(ref.config).expanduser() if ref.config else None
+    return _load(what, where, load_sparsectrl_file, where, dtype, cache_root, config)
 
 
 def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
     """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        MotionAdapter,
-        SparseControlNetModel,
-        UNet2DConditionModel,
-        UNetMotionModel,
-    )
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import UNetMotionModel
 
     started = time.perf_counter()
-    encoders_cfg = dict(section.encoders)
+    encoder_refs = dict(section.encoders)
+    base_ref, adapter_ref, draft_ref = section.base, section.motion_adapter, section.draft_motion_adapter
     if section.is_tiny:
         from .tiny import build_tiny_model
 
         root = build_tiny_model(data_dir / "models" / "tiny")
-        base, adapter_path = str(root / "base"), str(root / "motion_adapter")
-        draft_path = section.draft_motion_adapter or str(root / "motion_adapter_draft")
-        encoders_cfg = {m: str(root / "encoders" / m) for m in MODALITIES} | encoders_cfg
+        base_ref, adapter_ref = WeightRef(str(root / "base")), WeightRef(str(root / "motion_adapter"))
+        draft_ref = draft_ref or WeightRef(str(root / "motion_adapter_draft"))
+        encoder_refs = {m: WeightRef(str(root / "encoders" / m)) for m in MODALITIES} | encoder_refs
         name = TINY_NAME
     else:
-        base, adapter_path = section.base, section.motion_adapter
-        draft_path = section.draft_motion_adapter
-        name = section.name or Path(base).expanduser().name
+        if base_ref is None:
+            raise ModelLoadError("no base model configured: set [model] base in the config file (docs/weights.md)")
+        if adapter_ref is None:
+            raise ModelLoadError(
+                "no motion adapter configured: set [model] motion_adapter (e.g. v3_sd15_mm.ckpt; docs/weights.md)"
+            )
+        name = section.name or Path(base_ref.ref).stem or base_ref.ref
 
     device = resolve_device(section.device)
     dtype = resolve_dtype(section.dtype, device)
-    base_dir = _require_folder(
-        base, "base model", "a diffusers SD1.5 folder with unet/, vae/, text_encoder/, tokenizer/"
-    )
-    adapter_dir = _require_folder(adapter_path, "motion adapter", "a diffusers MotionAdapter folder with config.json")
-
-    tokenizer = _load("tokenizer", base_dir / "tokenizer", CLIPTokenizer.from_pretrained)
-    text_encoder = _load("text encoder", base_dir / "text_encoder", CLIPTextModel.from_pretrained, torch_dtype=dtype)
-    vae = _load("VAE", base_dir / "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
-    unet2d = _load("UNet", base_dir / "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
-    adapter = _load("motion adapter", adapter_dir, MotionAdapter.from_pretrained, torch_dtype=dtype)
+    base = load_base(section, base_ref, data_dir, dtype)
+    adapter = load_motion_adapter(adapter_ref, "motion adapter", section, data_dir, dtype)
     try:
-        unet = UNetMotionModel.from_unet2d(unet2d, adapter).to(dtype)
+        unet = UNetMotionModel.from_unet2d(base["unet"], adapter).to(dtype)
     except Exception as e:
-        raise ModelLoadError(
-            f"the motion adapter in {adapter_dir} does not fit the UNet in {base_dir / 'unet'}: {e}"
-        ) from e
-    del unet2d
+        raise ModelLoadError(f"the motion adapter {adapter_ref} does not fit the UNet of {base_ref}: {e}") from e
+    del base["unet"]
     motion_adapters = {"final": adapter}
-    if draft_path:
-        draft_dir = _require_folder(draft_path, "draft motion adapter", "a diffusers MotionAdapter folder")
-        draft = _load("draft motion adapter", draft_dir, MotionAdapter.from_pretrained, torch_dtype=dtype)
+    if draft_ref is not None:
+        draft = load_motion_adapter(draft_ref, "draft motion adapter", section, data_dir, dtype)
         if draft.config.block_out_channels != adapter.config.block_out_channels:
-            raise ModelLoadError(
-                f"the draft motion adapter in {draft_dir} does not fit the UNet in {base_dir / 'unet'}"
-            )
+            raise ModelLoadError(f"the draft motion adapter {draft_ref} does not fit the UNet of {base_ref}")
         motion_adapters["draft"] = draft
-    try:
-        scheduler_config = dict(DDIMScheduler.load_config(base_dir / "scheduler"))
-    except Exception as e:
-        raise ModelLoadError(f"no scheduler config in {base_dir / 'scheduler'}: {e}") from e
+    if section.domain_adapter is not None:
+        ref = section.domain_adapter
+        where = _located(ref, "lora", "domain adapter", section).path
+        _load("domain adapter", where, merge_domain_adapter, unet, where, ref.scale)
 
     encoders = {}
     for modality in MODALITIES:
-        if modality not in encoders_cfg:
-            continue
-        folder = _require_folder(encoders_cfg[modality], f"{modality} encoder", "a SparseControlNetModel folder")
-        encoders[modality] = _load(
-            f"{modality} encoder", folder, SparseControlNetModel.from_pretrained, torch_dtype=dtype
-        ).eval()
+        if modality in encoder_refs:
+            encoders[modality] = load_encoder(encoder_refs[modality], modality, section, data_dir, dtype).eval()
 
-    for module in (text_encoder, vae, unet):
+    if section.temporal_norm == "per_frame":
+        for module in (unet, *encoders.values()):
+            use_per_frame_temporal_norm(module)
+    for module in (base["text_encoder"], base["vae"], unet):
         module.to(device).eval().requires_grad_(False)
     for encoder in encoders.values():
         encoder.requires_grad_(False)
@@ -183,21 +292,24 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
         section.is_tiny,
         device,
         dtype,
-        vae,
-        text_encoder,
-        tokenizer,
+        base["vae"],
+        base["text_encoder"],
+        base["tokenizer"],
         unet,
-        scheduler_config,
+        base["scheduler_config"],
         encoders,
         motion_adapters,
     )
+    if section.loras:
+        model.loras = _load("LoRAs", data_dir, load_loras, model, section)
     log.info(
-        "loaded model %s on %s (%s) in %.1f s; modalities: %s",
+        "loaded model %s on %s (%s) in %.1f s; modalities: %s%s",
         name,
         device,
         str(dtype).removeprefix("torch."),
         time.perf_counter() - started,
         ", ".join(model.modalities) or "none",
+        f"; LoRAs: {', '.join(model.loras)}" if model.loras else "",
     )
     if model.tiny:
         log.warning("model '%s' has RANDOM weights (built offline for tests): its videos are noise, not previews", name)

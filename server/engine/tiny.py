@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 # Bump when the tiny architecture changes, so a cached folder from an older build is rebuilt.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 CROSS_ATTENTION_DIM = 32
 BLOCK_OUT_CHANNELS = (32, 64)
 
@@ -159,6 +159,7 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
         motion_norm_num_groups=8,
         motion_num_attention_heads=2,
         motion_max_seq_length=32,
+        use_motion_mid_block=False,  # as v3_sd15_mm (AnimateDiff's inference-v3.yaml: motion_module_mid_block false)
     )
     _randomise_zero_params(adapter, generator)
     adapter.save_pretrained(tmp / "motion_adapter")

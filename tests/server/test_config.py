@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from server.config import ConfigError, load_config
+from server.weights.refs import WeightRef
 from tests.conftest import ROOT
 
 
@@ -28,7 +29,7 @@ def test_user_file_and_flags_override_in_order(tmp_path: Path):
     assert config.server.port == 9100
     assert config.generation.steps == 30 and config.generation.scheduler == "euler"
     assert config.generation.width == load_config().generation.width
-    assert config.model.encoders == {"lineart": "/m/scribble"}
+    assert config.model.encoders == {"lineart": WeightRef("/m/scribble")}
 
 
 def test_tiny_model_uses_the_tiny_generation_defaults():

@@ -10,6 +10,7 @@ import torch
 
 from server.engine.engine import JobCancelled, ModalityUnavailable, to_uint8
 from server.engine.request import SCHEDULER_NAMES, GenerationRequest, Keyframe
+from server.engine.temporal_norm import use_per_frame_temporal_norm
 from tests.conftest import sketch
 
 
@@ -32,8 +33,14 @@ def make_request(**changes) -> GenerationRequest:
     return dataclasses.replace(base, **changes)
 
 
-def bare_diffusers_frames(tiny_root, scheduler_overrides, request: GenerationRequest) -> np.ndarray:
-    """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe)."""
+def bare_diffusers_frames(
+    tiny_root, scheduler_overrides, request: GenerationRequest, per_frame_norm: bool = True
+) -> np.ndarray:
+    """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe).
+
+    `per_frame_norm`: with the one change we make to diffusers' modules (server/engine/temporal_norm.py, the
+    official AnimateDiff normalisation; docs/rgb-correctness.md) applied to them, or without it.
+    """
     from diffusers import AnimateDiffSparseControlNetPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
     pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
@@ -42,6 +49,8 @@ def bare_diffusers_frames(tiny_root, scheduler_overrides, request: GenerationReq
         controlnet=SparseControlNetModel.from_pretrained(tiny_root / "encoders" / request.modality),
         scheduler=DDIMScheduler.from_pretrained(tiny_root / "base", subfolder="scheduler", **scheduler_overrides),
     )
+    if per_frame_norm:
+        assert use_per_frame_temporal_norm(pipe.unet) > 0 and use_per_frame_temporal_norm(pipe.controlnet) > 0
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(request.seed)  # the RGB encoder's VAE sampling draws from the global RNG
     out = pipe(
@@ -67,6 +76,21 @@ def test_frames_equal_a_bare_diffusers_call(engine, tiny_root, tiny_config, moda
     ours = engine.generate(request).frames
     theirs = bare_diffusers_frames(tiny_root, tiny_config.scheduler, request)
     assert ours.shape == (8, 64, 64, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_joint_temporal_norm_is_diffusers_untouched(tiny_root, tiny_config):
+    """temporal_norm = "joint" gives exactly diffusers' own behaviour (the escape hatch stays honest)."""
+    from server.config import load_config
+    from server.engine.engine import Engine
+    from server.engine.models import load_model
+
+    overrides = {"model": {"base": "tiny", "temporal_norm": "joint"}, "server": {"data_dir": str(tiny_config.data_dir)}}
+    config = load_config(overrides=overrides)
+    joint = Engine(load_model(config.model, config.data_dir), config.scheduler, config.long_video)
+    request = make_request(modality="rgb")
+    ours = joint.generate(request).frames
+    theirs = bare_diffusers_frames(tiny_root, config.scheduler, request, per_frame_norm=False)
     np.testing.assert_array_equal(ours, theirs)
 
 

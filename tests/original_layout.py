@@ -1,0 +1,171 @@
+"""Write tiny diffusers weights back in the layouts the original files use, to test our loaders on them.
+
+The key names come from the inverse of diffusers' own conversion code (`convert_animatediff_checkpoint_to_diffusers`
+for AnimateDiff motion modules and SparseCtrl encoders; `convert_ldm_*_checkpoint` for single-file SD1.5) and
+were checked against the official AnimateDiff model classes (guoyww/AnimateDiff `animatediff/models/`), which
+load these files with strict key matching (see docs/weights.md, "How the formats were checked").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+# diffusers name -> AnimateDiff name inside a motion module's transformer block.
+_MOTION_BLOCK_RENAMES = (
+    (".attn1.", ".attention_blocks.0."),
+    (".attn2.", ".attention_blocks.1."),
+    (".norm1.", ".norms.0."),
+    (".norm2.", ".norms.1."),
+    (".norm3.", ".ff_norm."),
+)
+_MOTION_MODULE = re.compile(r"(\.motion_modules\.\d+\.)(.*)$")
+
+
+def _sinusoidal_pe(max_len: int, dim: int) -> torch.Tensor:
+    """The `pos_encoder.pe` buffer AnimateDiff checkpoints carry (diffusers recomputes it and skips it)."""
+    position = torch.arange(max_len).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+def animatediff_state_dict(diffusers_state_dict: dict[str, torch.Tensor], max_len: int = 32) -> dict:
+    """A MotionAdapter's or SparseControlNetModel's state dict with AnimateDiff's original key names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in diffusers_state_dict.items():
+        if key.endswith(".pos_embed.pe"):
+            continue  # diffusers' buffer; the original files carry it as attention_blocks.N.pos_encoder.pe
+        match = _MOTION_MODULE.search(key)
+        if match is None:
+            out[key] = value.clone()
+            continue
+        prefix, rest = key[: match.start(1)] + match.group(1), "." + match.group(2)
+        for new, old in _MOTION_BLOCK_RENAMES:
+            rest = rest.replace(new, old) if ".transformer_blocks." in rest else rest
+        out[prefix + "temporal_transformer" + rest] = value.clone()
+        if rest.endswith(".attention_blocks.0.to_q.weight") or rest.endswith(".attention_blocks.1.to_q.weight"):
+            pe_key = prefix + "temporal_transformer" + rest.replace(".to_q.weight", ".pos_encoder.pe")
+            out[pe_key] = _sinusoidal_pe(max_len, value.shape[1])
+    return out
+
+
+def domain_adapter_state_dict(unet_attention_dims: dict[str, tuple[int, int]], rank: int, seed: int = 0) -> dict:
+    """A random LoRA in `v3_sd15_adapter.ckpt`'s layout (diffusers 0.11 attention-processor LoRA keys).
+
+    `unet_attention_dims` maps an attention's path (e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1")
+    and projection ("to_q") to (in_features, out_features), e.g. {"...attn1.to_q": (32, 32)}.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for path, (fan_in, fan_out) in unet_attention_dims.items():
+        attention, projection = path.rsplit(".", 1)
+        base = f"{attention}.processor.{projection}_lora"
+        out[f"{base}.down.weight"] = torch.randn(rank, fan_in, generator=generator) * 0.1
+        out[f"{base}.up.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-file Stable Diffusion (the LDM layout of A1111/ComfyUI/Civitai checkpoints)
+
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_prefixes(config: dict) -> dict[str, tuple[str, bool]]:
+    """diffusers block prefix -> (LDM prefix, is a resnet) for a UNet2DConditionModel config."""
+    per = config["layers_per_block"]
+    out: dict[str, tuple[str, bool]] = {}
+    for i in range(len(config["block_out_channels"])):
+        for j in range(per):
+            out[f"down_blocks.{i}.resnets.{j}."] = (f"input_blocks.{1 + i * (per + 1) + j}.0.", True)
+            out[f"down_blocks.{i}.attentions.{j}."] = (f"input_blocks.{1 + i * (per + 1) + j}.1.", False)
+        out[f"down_blocks.{i}.downsamplers.0.conv."] = (f"input_blocks.{(i + 1) * (per + 1)}.0.op.", False)
+        for j in range(per + 1):
+            out[f"up_blocks.{i}.resnets.{j}."] = (f"output_blocks.{i * (per + 1) + j}.0.", True)
+            out[f"up_blocks.{i}.attentions.{j}."] = (f"output_blocks.{i * (per + 1) + j}.1.", False)
+        upsampler_slot = 2 if "CrossAttn" in config["up_block_types"][i] else 1
+        out[f"up_blocks.{i}.upsamplers.0."] = (f"output_blocks.{i * (per + 1) + per}.{upsampler_slot}.", False)
+    out["mid_block.attentions.0."] = ("middle_block.1.", False)
+    for j in range(2):
+        out[f"mid_block.resnets.{j}."] = (f"middle_block.{2 * j}.", True)
+    return out
+
+
+def _vae_prefixes(config: dict) -> dict[str, tuple[str, str]]:
+    """diffusers block prefix -> (LDM prefix, "resnet" | "attention" | "") for an AutoencoderKL config."""
+    n = len(config["block_out_channels"])
+    out: dict[str, tuple[str, str]] = {}
+    for i in range(n):
+        for j in range(config["layers_per_block"] + 1):
+            out[f"encoder.down_blocks.{i}.resnets.{j}."] = (f"encoder.down.{i}.block.{j}.", "resnet")
+            out[f"decoder.up_blocks.{i}.resnets.{j}."] = (f"decoder.up.{n - 1 - i}.block.{j}.", "resnet")
+        out[f"encoder.down_blocks.{i}.downsamplers.0.conv."] = (f"encoder.down.{i}.downsample.conv.", "")
+        out[f"decoder.up_blocks.{i}.upsamplers.0.conv."] = (f"decoder.up.{n - 1 - i}.upsample.conv.", "")
+    for part in ("encoder", "decoder"):
+        for j in range(2):
+            out[f"{part}.mid_block.resnets.{j}."] = (f"{part}.mid.block_{j + 1}.", "resnet")
+        out[f"{part}.mid_block.attentions.0."] = (f"{part}.mid.attn_1.", "attention")
+    return out
+
+
+def _by_prefix(key: str, prefixes: dict):
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        if key.startswith(prefix):
+            return prefix, prefixes[prefix]
+    raise KeyError(f"no LDM name known for {key}")
+
+
+def ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """One SD checkpoint in the LDM layout from diffusers modules (UNet2DConditionModel, AutoencoderKL, CLIP)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    out: dict[str, torch.Tensor] = {}
+    top = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    prefixes = _unet_prefixes(unet.config)
+    for key, value in unet.state_dict().items():
+        if key in top:
+            name = top[key]
+        else:
+            prefix, (ldm_prefix, is_resnet) = _by_prefix(key, prefixes)
+            rest = key[len(prefix) :]
+            if is_resnet:
+                head, tail = rest.split(".", 1)
+                rest = f"{_RESNET_TO_LDM[head]}.{tail}"
+            name = ldm_prefix + rest
+        out["model.diffusion_model." + name] = value.clone()
+
+    vae_top = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    vae_prefixes = _vae_prefixes(vae.config)
+    for key, value in vae.state_dict().items():
+        if key in vae_top:
+            name = vae_top[key]
+        else:
+            prefix, (ldm_prefix, part) = _by_prefix(key, vae_prefixes)
+            rest = key[len(prefix) :]
+            if part == "resnet":
+                rest = rest.replace("conv_shortcut.", "nin_shortcut.")
+            elif part == "attention":
+                head, tail = rest.rsplit(".", 1)
+                rest = f"{_VAE_ATTENTION_TO_LDM[head]}.{tail}"
+                if value.ndim == 2:  # LDM's attention uses 1x1 convolutions
+                    value = value[:, :, None, None]
+            name = ldm_prefix + rest
+        out["first_stage_model." + name] = value.clone()
+
+    for key, value in text_encoder.state_dict().items():
+        name = key if key.startswith("text_model.") else "text_model." + key
+        out["cond_stage_model.transformer." + name] = value.clone()
+    return out
