@@ -169,3 +169,77 @@ def ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
         name = key if key.startswith("text_model.") else "text_model." + key
         out["cond_stage_model.transformer." + name] = value.clone()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole tiny model as the files artists download
+
+
+def write_original_files(tiny_root, out) -> dict[str, object]:
+    """The tiny model in every original layout, as named on the hub/Civitai; returns name -> path.
+
+    Also writes `configs/`: the tiny model's diffusers config folders without weights or tokenizer (what a
+    different architecture's single files need, as the shipped SD1.5/v3 configs do for the real ones).
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    tiny_root, out = Path(tiny_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = tiny_root / "base"
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    vae = AutoencoderKL.from_pretrained(base / "vae")
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    sd = ldm_state_dict(unet, vae, text_encoder)
+    paths: dict[str, object] = {}
+    save_file(sd, out / "tinyVision_v1.safetensors")
+    torch.save({"state_dict": sd, "global_step": 1}, out / "tinyVision_v1.ckpt")  # as SD .ckpt files wrap it
+    save_file(
+        {k: v for k, v in sd.items() if not k.startswith("first_stage_model.")}, out / "tinyVision_noVAE.safetensors"
+    )
+    save_file(
+        {k.removeprefix("first_stage_model."): v for k, v in sd.items() if k.startswith("first_stage_model.")},
+        out / "tiny-vae-ft-mse.safetensors",
+    )
+    paths.update(
+        sd15=out / "tinyVision_v1.safetensors",
+        sd15_ckpt=out / "tinyVision_v1.ckpt",
+        sd15_novae=out / "tinyVision_noVAE.safetensors",
+        vae=out / "tiny-vae-ft-mse.safetensors",
+    )
+
+    motion = animatediff_state_dict(MotionAdapter.from_pretrained(tiny_root / "motion_adapter").state_dict())
+    torch.save(motion, out / "v3_sd15_mm.ckpt")
+    paths["motion_module"] = out / "v3_sd15_mm.ckpt"
+    for modality, name in (("lineart", "scribble"), ("rgb", "rgb")):
+        encoder = SparseControlNetModel.from_pretrained(tiny_root / "encoders" / modality)
+        path = out / f"v3_sd15_sparsectrl_{name}.ckpt"
+        torch.save({"controlnet": animatediff_state_dict(encoder.state_dict())}, path)
+        paths[f"sparsectrl_{name}"] = path
+
+    dims = {}
+    for module_name, module in unet.named_modules():
+        if module_name.endswith((".attn1", ".attn2")):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                layer = module.get_submodule(proj)
+                dims[f"{module_name}.{proj.removesuffix('.0')}"] = (layer.in_features, layer.out_features)
+    torch.save({"state_dict": domain_adapter_state_dict(dims, rank=4)}, out / "v3_sd15_adapter.ckpt")
+    paths["domain_adapter"] = out / "v3_sd15_adapter.ckpt"
+
+    configs = out / "configs"
+    for sub in ("unet", "vae", "text_encoder", "scheduler"):
+        shutil.copytree(base / sub, configs / "base" / sub, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    (configs / "motion_adapter").mkdir(parents=True)
+    shutil.copy(tiny_root / "motion_adapter" / "config.json", configs / "motion_adapter" / "config.json")
+    for modality in ("lineart", "rgb"):
+        (configs / modality).mkdir()
+        shutil.copy(tiny_root / "encoders" / modality / "config.json", configs / modality / "config.json")
+    paths["configs"] = configs
+    paths["tokenizer"] = base / "tokenizer"
+    (out / "files.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    return paths

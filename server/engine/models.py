@@ -129,21 +129,27 @@ def find_tokenizer(section: ModelSection, config_dir: Path | None) -> Path:
 
     if section.tokenizer is not None:
         found = _located(section.tokenizer, "tokenizer", "tokenizer", section).path
-        return found / "tokenizer" if (found / "tokenizer" / "vocab.json").is_file() else found
+        return found / "tokenizer" if _is_tokenizer_dir(found / "tokenizer") else found
     candidates = [config_dir / "tokenizer"] if config_dir else []
     candidates += [root / "sd1_tokenizer" for root in section.search.for_kind("tokenizer")]
     for folder in candidates:
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        if _is_tokenizer_dir(folder):
             return folder
     for repo, sub in HF_TOKENIZERS:
-        vocab = try_to_load_from_cache(repo, f"{sub}vocab.json")
-        merges = try_to_load_from_cache(repo, f"{sub}merges.txt")
-        if isinstance(vocab, str) and isinstance(merges, str):
-            return Path(vocab).parent
+        for name in ("tokenizer.json", "vocab.json"):
+            found = try_to_load_from_cache(repo, f"{sub}{name}")
+            if isinstance(found, str) and _is_tokenizer_dir(Path(found).parent):
+                return Path(found).parent
     raise ModelLoadError(
         "a single-file base carries no CLIP tokenizer and none was found: set [model] tokenizer to a folder with "
-        "vocab.json and merges.txt, point [model.search] comfyui at a ComfyUI install, or run "
+        "tokenizer.json (or vocab.json and merges.txt), point [model.search] comfyui at a ComfyUI install, or run "
         "`python -m server download` (it caches stable-diffusion-v1-5's)"
+    )
+
+
+def _is_tokenizer_dir(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     )
 
 

@@ -1,0 +1,326 @@
+"""Every weights format artists keep, written as tiny random weights with the original key names, loaded through
+the real code path, compared tensor by tensor with what was written; and the clear errors for bad files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.config import load_config
+from server.engine import models as models_module
+from server.engine.models import ModelLoadError, load_base, load_encoder, load_model, load_motion_adapter
+from server.weights import convert
+from server.weights.refs import WeightRef
+from tests.original_layout import write_original_files
+
+
+@pytest.fixture(scope="module")
+def originals(tiny_root, tmp_path_factory) -> dict:
+    return write_original_files(tiny_root, tmp_path_factory.mktemp("originals"))
+
+
+def section(tmp_path: Path, **model) -> object:
+    return load_config(overrides={"model": model, "server": {"data_dir": str(tmp_path)}}).model
+
+
+def assert_same_weights(module: torch.nn.Module, reference: torch.nn.Module) -> None:
+    got, want = module.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_root):
+    from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    base = tiny_root / "base"
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(base / "unet"),
+        "vae": AutoencoderKL.from_pretrained(base / "vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(base / "text_encoder"),
+        "motion_adapter": MotionAdapter.from_pretrained(tiny_root / "motion_adapter"),
+        "lineart": SparseControlNetModel.from_pretrained(tiny_root / "encoders" / "lineart"),
+        "rgb": SparseControlNetModel.from_pretrained(tiny_root / "encoders" / "rgb"),
+    }
+
+
+# --- single-file SD1.5 ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["sd15", "sd15_ckpt"])
+def test_single_file_sd15_loads_every_tensor(tmp_path, originals, reference, which):
+    ref = WeightRef(str(originals[which]), config=str(originals["configs"] / "base"))
+    cfg = section(tmp_path, tokenizer=str(originals["tokenizer"]))
+    parts = load_base(cfg, ref, tmp_path, torch.float32)
+    for name in ("unet", "vae", "text_encoder"):
+        assert_same_weights(parts[name], reference[name])
+    assert parts["tokenizer"]("a red ball").input_ids[0] == parts["tokenizer"].bos_token_id
+    assert parts["scheduler_config"]["beta_schedule"] == "scaled_linear"
+
+
+def test_conversion_is_cached_and_the_second_start_reads_the_cache(tmp_path, originals, reference, monkeypatch, caplog):
+    ref = WeightRef(str(originals["sd15"]), config=str(originals["configs"] / "base"))
+    cfg = section(tmp_path, tokenizer=str(originals["tokenizer"]))
+    load_base(cfg, ref, tmp_path, torch.float32)
+    cached = list((tmp_path / "converted").glob("tinyVision_v1-*/converted.json"))
+    assert len(cached) == 1 and (cached[0].parent / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read again instead of the cache")
+
+    monkeypatch.setattr(convert, "read_state_dict", no_reading)
+    with caplog.at_level(logging.INFO, logger="server.weights.convert"):
+        parts = load_base(cfg, ref, tmp_path, torch.float32)
+    assert_same_weights(parts["unet"], reference["unet"])
+    assert any("from its converted copy" in r.getMessage() and " s" in r.getMessage() for r in caplog.records)
+
+
+def test_novae_checkpoint_needs_a_vae_and_takes_a_separate_file(tmp_path, originals, reference):
+    ref = WeightRef(str(originals["sd15_novae"]), config=str(originals["configs"] / "base"))
+    with pytest.raises(ModelLoadError, match=r'no VAE inside \(a "noVAE" model\): set \[model\] vae'):
+        load_base(section(tmp_path, tokenizer=str(originals["tokenizer"])), ref, tmp_path, torch.float32)
+    vae = {"path": str(originals["vae"]), "config": str(originals["configs"] / "base")}
+    parts = load_base(section(tmp_path, tokenizer=str(originals["tokenizer"]), vae=vae), ref, tmp_path, torch.float32)
+    assert_same_weights(parts["vae"], reference["vae"])
+
+
+def test_single_file_without_a_tokenizer_anywhere_says_where_to_get_one(tmp_path, originals, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    ref = WeightRef(str(originals["sd15"]), config=str(originals["configs"] / "base"))
+    with pytest.raises(ModelLoadError, match="carries no CLIP tokenizer.*python -m server download"):
+        load_base(section(tmp_path), ref, tmp_path, torch.float32)
+
+
+def test_shipped_sd15_configs_describe_the_real_architecture():
+    """The configs used for real single files (no hub at run time) build SD1.5's exact parameter count."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sd15 = convert.CONFIGS / "sd15"
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(sd15 / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(sd15 / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(sd15 / "text_encoder"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (count(unet), count(vae), count(text)) == (859_520_964, 83_653_863, 123_060_480)
+
+
+# --- AnimateDiff v3 originals -----------------------------------------------------------------------------------
+
+
+def test_v3_motion_module_ckpt(tmp_path, originals, reference):
+    ref = WeightRef(str(originals["motion_module"]), config=str(originals["configs"] / "motion_adapter"))
+    adapter = load_motion_adapter(ref, "motion adapter", section(tmp_path), tmp_path, torch.float32)
+    assert_same_weights(adapter, reference["motion_adapter"])
+
+
+@pytest.mark.parametrize("modality,file", [("lineart", "sparsectrl_scribble"), ("rgb", "sparsectrl_rgb")])
+def test_v3_sparsectrl_ckpts(tmp_path, originals, reference, modality, file):
+    ref = WeightRef(str(originals[file]), config=str(originals["configs"] / modality))
+    encoder = load_encoder(ref, modality, section(tmp_path), tmp_path, torch.float32)
+    assert_same_weights(encoder, reference[modality])
+
+
+def test_sparsectrl_kind_is_read_from_the_file(originals):
+    """Without a config, the RGB/scribble config is chosen from the file's keys (the released architectures)."""
+    from server.weights.checkpoint import read_state_dict
+
+    assert convert.sparsectrl_config_for(read_state_dict(originals["sparsectrl_rgb"])).name == "sparsectrl_rgb"
+    scribble = read_state_dict(originals["sparsectrl_scribble"])
+    assert convert.sparsectrl_config_for(scribble).name == "sparsectrl_scribble"
+
+
+def test_domain_adapter_is_merged_as_animatediff_does(tmp_path, originals, reference):
+    from diffusers import UNetMotionModel
+
+    from server.weights.checkpoint import read_state_dict
+    from server.weights.lora import merge_domain_adapter
+
+    unet = UNetMotionModel.from_unet2d(reference["unet"], reference["motion_adapter"])
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    changed = merge_domain_adapter(unet, originals["domain_adapter"], scale=0.7)
+    lora = read_state_dict(originals["domain_adapter"])
+    assert changed == len(lora) // 2 > 0
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora"
+    expected = before["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight"] + 0.7 * (
+        lora[f"{key}.up.weight"] @ lora[f"{key}.down.weight"]
+    )
+    after = unet.state_dict()
+    torch.testing.assert_close(after["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.weight"], expected)
+    untouched = [k for k in before if "motion_modules" in k or "resnets" in k]
+    assert untouched and all(torch.equal(before[k], after[k]) for k in untouched)
+
+
+# --- the whole model from a ComfyUI / A1111 install, by file name -----------------------------------------------
+
+
+def comfyui_tree(root: Path, originals: dict) -> Path:
+    models = root / "models"
+    for sub, key in (
+        ("checkpoints/SD1.5", "sd15"),
+        ("animatediff_models", "motion_module"),
+        ("controlnet", "sparsectrl_scribble"),
+        ("controlnet", "sparsectrl_rgb"),
+        ("loras", "domain_adapter"),
+    ):
+        (models / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(originals[key], models / sub)
+    shutil.copytree(originals["tokenizer"], root / "comfy" / "sd1_tokenizer")
+    return root
+
+
+def test_whole_model_by_file_names_from_a_comfyui_install_generates(tmp_path, originals, reference):
+    from server.engine.engine import Engine
+    from tests.server.test_engine import make_request
+
+    comfy = comfyui_tree(tmp_path / "ComfyUI", originals)
+    configs = originals["configs"]
+    config = load_config(
+        overrides={
+            "server": {"data_dir": str(tmp_path / "data")},
+            "model": {
+                "base": {"path": "tinyVision_v1.safetensors", "config": str(configs / "base")},
+                "motion_adapter": {"path": "v3_sd15_mm.ckpt", "config": str(configs / "motion_adapter")},
+                "domain_adapter": {"path": "v3_sd15_adapter.ckpt", "scale": 1.0},
+                "encoders": {
+                    "lineart": {"path": "v3_sd15_sparsectrl_scribble.ckpt", "config": str(configs / "lineart")},
+                    "rgb": {"path": "v3_sd15_sparsectrl_rgb.ckpt", "config": str(configs / "rgb")},
+                },
+                "search": {"comfyui": str(comfy)},
+            },
+        }
+    )
+    model = load_model(config.model, config.data_dir)
+    assert model.name == "tinyVision_v1" and model.modalities == ["lineart", "rgb"]
+    assert_same_weights(model.encoders["rgb"], reference["rgb"])
+    result = Engine(model, config.scheduler, config.long_video).generate(make_request(modality="rgb", steps=2))
+    assert result.frames.shape == (8, 64, 64, 3)
+
+
+def test_a1111_folders_are_searched(tmp_path, originals, reference):
+    webui = tmp_path / "stable-diffusion-webui"
+    (webui / "models" / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(originals["sd15"], webui / "models" / "Stable-diffusion")
+    cfg = section(tmp_path, tokenizer=str(originals["tokenizer"]), search={"a1111": str(webui)})
+    ref = WeightRef("tinyVision_v1.safetensors", config=str(originals["configs"] / "base"))
+    assert_same_weights(load_base(cfg, ref, tmp_path, torch.float32)["unet"], reference["unet"])
+
+
+# --- the Hugging Face cache, offline ------------------------------------------------------------------------------
+
+
+def fake_hf_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
+    """The hub cache layout huggingface_hub reads: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for rel, src in files.items():
+        dest = repo / "snapshots" / commit / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest)
+
+
+def test_repo_ids_resolve_from_the_local_hf_cache_offline(tmp_path, tiny_root, originals, reference, monkeypatch):
+    cache = tmp_path / "hub"
+    fake_hf_cache(cache, "guoyww/animatediff-motion-adapter-v1-5-3", {"": tiny_root / "motion_adapter"})
+    fake_hf_cache(cache, "guoyww/animatediff", {"v3_sd15_mm.ckpt": originals["motion_module"]})
+    fake_hf_cache(cache, "stable-diffusion-v1-5/stable-diffusion-v1-5", {"tokenizer": originals["tokenizer"]})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = section(tmp_path)
+    folder = load_motion_adapter(
+        WeightRef("guoyww/animatediff-motion-adapter-v1-5-3"), "motion adapter", cfg, tmp_path, torch.float32
+    )
+    assert_same_weights(folder, reference["motion_adapter"])
+    one_file = WeightRef("guoyww/animatediff/v3_sd15_mm.ckpt", config=str(originals["configs"] / "motion_adapter"))
+    assert_same_weights(
+        load_motion_adapter(one_file, "motion adapter", cfg, tmp_path, torch.float32), reference["motion_adapter"]
+    )
+    # A single-file base finds SD1.5's tokenizer in the cache.
+    ref = WeightRef(str(originals["sd15"]), config=str(originals["configs"] / "base"))
+    assert load_base(cfg, ref, tmp_path, torch.float32)["tokenizer"].vocab_size > 0
+    with pytest.raises(ModelLoadError, match=r"not found; .*Hugging Face cache \(HF_HUB_OFFLINE is set\)"):
+        load_motion_adapter(WeightRef("someone/not-downloaded"), "motion adapter", cfg, tmp_path, torch.float32)
+
+
+# --- bad files: one clear error naming the file and what was expected ---------------------------------------------
+
+
+def truncated(src: Path, dest: Path) -> Path:
+    data = src.read_bytes()
+    dest.write_bytes(data[: len(data) // 2])
+    return dest
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda o, d: truncated(o["sd15"], d / "cut.safetensors"), r"cut.safetensors: not a readable .safetensors"),
+        (lambda o, d: truncated(o["sd15_ckpt"], d / "cut.ckpt"), r"cut.ckpt: not a readable PyTorch checkpoint"),
+        (lambda o, d: (d / "junk.safetensors").write_bytes(os.urandom(4096)) and d / "junk.safetensors", "junk"),
+        (
+            lambda o, d: o["motion_module"],
+            r"v3_sd15_mm.ckpt: holds an AnimateDiff motion module .*; expected a Stable Diffusion 1.5 checkpoint",
+        ),
+        (lambda o, d: o["sparsectrl_rgb"], r"holds a SparseCtrl encoder .*expected a Stable Diffusion 1.5"),
+    ],
+    ids=["truncated-safetensors", "truncated-ckpt", "random-bytes", "motion-module-as-base", "encoder-as-base"],
+)
+def test_bad_base_files(tmp_path, originals, make, pattern):
+    path = make(originals, tmp_path)
+    cfg = section(tmp_path, tokenizer=str(originals["tokenizer"]))
+    with pytest.raises(ModelLoadError, match=pattern):
+        load_base(cfg, WeightRef(str(path), config=str(originals["configs"] / "base")), tmp_path, torch.float32)
+
+
+def test_wrong_architecture_names_the_file_and_the_weights(tmp_path, originals):
+    scribble_as_rgb = WeightRef(str(originals["sparsectrl_scribble"]), config=str(originals["configs"] / "rgb"))
+    with pytest.raises(
+        ModelLoadError, match=r"v3_sd15_sparsectrl_scribble.ckpt: is not the SparseCtrl encoder expected"
+    ):
+        load_encoder(scribble_as_rgb, "rgb", section(tmp_path), tmp_path, torch.float32)
+    # The tiny motion module against the real v3 config: every shape differs.
+    real_config = WeightRef(str(originals["motion_module"]))
+    with pytest.raises(
+        ModelLoadError, match=r"v3_sd15_mm.ckpt: is not the AnimateDiff motion module expected \(.*shape"
+    ):
+        load_motion_adapter(real_config, "motion adapter", section(tmp_path), tmp_path, torch.float32)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_ckpt_that_would_run_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "trap": _Boom()}, tmp_path / "evil.ckpt")
+    with pytest.raises(ModelLoadError, match=r"evil.ckpt: holds pickled Python objects besides tensors"):
+        load_encoder(WeightRef(str(tmp_path / "evil.ckpt")), "rgb", section(tmp_path), tmp_path, torch.float32)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_names_never_leave_the_model_folders(tmp_path, originals):
+    comfy = comfyui_tree(tmp_path / "ComfyUI", originals)
+    (tmp_path / "secret.safetensors").write_bytes(originals["sd15"].read_bytes())
+    cfg = section(tmp_path, search={"comfyui": str(comfy)})
+    for name in ("../../secret.safetensors", "SD1.5/../../../secret.safetensors"):
+        with pytest.raises(ModelLoadError, match="not found|no such file"):
+            models_module._located(WeightRef(name), "base", "base model", cfg)
+    found = models_module._located(WeightRef("SD1.5/tinyVision_v1.safetensors"), "base", "base model", cfg)
+    assert found.path.parent.name == "SD1.5" and found.source == "search"
+
+
+def test_missing_weights_say_where_they_were_looked_for(tmp_path):
+    cfg = section(tmp_path, search={"folders": [str(tmp_path)]})
+    with pytest.raises(ModelLoadError, match=rf"motion adapter: v3_sd15_mm.ckpt: not found; looked in .*{tmp_path}"):
+        load_motion_adapter(WeightRef("v3_sd15_mm.ckpt"), "motion adapter", cfg, tmp_path, torch.float32)
