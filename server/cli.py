@@ -21,16 +21,17 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config laid over server/defaults.toml")
     p.add_argument(
         "--model",
-        metavar="tiny|FOLDER",
-        help="'tiny' for the random-weight test model (no weights needed), or a diffusers SD1.5 folder",
+        metavar="tiny|WEIGHTS",
+        help="'tiny' for the random-weight test model (no weights needed), or the SD1.5 base: a diffusers "
+        "folder, a .safetensors/.ckpt file (or its name in the model folders), or a cached HF repo id",
     )
-    p.add_argument("--motion-adapter", metavar="FOLDER", help="diffusers MotionAdapter folder")
+    p.add_argument("--motion-adapter", metavar="WEIGHTS", help="e.g. v3_sd15_mm.ckpt or a MotionAdapter folder")
     p.add_argument(
         "--encoder",
         action="append",
         default=[],
-        metavar="MODALITY=FOLDER",
-        help=f"SparseControlNetModel folder for a modality ({', '.join(MODALITIES)}); repeatable",
+        metavar="MODALITY=WEIGHTS",
+        help=f"SparseCtrl encoder for a modality ({', '.join(MODALITIES)}); repeatable",
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", help="auto, float16, bfloat16, float32")
@@ -122,6 +123,14 @@ def serve(config: Config) -> int:
     return 0
 
 
+def _lora_arg(item: str) -> dict[str, Any]:
+    name, sep, scale = item.partition(":")
+    try:
+        return {"name": name, "scale": float(scale) if sep else None}
+    except ValueError:
+        raise ConfigError(f"--lora takes NAME or NAME:SCALE, got {item!r}") from None
+
+
 def generate(config: Config, args: argparse.Namespace) -> int:
     from .engine.engine import random_seed
     from .jobs.resolve import RequestError, resolve_request
@@ -150,11 +159,18 @@ def generate(config: Config, args: argparse.Namespace) -> int:
         "scheduler": args.scheduler,
         "fps": args.fps,
         "keyframes": keyframes,
+        "quality": "draft" if args.draft else None,
+        "loras": [_lora_arg(item) for item in args.lora],
     }
     engine = _load_engine(config)
     try:
         request = resolve_request(
-            fields, config, engine.modalities, seed=random_seed(), draft_adapter=engine.model.has_draft_adapter
+            fields,
+            config,
+            engine.modalities,
+            seed=random_seed(),
+            draft_adapter=engine.model.has_draft_adapter,
+            loras=engine.model.loras,
         ).request
     except RequestError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -205,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler")
     g.add_argument("--fps", type=int)
     g.add_argument("--draft", action="store_true", help="quality = draft (quick, see [draft])")
+    g.add_argument(
+        "--lora", action="append", default=[], metavar="NAME[:SCALE]", help="a [model.loras] LoRA to use; repeatable"
+    )
     g.add_argument("--out", required=True, metavar="CLIP.mp4")
     g.add_argument("--frames-dir", metavar="DIR", help="also write every frame as DIR/NNNN.png")
     return parser

@@ -243,3 +243,27 @@ def write_original_files(tiny_root, out) -> dict[str, object]:
     paths["tokenizer"] = base / "tokenizer"
     (out / "files.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
     return paths
+
+
+def kohya_lora_state_dict(unet, text_encoder, rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random LoRA in the kohya-ss layout A1111/Civitai LoRAs use (what diffusers' `lora_state_dict` converts):
+    `lora_unet_<module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha`, and `lora_te_...` for CLIP."""
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+
+    def add(prefix: str, name: str, layer) -> None:
+        key = prefix + name.replace(".", "_")
+        out[f"{key}.lora_down.weight"] = torch.randn(rank, layer.in_features, generator=generator) * 0.2
+        out[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, rank, generator=generator) * 0.2
+        out[f"{key}.alpha"] = torch.tensor(float(rank))
+
+    for name, module in unet.named_modules():
+        if name.endswith((".attn1", ".attn2")) and "motion_modules" not in name:
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                add("lora_unet_", f"{name}.{proj}", module.get_submodule(proj))
+    for name, module in text_encoder.named_modules():
+        if name.endswith(".self_attn"):
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                full = name if name.startswith("text_model.") else f"text_model.{name}"
+                add("lora_te_", f"{full}.{proj}", module.get_submodule(proj))
+    return out

@@ -32,6 +32,11 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
 
     size = dict(ge=limits.min_size, le=limits.max_size, multiple_of=8)
 
+    class LoraIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        name: str = Field(min_length=1, max_length=64, description="a LoRA name from GET /v1/models (never a path)")
+        scale: float | None = Field(None, ge=-4, le=4, description="strength; omitted: the configured default")
+
     class JobCreate(BaseModel):
         """A generation request. Omitted optional fields take the server's configured defaults."""
 
@@ -58,6 +63,7 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             description="retime the clip to this many frames (e.g. the shot's length), keyframes pinned",
         )
         keyframes: list[KeyframeIn] = Field(min_length=1, max_length=limits.max_frames)
+        loras: list[LoraIn] | None = Field(None, max_length=8, description="configured LoRAs to turn on")
 
     return JobCreate
 

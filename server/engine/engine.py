@@ -117,6 +117,16 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def _use_loras(self, pipe, loras) -> None:
+        """Turn on exactly this request's LoRAs (peft adapters loaded at start) at their scales."""
+        if not self.model.loras:
+            return
+        if not loras:
+            pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        pipe.set_adapters([name for name, _ in loras], [float(scale) for _, scale in loras])
+
     def generate(
         self,
         request: GenerationRequest,
@@ -129,8 +139,9 @@ class Engine:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        # 1. Pipeline with this request's encoder and scheduler.
+        # 1. Pipeline with this request's encoder, scheduler and LoRAs.
         pipe = self.build_pipeline(request.modality, request.scheduler)
+        self._use_loras(pipe, request.loras)
 
         # 2. Keyframes in index order, each fitted to the generation size.
         keyframes = sorted(request.keyframes, key=lambda k: k.index)

@@ -38,6 +38,7 @@ class GenerationRequest:
     quality: str = "final"  # "draft": generated smaller and with fewer steps ([draft]), scaled up to output size
     output_width: int = 0  # delivered size when it differs from the generation size (drafts); 0: width
     output_height: int = 0
+    loras: tuple[tuple[str, float], ...] = ()  # (configured LoRA name, scale) turned on for this job
 
     @property
     def delivered_frames(self) -> int:

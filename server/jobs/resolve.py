@@ -69,10 +69,12 @@ def resolve_request(
     modalities: list[str],
     seed: int,
     draft_adapter: bool = False,
+    loras: dict[str, float] | None = None,
 ) -> ResolvedJob:
     """Apply defaults from `config`, check every limit, decode keyframes. `seed` is used when none is given.
 
     `fields` has the API's field names; keyframes are [{"index": int, "image": base64 str | bytes}].
+    `loras`: the configured LoRAs a request may name (name -> default scale); never a path.
     """
     d, lim = config.generation, config.limits
     get = lambda name: d.__dict__[name] if fields.get(name) is None else fields[name]  # noqa: E731
@@ -171,6 +173,8 @@ def resolve_request(
         if (width, height) == (output_width, output_height):
             output_width = output_height = 0
 
+    chosen_loras = _resolve_loras(fields.get("loras") or [], loras or {})
+
     return ResolvedJob(
         GenerationRequest(
             prompt=prompt,
@@ -190,5 +194,25 @@ def resolve_request(
             quality=quality,
             output_width=output_width,
             output_height=output_height,
+            loras=chosen_loras,
         )
     )
+
+
+def _resolve_loras(requested: list[dict[str, Any]], available: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """[{"name": ..., "scale": ...}] -> ((name, scale), ...); only names from [model.loras], each once."""
+    chosen: dict[str, float] = {}
+    for item in requested:
+        name, scale = item.get("name"), item.get("scale")
+        if name not in available:
+            raise RequestError(
+                "unknown_lora",
+                f"no LoRA named {name!r} is configured on this server; available: "
+                f"{', '.join(sorted(available)) if available else 'none'} (GET /v1/models lists them)",
+            )
+        if name in chosen:
+            raise RequestError("invalid_request", f"LoRA {name!r} is named twice")
+        scale = available[name] if scale is None else float(scale)
+        _check_range(f"LoRA {name!r} scale", scale, -4.0, 4.0)
+        chosen[name] = scale
+    return tuple(chosen.items())

@@ -49,6 +49,7 @@ class JobService:
             self.engine.modalities,
             seed=random_seed(),
             draft_adapter=self.engine.model.has_draft_adapter,
+            loras=self.engine.model.loras,
         )
         job_id = uuid.uuid4().hex
         # Files first: the worker may claim the job the moment its record exists.

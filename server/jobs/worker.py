@@ -98,6 +98,7 @@ class Worker:
 
     def _load_request(self, job: JobRecord) -> GenerationRequest:
         fields = {k: v for k, v in job.request.items() if k != "keyframes"}
+        fields["loras"] = tuple((name, scale) for name, scale in fields.get("loras", ()))
         keyframes = []
         for kf in job.request["keyframes"]:
             with Image.open(self.files.keyframe(job.id, kf["index"])) as img:

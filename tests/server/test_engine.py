@@ -34,7 +34,7 @@ def make_request(**changes) -> GenerationRequest:
 
 
 def bare_diffusers_frames(
-    tiny_root, scheduler_overrides, request: GenerationRequest, per_frame_norm: bool = True
+    tiny_root, scheduler_overrides, request: GenerationRequest, per_frame_norm: bool = True, lora_file=None
 ) -> np.ndarray:
     """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe).
 
@@ -51,6 +51,10 @@ def bare_diffusers_frames(
     )
     if per_frame_norm:
         assert use_per_frame_temporal_norm(pipe.unet) > 0 and use_per_frame_temporal_norm(pipe.controlnet) > 0
+    if lora_file is not None:  # diffusers' documented LoRA recipe
+        ((name, scale),) = request.loras
+        pipe.load_lora_weights(str(lora_file), adapter_name=name)
+        pipe.set_adapters([name], [scale])
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(request.seed)  # the RGB encoder's VAE sampling draws from the global RNG
     out = pipe(

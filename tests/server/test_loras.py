@@ -1,0 +1,94 @@
+"""User LoRAs: configured by name, loaded once as adapters, turned on per request at a scale."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from server.config import load_config
+from server.engine.engine import Engine
+from server.engine.models import ModelLoadError, load_model
+from server.jobs.resolve import RequestError, resolve_request
+from tests.original_layout import kohya_lora_state_dict
+from tests.server.test_engine import bare_diffusers_frames, make_request
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_root, tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / "base" / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(tiny_root / "base" / "text_encoder")
+    path = tmp_path_factory.mktemp("loras") / "toonStyle_v2.safetensors"
+    save_file(kohya_lora_state_dict(unet, text_encoder), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_config, lora_file):
+    overrides = {
+        "model": {
+            "base": "tiny",
+            "loras": {"toon": {"path": lora_file.name, "scale": 0.8}},
+            "search": {"folders": [str(lora_file.parent)]},
+        },
+        "server": {"data_dir": str(tiny_config.data_dir)},
+    }
+    config = load_config(overrides=overrides)
+    return Engine(load_model(config.model, config.data_dir), config.scheduler, config.long_video), config
+
+
+def test_kohya_lora_equals_diffusers_recipe_and_off_means_off(lora_engine, engine, tiny_root, lora_file):
+    lora, config = lora_engine
+    assert lora.model.loras == {"toon": 0.8}
+    request = make_request(steps=2)
+    with_lora = dataclasses.replace(request, loras=(("toon", 0.8),))
+    ours = lora.generate(with_lora).frames
+    theirs = bare_diffusers_frames(tiny_root, config.scheduler, with_lora, lora_file=lora_file)
+    np.testing.assert_array_equal(ours, theirs)
+    # Not named: exactly the server without LoRAs, also after a job that used one.
+    np.testing.assert_array_equal(lora.generate(request).frames, engine.generate(request).frames)
+    assert not np.array_equal(ours, lora.generate(dataclasses.replace(request, loras=(("toon", 0.3),))).frames)
+
+
+def test_requests_name_loras_only_by_configured_name(tiny_config):
+    fields = {"prompt": "x", "modality": "lineart", "keyframes": [{"index": 0, "image": _png()}]}
+    resolve = lambda loras: (
+        resolve_request(  # noqa: E731
+            fields | {"loras": loras}, tiny_config, ["lineart"], seed=1, loras={"toon": 0.8}
+        ).request.loras
+    )
+    assert resolve([{"name": "toon", "scale": None}]) == (("toon", 0.8),)
+    assert resolve([{"name": "toon", "scale": -0.5}]) == (("toon", -0.5),)
+    for bad, code in (
+        ([{"name": "/etc/passwd", "scale": 1.0}], "unknown_lora"),
+        ([{"name": "../toon", "scale": None}], "unknown_lora"),
+        ([{"name": "toon", "scale": None}, {"name": "toon", "scale": 1.0}], "invalid_request"),
+        ([{"name": "toon", "scale": 9.0}], "invalid_request"),
+    ):
+        with pytest.raises(RequestError) as err:
+            resolve(bad)
+        assert err.value.code == code
+
+
+def test_a_file_that_is_not_a_lora_is_refused_by_name(tmp_path, tiny_config):
+    bad = tmp_path / "notalora.safetensors"
+    save_file({"some.weight": torch.zeros(2, 2)}, bad)
+    overrides = {
+        "model": {"base": "tiny", "loras": {"broken": str(bad)}},
+        "server": {"data_dir": str(tiny_config.data_dir)},
+    }
+    config = load_config(overrides=overrides)
+    with pytest.raises(ModelLoadError, match=r"notalora.safetensors: not a LoRA for this base model|holds no LoRA"):
+        load_model(config.model, config.data_dir)
+
+
+def _png() -> bytes:
+    from tests.conftest import png_bytes, sketch
+
+    return png_bytes(sketch())
