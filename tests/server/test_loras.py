@@ -58,11 +58,11 @@ def test_kohya_lora_equals_diffusers_recipe_and_off_means_off(lora_engine, engin
 
 def test_requests_name_loras_only_by_configured_name(tiny_config):
     fields = {"prompt": "x", "modality": "lineart", "keyframes": [{"index": 0, "image": _png()}]}
-    resolve = lambda loras: (
-        resolve_request(  # noqa: E731
-            fields | {"loras": loras}, tiny_config, ["lineart"], seed=1, loras={"toon": 0.8}
-        ).request.loras
-    )
+
+    def resolve(loras):
+        config_loras = {"toon": 0.8}
+        return resolve_request(fields | {"loras": loras}, tiny_config, ["lineart"], 1, loras=config_loras).request.loras
+
     assert resolve([{"name": "toon", "scale": None}]) == (("toon", 0.8),)
     assert resolve([{"name": "toon", "scale": -0.5}]) == (("toon", -0.5),)
     for bad, code in (
