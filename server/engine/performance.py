@@ -27,6 +27,9 @@ def apply_performance(model: LoadedModel, performance: Performance) -> list[str]
     if performance.fuse_qkv and model.has_draft_adapter:
         # Swapping motion modules loads q/k/v weights the fused projections would not see.
         log.warning("performance: fuse_qkv is off because a draft motion adapter is configured")
+    elif performance.fuse_qkv and model.loras:
+        # LoRA adapters sit on the separate q/k/v projections that fusing replaces.
+        log.warning("performance: fuse_qkv is off because LoRAs are configured ([model.loras])")
     elif performance.fuse_qkv:
         model.unet.fuse_qkv_projections()
         applied.append("fused QKV")
