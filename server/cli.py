@@ -1,4 +1,5 @@
-"""Command line: `python -m server [serve]` starts the HTTP server; `python -m server generate` makes one clip.
+"""Command line: `python -m server [serve]` starts the HTTP server; `python -m server generate` makes one clip;
+`python -m server models` lists the configured weights; `python -m server download` fetches the default set.
 
 Flags override the config file, which overrides server/defaults.toml.
 """
@@ -199,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="interface to bind (default 127.0.0.1, this machine only)")
         p.add_argument("--port", type=int, help="port (default 8765)")
 
+    m = sub.add_parser("models", help="list the configured weights: found where, size, loadable (loads nothing)")
+    _add_model_flags(m)
+    m.add_argument("--deep", action="store_true", help="read every file (safely) to check what it holds")
+    m.add_argument("--json", action="store_true", help="print JSON")
+
+    d = sub.add_parser("download", help="fetch weights into the Hugging Face cache (the only online command)")
+    d.add_argument("names", nargs="*", metavar="NAME", help="what to fetch (default: the default set; see --list)")
+    d.add_argument("--list", action="store_true", help="list what can be downloaded")
+
     g = sub.add_parser("generate", help="make one clip without HTTP")
     _add_model_flags(g)
     g.add_argument("--modality", required=True, choices=MODALITIES)
@@ -229,8 +239,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def models(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from .weights.inventory import inventory
+
+    entries = inventory(config.model, deep=args.deep)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+    elif not entries:
+        print("no weights configured: set [model] base, motion_adapter and [model.encoders] (docs/weights.md)")
+    for e in [] if args.json else entries:
+        state = "missing" if not e.found else {True: "ok", False: "UNUSABLE", None: "found"}[e.loadable]
+        size = f"{e.size_bytes / 2**20:,.0f} MiB" if e.size_bytes is not None else ""
+        label = e.role if e.name == e.role else f"{e.role} {e.name}"
+        extra = f", input: {e.condition_input}" if e.condition_input else ""
+        print(f"{label:28s} {state:8s} {size:>10s}  {e.format or '':17s} {e.path or e.ref}")
+        print(f"{'':28s} {e.detail}{extra}")
+    bad = [e for e in entries if not e.found or e.loadable is False]
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "download":
+        from .weights.download import describe, download
+
+        if args.list:
+            print(describe())
+            return 0
+        return download(args.names)
     try:
         config = load_config(args.config, _overrides(args))
     except ConfigError as e:
@@ -243,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate(config, args)
+        if args.command == "models":
+            return models(config, args)
         return serve(config)
     except (ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ from ..config import Config
 from ..jobs.resolve import RequestError
 from ..jobs.service import JobService
 from .errors import error_response, install_error_handlers
-from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, job_create_model
+from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, ModelsOut, job_create_model
 from .security import RequestGuard, is_loopback_name
 
 ERRORS = {
@@ -108,6 +108,11 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
     @app.get("/v1/health", response_model=Health)
     def health():
         return service.health()
+
+    @app.get("/v1/models", response_model=ModelsOut)
+    def models():
+        """What is loaded (modalities, LoRAs) and every weight the config names: where found, size, format."""
+        return service.models()
 
     @app.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=ERRORS)
     def submit(body: JobCreate, response: Response):

@@ -135,5 +135,34 @@ class Health(BaseModel):
     dtype: str
     model: ModelInfo
     modalities: list[Modality]
+    loras: list[str] = Field(description="LoRA names a request may turn on (GET /v1/models has the details)")
+    draft_motion_module: bool = Field(description='quality "draft" uses a distilled motion module')
     queue_length: int = Field(description="jobs waiting, not counting the running one")
     running_job: str | None
+
+
+class WeightEntry(BaseModel):
+    role: str = Field(
+        description="base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder or lora"
+    )
+    name: str = Field(description="the modality for encoders, the LoRA's name for LoRAs, else the role")
+    ref: str = Field(description="as configured")
+    found: bool
+    path: str | None
+    source: str | None = Field(description="path, search (model folders), hf-cache, built (tiny)")
+    format: str | None = Field(description="diffusers folder, .safetensors, .ckpt, tiny random model")
+    size_bytes: int | None
+    loadable: bool | None = Field(description="its contents match the role (None: not checked)")
+    detail: str
+    condition_input: str | None = Field(description='encoders: "latents" (RGB-type) or "pixels" (scribble-type)')
+
+
+class ModelsOut(BaseModel):
+    model: ModelInfo
+    device: str
+    dtype: str
+    modalities: list[Modality] = Field(description="modalities with a loaded encoder")
+    loras: dict[str, float] = Field(description="loaded LoRAs: name -> default scale")
+    draft_motion_module: bool
+    temporal_norm: str
+    weights: list[WeightEntry] = Field(description="every weight the config names, as found at start")

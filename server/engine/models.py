@@ -252,6 +252,7 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
     else:
         if base_ref is None:
             raise ModelLoadError("no base model configured: set [model] base in the config file (docs/weights.md)")
+        _located(base_ref, "base", "base model", section)  # a missing base is the first thing to say
         if adapter_ref is None:
             raise ModelLoadError(
                 "no motion adapter configured: set [model] motion_adapter (e.g. v3_sd15_mm.ckpt; docs/weights.md)"

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import Config
 from ..engine.engine import Engine, random_seed
+from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
 from .resolve import RequestError, resolve_request
 from .retention import prune
@@ -28,6 +29,8 @@ class JobService:
         self.store = JobStore(Path(data_dir) / "jobs.sqlite3")
         self.files = JobFiles(Path(data_dir) / "jobs")
         self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune)
+        # Every weight the config names, as found at start (header checks only: everything is loaded already).
+        self.weights = inventory(config.model)
         for job_id in self.store.interrupted_on_open:
             log.warning("job %s was running when the server last stopped: marked failed (interrupted)", job_id)
 
@@ -93,6 +96,21 @@ class JobService:
             "dtype": str(model.dtype).removeprefix("torch."),
             "model": {"name": model.name, "tiny": model.tiny},
             "modalities": self.engine.modalities,
+            "loras": sorted(model.loras),
+            "draft_motion_module": model.has_draft_adapter,
             "queue_length": self.store.queue_length(),
             "running_job": self.worker.current_job_id,
+        }
+
+    def models(self) -> dict[str, Any]:
+        model = self.engine.model
+        return {
+            "model": {"name": model.name, "tiny": model.tiny},
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "modalities": self.engine.modalities,
+            "loras": dict(model.loras),
+            "draft_motion_module": model.has_draft_adapter,
+            "temporal_norm": self.config.model.temporal_norm,
+            "weights": [e.to_dict() for e in self.weights],
         }

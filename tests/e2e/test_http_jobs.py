@@ -22,6 +22,8 @@ def test_health_reports_device_model_and_modalities(configured_server):
         "dtype": "float32",
         "model": {"name": "sd15-test", "tiny": False},
         "modalities": ["lineart", "rgb"],
+        "loras": [],
+        "draft_motion_module": False,
         "queue_length": 0,
         "running_job": None,
     }

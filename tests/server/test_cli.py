@@ -83,7 +83,7 @@ def test_generate_from_a_config_file(tiny_root, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "/nonexistent/sd15"], "base model folder not found: /nonexistent/sd15"),
+        (["--model", "/nonexistent/sd15"], "base model: /nonexistent/sd15: no such file or folder"),
         (["--model", "tiny", "--modality", "lineart", "--frames", "4"], "keyframe index 9 is outside 0..3"),
         (["--model", "tiny", "--keyframe", "x:y.png"], "--keyframe takes INDEX:IMAGE"),
     ],

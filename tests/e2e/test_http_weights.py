@@ -1,0 +1,78 @@
+"""A server started on the files artists download (original layouts, found by name in a ComfyUI install, a LoRA),
+seen through GET /v1/models, /v1/health and a job that turns the LoRA on."""
+
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import save_file
+
+from tests.e2e.conftest import job_body
+from tests.e2e.server_process import ServerProcess
+from tests.original_layout import kohya_lora_state_dict, write_original_files
+from tests.server.test_weights_formats import comfyui_tree
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def comfy_server(tmp_path_factory, tiny_root):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = tmp_path_factory.mktemp("comfy-server")
+    originals = write_original_files(tiny_root, folder / "downloads")
+    comfy = comfyui_tree(folder / "ComfyUI", originals)
+    lora = kohya_lora_state_dict(
+        UNet2DConditionModel.from_pretrained(tiny_root / "base" / "unet"),
+        CLIPTextModel.from_pretrained(tiny_root / "base" / "text_encoder"),
+    )
+    save_file(lora, comfy / "models" / "loras" / "inkStyle.safetensors")
+    configs = originals["configs"]
+    (folder / "server.toml").write_text(
+        f'[model]\nbase = {{ path = "tinyVision_v1.safetensors", config = "{configs / "base"}" }}\n'
+        f'motion_adapter = {{ path = "v3_sd15_mm.ckpt", config = "{configs / "motion_adapter"}" }}\n'
+        'domain_adapter = { path = "v3_sd15_adapter.ckpt", scale = 1.0 }\n'
+        f'[model.encoders]\nrgb = {{ path = "v3_sd15_sparsectrl_rgb.ckpt", config = "{configs / "rgb"}" }}\n'
+        '[model.loras]\nink = { path = "inkStyle.safetensors", scale = 0.6 }\n'
+        f'[model.search]\ncomfyui = "{comfy}"\n'
+        "[generation]\nwidth = 64\nheight = 64\nsteps = 2\n"
+    )
+    server = ServerProcess(["--config", str(folder / "server.toml")], folder / "data", folder / "server.log")
+    yield server
+    server.stop()
+
+
+def test_models_lists_every_configured_weight(comfy_server):
+    c = comfy_server.client
+    models = c.get("/v1/models").json()
+    assert models["model"] == {"name": "tinyVision_v1", "tiny": False}
+    assert models["modalities"] == ["rgb"] and models["loras"] == {"ink": 0.6}
+    assert models["temporal_norm"] == "per_frame"
+    by_role = {(w["role"], w["name"]): w for w in models["weights"]}
+    assert set(by_role) == {
+        ("base", "base"),
+        ("motion_adapter", "motion_adapter"),
+        ("domain_adapter", "domain_adapter"),
+        ("encoder", "rgb"),
+        ("lora", "ink"),
+    }
+    base = by_role[("base", "base")]
+    assert base["found"] and base["source"] == "search" and base["format"] == ".safetensors"
+    assert base["loadable"] is True and base["size_bytes"] > 0 and base["path"].endswith("tinyVision_v1.safetensors")
+    assert by_role[("encoder", "rgb")]["format"] == ".ckpt"
+    health = c.get("/v1/health").json()
+    assert health["loras"] == ["ink"] and health["modalities"] == ["rgb"]
+    assert "/v1/models" in c.get("/openapi.json").json()["paths"]
+
+
+def test_a_job_turns_the_lora_on_by_name_and_unknown_names_are_422(comfy_server):
+    c = comfy_server.client
+    body = job_body(modality="rgb", num_frames=8, keyframes=job_body()["keyframes"][:1], loras=[{"name": "ink"}])
+    r = c.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job = comfy_server.wait_for(r.json()["id"])
+    assert job["status"] == "succeeded" and job["request"]["loras"] == [["ink", 0.6]]
+    for loras in ([{"name": "/etc/passwd"}], [{"name": "ink", "scale": 99}], [{"name": "ink", "path": "x"}]):
+        r = c.post("/v1/jobs", json=body | {"loras": loras})
+        assert r.status_code == 422 and {"code", "message"} <= set(r.json()["error"]), r.text
+    assert "unknown_lora" in c.post("/v1/jobs", json=body | {"loras": [{"name": "nope"}]}).json()["error"]["code"]
