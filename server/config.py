@@ -99,6 +99,7 @@ class Draft:
     adapter_scheduler: str
     adapter_steps: int
     adapter_guidance_scale: float
+    adapter_lora: str
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         retention=_typed(Retention, raw["retention"], "retention"),
         long_video=_check_windows(_typed(LongVideo, raw["long_video"], "long_video")),
         performance=_check_performance(_typed(Performance, raw["performance"], "performance")),
-        draft=_check_draft(_typed(Draft, raw["draft"], "draft")),
+        draft=_check_draft(_typed(Draft, raw["draft"], "draft"), model),
     )
 
 
@@ -251,7 +252,9 @@ def _check_performance(performance: Performance) -> Performance:
     return performance
 
 
-def _check_draft(draft: Draft) -> Draft:
+def _check_draft(draft: Draft, model: ModelSection) -> Draft:
+    if draft.adapter_lora and draft.adapter_lora not in model.loras:
+        raise ConfigError(f"[draft] adapter_lora = {draft.adapter_lora!r} is not a name in [model.loras]")
     if not (
         0.1 <= draft.scale <= 1.0
         and draft.steps >= 1

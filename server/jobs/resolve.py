@@ -174,6 +174,10 @@ def resolve_request(
             output_width = output_height = 0
 
     chosen_loras = _resolve_loras(fields.get("loras") or [], loras or {})
+    draft_lora = config.draft.adapter_lora
+    if quality == "draft" and draft_adapter and draft_lora and draft_lora in (loras or {}):
+        if draft_lora not in dict(chosen_loras):  # AnimateLCM's spatial LoRA goes with its motion module
+            chosen_loras += ((draft_lora, loras[draft_lora]),)
 
     return ResolvedJob(
         GenerationRequest(

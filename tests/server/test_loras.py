@@ -92,3 +92,21 @@ def _png() -> bytes:
     from tests.conftest import png_bytes, sketch
 
     return png_bytes(sketch())
+
+
+def test_draft_jobs_with_the_distilled_module_bring_its_lora(tiny_root, tmp_path):
+    from server.config import ConfigError
+
+    overrides = {"model": {"base": "tiny", "loras": {"lcm": "AnimateLCM_sd15_t2v_lora.safetensors"}}}
+    config = load_config(overrides=overrides | {"draft": {"adapter_lora": "lcm"}})
+    fields = {"prompt": "x", "modality": "lineart", "keyframes": [{"index": 0, "image": _png()}]}
+
+    def loras(quality, draft_adapter=True):
+        fields_q = fields | {"quality": quality}
+        resolved = resolve_request(fields_q, config, ["lineart"], 1, draft_adapter=draft_adapter, loras={"lcm": 1.0})
+        return resolved.request.loras
+
+    assert loras("draft") == (("lcm", 1.0),)
+    assert loras("final") == () and loras("draft", draft_adapter=False) == ()
+    with pytest.raises(ConfigError, match="adapter_lora = 'nope' is not a name in \\[model.loras\\]"):
+        load_config(overrides=overrides | {"draft": {"adapter_lora": "nope"}})
