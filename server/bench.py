@@ -300,11 +300,20 @@ def speed(args: argparse.Namespace) -> int:
     )
     applied = []
     results = {}
-    # Bare diffusers first, on the modules as loaded; then our levers (they change the modules in place).
+    # Bare diffusers first, on the modules as diffusers ships them (its joint temporal norm); then ours: the
+    # per-frame norm (docs/rgb-correctness.md) and our levers, which change the modules in place.
+    from .engine.temporal_norm import use_joint_temporal_norm, use_per_frame_temporal_norm
+
+    denoisers = [engine.model.unet, *engine.model.encoders.values()]
+    for module in denoisers:
+        use_joint_temporal_norm(module)
     for name, run, times in (("diffusers", bare, bare_times), ("ours", ours, ours_times)):
         if name == "ours":
             from .engine.performance import apply_performance
 
+            if config.model.temporal_norm == "per_frame":
+                for module in denoisers:
+                    use_per_frame_temporal_norm(module)
             applied = apply_performance(engine.model, levers)
             if args.compile:
                 ours()  # the first call compiles; not timed

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--draft", action="store_true", help="a quick draft (smaller, fewer steps, scaled up)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--loras", metavar="NAME[:SCALE],...", help="LoRAs the server has configured, e.g. ink:0.7")
     p.add_argument("--prompt")
     p.add_argument("--negative-prompt")
     p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
@@ -79,6 +80,7 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "size": args.size,
         "steps": args.steps,
         "seed": args.seed,
+        "loras": getattr(args, "loras", None),
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
     }

@@ -63,6 +63,7 @@ def draw_panel(layout, context) -> None:
     col.prop(props, "steps")
     col.prop(props, "guidance_scale")
     col.prop(props, "conditioning_scale")
+    col.prop(props, "loras")
     row = col.row(align=True)
     row.prop(props, "seed")
     row.operator("sparsectrl.randomize_seed", text="", icon="FILE_REFRESH")

@@ -86,6 +86,11 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         ],
         default=_DEFAULTS.quality,
     )
+    loras: StringProperty(
+        name="LoRAs",
+        default=_DEFAULTS.loras,
+        description="LoRAs the server has configured, by name with optional strength: ink:0.7, toon",
+    )
     regenerate_mode: EnumProperty(
         name="Regenerate",
         items=[

@@ -31,6 +31,26 @@ class GenerationSettings:
     conditioning_scale: float = 1.0
     seed: int = 0
     quality: str = "final"  # "draft": the server generates smaller with fewer steps, for quick iteration
+    loras: str = ""  # "ink:0.7, toon": LoRA names the server has configured (GET /v1/models), optional scales
+
+
+def parse_loras(text: str) -> list[dict]:
+    """ "ink:0.7, toon" -> [{"name": "ink", "scale": 0.7}, {"name": "toon", "scale": None}] (None: server default)."""
+    out = []
+    for item in text.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, scale = item.partition(":")
+        name = name.strip()
+        try:
+            value = float(scale) if sep else None
+        except ValueError:
+            raise ValueError(f"LoRA {item!r}: write NAME or NAME:SCALE, e.g. ink:0.7") from None
+        if not name:
+            raise ValueError(f"LoRA {item!r}: the name is missing")
+        out.append({"name": name, "scale": value})
+    return out
 
 
 def generation_size(scene_width: float, scene_height: float, long_side: int) -> tuple[int, int]:
@@ -72,6 +92,7 @@ def job_body(
         "fps": fps,
         "output_frames": output_frames,
         "quality": settings.quality,
+        "loras": parse_loras(settings.loras) or None,
         "keyframes": [
             {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
             for index, output_index, png in sorted(keyframes)

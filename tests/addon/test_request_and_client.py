@@ -34,9 +34,19 @@ def test_job_body_matches_the_api_contract():
         "seed": 5,
         "fps": 24,
     }
-    assert body["output_frames"] == 48 and body["quality"] == "final"
+    assert body["output_frames"] == 48 and body["quality"] == "final" and body["loras"] is None
     with pytest.raises(ValueError, match="write a prompt"):
         job_body(GenerationSettings(prompt="  "), 16, 64, 64, 8, 16, [(0, 0, png)])
+
+
+def test_loras_field_turns_into_the_api_list():
+    png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    settings = GenerationSettings(prompt="a fox", loras=" ink:0.7, toon ;")
+    body = job_body(settings, 16, 64, 64, 8, 16, [(0, 0, png)])
+    assert body["loras"] == [{"name": "ink", "scale": 0.7}, {"name": "toon", "scale": None}]
+    for bad in ("ink:strong", ":0.5"):
+        with pytest.raises(ValueError, match="LoRA"):
+            job_body(GenerationSettings(prompt="a fox", loras=bad), 16, 64, 64, 8, 16, [(0, 0, png)])
 
 
 def test_png_encoder_round_trips():

@@ -59,6 +59,7 @@ def test_panel_settings_are_saved_in_the_blend_and_read_by_the_batch(tmp_path):
         scene = build_shot()
         props = scene.sparsectrl
         props.prompt, props.modality, props.steps, props.keyframe_source = "saved prompt", "rgb", 9, "EVERY_N"
+        props.loras = "ink:0.5"
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "s.blend"))
     finally:
         sparsectrl_blender.unregister()
@@ -80,3 +81,4 @@ def test_panel_settings_are_saved_in_the_blend_and_read_by_the_batch(tmp_path):
     settings = settings_from(args, saved)
     assert (settings.prompt, settings.modality, settings.keyframe_source) == ("saved prompt", "rgb", "EVERY_N")
     assert settings.steps == 12  # a flag wins over the saved value
+    assert settings.loras == "ink:0.5"
