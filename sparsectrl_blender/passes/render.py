@@ -110,13 +110,18 @@ class PassRenderer:
         for image in set(bpy.data.images) - self._images_before:  # the "Render Result" our renders made
             bpy.data.images.remove(image)
         shutil.rmtree(self._dir, ignore_errors=True)
+        # Objects are shared with the copy, whose frames were evaluated last: evaluate the user's frame again.
+        self.scene.frame_set(self.scene.frame_current, subframe=self.scene.frame_subframe)
         return False
 
     def _render(self, frame: int) -> None:
         self._copy.frame_set(frame)
         started = time.perf_counter()
         try:
-            bpy.ops.render.render(write_still=self._copy.render.filepath != "", scene=self._copy.name)
+            # The render operator takes its frame from the context's scene: without the override every keyframe
+            # came out at the user's current frame (animation and camera keys ignored).
+            with bpy.context.temp_override(scene=self._copy):
+                bpy.ops.render.render(write_still=self._copy.render.filepath != "", scene=self._copy.name)
         except RuntimeError as e:
             raise PassError(f"rendering frame {frame} failed: {e}") from None
         self.seconds_per_keyframe.append(time.perf_counter() - started)
@@ -180,6 +185,26 @@ class PassRenderer:
             pixels = _read_image(path)[:, :, :3]
             images.append(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
         return images
+
+    def render_shaded(self, frames: list[int], samples: int) -> dict[int, np.ndarray]:
+        """Cycles RGB at `samples` samples (training images closer to real footage than Workbench's)."""
+        scene = self._copy
+        scene.render.engine = "CYCLES"
+        scene.cycles.samples = samples
+        scene.cycles.device = "CPU"
+        scene.render.film_transparent = False
+        scene.render.use_compositing = False
+        settings = scene.render.image_settings
+        if hasattr(settings, "media_type"):
+            settings.media_type = "IMAGE"
+        settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "8"
+        out = {}
+        for frame in frames:
+            path = self._dir / f"shaded_{frame:05d}.png"
+            scene.render.filepath = str(path)
+            self._render(frame)
+            out[frame] = np.round(np.clip(_read_image(path)[:, :, :3], 0, 1) * 255).astype(np.uint8)
+        return out
 
     def render(self, modality: str, frames: list[int]) -> dict[int, np.ndarray]:
         """Condition images (uint8 (h, w, 3)) for `modality` at each timeline frame."""

@@ -51,6 +51,22 @@ def test_depth_polarity_and_one_normalisation_per_shot():
     assert far_last.max() < 255 and far_last.min() >= FAR_GREY - 1
 
 
+def test_each_keyframe_is_rendered_at_its_own_frame():
+    """Animated objects and cameras are where they are on that frame, whatever the user's current frame."""
+    scene = build_shot()
+    near = scene.objects["near"]
+    near.keyframe_insert("location", frame=1)  # x = -1.2
+    near.location.x = -0.6
+    near.keyframe_insert("location", frame=48)
+    scene.frame_set(24)
+    images = passes.render_passes(scene, "depth", [1, 48], W, H)
+    cols_1 = np.nonzero(images[1][H // 2, :, 0] == 255)[0]
+    cols_48 = np.nonzero(images[48][H // 2, :, 0] == 255)[0]
+    assert cols_1.size and cols_48.size and cols_1.mean() < cols_48.mean() - 10  # the near box moved right
+    assert scene.frame_current == 24
+    assert abs(near.matrix_world.translation.x - near.location.x) < 1e-6  # the user's frame evaluated again
+
+
 def test_lineart_is_white_lines_on_black_along_silhouettes():
     scene = build_shot()
     line = passes.render_passes(scene, "lineart", [1], W, H)[1][..., 0]
