@@ -133,7 +133,9 @@ class Trainer:
         self.clips = find_clips(Path(data["clips"]).expanduser(), data["frames"], data["default_caption"])
         frozen_dtype = self.precision if self.device.type != "cpu" else torch.float32
         self.frozen = load_frozen(config, self.device, frozen_dtype, data_dir)
-        self.encoder = new_encoder(config, self.frozen).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the fresh layers' initialisation repeats with the seed
+            torch.manual_seed(train["seed"])
+            self.encoder = new_encoder(config, self.frozen).to(self.device)
         self.encoder.train()
         if train["gradient_checkpointing"]:
             self.encoder.enable_gradient_checkpointing()
