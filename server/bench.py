@@ -1,4 +1,4 @@
-"""Benchmarks: python -m server.bench memory|speed [--arch full|tiny] [--size N] [--steps N] ...
+"""Benchmarks: python -m server.bench memory|speed|train [--arch full|tiny] [--size N] [--steps N] ...
 
 `speed`: our engine and a bare diffusers AnimateDiffSparseControlNetPipeline call on the same weights and
 request, side by side in one process: s/step, total s, peak memory, achieved TFLOP/s (FLOPs counted with
@@ -8,6 +8,8 @@ torch.utils.flop_counter on the same request) and the ours/diffusers ratio.
 point runs in a fresh process so its peak is its own: torch.cuda.max_memory_allocated on a GPU, the
 process's peak RSS on a CPU. `--arch full` is the full-size SD1.5 + AnimateDiff v3 + SparseCtrl architecture
 with random weights (the real model's memory and speed), `--arch tiny` the test model (a smoke run).
+`train`: training steps of a new SparseCtrl encoder (server/train) on synthetic clips: clips/s, s/step, peak
+memory, achieved TFLOP/s (forward + backward counted) and the loss of each step.
 Prints a table and appends it to BENCHMARKS.md with the device, versions and date.
 """
 
@@ -358,6 +360,92 @@ def speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    """Training throughput of server/train on synthetic clips, full-size (random weights) or tiny."""
+    import tempfile
+
+    import diffusers
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .engine.models import resolve_device
+    from .train.config import load_train_config
+    from .train.data import write_synthetic_clips
+    from .train.trainer import Trainer, full_size_frozen
+
+    device = resolve_device(args.device)
+    precision = args.mixed_precision or ("bf16" if device.type == "cuda" else "no")
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = write_synthetic_clips(Path(tmp) / "clips", clips=2, frames=args.frames, size=args.size)
+        config = load_train_config(
+            overrides={
+                "model": {"base": "tiny"},  # replaced by the full-size model below for --arch full
+                "data": {"clips": str(clips), "frames": args.frames, "width": args.size, "height": args.size},
+                "optim": {"batch_size": args.batch_size},
+                "train": {
+                    "output_dir": str(Path(tmp) / "run"),
+                    "mixed_precision": precision,
+                    "device": args.device,
+                    "gradient_checkpointing": not args.no_checkpointing,
+                },
+            }
+        )
+        frozen = None
+        if args.arch == "full":
+            dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+            frozen = full_size_frozen(device, dtype if device.type != "cpu" else torch.float32)
+        trainer = Trainer(config, data_dir=Path(args.data_dir) if args.data_dir else Path(tmp) / "data", frozen=frozen)
+        with FlopCounterMode(display=False) as counter:
+            losses = [trainer.train_step()]  # also the warm-up step: not timed
+        step_flops = counter.get_total_flops()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        peak_reset = _reset_peak_rss()
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            losses.append(trainer.train_step())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else (_peak_rss() if peak_reset else 0)
+    clips_per_step = args.batch_size
+    s_per_step = seconds / args.steps
+    row = {
+        "s_per_step": s_per_step,
+        "clips_per_s": clips_per_step / s_per_step,
+        "peak_mib": peak / 2**20,
+        "tflops": step_flops / s_per_step / 1e12,
+    }
+    print(
+        f"train: {row['s_per_step']:.2f} s/step, {row['clips_per_s']:.3f} clips/s, peak {row['peak_mib']:.0f} MiB, "
+        f"{row['tflops']:.3f} TFLOP/s achieved ({step_flops / 1e12:.2f} TFLOP per step); losses "
+        + ", ".join(f"{v:.4f}" for v in losses)
+    )
+    head = (
+        f"### {datetime.date.today().isoformat()} · {_device_name(str(device))} · torch {torch.__version__} · "
+        f"diffusers {diffusers.__version__} · train · {args.arch}-size architecture, batch {args.batch_size} × "
+        f"{args.frames}×{args.size}², mixed precision {precision}, gradient checkpointing "
+        f"{'off' if args.no_checkpointing else 'on'}"
+    )
+    lines = [
+        "",
+        head,
+        "",
+        f"One step = {step_flops / 1e12:.2f} TFLOP forward + backward (torch.utils.flop_counter); "
+        f"{args.steps} timed steps after one warm-up; peak = "
+        f"{'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'VmHWM'} during them.",
+        "",
+        "| s/step | clips/s | peak (MiB) | achieved TFLOP/s | losses |",
+        "| ---: | ---: | ---: | ---: | --- |",
+        f"| {row['s_per_step']:.2f} | {row['clips_per_s']:.3f} | {row['peak_mib']:.0f} | {row['tflops']:.3f} | "
+        + ", ".join(f"{v:.3f}" for v in losses)
+        + " |",
+    ]
+    _append(Path(args.out), lines)
+    return 0
+
+
 def _append(path: Path, lines: list[str]) -> None:
     if not path.exists():
         path.write_text("# Benchmarks\n\nWritten by `python -m server.bench`; newest last.\n")
@@ -392,10 +480,23 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
         else:
             p.add_argument("--frames", type=int, required=True)
+    t = sub.add_parser("train", help="training steps of a new encoder (server/train) on synthetic clips")
+    t.add_argument("--arch", choices=["full", "tiny"], default="full")
+    t.add_argument("--frames", type=int, default=16)
+    t.add_argument("--size", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="default: bf16 on CUDA, else no")
+    t.add_argument("--no-checkpointing", action="store_true", help="gradient checkpointing off")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+    t.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
     if args.command == "_point":
         print(json.dumps(_point(args)))
         return 0
+    if args.command == "train":
+        return train(args)
     return memory(args) if args.command == "memory" else speed(args)
 
 

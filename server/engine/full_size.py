@@ -31,62 +31,53 @@ SD15_SCHEDULER = {
 }
 
 
-def build_full_size_model(device: torch.device, dtype: torch.dtype, modality: str = "lineart") -> LoadedModel:
-    from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel, UNet2DConditionModel, UNetMotionModel
+def build_full_size_parts(device: torch.device, dtype: torch.dtype) -> dict:
+    """SD1.5 (2-D UNet, VAE, text encoder, a tokenizer), the v3 motion adapter: random weights, the shipped
+    configs of the released files (server/weights/configs), on `device` in `dtype`."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ..weights.convert import CONFIGS
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    unet2d = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    adapter = MotionAdapter(
-        block_out_channels=(320, 640, 1280, 1280),
-        motion_layers_per_block=2,
-        motion_num_attention_heads=8,
-        motion_norm_num_groups=32,
-        motion_max_seq_length=32,
-        use_motion_mid_block=False,
-    )
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-    del unet2d, adapter
-    rgb = modality == "rgb"
-    encoder = SparseControlNetModel(
-        conditioning_channels=4 if rgb else 3,
-        use_simplified_condition_embedding=rgb,
-        conditioning_embedding_out_channels=(16, 32, 96, 256),
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        motion_max_seq_length=32,
-        motion_num_attention_heads=8,
-        concat_conditioning_mask=True,
-    )
+    sd15 = CONFIGS / "sd15"
+    parts = {
+        "tokenizer": tokenizer,
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(sd15 / "text_encoder")),
+        "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(sd15 / "vae")),
+        "unet2d": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(sd15 / "unet")),
+        "adapter": MotionAdapter.from_config(MotionAdapter.load_config(CONFIGS / "motion_adapter_v3")),
+    }
+    for name in ("text_encoder", "vae", "unet2d", "adapter"):
+        parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return parts
+
+
+def build_full_size_model(device: torch.device, dtype: torch.dtype, modality: str = "lineart") -> LoadedModel:
+    from diffusers import SparseControlNetModel, UNetMotionModel
+
+    from ..weights.convert import CONFIGS
+
+    parts = build_full_size_parts(torch.device("cpu"), torch.float32)
+    unet = UNetMotionModel.from_unet2d(parts["unet2d"], parts["adapter"])
+    del parts["unet2d"], parts["adapter"]
+    config = CONFIGS / ("sparsectrl_rgb" if modality == "rgb" else "sparsectrl_scribble")
+    encoder = SparseControlNetModel.from_config(SparseControlNetModel.load_config(config))
+    text_encoder, vae = parts["text_encoder"], parts["vae"]
     for module in (text_encoder, vae, unet, encoder):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return LoadedModel(
-        FULL_NAME, False, device, dtype, vae, text_encoder, tokenizer, unet, dict(SD15_SCHEDULER), {modality: encoder}
+        FULL_NAME,
+        False,
+        device,
+        dtype,
+        vae,
+        text_encoder,
+        parts["tokenizer"],
+        unet,
+        dict(SD15_SCHEDULER),
+        {modality: encoder},
     )

@@ -71,6 +71,25 @@ def sample_clip(clip: Clip, frames: int, width: int, height: int, generator: tor
     return _load(clip.rgb[window], width, height), _load(clip.cond[window], width, height)
 
 
+def write_synthetic_clips(root: Path, clips: int = 2, frames: int = 8, size: int = 64) -> Path:
+    """Clips of an orange box sliding over blue with a depth-like condition (the box white on black): for
+    benchmarks and smoke runs, where only the shapes matter."""
+    for c in range(clips):
+        for i in range(frames):
+            x = (6 + i * 4 + c * 10) * size // 64
+            box = (slice(20 * size // 64, 40 * size // 64), slice(x, x + 16 * size // 64))
+            rgb = np.zeros((size, size, 3), np.uint8)
+            rgb[:] = (30, 60, 90)
+            rgb[box] = (220, 120, 40)
+            cond = np.zeros((size, size, 3), np.uint8)
+            cond[box] = 255
+            for kind, pixels in (("rgb", rgb), ("cond", cond)):
+                (root / f"clip{c}" / kind).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(root / f"clip{c}" / kind / f"{i:04d}.png")
+        (root / f"clip{c}" / "caption.txt").write_text("an orange box sliding")
+    return root
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Videos -> clips with estimated depth
 

@@ -77,6 +77,20 @@ def load_frozen(config: TrainConfig, device: torch.device, dtype: torch.dtype, d
     return Frozen(base["vae"], base["text_encoder"], base["tokenizer"], unet, base["unet"])
 
 
+def full_size_frozen(device: torch.device, dtype: torch.dtype) -> Frozen:
+    """The full-size architecture with random weights (benchmarks: the real model's speed and memory)."""
+    from diffusers import UNetMotionModel
+
+    from ..engine.full_size import build_full_size_parts
+
+    parts = build_full_size_parts(torch.device("cpu"), torch.float32)
+    unet = UNetMotionModel.from_unet2d(parts["unet2d"], parts["adapter"])
+    use_per_frame_temporal_norm(unet)
+    for module in (parts["vae"], parts["text_encoder"], unet):
+        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return Frozen(parts["vae"], parts["text_encoder"], parts["tokenizer"], unet, parts["unet2d"])
+
+
 def new_encoder(config: TrainConfig, frozen: Frozen):
     from diffusers import SparseControlNetModel
     from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
@@ -109,7 +123,8 @@ def new_encoder(config: TrainConfig, frozen: Frozen):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, data_dir: Path | None = None):
+    def __init__(self, config: TrainConfig, data_dir: Path | None = None, frozen: Frozen | None = None):
+        """`frozen`: an already built frozen model (benchmarks); None: load what config.model names."""
         from diffusers import DDPMScheduler
 
         self.config = config
@@ -132,7 +147,7 @@ class Trainer:
             )
         self.clips = find_clips(Path(data["clips"]).expanduser(), data["frames"], data["default_caption"])
         frozen_dtype = self.precision if self.device.type != "cpu" else torch.float32
-        self.frozen = load_frozen(config, self.device, frozen_dtype, data_dir)
+        self.frozen = frozen or load_frozen(config, self.device, frozen_dtype, data_dir)
         with torch.random.fork_rng(devices=[]):  # the fresh layers' initialisation repeats with the seed
             torch.manual_seed(train["seed"])
             self.encoder = new_encoder(config, self.frozen).to(self.device)

@@ -75,3 +75,20 @@ def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_wi
     text = out_file.read_text()
     assert "| run | s/step | total s | peak (MiB) | achieved TFLOP/s |" in text
     assert "| ours |" in text and "| diffusers |" in text and "ours/diffusers time ratio" in text
+
+
+def test_train_benchmark_smoke_run_writes_a_row(data_dir_with_tiny, tmp_path):
+    out_file = tmp_path / "BENCHMARKS.md"
+    args = ["train", "--arch", "tiny", "--frames", "8", "--size", "64", "--steps", "2"]
+    out = subprocess.run(
+        [sys.executable, "-m", "server.bench", *args, "--data-dir", str(data_dir_with_tiny), "--out", str(out_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out_file.read_text()
+    assert "· train · tiny-size architecture, batch 1 × 8×64², mixed precision no" in text
+    assert "| s/step | clips/s | peak (MiB) | achieved TFLOP/s | losses |" in text
+    assert "clips/s" in out.stdout

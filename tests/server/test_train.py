@@ -15,26 +15,19 @@ from PIL import Image
 
 from server.config import ConfigError
 from server.train.config import load_train_config
-from server.train.data import DataError, depth_frames_from_inverse_depth, find_clips, prepare_videos
+from server.train.data import (
+    DataError,
+    depth_frames_from_inverse_depth,
+    find_clips,
+    prepare_videos,
+    write_synthetic_clips,
+)
 from server.train.masks import sample_mask
 from tests.conftest import ROOT
 
 
-def synthetic_clips(root: Path, clips: int = 2, frames: int = 8, size: int = 64) -> Path:
-    """Clips of an orange box sliding over blue, with a depth-like condition (the box white on black)."""
-    for c in range(clips):
-        for i in range(frames):
-            x = 6 + i * 4 + c * 10
-            rgb = np.zeros((size, size, 3), np.uint8)
-            rgb[:] = (30, 60, 90)
-            rgb[20:40, x : x + 16] = (220, 120, 40)
-            cond = np.zeros((size, size, 3), np.uint8)
-            cond[20:40, x : x + 16] = 255
-            for kind, pixels in (("rgb", rgb), ("cond", cond)):
-                (root / f"clip{c}" / kind).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(root / f"clip{c}" / kind / f"{i:04d}.png")
-        (root / f"clip{c}" / "caption.txt").write_text("an orange box sliding")
-    return root
+def synthetic_clips(root: Path) -> Path:
+    return write_synthetic_clips(root, clips=2, frames=8, size=64)
 
 
 def train_config(tmp_path: Path, **tables):
@@ -206,3 +199,22 @@ def test_videos_become_clips_with_the_addons_depth_function_and_are_cached(tmp_p
 
     monkeypatch.setattr(data, "load_depth_estimator", no_estimation)
     assert prepare_videos(tmp_path / "videos", tmp_path / "clips", str(model), 4, 2, torch.device("cpu")) == made
+
+
+@pytest.mark.slow
+def test_bf16_autocast_with_gradient_accumulation_and_checkpointing_runs(tmp_path, tiny_root):
+    from server.train.trainer import Trainer
+
+    config = train_config(
+        tmp_path,
+        optim={"gradient_accumulation": 2, "batch_size": 2},
+        train={"steps": 2, "mixed_precision": "bf16", "gradient_checkpointing": True},
+    )
+    trainer = Trainer(config, data_dir=tiny_root.parent.parent)
+    before = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
+    trainer.run()
+    losses = [float(r.split(",")[1]) for r in (config.output_dir / "losses.csv").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    after = trainer.encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it learnt something
+    assert all(v.dtype == torch.float32 for v in after.values())  # master weights stay float32
