@@ -209,29 +209,28 @@ def load_base(section: ModelSection, ref: WeightRef, data_dir: Path, dtype: torc
     return parts
 
 
+def _load_module(ref: WeightRef, kind: str, what: str, section, data_dir: Path, dtype, cls, file_loader):
+    """A diffusers folder via `cls.from_pretrained`, or a single file via `file_loader` (converted, cached)."""
+    where = _located(ref, kind, what, section).path
+    if where.is_dir():
+        _require_folder_parts(where, ("config.json",), what)
+        return _load(what, where, cls.from_pretrained, where, torch_dtype=dtype)
+    cache_root = data_dir / "converted" if section.cache_converted else None
+    config = Path(ref.config).expanduser() if ref.config else None
+    return _load(what, where, file_loader, where, dtype, cache_root, config)
+
+
 def load_motion_adapter(ref: WeightRef, what: str, section: ModelSection, data_dir: Path, dtype: torch.dtype):
     from diffusers import MotionAdapter
 
-    where = _located(ref, "motion_adapter", what, section).path
-    if where.is_dir():
-        _require_folder_parts(where, ("config.json",), what)
-        return _load(what, where, MotionAdapter.from_pretrained, where, torch_dtype=dtype)
-    cache_root = data_dir / "converted" if section.cache_converted else None
-    config = Path(ref.config).expanduser() if ref.config else None
-    return _load(what, where, load_motion_module_file, where, dtype, cache_root, config)
+    return _load_module(ref, "motion_adapter", what, section, data_dir, dtype, MotionAdapter, load_motion_module_file)
 
 
 def load_encoder(ref: WeightRef, modality: str, section: ModelSection, data_dir: Path, dtype: torch.dtype):
     from diffusers import SparseControlNetModel
 
     what = f"{modality} encoder"
-    where = _located(ref, "encoder", what, section).path
-    if where.is_dir():
-        _require_folder_parts(where, ("config.json",), what)
-        return _load(what, where, SparseControlNetModel.from_pretrained, where, torch_dtype=dtype)
-    cache_root = data_dir / "converted" if section.cache_converted else None
-    config = Path(ref.config).expanduser() if ref.config else None
-    return _load(what, where, load_sparsectrl_file, where, dtype, cache_root, config)
+    return _load_module(ref, "encoder", what, section, data_dir, dtype, SparseControlNetModel, load_sparsectrl_file)
 
 
 def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, _merge, _model_section
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+from ..config import ConfigError, _merge, _model_section, _read_toml
 
 
 @dataclass(frozen=True)
@@ -34,9 +23,9 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    raw = _read(Path(__file__).with_name("train_defaults.toml"))
+    raw = _read_toml(Path(__file__).with_name("train_defaults.toml"))
     if path:
-        raw = _merge(raw, _read(Path(path)), "", set())
+        raw = _merge(raw, _read_toml(Path(path)), "", set())
     if overrides:
         raw = _merge(raw, overrides, "", set())
     model_table = {k: v for k, v in raw["model"].items() if v not in ("", None)}

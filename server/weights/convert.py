@@ -233,24 +233,41 @@ def load_vae_file(path: Path, dtype: torch.dtype, config: Path | None = None):
 # AnimateDiff motion modules and SparseCtrl encoders
 
 
+def _load_animatediff_file(cls, kind: str, expected: str, what: str, path: Path, dtype, cache_root, config, default):
+    """An AnimateDiff-layout single file -> `cls`, through the conversion cache. `default(state_dict)` picks the
+    shipped config when `config` is None."""
+    folder = _cache_dir(cache_root, kind, path, Path(config) if config else CONFIGS, dtype) if cache_root else None
+    if _cached(folder):
+        return cls.from_pretrained(folder, torch_dtype=dtype)
+    started = time.perf_counter()
+    state_dict = read_state_dict(path)
+    found = identify(state_dict)
+    if found != kind:
+        raise _wrong_kind(path, found, expected)
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("pos_encoder.pe")}  # recomputed
+    model = _from_single_file(cls, state_dict, Path(config) if config else default(state_dict), "", dtype, what, path)
+    log.info("converted %s (%s) in %.1f s", path.name, what, time.perf_counter() - started)
+    if folder is not None:
+        _save_cache(folder, {"": model}, path)
+    return model
+
+
 def load_motion_module_file(path: Path, dtype: torch.dtype, cache_root: Path | None, config: Path | None = None):
     """`v3_sd15_mm.ckpt` (or any AnimateDiff motion module file) -> MotionAdapter."""
     from diffusers import MotionAdapter
 
-    config = Path(config) if config else CONFIGS / "motion_adapter_v3"
-    folder = _cache_dir(cache_root, "motion_module", path, config, dtype) if cache_root else None
-    if _cached(folder):
-        return MotionAdapter.from_pretrained(folder, torch_dtype=dtype)
-    started = time.perf_counter()
-    state_dict = read_state_dict(path)
-    kind = identify(state_dict)
-    if kind != "motion_module":
-        raise _wrong_kind(path, kind, "an AnimateDiff motion module (v3_sd15_mm.ckpt: *.motion_modules.* weights)")
-    adapter = _from_single_file(MotionAdapter, state_dict, config, "", dtype, "AnimateDiff motion module", path)
-    log.info("converted %s (AnimateDiff motion module) in %.1f s", path.name, time.perf_counter() - started)
-    if folder is not None:
-        _save_cache(folder, {"": adapter}, path)
-    return adapter
+    expected = "an AnimateDiff motion module (v3_sd15_mm.ckpt: *.motion_modules.* weights)"
+    return _load_animatediff_file(
+        MotionAdapter,
+        "motion_module",
+        expected,
+        "AnimateDiff motion module",
+        path,
+        dtype,
+        cache_root,
+        config,
+        lambda _: CONFIGS / "motion_adapter_v3",
+    )
 
 
 def sparsectrl_config_for(state_dict: dict[str, Any]) -> Path:
@@ -262,19 +279,15 @@ def load_sparsectrl_file(path: Path, dtype: torch.dtype, cache_root: Path | None
     """`v3_sd15_sparsectrl_{scribble,rgb}.ckpt` -> SparseControlNetModel."""
     from diffusers import SparseControlNetModel
 
-    cache_key_config = Path(config) if config else CONFIGS
-    folder = _cache_dir(cache_root, "sparsectrl", path, cache_key_config, dtype) if cache_root else None
-    if _cached(folder):
-        return SparseControlNetModel.from_pretrained(folder, torch_dtype=dtype)
-    started = time.perf_counter()
-    state_dict = read_state_dict(path)
-    kind = identify(state_dict)
-    if kind != "sparsectrl":
-        raise _wrong_kind(path, kind, "a SparseCtrl encoder (v3_sd15_sparsectrl_*.ckpt: controlnet_cond_embedding.*)")
-    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("pos_encoder.pe")}
-    config = Path(config) if config else sparsectrl_config_for(state_dict)
-    encoder = _from_single_file(SparseControlNetModel, state_dict, config, "", dtype, "SparseCtrl encoder", path)
-    log.info("converted %s (SparseCtrl encoder) in %.1f s", path.name, time.perf_counter() - started)
-    if folder is not None:
-        _save_cache(folder, {"": encoder}, path)
-    return encoder
+    expected = "a SparseCtrl encoder (v3_sd15_sparsectrl_*.ckpt: controlnet_cond_embedding.*)"
+    return _load_animatediff_file(
+        SparseControlNetModel,
+        "sparsectrl",
+        expected,
+        "SparseCtrl encoder",
+        path,
+        dtype,
+        cache_root,
+        config,
+        sparsectrl_config_for,
+    )

@@ -165,26 +165,28 @@ class PassRenderer:
             )
         return buffers
 
-    def _rgb(self, frames: list[int]) -> list[np.ndarray]:
-        """A quick shaded render: Workbench, as the scene's viewport shading settings describe it."""
+    def _png_frames(self, frames: list[int], prefix: str) -> list[np.ndarray]:
+        """Render `frames` with the copy's current engine to PNG; uint8 (h, w, 3) each."""
         scene = self._copy
-        scene.render.engine = "BLENDER_WORKBENCH"
         scene.render.film_transparent = False
         scene.render.use_compositing = False
         settings = scene.render.image_settings
         if hasattr(settings, "media_type"):
             settings.media_type = "IMAGE"
-        settings.file_format = "PNG"
-        settings.color_mode = "RGB"
-        settings.color_depth = "8"
+        settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "8"
         images = []
         for frame in frames:
-            path = self._dir / f"rgb_{frame:05d}.png"
+            path = self._dir / f"{prefix}_{frame:05d}.png"
             scene.render.filepath = str(path)
             self._render(frame)
             pixels = _read_image(path)[:, :, :3]
             images.append(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
         return images
+
+    def _rgb(self, frames: list[int]) -> list[np.ndarray]:
+        """A quick shaded render: Workbench, as the scene's viewport shading settings describe it."""
+        self._copy.render.engine = "BLENDER_WORKBENCH"
+        return self._png_frames(frames, "rgb")
 
     def render_shaded(self, frames: list[int], samples: int) -> dict[int, np.ndarray]:
         """Cycles RGB at `samples` samples (training images closer to real footage than Workbench's)."""
@@ -192,19 +194,7 @@ class PassRenderer:
         scene.render.engine = "CYCLES"
         scene.cycles.samples = samples
         scene.cycles.device = "CPU"
-        scene.render.film_transparent = False
-        scene.render.use_compositing = False
-        settings = scene.render.image_settings
-        if hasattr(settings, "media_type"):
-            settings.media_type = "IMAGE"
-        settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "8"
-        out = {}
-        for frame in frames:
-            path = self._dir / f"shaded_{frame:05d}.png"
-            scene.render.filepath = str(path)
-            self._render(frame)
-            out[frame] = np.round(np.clip(_read_image(path)[:, :, :3], 0, 1) * 255).astype(np.uint8)
-        return out
+        return dict(zip(frames, self._png_frames(frames, "shaded"), strict=True))
 
     def render(self, modality: str, frames: list[int]) -> dict[int, np.ndarray]:
         """Condition images (uint8 (h, w, 3)) for `modality` at each timeline frame."""

@@ -12,31 +12,17 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
+def bench(data_dir, out_file, *args: str) -> subprocess.CompletedProcess:
+    """`python -m server.bench ARGS` on the tiny model, writing to out_file; fails the test on a bad exit."""
+    cmd = [sys.executable, "-m", "server.bench", *args, "--arch", "tiny", "--data-dir", str(data_dir)]
+    out = subprocess.run([*cmd, "--out", str(out_file)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_memory_benchmark_smoke_run_writes_a_table(data_dir_with_tiny, tmp_path):
     out_file = tmp_path / "BENCHMARKS.md"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.bench",
-            "memory",
-            "--arch",
-            "tiny",
-            "--frames",
-            "16,40",
-            "--size",
-            "64",
-            "--data-dir",
-            str(data_dir_with_tiny),
-            "--out",
-            str(out_file),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    bench(data_dir_with_tiny, out_file, "memory", "--frames", "16,40", "--size", "64")
     text = out_file.read_text()
     assert "| frames | windows | peak (MiB) |" in text and "torch " in text and "diffusers " in text
     rows = [line for line in text.splitlines() if line.startswith("| 16 |") or line.startswith("| 40 |")]
@@ -45,33 +31,8 @@ def test_memory_benchmark_smoke_run_writes_a_table(data_dir_with_tiny, tmp_path)
 
 def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_with_tiny, tmp_path):
     out_file = tmp_path / "BENCHMARKS.md"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.bench",
-            "speed",
-            "--arch",
-            "tiny",
-            "--frames",
-            "8",
-            "--size",
-            "64",
-            "--steps",
-            "3",
-            "--repeats",
-            "1",
-            "--data-dir",
-            str(data_dir_with_tiny),
-            "--out",
-            str(out_file),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    args = ("--frames", "8", "--size", "64", "--steps", "3", "--repeats", "1")
+    bench(data_dir_with_tiny, out_file, "speed", *args)
     text = out_file.read_text()
     assert "| run | s/step | total s | peak (MiB) | achieved TFLOP/s |" in text
     assert "| ours |" in text and "| diffusers |" in text and "ours/diffusers time ratio" in text
@@ -79,15 +40,7 @@ def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_wi
 
 def test_train_benchmark_smoke_run_writes_a_row(data_dir_with_tiny, tmp_path):
     out_file = tmp_path / "BENCHMARKS.md"
-    args = ["train", "--arch", "tiny", "--frames", "8", "--size", "64", "--steps", "2"]
-    out = subprocess.run(
-        [sys.executable, "-m", "server.bench", *args, "--data-dir", str(data_dir_with_tiny), "--out", str(out_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = bench(data_dir_with_tiny, out_file, "train", "--frames", "8", "--size", "64", "--steps", "2")
     text = out_file.read_text()
     assert "· train · tiny-size architecture, batch 1 × 8×64², mixed precision no" in text
     assert "| s/step | clips/s | peak (MiB) | achieved TFLOP/s | losses |" in text
