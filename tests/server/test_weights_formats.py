@@ -324,3 +324,43 @@ def test_missing_weights_say_where_they_were_looked_for(tmp_path):
     cfg = section(tmp_path, search={"folders": [str(tmp_path)]})
     with pytest.raises(ModelLoadError, match=rf"motion adapter: v3_sd15_mm.ckpt: not found; looked in .*{tmp_path}"):
         load_motion_adapter(WeightRef("v3_sd15_mm.ckpt"), "motion adapter", cfg, tmp_path, torch.float32)
+
+
+# --- full size: the shipped configs against files of the released architectures ---------------------------------
+
+
+@pytest.mark.slow
+def test_full_size_original_files_load_with_the_shipped_configs(tmp_path):
+    """Random weights of the released architectures (half precision, like most released files), written in the
+    original layouts, load through the shipped configs with no config given, tensor for tensor. (The same
+    exported files also load into the official AnimateDiff classes with the official v3 configs, strictly:
+    docs/weights.md "How the formats were checked".)"""
+    from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from server.weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, load_sparsectrl_file
+    from tests.original_layout import animatediff_state_dict, ldm_state_dict
+
+    half = torch.float16
+    torch.manual_seed(0)
+    adapter = MotionAdapter.from_config(MotionAdapter.load_config(CONFIGS / "motion_adapter_v3")).to(half)
+    torch.save(animatediff_state_dict(adapter.state_dict()), tmp_path / "v3_sd15_mm.ckpt")
+    assert_same_weights(load_motion_module_file(tmp_path / "v3_sd15_mm.ckpt", half, None), adapter)
+    del adapter
+    for name in ("scribble", "rgb"):
+        encoder = SparseControlNetModel.from_config(SparseControlNetModel.load_config(CONFIGS / f"sparsectrl_{name}"))
+        encoder = encoder.to(half)
+        path = tmp_path / f"v3_sd15_sparsectrl_{name}.ckpt"
+        torch.save({"controlnet": animatediff_state_dict(encoder.state_dict())}, path)
+        assert_same_weights(load_sparsectrl_file(path, half, None), encoder)  # scribble or RGB told by its keys
+        path.unlink()
+
+    sd15 = CONFIGS / "sd15"
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(sd15 / "unet")).to(half)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(sd15 / "vae")).to(half)
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(sd15 / "text_encoder")).to(half)
+    save_file(ldm_state_dict(unet, vae, text), tmp_path / "someModel_v15.safetensors")
+    parts = load_sd15_file(tmp_path / "someModel_v15.safetensors", half, None)
+    for module, reference in ((parts["unet"], unet), (parts["vae"], vae), (parts["text_encoder"], text)):
+        assert_same_weights(module, reference)
