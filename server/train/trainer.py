@@ -164,7 +164,6 @@ class Trainer:
 
             self.ema = EMAModel(self.encoder.parameters(), decay=train["ema_decay"])
         self.step = 0
-        self._empty_caption = self._encode_text([""])
 
     def _optimizer(self):
         optim = self.config["optim"]
