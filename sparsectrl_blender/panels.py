@@ -24,6 +24,8 @@ def draw_panel(layout, context) -> None:
         tiny = " (tiny random model: noise)" if model.get("tiny") else ""
         box.label(text=f"Connected: {model['name']}{tiny}", icon="LINKED")
         box.label(text="Modalities: " + (", ".join(MODALITY_LABELS[m] for m in c.health["modalities"]) or "none"))
+        if c.health.get("loras"):  # servers before LoRAs did not say
+            box.label(text="LoRAs: " + ", ".join(c.health["loras"]))
     elif c.error:
         box.label(text=c.error, icon="ERROR")
     else:
@@ -35,7 +37,7 @@ def draw_panel(layout, context) -> None:
     col.prop(props, "modality")
     if c.health is not None and props.modality not in c.health["modalities"]:
         why = (
-            "no depth encoder was released; configure your own on the server"
+            "none was released; train one (docs/training.md) and configure it on the server"
             if props.modality == "depth"
             else "not configured on the server"
         )

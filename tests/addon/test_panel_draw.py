@@ -80,19 +80,22 @@ def test_the_panel_in_each_state(addon):
         "steps",
         "guidance_scale",
         "conditioning_scale",
+        "loras",
         "seed",
         "server_url",
     } <= {e[1] for e in idle if e[0] == "prop"}
     assert ("label", "1920 × 1080 px (scene aspect)") not in idle and ("label", "512 × 288 px (scene aspect)") in idle
 
     ops.STATUS.connection = ops.Connection(
-        health={"model": {"name": "sd15", "tiny": False}, "modalities": ["lineart", "rgb"]}, url=props.server_url
+        health={"model": {"name": "sd15", "tiny": False}, "modalities": ["lineart", "rgb"], "loras": ["ink", "toon"]},
+        url=props.server_url,
     )
     props.modality = "depth"
     connected = draw(panels)
     assert ("label", "Connected: sd15") in connected and ("label", "Modalities: Line art, RGB") in connected
+    assert ("label", "LoRAs: ink, toon") in connected
     assert any(
-        e[0] == "label" and e[1].startswith("Depth unavailable: no depth encoder was released") for e in connected
+        e[0] == "label" and e[1].startswith("Depth unavailable: none was released; train one") for e in connected
     )
 
     ops.STATUS.can_resubmit = True
