@@ -80,7 +80,7 @@ def _load_engine(config: Config):
     from .engine.engine import Engine
     from .engine.models import load_model
 
-    model = load_model(config.model, config.data_dir)
+    model = load_model(config.model, config.data_dir, config.performance)
     return Engine(
         model,
         config.scheduler,

@@ -89,6 +89,8 @@ class Performance:
     channels_last: bool
     fuse_qkv: bool
     compile: bool
+    offload: str
+    offload_margin_gb: float
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,8 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
 def _check_performance(performance: Performance) -> Performance:
     if performance.vae_slicing not in ("auto", "on", "off"):
         raise ConfigError('[performance] vae_slicing must be "auto", "on" or "off"')
+    if performance.offload not in ("auto", "none", "model", "sequential"):
+        raise ConfigError('[performance] offload must be "auto", "none", "model" or "sequential"')
     return performance
 
 

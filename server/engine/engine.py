@@ -94,6 +94,8 @@ class Engine:
         encoders = self.model.encoders
         if modality not in encoders:
             raise ModalityUnavailable(modality, self.modalities)
+        if self.model.offload != "none":  # diffusers' offload hooks move it for the job
+            return encoders[modality]
         previous = self._active_modality
         if previous not in (None, modality) and not self.keep_encoders_on_device:
             encoders[previous].to("cpu")
@@ -139,9 +141,22 @@ class Engine:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        # 1. Pipeline with this request's encoder, scheduler and LoRAs.
-        pipe = self.build_pipeline(request.modality, request.scheduler)
-        self._use_loras(pipe, request.loras)
+        # 1. Pipeline with this request's encoder, scheduler and LoRAs (and the draft motion module, copied into the
+        #    UNet's motion layers for this job, before any offload hooks take the weights).
+        draft_motion = request.quality == "draft" and self.model.has_draft_adapter
+        if draft_motion:
+            self.model.unet.load_motion_modules(self.model.motion_adapters["draft"])
+        try:
+            pipe = self.build_pipeline(request.modality, request.scheduler)
+            self._use_loras(pipe, request.loras)
+            if self.model.offload == "model":
+                pipe.enable_model_cpu_offload(device=self.device)
+            elif self.model.offload == "sequential":
+                pipe.enable_sequential_cpu_offload(device=self.device)
+        except BaseException:
+            if draft_motion:
+                self.model.unet.load_motion_modules(self.model.motion_adapters["final"])
+            raise
 
         # 2. Keyframes in index order, each fitted to the generation size.
         keyframes = sorted(request.keyframes, key=lambda k: k.index)
@@ -160,10 +175,7 @@ class Engine:
         #    context windows. The seed drives the request's generator and, isolated by fork_rng, the global RNG
         #    too: the RGB encoder's VAE encoding samples from it, and it must repeat as well.
         lv = self.long_video
-        draft_motion = request.quality == "draft" and self.model.has_draft_adapter
         try:
-            if draft_motion:  # the distilled motion module, copied into the UNet's motion layers for this job
-                self.model.unet.load_motion_modules(self.model.motion_adapters["draft"])
             with torch.random.fork_rng(devices=[self.device] if cuda else []):
                 torch.manual_seed(request.seed)
                 generator = torch.Generator(device=self.device).manual_seed(request.seed)
@@ -210,6 +222,10 @@ class Engine:
         finally:
             # 5. Give the accelerator's cached memory back before the next job (the reference scripts ran out of
             #    memory on the second one). The full gc pass (~0.2 s) runs in the worker after the job is reported.
+            if self.model.offload != "none":  # every model back on the CPU, hooks off, weights where they were
+                pipe.remove_all_hooks()
+                for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
+                    module.to("cpu")
             del pipe
             if draft_motion:
                 self.model.unet.load_motion_modules(self.model.motion_adapters["final"])

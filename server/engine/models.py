@@ -58,6 +58,9 @@ class LoadedModel:
     motion_adapters: dict[str, Any] = field(default_factory=dict)
     # name -> default scale of the LoRAs a request may turn on (loaded into unet/text_encoder as peft adapters).
     loras: dict[str, float] = field(default_factory=dict)
+    # "none", or diffusers' "model" / "sequential" CPU offload for GPUs too small to hold it all (performance.py).
+    offload: str = "none"
+    encoders_on_device: bool = False
 
     @property
     def has_draft_adapter(self) -> bool:
@@ -233,8 +236,9 @@ def load_encoder(ref: WeightRef, modality: str, section: ModelSection, data_dir:
     return _load_module(ref, "encoder", what, section, data_dir, dtype, SparseControlNetModel, load_sparsectrl_file)
 
 
-def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
-    """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first."""
+def load_model(section: ModelSection, data_dir: Path, performance=None) -> LoadedModel:
+    """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first.
+    `performance` ([performance]): its offload setting decides whether the models move to the GPU now."""
     from diffusers import UNetMotionModel
 
     started = time.perf_counter()
@@ -287,11 +291,9 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
         for module in (unet, *encoders.values()):
             use_per_frame_temporal_norm(module)
     for module in (base["text_encoder"], base["vae"], unet):
-        module.to(device).eval().requires_grad_(False)
+        module.eval().requires_grad_(False)
     for encoder in encoders.values():
         encoder.requires_grad_(False)
-        if section.encoders_on_device:
-            encoder.to(device)
 
     model = LoadedModel(
         name,
@@ -305,7 +307,18 @@ def load_model(section: ModelSection, data_dir: Path) -> LoadedModel:
         base["scheduler_config"],
         encoders,
         motion_adapters,
+        encoders_on_device=section.encoders_on_device,
     )
+    if performance is not None:
+        from .performance import pick_offload
+
+        model.offload = pick_offload(model, performance)
+    if model.offload == "none":  # offloaded models stay on the CPU; diffusers' hooks move them per job
+        for module in (model.text_encoder, model.vae, model.unet):
+            module.to(device)
+        if section.encoders_on_device:
+            for encoder in encoders.values():
+                encoder.to(device)
     if section.loras:
         model.loras = _load("LoRAs", data_dir, load_loras, model, section)
     log.info(

@@ -18,6 +18,57 @@ def vae_slicing_enabled(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type != "cpu")
 
 
+GIB = 2**30
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def choose_offload(setting: str, device: torch.device, weights: int, largest: int, free: int, margin: int) -> str:
+    """The offload mode for `setting` ("auto", "none", "model", "sequential"): "auto" keeps everything on the GPU
+    when the weights plus the working margin fit in its free memory, else moves one model at a time when the
+    largest model plus the margin fits, else goes layer by layer. Only CUDA offloads."""
+    if device.type != "cuda":
+        return "none"
+    if setting != "auto":
+        return setting
+    if free >= weights + margin:
+        return "none"
+    if free >= largest + margin:
+        return "model"
+    return "sequential"
+
+
+def pick_offload(model: LoadedModel, performance: Performance) -> str:
+    """Decide the offload mode for `model` (still on the CPU) on its device; logs the figures it used."""
+    if performance.offload != "auto" and model.device.type != "cuda":
+        if performance.offload != "none":
+            log.warning("performance: offload = %r needs a CUDA GPU; not offloading", performance.offload)
+        return "none"
+    if model.device.type != "cuda":
+        return "none"
+    free, total = torch.cuda.mem_get_info(model.device)
+    encoders = list(model.encoders.values())
+    biggest_encoder = max((module_bytes(e) for e in encoders), default=0)
+    encoder_bytes = sum(module_bytes(e) for e in encoders) if model.encoders_on_device else biggest_encoder
+    parts = [module_bytes(model.unet), module_bytes(model.vae), module_bytes(model.text_encoder), biggest_encoder]
+    weights = sum(parts[:3]) + encoder_bytes
+    margin = int(performance.offload_margin_gb * GIB)
+    mode = choose_offload(performance.offload, model.device, weights, max(parts), free, margin)
+    log.info(
+        "performance: offload %s (GPU %.1f of %.1f GiB free; weights %.1f GiB, largest model %.1f GiB, "
+        "margin %.1f GiB)",
+        mode,
+        free / GIB,
+        total / GIB,
+        weights / GIB,
+        max(parts) / GIB,
+        margin / GIB,
+    )
+    return mode
+
+
 def apply_performance(model: LoadedModel, performance: Performance) -> list[str]:
     """Apply the levers; returns their names for the log."""
     applied = []
@@ -38,9 +89,13 @@ def apply_performance(model: LoadedModel, performance: Performance) -> list[str]
         for encoder in model.encoders.values():
             encoder.to(memory_format=torch.channels_last)
         applied.append("channels_last")
-    if performance.compile:
+    if performance.compile and model.offload != "none":
+        log.warning("performance: compile is off because the model is offloaded (offload = %s)", model.offload)
+    elif performance.compile:
         model.unet = torch.compile(model.unet)
         applied.append("torch.compile (UNet)")
+    if model.offload != "none":
+        applied.append(f"{model.offload} CPU offload")
     if applied:
         log.info("performance: %s", ", ".join(applied))
     return applied

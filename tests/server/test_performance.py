@@ -98,3 +98,26 @@ def test_a_draft_motion_module_is_swapped_in_for_drafts_only(engine, tiny_config
     same_settings_final = engine.generate(dataclasses.replace(r, quality="final")).frames
     assert not np.array_equal(drafted, same_settings_final)  # the draft module really ran
     np.testing.assert_array_equal(engine.generate(final).frames, before)  # and the final one is back, exactly
+
+
+def test_offload_is_chosen_from_free_gpu_memory():
+    from server.engine.performance import GIB, choose_offload
+
+    cuda = torch.device("cuda")
+    # SD1.5 + v3 + one SparseCtrl encoder in fp16: ~4.2 GiB of weights, the UNet with its motion layers ~2.4 GiB.
+    weights, largest, margin = int(4.2 * GIB), int(2.4 * GIB), 4 * GIB
+    assert choose_offload("auto", cuda, weights, largest, 20 * GIB, margin) == "none"  # 24 GB card
+    assert choose_offload("auto", cuda, weights, largest, int(7.5 * GIB), margin) == "model"  # 8 GB card
+    assert choose_offload("auto", cuda, weights, largest, 5 * GIB, margin) == "sequential"  # 6 GB card
+    assert choose_offload("sequential", cuda, weights, largest, 70 * GIB, margin) == "sequential"  # as asked
+    for device in ("cpu", "mps"):
+        assert choose_offload("auto", torch.device(device), weights, largest, 0, margin) == "none"
+        assert choose_offload("model", torch.device(device), weights, largest, 0, margin) == "none"
+
+
+def test_offload_asked_for_on_a_cpu_keeps_everything_in_place(tiny_config, caplog):
+    performance = dataclasses.replace(tiny_config.performance, offload="model")
+    with caplog.at_level("WARNING"):
+        model = load_model(tiny_config.model, tiny_config.data_dir, performance)
+    assert model.offload == "none" and "needs a CUDA GPU" in caplog.text
+    assert load_model(tiny_config.model, tiny_config.data_dir, tiny_config.performance).offload == "none"  # auto
