@@ -57,3 +57,12 @@ def test_bad_config_files_give_one_clear_error(tmp_path: Path, text, message):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("/nonexistent/server.toml")
+
+
+def test_the_example_configs_load():
+    from server.train.config import load_train_config
+
+    server = load_config(ROOT / "server.example.toml")
+    assert server.model.base.ref.endswith(".safetensors") and set(server.model.encoders) == {"lineart", "rgb"}
+    train = load_train_config(ROOT / "train.example.toml")
+    assert train["train"]["mixed_precision"] == "bf16" and train.model.motion_adapter.ref == "v3_sd15_mm.ckpt"
