@@ -39,6 +39,8 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
         masks[k] > 0 for k in ("first", "first_last", "random", "all")
     ):
         raise ConfigError("[masks] weights must be >= 0 and not all 0")
+    if raw["encoder"]["temporal_init"] not in ("motion_module", "identity"):
+        raise ConfigError('[encoder] temporal_init must be "motion_module" or "identity"')
     if raw["train"]["mixed_precision"] not in ("no", "fp16", "bf16"):
         raise ConfigError('[train] mixed_precision must be "no", "fp16" or "bf16"')
     data = raw["data"]

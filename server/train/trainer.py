@@ -113,13 +113,32 @@ def new_encoder(config: TrainConfig, frozen: Frozen):
         missing, unexpected = encoder.load_state_dict(from_unet.state_dict(), strict=False)
         assert all(k.startswith("controlnet_cond_embedding.") for k in missing + unexpected), (missing, unexpected)
         del from_unet
-        with torch.no_grad():  # temporal layers start as identities, as AnimateDiff's zero_initialize
-            for module in encoder.modules():
-                if isinstance(module, AnimateDiffTransformer3D):
-                    module.proj_out.weight.zero_()
-                    module.proj_out.bias.zero_()
+        if config["encoder"]["temporal_init"] == "motion_module":
+            copied = copy_motion_weights(frozen.unet, encoder)
+            log.info("encoder temporal layers: %d tensors from the v3 motion module where shapes match", copied)
+        else:
+            with torch.no_grad():  # temporal layers start as identities, as AnimateDiff's zero_initialize
+                for module in encoder.modules():
+                    if isinstance(module, AnimateDiffTransformer3D):
+                        module.proj_out.weight.zero_()
+                        module.proj_out.bias.zero_()
     use_per_frame_temporal_norm(encoder)
     return encoder.float()
+
+
+def copy_motion_weights(unet: torch.nn.Module, encoder: torch.nn.Module) -> int:
+    """The UNet's (v3) motion-module weights into the encoder's temporal layers, wherever a tensor of the same
+    name and shape exists (the encoder's modules have one temporal attention, v3's two); returns the count."""
+    copied = 0
+    with torch.no_grad():
+        for block, source_block in zip(encoder.down_blocks, unet.down_blocks, strict=True):
+            for module, source in zip(block.motion_modules, source_block.motion_modules, strict=False):
+                theirs = source.state_dict()
+                for name, tensor in module.state_dict().items():
+                    if name in theirs and theirs[name].shape == tensor.shape:
+                        tensor.copy_(theirs[name])
+                        copied += 1
+    return copied
 
 
 class Trainer:

@@ -218,3 +218,22 @@ def test_bf16_autocast_with_gradient_accumulation_and_checkpointing_runs(tmp_pat
     after = trainer.encoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it learnt something
     assert all(v.dtype == torch.float32 for v in after.values())  # master weights stay float32
+
+
+def test_new_encoder_starts_from_the_unet_and_the_motion_module(tmp_path, tiny_root):
+    """Initialised where shapes match (as ControlNet; the temporal layers from v3's motion module), outputs zero."""
+    from server.train.trainer import load_frozen, new_encoder
+
+    config = train_config(tmp_path)
+    frozen = load_frozen(config, torch.device("cpu"), torch.float32, tiny_root.parent.parent)
+    encoder = new_encoder(config, frozen)
+    unet = frozen.unet
+    torch.testing.assert_close(encoder.conv_in.weight, unet.conv_in.weight)
+    assert torch.equal(encoder.down_blocks[0].resnets[0].conv1.weight, unet.down_blocks[0].resnets[0].conv1.weight)
+    ours, v3 = encoder.down_blocks[0].motion_modules[0], unet.down_blocks[0].motion_modules[0]
+    assert torch.equal(ours.transformer_blocks[0].attn1.to_q.weight, v3.transformer_blocks[0].attn1.to_q.weight)
+    assert torch.equal(ours.proj_out.weight, v3.proj_out.weight)
+    zero = [encoder.controlnet_mid_block, *encoder.controlnet_down_blocks, encoder.controlnet_cond_embedding.conv_out]
+    assert all(torch.count_nonzero(p) == 0 for m in zero for p in m.parameters())
+    identity = new_encoder(train_config(tmp_path / "b", encoder={"temporal_init": "identity"}), frozen)
+    assert torch.count_nonzero(identity.down_blocks[0].motion_modules[0].proj_out.weight) == 0
