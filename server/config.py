@@ -47,6 +47,7 @@ class ModelSection:
     encoders_on_device: bool
     temporal_norm: str
     cache_converted: bool
+    hub_downloads: bool = False
     base: WeightRef | None = None
     vae: WeightRef | None = None
     tokenizer: WeightRef | None = None

@@ -100,7 +100,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _located(ref: WeightRef, kind: str, what: str, section: ModelSection):
     try:
-        return locate(ref.ref, kind, section.search)
+        return locate(ref.ref, kind, section.search, allow_download=section.hub_downloads)
     except WeightsNotFound as e:
         raise ModelLoadError(f"{what}: {e}") from None
 

@@ -31,7 +31,8 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
     model_table = {k: v for k, v in raw["model"].items() if v not in ("", None)}
     model_table.setdefault("search", raw["model"]["search"])
     defaults = {"name": "", "device": raw["train"]["device"], "dtype": "auto", "encoders_on_device": False}
-    model = _model_section({**defaults, "temporal_norm": "per_frame", "cache_converted": True, **model_table})
+    fixed = {"temporal_norm": "per_frame", "cache_converted": True, "hub_downloads": False}
+    model = _model_section({**defaults, **fixed, **model_table})
     if model.base is None or (model.motion_adapter is None and not model.is_tiny):
         raise ConfigError("[model] needs base and motion_adapter: the frozen SD1.5 + AnimateDiff v3 model")
     masks = raw["masks"]

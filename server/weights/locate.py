@@ -121,8 +121,24 @@ def _search(name: str, folders: list[Path]) -> Path | None:
     return None
 
 
-def locate(ref: str, kind: str, search: SearchFolders) -> Located:
-    """Find `ref` for a weight of `kind` (see KINDS). Raises WeightsNotFound naming every place tried."""
+def fetch_from_hub(ref: str) -> Located:
+    """`org/name` or `org/name/file` downloaded into the HF cache (a progress bar per file; resumes)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    parts = ref.split("/")
+    repo_id = "/".join(parts[:2])
+    try:
+        if len(parts) > 2:
+            return Located(Path(hf_hub_download(repo_id, "/".join(parts[2:]))), "hf-download")
+        return Located(Path(snapshot_download(repo_id)), "hf-download")
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise WeightsNotFound(f"{ref}: not in the HF cache, and downloading it failed: {first}") from e
+
+
+def locate(ref: str, kind: str, search: SearchFolders, allow_download: bool = False) -> Located:
+    """Find `ref` for a weight of `kind` (see KINDS). Raises WeightsNotFound naming every place tried.
+    `allow_download` ([model] hub_downloads): a repo id missing from the cache is fetched, unless HF_HUB_OFFLINE."""
     if kind not in KINDS:
         raise ValueError(f"unknown weight kind {kind!r}")
     path = Path(ref).expanduser()
@@ -139,6 +155,8 @@ def locate(ref: str, kind: str, search: SearchFolders) -> Located:
         cached = locate_in_hf_cache(ref)
         if cached is not None:
             return cached
+        if allow_download and not _hf_offline_note():
+            return fetch_from_hub(ref)
         tried.append(
             f"the Hugging Face cache{_hf_offline_note()} (`python -m server download` fetches the default set; "
             f"`huggingface-cli download {'/'.join(ref.split('/')[:2])}` any repo)"

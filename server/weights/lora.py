@@ -78,7 +78,7 @@ def load_loras(model: LoadedModel, section: ModelSection) -> dict[str, float]:
     loaded: dict[str, float] = {}
     for name, ref in section.loras.items():
         started = time.perf_counter()
-        path = locate(ref.ref, "lora", section.search).path
+        path = locate(ref.ref, "lora", section.search, allow_download=section.hub_downloads).path
         if path.is_dir():
             files = sorted(path.glob("*.safetensors"))
             if len(files) != 1:

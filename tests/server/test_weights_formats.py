@@ -364,3 +364,41 @@ def test_full_size_original_files_load_with_the_shipped_configs(tmp_path):
     parts = load_sd15_file(tmp_path / "someModel_v15.safetensors", half, None)
     for module, reference in ((parts["unet"], unet), (parts["vae"], vae), (parts["text_encoder"], text)):
         assert_same_weights(module, reference)
+
+
+def test_hub_downloads_fetch_missing_repo_ids_only_when_allowed_and_online(tmp_path, tiny_root, monkeypatch):
+    """The hub is the edge we cannot reach here: huggingface_hub's download is replaced by a local copy."""
+    from server.weights import locate as locate_module
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    fetched = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        fetched.append(repo_id)
+        if kwargs.get("local_files_only"):
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError("not cached")
+        return str(tiny_root / "motion_adapter")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    ref = WeightRef("guoyww/animatediff-motion-adapter-v1-5-3")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelLoadError, match="not found; .*python -m server download"):
+        load_motion_adapter(ref, "motion adapter", section(tmp_path), tmp_path, torch.float32)
+    allowed = section(tmp_path, hub_downloads=True)
+    adapter = load_motion_adapter(ref, "motion adapter", allowed, tmp_path, torch.float32)
+    assert fetched[-1] == "guoyww/animatediff-motion-adapter-v1-5-3" and adapter.config.block_out_channels
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"HF_HUB_OFFLINE is set"):
+        load_motion_adapter(ref, "motion adapter", allowed, tmp_path, torch.float32)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def unreachable(repo_id, **kwargs):
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", unreachable)
+    with pytest.raises(
+        locate_module.WeightsNotFound, match="not in the HF cache, and downloading it failed: .*refused"
+    ):
+        locate_module.locate(ref.ref, "motion_adapter", allowed.search, allow_download=True)
