@@ -6,10 +6,13 @@ and plain containers, so a booby-trapped .ckpt fails with a clear message instea
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Containers the original training scripts wrap their weights in (AnimateDiff: "state_dict", SparseCtrl:
@@ -35,6 +38,9 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_pickle(path: Path) -> dict:
+    log.info(
+        "%s: a pickled checkpoint, read as tensors only (weights_only); a .safetensors copy loads safer", path.name
+    )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

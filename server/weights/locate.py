@@ -147,9 +147,12 @@ def locate(ref: str, kind: str, search: SearchFolders, allow_download: bool = Fa
     if path.is_absolute() or ref.startswith(("~", "./", "../")):
         raise WeightsNotFound(f"{ref}: no such file or folder")
     folders = search.for_kind(kind)
-    found = _search(ref, folders)
-    if found is not None:
-        return Located(found, "search")
+    # A name without a suffix finds the .safetensors before the pickled formats (the safer one wins).
+    names = [ref] if ref.lower().endswith(WEIGHT_SUFFIXES) else [ref, *(ref + suffix for suffix in WEIGHT_SUFFIXES)]
+    for name in names:
+        found = _search(name, folders)
+        if found is not None:
+            return Located(found, "search")
     tried = [f"the model folders: {search.described(kind)}"]
     if _is_repo_id(ref):
         cached = locate_in_hf_cache(ref)

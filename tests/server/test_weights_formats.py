@@ -402,3 +402,14 @@ def test_hub_downloads_fetch_missing_repo_ids_only_when_allowed_and_online(tmp_p
         locate_module.WeightsNotFound, match="not in the HF cache, and downloading it failed: .*refused"
     ):
         locate_module.locate(ref.ref, "motion_adapter", allowed.search, allow_download=True)
+
+
+def test_a_name_without_suffix_prefers_safetensors(tmp_path, originals):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(originals["sd15"], folder / "toonyou.safetensors")
+    shutil.copy(originals["sd15_ckpt"], folder / "toonyou.ckpt")
+    cfg = section(tmp_path, search={"folders": [str(folder)]})
+    assert models_module._located(WeightRef("toonyou"), "base", "base", cfg).path.name == "toonyou.safetensors"
+    (folder / "toonyou.safetensors").unlink()
+    assert models_module._located(WeightRef("toonyou"), "base", "base", cfg).path.name == "toonyou.ckpt"
