@@ -103,6 +103,11 @@ def load_loras(model: LoadedModel, section: ModelSection) -> dict[str, float]:
             raise CheckpointError(
                 f"{path}: not a LoRA for this base model ({type(e).__name__}: {str(e).strip()[:300]})"
             ) from e
+        if model.has_draft_adapter and any(".motion_modules." in k for k in unet_part):
+            raise CheckpointError(
+                f"LoRA '{name}' ({path}) changes the motion module's layers, which the draft motion module "
+                "replaces for drafts: remove [model] draft_motion_adapter or this LoRA"
+            )
         loaded[name] = ref.scale
         log.info("loaded LoRA '%s' from %s in %.1f s", name, path.name, time.perf_counter() - started)
     return loaded

@@ -110,3 +110,26 @@ def test_draft_jobs_with_the_distilled_module_bring_its_lora(tiny_root, tmp_path
     assert loras("final") == () and loras("draft", draft_adapter=False) == ()
     with pytest.raises(ConfigError, match="adapter_lora = 'nope' is not a name in \\[model.loras\\]"):
         load_config(overrides=overrides | {"draft": {"adapter_lora": "nope"}})
+
+
+def test_a_lora_on_motion_layers_is_refused_beside_a_draft_motion_module(tmp_path, tiny_config, tiny_root):
+    """The draft swap copies whole motion modules; a LoRA wrapped around their layers would be lost (or break it)."""
+    from diffusers import MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(tiny_root / "motion_adapter")
+    layer = adapter.down_blocks[0].motion_modules[0].transformer_blocks[0].attn1.to_q
+    prefix = "unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q"
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": torch.randn(4, layer.in_features),
+            f"{prefix}.lora_B.weight": torch.randn(layer.out_features, 4),
+        },
+        tmp_path / "zoom_motion_lora.safetensors",
+    )
+    overrides = {
+        "model": {"base": "tiny", "loras": {"zoom": str(tmp_path / "zoom_motion_lora.safetensors")}},
+        "server": {"data_dir": str(tiny_config.data_dir)},
+    }
+    config = load_config(overrides=overrides)  # the tiny model ships a draft motion module
+    with pytest.raises(ModelLoadError, match="LoRA 'zoom' .* changes the motion module's layers"):
+        load_model(config.model, config.data_dir)
