@@ -74,6 +74,7 @@ def load_frozen(config: TrainConfig, device: torch.device, dtype: torch.dtype, d
     use_per_frame_temporal_norm(unet)  # as AnimateDiff was trained, and as the server runs it
     for module in (base["vae"], base["text_encoder"], unet):
         module.to(device).eval().requires_grad_(False)
+    base["vae"].enable_slicing()  # encode a clip's frames one at a time: the VAE's peak stays one frame's
     return Frozen(base["vae"], base["text_encoder"], base["tokenizer"], unet, base["unet"])
 
 
