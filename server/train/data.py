@@ -71,6 +71,56 @@ def sample_clip(clip: Clip, frames: int, width: int, height: int, generator: tor
     return _load(clip.rgb[window], width, height), _load(clip.cond[window], width, height)
 
 
+class Batches(torch.utils.data.Dataset):
+    """Micro-batch number i = (step, micro) of a run, drawn only from a generator seeded with (seed, step, micro):
+    clips, windows, masks, caption dropout, noise, timesteps. Any worker, in any order, after any resume, draws the
+    same batch for the same i, so data loading can run ahead in worker processes without changing the run."""
+
+    def __init__(
+        self,
+        clips: list[Clip],
+        data: dict,
+        masks: dict,
+        batch_size: int,
+        accumulation: int,
+        seed: int,
+        timesteps: int,
+        steps: int,
+    ):
+        self.clips, self.data, self.masks = clips, data, masks
+        self.batch_size, self.accumulation, self.seed = batch_size, accumulation, seed
+        self.timesteps, self.steps = timesteps, steps
+
+    def __len__(self) -> int:
+        return self.steps * self.accumulation
+
+    def __getitem__(self, i: int) -> dict:
+        return self.draw(*divmod(i, self.accumulation))
+
+    def draw(self, step: int, micro: int = 0) -> dict:
+        from .masks import sample_mask
+
+        data, masks = self.data, self.masks
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1_009 + micro)
+        rgbs, conds, ms, captions = [], [], [], []
+        for _ in range(self.batch_size):
+            clip = self.clips[int(torch.randint(0, len(self.clips), (1,), generator=g))]
+            rgb, cond = sample_clip(clip, data["frames"], data["width"], data["height"], g)
+            mask = sample_mask(data["frames"], masks, masks["max_random"], g)
+            dropped = float(torch.rand(1, generator=g)) < data["caption_dropout"]
+            rgbs.append(rgb), conds.append(cond), ms.append(mask), captions.append("" if dropped else clip.caption)
+        rgb, cond, mask = torch.stack(rgbs), torch.stack(conds), torch.stack(ms)  # (B, F, 3, H, W), (B, F)
+        b, f = mask.shape
+        return {
+            "rgb": rgb,
+            "cond": cond,
+            "mask": mask,
+            "captions": captions,
+            "noise": torch.randn((b, 4, f, data["height"] // 8, data["width"] // 8), generator=g),
+            "timesteps": torch.randint(0, self.timesteps, (b,), generator=g),
+        }
+
+
 def write_synthetic_clips(root: Path, clips: int = 2, frames: int = 8, size: int = 64) -> Path:
     """Clips of an orange box sliding over blue with a depth-like condition (the box white on black): for
     benchmarks and smoke runs, where only the shapes matter."""

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from ..engine.models import load_base, load_motion_adapter, resolve_device
 from ..engine.temporal_norm import use_per_frame_temporal_norm
 from .config import TrainConfig
-from .data import find_clips, prepare_videos, sample_clip
-from .masks import sample_mask
+from .data import Batches, find_clips, prepare_videos
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +183,17 @@ class Trainer:
 
             self.ema = EMAModel(self.encoder.parameters(), decay=train["ema_decay"])
         self.step = 0
+        optim = config["optim"]
+        self.batches = Batches(
+            self.clips,
+            config["data"],
+            config["masks"],
+            optim["batch_size"],
+            optim["gradient_accumulation"],
+            train["seed"],
+            self.scheduler.config.num_train_timesteps,
+            train["steps"],
+        )
 
     def _optimizer(self):
         optim = self.config["optim"]
@@ -207,31 +217,9 @@ class Trainer:
         )
         return self.frozen.text_encoder(tok.input_ids.to(self.device))[0]
 
-    def _generator(self, step: int, micro: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config["train"]["seed"] * 1_000_003 + step * 1_009 + micro)
-
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
-        """Everything random about one micro-batch of `step`: clips, windows, masks, captions, noise, timesteps."""
-        data, masks = self.config["data"], self.config["masks"]
-        g = self._generator(step, micro)
-        rgbs, conds, ms, captions = [], [], [], []
-        for _ in range(self.config["optim"]["batch_size"]):
-            clip = self.clips[int(torch.randint(0, len(self.clips), (1,), generator=g))]
-            rgb, cond = sample_clip(clip, data["frames"], data["width"], data["height"], g)
-            mask = sample_mask(data["frames"], masks, masks["max_random"], g)
-            dropped = float(torch.rand(1, generator=g)) < data["caption_dropout"]
-            rgbs.append(rgb), conds.append(cond), ms.append(mask), captions.append("" if dropped else clip.caption)
-        rgb, cond, mask = torch.stack(rgbs), torch.stack(conds), torch.stack(ms)  # (B, F, 3, H, W), (B, F)
-        b, f = mask.shape
-        latent_shape = (b, 4, f, data["height"] // 8, data["width"] // 8)
-        return {
-            "rgb": rgb,
-            "cond": cond,
-            "mask": mask,
-            "captions": captions,
-            "noise": torch.randn(latent_shape, generator=g),
-            "timesteps": torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=g),
-        }
+        """Everything random about one micro-batch of `step` (data.Batches)."""
+        return self.batches.draw(step, micro)
 
     def loss(self, batch: dict) -> torch.Tensor:
         vae, dev = self.frozen.vae, self.device
@@ -265,13 +253,15 @@ class Trainer:
             ).sample
         return F.mse_loss(pred.float(), noise.float())
 
-    def train_step(self) -> float:
+    def train_step(self, micro_batches=None) -> float:
+        """One optimizer step; `micro_batches`: its micro-batches already drawn (by a DataLoader), else drawn here."""
         optim = self.config["optim"]
         accumulation = optim["gradient_accumulation"]
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(accumulation):
-            loss = self.loss(self.batch(self.step, micro)) / accumulation
+            batch = micro_batches[micro] if micro_batches is not None else self.batch(self.step, micro)
+            loss = self.loss(batch) / accumulation
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
         self.scaler.unscale_(self.optimizer)
@@ -315,6 +305,20 @@ class Trainer:
         self.step = state["step"]
         log.info("resumed from %s at step %d", folder, self.step)
 
+    def _loader(self, steps: int):
+        """The micro-batches of steps self.step..steps-1, drawn ahead by [data] workers processes (0: here)."""
+        accumulation = self.config["optim"]["gradient_accumulation"]
+        workers = self.config["data"]["workers"]
+        loader = torch.utils.data.DataLoader(
+            self.batches,
+            sampler=range(self.step * accumulation, steps * accumulation),
+            batch_size=None,  # each item is already one micro-batch
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+            persistent_workers=False,
+        )
+        return iter(loader)
+
     def latest_checkpoint(self) -> Path | None:
         found = sorted((self.out / "checkpoints").glob("step-*[0-9]"))
         return found[-1] if found else None
@@ -345,13 +349,15 @@ class Trainer:
         losses = (self.out / "losses.csv").open("a", newline="")
         log_csv = csv.writer(losses)
         started, first = time.perf_counter(), self.step
-        clips_per_step = self.config["optim"]["batch_size"] * self.config["optim"]["gradient_accumulation"]
+        batch_size = self.config["optim"]["batch_size"]
+        clips_per_step = batch_size * self.config["optim"]["gradient_accumulation"]
         try:
             with tqdm(
                 total=steps, initial=self.step, unit="step", desc=f"training {self.config['encoder']['modality']}"
             ) as bar:
+                micro_batches = self._loader(steps)
                 while self.step < steps:
-                    loss = self.train_step()
+                    loss = self.train_step([next(micro_batches) for _ in range(clips_per_step // batch_size)])
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss} at step {self.step}: lower the learning rate")
                     log_csv.writerow([self.step, f"{loss:.6f}"])

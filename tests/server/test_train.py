@@ -101,8 +101,11 @@ def test_resume_from_a_checkpoint_continues_identically(tmp_path, tiny_root):
     assert resumed.step == straight.step == 4
     a, b = straight.encoder.state_dict(), resumed.encoder.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    losses = [(p / "run" / "losses.csv").read_text().splitlines() for p in (tmp_path / "a", tmp_path / "b")]
-    assert losses[0] == losses[1]
+    in_process = Trainer(train_config(tmp_path / "c", train={"ema_decay": 0.9}, data={"workers": 0}), data_dir=data_dir)
+    in_process.run()  # batches drawn here rather than by 2 loader workers: the same run
+    runs = (tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    losses = [(p / "run" / "losses.csv").read_text().splitlines() for p in runs]
+    assert losses[0] == losses[1] == losses[2]
     saved = [json.loads((p / "run" / "encoder" / "config.json").read_text()) for p in (tmp_path / "a", tmp_path / "b")]
     assert saved[0] == saved[1] and saved[0]["use_simplified_condition_embedding"] is False
 
