@@ -52,7 +52,7 @@ class Frozen:
     text_encoder: torch.nn.Module
     tokenizer: object
     unet: torch.nn.Module  # UNetMotionModel
-    unet2d: torch.nn.Module  # for initialising the encoder
+    unet2d: torch.nn.Module | None  # for initialising the encoder (dropped after)
 
 
 def load_frozen(config: TrainConfig, device: torch.device, dtype: torch.dtype, data_dir: Path) -> Frozen:
@@ -170,6 +170,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the fresh layers' initialisation repeats with the seed
             torch.manual_seed(train["seed"])
             self.encoder = new_encoder(config, self.frozen).to(self.device)
+        self.frozen.unet2d = None  # only needed to initialise the encoder: give its memory back
         self.encoder.train()
         if train["gradient_checkpointing"]:
             self.encoder.enable_gradient_checkpointing()
