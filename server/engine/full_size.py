@@ -17,19 +17,6 @@ from .tiny import write_tokenizer
 
 FULL_NAME = "full-size-random"
 
-# scheduler_config.json of stable-diffusion-v1-5
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-}
-
 
 def build_full_size_parts(device: torch.device, dtype: torch.dtype) -> dict:
     """SD1.5 (2-D UNet, VAE, text encoder, a tokenizer), the v3 motion adapter: random weights, the shipped
@@ -57,7 +44,7 @@ def build_full_size_parts(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def build_full_size_model(device: torch.device, dtype: torch.dtype, modality: str = "lineart") -> LoadedModel:
-    from diffusers import SparseControlNetModel, UNetMotionModel
+    from diffusers import DDIMScheduler, SparseControlNetModel, UNetMotionModel
 
     from ..weights.convert import CONFIGS
 
@@ -78,6 +65,6 @@ def build_full_size_model(device: torch.device, dtype: torch.dtype, modality: st
         text_encoder,
         parts["tokenizer"],
         unet,
-        dict(SD15_SCHEDULER),
+        dict(DDIMScheduler.load_config(CONFIGS / "sd15" / "scheduler")),
         {modality: encoder},
     )

@@ -18,7 +18,7 @@ import torch
 from ..config import MODALITIES, ModelSection
 from ..weights.checkpoint import CheckpointError
 from ..weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, load_sparsectrl_file, load_vae_file
-from ..weights.locate import WeightsNotFound, locate
+from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
 from ..weights.refs import WeightRef
 from .temporal_norm import use_per_frame_temporal_norm
@@ -132,27 +132,21 @@ def find_tokenizer(section: ModelSection, config_dir: Path | None) -> Path:
 
     if section.tokenizer is not None:
         found = _located(section.tokenizer, "tokenizer", "tokenizer", section).path
-        return found / "tokenizer" if _is_tokenizer_dir(found / "tokenizer") else found
+        return found / "tokenizer" if is_tokenizer_dir(found / "tokenizer") else found
     candidates = [config_dir / "tokenizer"] if config_dir else []
     candidates += [root / "sd1_tokenizer" for root in section.search.for_kind("tokenizer")]
     for folder in candidates:
-        if _is_tokenizer_dir(folder):
+        if is_tokenizer_dir(folder):
             return folder
     for repo, sub in HF_TOKENIZERS:
         for name in ("tokenizer.json", "vocab.json"):
             found = try_to_load_from_cache(repo, f"{sub}{name}")
-            if isinstance(found, str) and _is_tokenizer_dir(Path(found).parent):
+            if isinstance(found, str) and is_tokenizer_dir(Path(found).parent):
                 return Path(found).parent
     raise ModelLoadError(
         "a single-file base carries no CLIP tokenizer and none was found: set [model] tokenizer to a folder with "
         "tokenizer.json (or vocab.json and merges.txt), point [model.search] comfyui at a ComfyUI install, or run "
         "`python -m server download` (it caches stable-diffusion-v1-5's)"
-    )
-
-
-def _is_tokenizer_dir(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file() or (
-        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     )
 
 

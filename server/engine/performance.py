@@ -42,11 +42,9 @@ def choose_offload(setting: str, device: torch.device, weights: int, largest: in
 
 def pick_offload(model: LoadedModel, performance: Performance) -> str:
     """Decide the offload mode for `model` (still on the CPU) on its device; logs the figures it used."""
-    if performance.offload != "auto" and model.device.type != "cuda":
-        if performance.offload != "none":
-            log.warning("performance: offload = %r needs a CUDA GPU; not offloading", performance.offload)
-        return "none"
     if model.device.type != "cuda":
+        if performance.offload not in ("auto", "none"):
+            log.warning("performance: offload = %r needs a CUDA GPU; not offloading", performance.offload)
         return "none"
     free, total = torch.cuda.mem_get_info(model.device)
     encoders = list(model.encoders.values())

@@ -14,7 +14,7 @@ from typing import Any
 
 from .checkpoint import PICKLE_SUFFIXES, CheckpointError, read_state_dict
 from .convert import identify
-from .locate import WeightsNotFound, locate
+from .locate import WeightsNotFound, is_tokenizer_dir, locate
 from .refs import WeightRef
 
 # role -> (kind for the folder search, what a single file must hold, folder files that must exist)
@@ -91,9 +91,9 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
     if path.is_dir():
         entry.format = "diffusers folder"
         missing = [p for p in folder_parts if not (path / p).exists()]
-        if role == "tokenizer":
-            ok = (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
-            missing = [] if ok or (path / "tokenizer").is_dir() else ["tokenizer.json or vocab.json"]
+        if role == "tokenizer":  # the test the loader applies (engine/models.py find_tokenizer)
+            ok = is_tokenizer_dir(path) or is_tokenizer_dir(path / "tokenizer")
+            missing = [] if ok else ["tokenizer.json (or vocab.json and merges.txt)"]
         if role == "vae" and (path / "vae").is_dir():
             missing = []
         entry.loadable = not missing

@@ -73,6 +73,13 @@ class SearchFolders:
         return ", ".join(roots) if roots else "no model folders configured ([model.search])"
 
 
+def is_tokenizer_dir(folder: Path) -> bool:
+    """A CLIP tokenizer as transformers saves it (tokenizer.json) or as SD1.5 and ComfyUI ship it (vocab + merges)."""
+    return (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+
+
 def _is_repo_id(ref: str) -> bool:
     parts = ref.split("/")
     return (
