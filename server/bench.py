@@ -29,43 +29,78 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _point(args: argparse.Namespace) -> dict:
-    """One job of args.frames frames, in this process."""
+    """One job of args.frames frames, in this process: our engine, or (args.runner == "diffusers") a bare
+    diffusers call on the same modules, which has no context windows and diffusers' joint temporal norm."""
+    import dataclasses
     import gc
 
     import psutil
     import torch
 
+    from .engine.performance import apply_performance
+    from .engine.temporal_norm import use_joint_temporal_norm, use_per_frame_temporal_norm
     from .engine.windows import context_windows
+    from .tensor_memory import PeakTensorMemory
 
     config, engine = _build(args)
-    device = engine.device
+    device, m = engine.device, engine.model
+    n = args.frames
+    request = _request(m, n, args.size, args.steps)
+    denoisers = [m.unet, *m.encoders.values()]
+    if args.runner == "diffusers":
+        for module in denoisers:
+            use_joint_temporal_norm(module)
+        run, _ = _bare_diffusers(engine, request)
+    else:
+        if config.model.temporal_norm == "per_frame":
+            for module in denoisers:
+                use_per_frame_temporal_norm(module)
+        apply_performance(m, dataclasses.replace(config.performance, vae_slicing=args.vae_slicing))
+
+        def run():
+            return engine.generate(request).frames
+
     gc.collect()
     loaded_rss = psutil.Process().memory_info().rss
     # Building the model has its own peak; the job's peak is measured from here (Linux resets VmHWM).
     peak_reset = _reset_peak_rss()
-    n = args.frames
-    request = _request(engine.model, n, args.size, args.steps)
+    on_device = [m.unet, m.vae, m.text_encoder, m.encoders[request.modality]]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    started = time.perf_counter()
-    result = engine.generate(request)
-    seconds = time.perf_counter() - started
-    if device.type == "cuda":
-        peak, over = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_allocated(device) - base
+        counter = None
+        weights = torch.cuda.memory_allocated(device)
     else:
-        peak = _peak_rss() if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        over = peak - loaded_rss
+        counter = PeakTensorMemory(*on_device)
+        weights = counter.start
+    started = time.perf_counter()
+    if counter is None:
+        frames = run()
+    else:
+        with counter:
+            frames = run()
+    seconds = time.perf_counter() - started
+    allocated = torch.cuda.max_memory_allocated(device) if counter is None else counter.peak
+    if device.type == "cuda":
+        rss = None
+    else:
+        rss = _peak_rss() if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     lv = config.long_video
+    windowed = args.runner == "ours" and n > lv.window_length
     return {
+        "runner": args.runner,
         "frames": n,
-        "windows": len(context_windows(n, lv.window_length, lv.window_overlap)),
-        "peak_mib": peak / 2**20,
-        "over_loaded_mib": over / 2**20,
+        "windows": len(context_windows(n, lv.window_length, lv.window_overlap)) if windowed else 1,
+        "window": lv.window_length,
+        "overlap": lv.window_overlap,
+        "allocated_mib": allocated / 2**20,
+        "weights_mib": weights / 2**20,
+        "rss_mib": None if rss is None else rss / 2**20,
+        "rss_over_loaded_mib": None if rss is None else (rss - loaded_rss) / 2**20,
         "seconds": seconds,
         "device": str(device),
-        "dtype": str(engine.model.dtype).removeprefix("torch."),
-        "shape": list(result.frames.shape),
+        "dtype": str(m.dtype).removeprefix("torch."),
+        "vae_slicing": bool(m.vae.use_slicing),
+        "shape": list(frames.shape),
     }
 
 
@@ -97,67 +132,84 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def _run_point(args: argparse.Namespace, frames: int, runner: str) -> dict | None:
+    """`_point` in a fresh process, so that its peak is its own."""
+    cmd = [sys.executable, "-m", "server.bench", "_point", "--runner", runner, "--frames", str(frames)]
+    for flag in ("arch", "size", "steps", "device", "dtype", "vae_slicing", "data_dir"):
+        value = getattr(args, flag)
+        if value:
+            cmd += ["--" + flag.replace("_", "-"), str(value)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def memory(args: argparse.Namespace) -> int:
     import diffusers
     import torch
 
     rows = []
     for n in [int(x) for x in args.frames_list.split(",")]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "server.bench",
-            "_point",
-            "--arch",
-            args.arch,
-            "--frames",
-            str(n),
-            "--size",
-            str(args.size),
-            "--steps",
-            str(args.steps),
-            "--device",
-            args.device,
-            "--dtype",
-            args.dtype,
-        ]
-        if args.data_dir:
-            cmd += ["--data-dir", args.data_dir]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr[-3000:], file=sys.stderr)
+        row = _run_point(args, n, "ours")
+        if row is None:
             return 1
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+        # diffusers has no context windows: it is compared where one window holds the clip.
+        bare = _run_point(args, n, "diffusers") if args.diffusers and row["windows"] == 1 else None
+        if args.diffusers and row["windows"] == 1 and bare is None:
+            return 1
+        row["diffusers"] = bare
         rows.append(row)
+        cpu = row["rss_mib"] is not None
         print(
-            f"{row['frames']:>5} frames  {row['windows']:>3} windows  peak {row['peak_mib']:8.0f} MiB  "
-            f"over the loaded model {row['over_loaded_mib']:7.0f} MiB  {row['seconds']:7.1f} s",
+            f"{n:>5} frames  {row['windows']:>3} windows  peak allocated {row['allocated_mib']:8.0f} MiB "
+            f"(weights {row['weights_mib']:.0f})"
+            + (f"  peak RSS {row['rss_mib']:8.0f} MiB" if cpu else "")
+            + f"  {row['seconds']:7.1f} s"
+            + (
+                f"  | diffusers: peak allocated {bare['allocated_mib']:8.0f} MiB  {bare['seconds']:7.1f} s"
+                if bare
+                else ""
+            ),
             flush=True,
         )
     first = rows[0]
+    cpu = first["rss_mib"] is not None
     head = (
         f"### {datetime.date.today().isoformat()} · {_device_name(first['device'])} · torch {torch.__version__} · "
-        f"diffusers {diffusers.__version__} · {args.arch}-size architecture, {args.size}×{args.size}, "
-        f"{args.steps} step(s), {first['dtype']}, CFG on"
+        f"diffusers {diffusers.__version__} · memory · {args.arch}-size architecture, {args.size}×{args.size}, "
+        f"{args.steps} step(s), {first['dtype']}, CFG on, ours with VAE slicing "
+        f"{'on' if first['vae_slicing'] else 'off'}"
     )
     measure = (
         "torch.cuda.max_memory_allocated during the job"
-        if first["device"].startswith("cuda")
-        else "peak RSS of the process during the job (VmHWM reset after loading)"
+        if not cpu
+        else "the tensor storages alive at once during the job, counted on the CPU (server/tensor_memory.py: what "
+        "torch.cuda.max_memory_allocated would report on a GPU, less kernel workspaces); peak RSS = the process's "
+        "resident peak (VmHWM reset after loading)"
     )
     lines = [
         "",
         head,
         "",
-        f"Memory vs clip length with context windows (16 frames, overlap 4); peak = {measure}.",
+        f"Each point in a fresh process; clips longer than {first['window']} frames in context windows "
+        f"(overlap {first['overlap']}). Peak allocated = {measure}.",
         "",
-        "| frames | windows | peak (MiB) | over the loaded model (MiB) | seconds |",
-        "| ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines += [
-        f"| {r['frames']} | {r['windows']} | {r['peak_mib']:.0f} | {r['over_loaded_mib']:.0f} | {r['seconds']:.1f} |"
-        for r in rows
-    ]
+    columns = ["frames", "windows", "peak allocated (MiB)", "of which weights (MiB)"]
+    columns += ["peak RSS (MiB)", "RSS over the loaded model (MiB)"] if cpu else []
+    columns += ["seconds"]
+    columns += ["diffusers: peak allocated (MiB)", "diffusers: seconds"] if args.diffusers else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + " ---: |" * len(columns)]
+    for r in rows:
+        cells = [r["frames"], r["windows"], f"{r['allocated_mib']:.0f}", f"{r['weights_mib']:.0f}"]
+        cells += [f"{r['rss_mib']:.0f}", f"{r['rss_over_loaded_mib']:.0f}"] if cpu else []
+        cells += [f"{r['seconds']:.1f}"]
+        if args.diffusers:
+            bare = r["diffusers"]
+            cells += [f"{bare['allocated_mib']:.0f}", f"{bare['seconds']:.1f}"] if bare else ["—", "—"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     _append(Path(args.out), lines)
     return 0
 
@@ -467,12 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto")
         p.add_argument("--dtype", default="auto")
         p.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+        p.add_argument("--vae-slicing", choices=["auto", "on", "off"], default="auto", help="ours")
         if name == "memory":
             p.add_argument("--frames", dest="frames_list", default="16,32,64,128")
+            p.add_argument("--diffusers", action="store_true", help="also the bare diffusers call, per point")
         if name == "speed":
             p.add_argument("--frames", type=int, default=16)
             p.add_argument("--repeats", type=int, default=2)
-            p.add_argument("--vae-slicing", choices=["auto", "on", "off"], default="auto")
             p.add_argument("--channels-last", action="store_true")
             p.add_argument("--fuse-qkv", action="store_true")
             p.add_argument("--compile", action="store_true", help="torch.compile the UNet (first run not timed)")
@@ -480,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
         else:
             p.add_argument("--frames", type=int, required=True)
+            p.add_argument("--runner", choices=["ours", "diffusers"], default="ours")
     t = sub.add_parser("train", help="training steps of a new encoder (server/train) on synthetic clips")
     t.add_argument("--arch", choices=["full", "tiny"], default="full")
     t.add_argument("--frames", type=int, default=16)

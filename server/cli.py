@@ -87,6 +87,7 @@ def _load_engine(config: Config):
         config.long_video,
         keep_encoders_on_device=config.model.encoders_on_device,
         performance=config.performance,
+        compile_cache=config.data_dir / "torch-compile",
     )
 
 

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,12 +73,13 @@ class Engine:
         long_video: LongVideo,
         keep_encoders_on_device: bool = False,
         performance: Performance | None = None,
+        compile_cache: Path | None = None,
     ):
         self.model = model
         self.scheduler_overrides = dict(scheduler_overrides)
         self.long_video = long_video
         if performance is not None:
-            apply_performance(model, performance)
+            apply_performance(model, performance, compile_cache)
         self.keep_encoders_on_device = keep_encoders_on_device
         self._active_modality: str | None = None
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 
@@ -67,8 +69,9 @@ def pick_offload(model: LoadedModel, performance: Performance) -> str:
     return mode
 
 
-def apply_performance(model: LoadedModel, performance: Performance) -> list[str]:
-    """Apply the levers; returns their names for the log."""
+def apply_performance(model: LoadedModel, performance: Performance, compile_cache: Path | None = None) -> list[str]:
+    """Apply the levers; returns their names for the log. `compile_cache`: where torch.compile keeps its compiled
+    kernels (TORCHINDUCTOR_CACHE_DIR, unless set), so a restarted server compiles in seconds, not minutes."""
     applied = []
     model.vae.use_slicing = vae_slicing_enabled(performance.vae_slicing, model.device)
     if model.vae.use_slicing:
@@ -90,8 +93,12 @@ def apply_performance(model: LoadedModel, performance: Performance) -> list[str]
     if performance.compile and model.offload != "none":
         log.warning("performance: compile is off because the model is offloaded (offload = %s)", model.offload)
     elif performance.compile:
+        if compile_cache is not None:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
         model.unet = torch.compile(model.unet)
-        applied.append("torch.compile (UNet)")
+        applied.append(
+            f"torch.compile (UNet; kernels kept in {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the temp folder')})"
+        )
     if model.offload != "none":
         applied.append(f"{model.offload} CPU offload")
     if applied:

@@ -22,11 +22,15 @@ def bench(data_dir, out_file, *args: str) -> subprocess.CompletedProcess:
 
 def test_memory_benchmark_smoke_run_writes_a_table(data_dir_with_tiny, tmp_path):
     out_file = tmp_path / "BENCHMARKS.md"
-    bench(data_dir_with_tiny, out_file, "memory", "--frames", "16,40", "--size", "64")
+    bench(data_dir_with_tiny, out_file, "memory", "--frames", "16,40", "--size", "64", "--diffusers")
     text = out_file.read_text()
-    assert "| frames | windows | peak (MiB) |" in text and "torch " in text and "diffusers " in text
-    rows = [line for line in text.splitlines() if line.startswith("| 16 |") or line.startswith("| 40 |")]
-    assert len(rows) == 2 and rows[1].startswith("| 40 | 3 |")  # 40 frames: three 16-frame windows
+    assert "torch " in text and "diffusers " in text and "· memory · tiny-size architecture, 64×64" in text
+    assert "| frames | windows | peak allocated (MiB) | of which weights (MiB) | peak RSS (MiB) |" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| 16 |", "| 40 |"))]
+    assert len(rows) == 2 and rows[1][1] == "3"  # 40 frames: three 16-frame windows
+    allocated, weights = float(rows[0][2]), float(rows[0][3])
+    assert 0 < weights < allocated  # counted tensors: the weights, then the job's own
+    assert rows[0][-2] != "—" and rows[1][-2:] == ["—", "— |"]  # diffusers where one window holds the clip
 
 
 def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_with_tiny, tmp_path):

@@ -121,3 +121,51 @@ def test_offload_asked_for_on_a_cpu_keeps_everything_in_place(tiny_config, caplo
         model = load_model(tiny_config.model, tiny_config.data_dir, performance)
     assert model.offload == "none" and "needs a CUDA GPU" in caplog.text
     assert load_model(tiny_config.model, tiny_config.data_dir, tiny_config.performance).offload == "none"  # auto
+
+
+def _weights_and_hooks(model):
+    modules = [model.unet, model.vae, model.text_encoder, *model.encoders.values()]
+    devices = {t.device.type for m in modules for t in [*m.parameters(), *m.buffers()]}
+    hooks = [name for m in modules for name, sub in m.named_modules() if hasattr(sub, "_hf_hook")]
+    return devices, hooks
+
+
+def test_model_offload_runs_for_real_and_gives_every_weight_back(engine, own_model, tiny_config):
+    """diffusers' model CPU offload as the engine drives it, with the CPU standing in for the GPU (the hooks move
+    each model to the execution device when it runs): the frames of a job without offload, and after the job no
+    hook is left and every weight is back where it was, so the next jobs (a draft with its motion module swapped
+    in, RGB through the VAE encoder, a final again) are those of the engine without offload. Sequential offload
+    cannot run this way (accelerate mistakes "cpu:0" for another device): GPU only."""
+    own_model.offload = "model"
+    offloaded = Engine(own_model, tiny_config.scheduler, tiny_config.long_video)
+    request = make_request(steps=3)
+    draft = dataclasses.replace(request, quality="draft")
+    rgb = dataclasses.replace(request, modality="rgb", seed=9)
+    for r in (request, draft, rgb, request):
+        np.testing.assert_array_equal(offloaded.generate(r).frames, engine.generate(r).frames)
+        assert _weights_and_hooks(own_model) == ({"cpu"}, [])
+
+
+@pytest.mark.slow
+def test_compiled_unet_is_compiled_once_and_reused_by_later_jobs(engine, own_model, tiny_config, tmp_path, monkeypatch):
+    """torch.compile (inductor, for real): the first job compiles; a second job of the same shape, a draft (its
+    motion module swapped into the compiled UNet's weights) and a final after it reuse that graph, and their
+    frames are the eager engine's up to float reassociation. The kernels land in the compile cache folder."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # so that the test's end restores the variable as it was
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    perf = dataclasses.replace(tiny_config.performance, compile=True)
+    compiled = Engine(
+        own_model, tiny_config.scheduler, tiny_config.long_video, performance=perf, compile_cache=tmp_path
+    )
+    request = make_request(steps=3)
+    draft = dataclasses.replace(request, quality="draft")
+    counters.clear()
+    first = compiled.generate(request).frames
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1 and any(tmp_path.iterdir())
+    for r, frames in ((request, first), (request, None), (draft, None), (request, None)):
+        frames = compiled.generate(r).frames if frames is None else frames
+        assert np.abs(frames.astype(int) - engine.generate(r).frames).max() <= 2
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled again

@@ -1,0 +1,51 @@
+"""Peak tensor memory on any device: what torch.cuda.max_memory_allocated reports on a GPU, counted on the CPU too.
+
+A GPU's allocated-memory peak is the figure a card's size must hold; a CPU process's resident size is not (it
+holds the Python heap, libraries, freed-but-kept pages). This counts the bytes of tensor storages alive at once:
+the modules' weights when the count starts, plus every storage an operator creates, until it is freed. Memory an
+operator uses only inside its kernel (workspaces) is not seen; on a GPU, cuDNN's would add to the real figure.
+Used by the benchmarks (server/bench.py) to measure the full-size model's memory on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import weakref
+from itertools import chain
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Context manager: `current` and `peak` bytes of live tensor storages, the given modules' included."""
+
+    def __init__(self, *modules: torch.nn.Module):
+        super().__init__()
+        self._sizes: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.current = self.peak = 0
+        for module in modules:
+            for tensor in chain(module.parameters(), module.buffers()):
+                self._count(tensor)
+        self.start = self.current
+
+    def _count(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage in self._sizes or storage.device.type == "meta":
+            return
+        nbytes = storage.nbytes()
+        self._sizes[storage] = nbytes
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._freed, nbytes)
+
+    def _freed(self, nbytes: int) -> None:
+        self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._count(leaf)
+        return out
