@@ -25,6 +25,7 @@ from ..config import LongVideo, Performance
 from ..video.retime import retime, timing
 from .conditions import fit_to_size
 from .models import LoadedModel
+from .motion_modules import use_motion_modules
 from .performance import apply_performance
 from .request import GenerationRequest
 from .schedulers import build_scheduler
@@ -147,7 +148,7 @@ class Engine:
         #    UNet's motion layers for this job, before any offload hooks take the weights).
         draft_motion = request.quality == "draft" and self.model.has_draft_adapter
         if draft_motion:
-            self.model.unet.load_motion_modules(self.model.motion_adapters["draft"])
+            use_motion_modules(self.model.unet, self.model.motion_adapters["draft"])
         try:
             pipe = self.build_pipeline(request.modality, request.scheduler)
             self._use_loras(pipe, request.loras)
@@ -157,7 +158,7 @@ class Engine:
                 pipe.enable_sequential_cpu_offload(device=self.device)
         except BaseException:
             if draft_motion:
-                self.model.unet.load_motion_modules(self.model.motion_adapters["final"])
+                use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
             raise
 
         # 2. Keyframes in index order, each fitted to the generation size.
@@ -230,7 +231,7 @@ class Engine:
                     module.to("cpu")
             del pipe
             if draft_motion:
-                self.model.unet.load_motion_modules(self.model.motion_adapters["final"])
+                use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
             self.empty_cache()
 
         # 6. A draft made smaller is scaled back up to the size asked for.

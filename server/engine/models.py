@@ -21,6 +21,7 @@ from ..weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, 
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
 from ..weights.refs import WeightRef
+from .motion_modules import build_motion_unet, use_motion_modules
 from .temporal_norm import use_per_frame_temporal_norm
 
 log = logging.getLogger(__name__)
@@ -230,11 +231,17 @@ def load_encoder(ref: WeightRef, modality: str, section: ModelSection, data_dir:
     return _load_module(ref, "encoder", what, section, data_dir, dtype, SparseControlNetModel, load_sparsectrl_file)
 
 
+def _fits(unet2d, adapter) -> bool:
+    try:
+        build_motion_unet(unet2d, adapter)
+        return True
+    except Exception:
+        return False
+
+
 def load_model(section: ModelSection, data_dir: Path, performance=None) -> LoadedModel:
     """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first.
     `performance` ([performance]): its offload setting decides whether the models move to the GPU now."""
-    from diffusers import UNetMotionModel
-
     started = time.perf_counter()
     encoder_refs = dict(section.encoders)
     base_ref, adapter_ref, draft_ref = section.base, section.motion_adapter, section.draft_motion_adapter
@@ -260,17 +267,22 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
     dtype = resolve_dtype(section.dtype, device)
     base = load_base(section, base_ref, data_dir, dtype)
     adapter = load_motion_adapter(adapter_ref, "motion adapter", section, data_dir, dtype)
-    try:
-        unet = UNetMotionModel.from_unet2d(base["unet"], adapter).to(dtype)
-    except Exception as e:
-        raise ModelLoadError(f"the motion adapter {adapter_ref} does not fit the UNet of {base_ref}: {e}") from e
-    del base["unet"]
-    motion_adapters = {"final": adapter}
+    draft = None
     if draft_ref is not None:
         draft = load_motion_adapter(draft_ref, "draft motion adapter", section, data_dir, dtype)
-        if draft.config.block_out_channels != adapter.config.block_out_channels:
-            raise ModelLoadError(f"the draft motion adapter {draft_ref} does not fit the UNet of {base_ref}")
-        motion_adapters["draft"] = draft
+    try:
+        unet = build_motion_unet(base["unet"], adapter, draft).to(dtype)
+        if draft is not None:  # the draft tried once now, so a misfit is reported before any job
+            use_motion_modules(unet, draft)
+            use_motion_modules(unet, adapter)
+    except Exception as e:
+        if draft is not None and _fits(base["unet"], adapter):
+            raise ModelLoadError(
+                f"the draft motion adapter {draft_ref} does not fit beside the motion adapter {adapter_ref}: {e}"
+            ) from e
+        raise ModelLoadError(f"the motion adapter {adapter_ref} does not fit the UNet of {base_ref}: {e}") from e
+    motion_adapters = {"final": adapter} | ({"draft": draft} if draft is not None else {})
+    del base["unet"]
     if section.domain_adapter is not None:
         ref = section.domain_adapter
         where = _located(ref, "lora", "domain adapter", section).path

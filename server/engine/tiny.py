@@ -6,7 +6,7 @@ runs for real on a CPU in seconds. Its output is structured noise, never a previ
 
 Layout written (the same as the real weights' folders, see docs/weights.md):
     ROOT/base/{unet,vae,text_encoder,tokenizer,scheduler}/ + model_index.json
-    ROOT/motion_adapter/, ROOT/motion_adapter_draft/ (a second random one, for draft quality)
+    ROOT/motion_adapter/, ROOT/motion_adapter_draft/ (a second random one with a middle-block module, as AnimateLCM)
     ROOT/encoders/{lineart,rgb,depth}/
 """
 
@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 # Bump when the tiny architecture changes, so a cached folder from an older build is rebuilt.
-TINY_VERSION = "3"
+TINY_VERSION = "4"
 CROSS_ATTENTION_DIM = 32
 BLOCK_OUT_CHANNELS = (32, 64)
 
@@ -163,10 +163,17 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
     )
     _randomise_zero_params(adapter, generator)
     adapter.save_pretrained(tmp / "motion_adapter")
-    # A second motion module of the same shape, standing in for a distilled (AnimateLCM) draft module.
+    # A second motion module standing in for a distilled (AnimateLCM) draft module, which, unlike v3, has a
+    # middle-block motion module. Its down/up modules are drawn as before version 4 added the middle one, which is
+    # drawn from RNGs of its own, so every other weight of the tiny model stays what it was.
     draft = MotionAdapter(**adapter.config)
     _randomise_zero_params(draft, generator)
-    draft.save_pretrained(tmp / "motion_adapter_draft")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        draft_with_mid = MotionAdapter(**{**adapter.config, "use_motion_mid_block": True})
+    draft_with_mid.load_state_dict(draft.state_dict(), strict=False)
+    _randomise_zero_params(draft_with_mid.mid_block, torch.Generator().manual_seed(seed + 1))
+    draft_with_mid.save_pretrained(tmp / "motion_adapter_draft")
 
     common = dict(
         in_channels=4,

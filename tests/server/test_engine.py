@@ -34,20 +34,28 @@ def make_request(**changes) -> GenerationRequest:
 
 
 def bare_diffusers_frames(
-    tiny_root, scheduler_overrides, request: GenerationRequest, per_frame_norm: bool = True, lora_file=None
+    tiny_root,
+    scheduler_overrides,
+    request: GenerationRequest,
+    per_frame_norm: bool = True,
+    lora_file=None,
+    motion_adapter: str = "motion_adapter",
+    scheduler_class=None,
 ) -> np.ndarray:
     """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe).
 
     `per_frame_norm`: with the one change we make to diffusers' modules (server/engine/temporal_norm.py, the
     official AnimateDiff normalisation; docs/rgb-correctness.md) applied to them, or without it.
+    `motion_adapter`: the tiny model's folder of the motion module; `scheduler_class`: DDIM unless given.
     """
     from diffusers import AnimateDiffSparseControlNetPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
+    scheduler_class = scheduler_class or DDIMScheduler
     pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
         tiny_root / "base",
-        motion_adapter=MotionAdapter.from_pretrained(tiny_root / "motion_adapter"),
+        motion_adapter=MotionAdapter.from_pretrained(tiny_root / motion_adapter),
         controlnet=SparseControlNetModel.from_pretrained(tiny_root / "encoders" / request.modality),
-        scheduler=DDIMScheduler.from_pretrained(tiny_root / "base", subfolder="scheduler", **scheduler_overrides),
+        scheduler=scheduler_class.from_pretrained(tiny_root / "base", subfolder="scheduler", **scheduler_overrides),
     )
     if per_frame_norm:
         assert use_per_frame_temporal_norm(pipe.unet) > 0 and use_per_frame_temporal_norm(pipe.controlnet) > 0

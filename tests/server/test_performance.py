@@ -100,6 +100,31 @@ def test_a_draft_motion_module_is_swapped_in_for_drafts_only(engine, tiny_config
     np.testing.assert_array_equal(engine.generate(final).frames, before)  # and the final one is back, exactly
 
 
+def test_a_draft_module_with_a_middle_block_runs_whole(engine, tiny_root, tiny_config):
+    """AnimateLCM has a motion module in the UNet's middle block, v3 has none (so has the tiny model's draft
+    module). A draft job is exactly a bare diffusers call with the draft module as its motion adapter and the
+    LCM scheduler, its middle-block module included; a final job after it is exactly the plain v3 call."""
+    from diffusers import LCMScheduler
+
+    from tests.server.test_engine import bare_diffusers_frames
+
+    draft_adapter, final_adapter = engine.model.motion_adapters["draft"], engine.model.motion_adapters["final"]
+    assert draft_adapter.mid_block is not None and final_adapter.mid_block is None
+    image = base64.b64encode(png_bytes(sketch())).decode()
+    fields = {"prompt": "x", "modality": "lineart", "num_frames": 8, "quality": "draft", "seed": 5}
+    fields["keyframes"] = [{"index": 0, "image": image}]
+    draft = resolve_request(fields, tiny_config, ["lineart"], seed=1, draft_adapter=True).request
+    assert draft.scheduler == "lcm"
+    theirs = bare_diffusers_frames(
+        tiny_root, tiny_config.scheduler, draft, motion_adapter="motion_adapter_draft", scheduler_class=LCMScheduler
+    )
+    np.testing.assert_array_equal(engine.generate(draft).frames, theirs)
+    final = dataclasses.replace(make_request(), quality="final")
+    np.testing.assert_array_equal(
+        engine.generate(final).frames, bare_diffusers_frames(tiny_root, tiny_config.scheduler, final)
+    )
+
+
 def test_offload_is_chosen_from_free_gpu_memory():
     from server.engine.performance import GIB, choose_offload
 
@@ -169,3 +194,17 @@ def test_compiled_unet_is_compiled_once_and_reused_by_later_jobs(engine, own_mod
         frames = compiled.generate(r).frames if frames is None else frames
         assert np.abs(frames.astype(int) - engine.generate(r).frames).max() <= 2
     assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled again
+
+
+def test_every_attention_runs_through_torch_sdpa(engine):
+    """Memory-efficient attention: every Attention module of the UNet (spatial and motion), the encoders and the
+    VAE uses diffusers' processor that calls torch's scaled_dot_product_attention (flash/memory-efficient kernels
+    on a GPU), never the one that materialises the attention matrix."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+
+    m = engine.model
+    modules = [m.unet, m.vae, *m.encoders.values()]
+    processors = {type(sub.processor) for mod in modules for sub in mod.modules() if hasattr(sub, "processor")}
+    assert processors and processors <= {AttnProcessor2_0, FusedAttnProcessor2_0}
+    sdpa = m.text_encoder.config._attn_implementation
+    assert sdpa == "sdpa", sdpa
