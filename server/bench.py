@@ -45,7 +45,7 @@ def _point(args: argparse.Namespace) -> dict:
     config, engine = _build(args)
     device, m = engine.device, engine.model
     n = args.frames
-    request = _request(m, n, args.size, args.steps)
+    request = _request(config, m, n, args.size, args.steps)
     denoisers = [m.unet, *m.encoders.values()]
     if args.runner == "diffusers":
         for module in denoisers:
@@ -228,34 +228,51 @@ def _build(args: argparse.Namespace):
     if args.arch == "full":
         from .engine.full_size import build_full_size_model
 
-        model = build_full_size_model(device, dtype)
+        model = build_full_size_model(device, dtype, draft=getattr(args, "quality", "final") == "draft")
     else:
         model = load_model(config.model, config.data_dir)
     return config, Engine(model, config.scheduler, config.long_video)
 
 
-def _request(model, frames: int, size: int, steps: int):
+def _request(config, model, frames: int, size: int, steps: int, quality: str = "final"):
+    """The benchmark's request, through the server's own request resolution (a draft gets the draft's size,
+    steps, scheduler and guidance from [draft], as a real draft request would)."""
+    import io
+
     from PIL import Image, ImageDraw
 
-    from .engine.request import GenerationRequest, Keyframe
+    from .jobs.resolve import resolve_request
 
     sketch = Image.new("RGB", (size, size))
     ImageDraw.Draw(sketch).rectangle((size // 8, size // 8, size // 2, size - size // 8), outline="white", width=2)
-    return GenerationRequest(
-        prompt="a benchmark",
-        negative_prompt="",
-        modality=next(iter(model.encoders)),
-        num_frames=frames,
-        width=size,
-        height=size,
-        steps=steps,
-        guidance_scale=7.5,
-        conditioning_scale=1.0,
-        seed=0,
-        scheduler="ddim",
-        fps=8,
-        keyframes=[Keyframe(0, sketch), Keyframe(frames - 1, sketch)],
-    )
+    png = io.BytesIO()
+    sketch.save(png, format="PNG")
+    fields = {
+        "prompt": "a benchmark",
+        "negative_prompt": "",
+        "modality": next(iter(model.encoders)),
+        "num_frames": frames,
+        "width": size,
+        "height": size,
+        "steps": steps,
+        "guidance_scale": 7.5,
+        "conditioning_scale": 1.0,
+        "scheduler": "ddim",
+        "fps": 8,
+        "quality": quality,
+        "keyframes": [{"index": 0, "image": png.getvalue()}, {"index": frames - 1, "image": png.getvalue()}],
+    }
+    return resolve_request(fields, config, model.modalities, seed=0, draft_adapter=model.has_draft_adapter).request
+
+
+def _describe(request) -> str:
+    """What the request runs: a draft names its own size, steps, scheduler and guidance."""
+    text = f"{request.num_frames}×{request.width}²"
+    if request.quality == "draft":
+        asked = request.output_width or request.width
+        text = f"draft of {request.num_frames}×{asked}² run at {request.width}², {request.scheduler}, "
+        text += f"guidance {request.guidance_scale:g}"
+    return f"{text}, {request.steps} steps"
 
 
 def _bare_diffusers(engine, request):
@@ -263,6 +280,7 @@ def _bare_diffusers(engine, request):
     import torch
     from diffusers import AnimateDiffSparseControlNetPipeline
 
+    from .engine.motion_modules import use_motion_modules
     from .engine.schedulers import build_scheduler
 
     m = engine.model
@@ -278,7 +296,7 @@ def _bare_diffusers(engine, request):
     pipe.set_progress_bar_config(disable=True)
     step_times = []
 
-    def run():
+    def call():
         torch.manual_seed(request.seed)
         return pipe(
             prompt=request.prompt,
@@ -295,6 +313,16 @@ def _bare_diffusers(engine, request):
             output_type="np",
             callback_on_step_end=lambda p, i, t, kw: (step_times.append(time.perf_counter()), kw)[1],
         ).frames[0]
+
+    def run():
+        """A draft runs the draft motion module, swapped in as the engine does, and swapped back after."""
+        if request.quality != "draft" or not m.has_draft_adapter:
+            return call()
+        use_motion_modules(m.unet, m.motion_adapters["draft"])
+        try:
+            return call()
+        finally:
+            use_motion_modules(m.unet, m.motion_adapters["final"])
 
     return run, step_times
 
@@ -328,7 +356,7 @@ def speed(args: argparse.Namespace) -> int:
 
     config, engine = _build(args)
     device = engine.device
-    request = _request(engine.model, args.frames, args.size, args.steps)
+    request = _request(config, engine.model, args.frames, args.size, args.steps, args.quality)
 
     # FLOPs of the whole job (text encoder, every step, VAE decode): counted on a 1- and a 2-step run.
     counts = []
@@ -390,8 +418,8 @@ def speed(args: argparse.Namespace) -> int:
     )
     head = (
         f"### {datetime.date.today().isoformat()} · {_device_name(str(device))} · torch {torch.__version__} · "
-        f"diffusers {diffusers.__version__} · speed · {args.arch}-size architecture, {args.frames}×"
-        f"{args.size}², {args.steps} steps, {dtype}, CFG on · ours with: {', '.join(applied) or 'no levers'}"
+        f"diffusers {diffusers.__version__} · speed · {args.arch}-size architecture, {_describe(request)}, {dtype}, "
+        f"CFG {'on' if request.guidance_scale > 1 else 'off'} · ours with: {', '.join(applied) or 'no levers'}"
     )
     lines = [
         "",
@@ -526,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "speed":
             p.add_argument("--frames", type=int, default=16)
             p.add_argument("--repeats", type=int, default=2)
+            p.add_argument(
+                "--quality",
+                choices=["final", "draft"],
+                default="final",
+                help="draft: the request a draft resolves to ([draft]); --arch full adds a random AnimateLCM-shaped "
+                "draft motion module (LCM scheduler), the tiny model has its own",
+            )
             p.add_argument("--channels-last", action="store_true")
             p.add_argument("--fuse-qkv", action="store_true")
             p.add_argument("--compile", action="store_true", help="torch.compile the UNet (first run not timed)")

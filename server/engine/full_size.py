@@ -43,13 +43,21 @@ def build_full_size_parts(device: torch.device, dtype: torch.dtype) -> dict:
     return parts
 
 
-def build_full_size_model(device: torch.device, dtype: torch.dtype, modality: str = "lineart") -> LoadedModel:
-    from diffusers import DDIMScheduler, SparseControlNetModel, UNetMotionModel
+def build_full_size_model(
+    device: torch.device, dtype: torch.dtype, modality: str = "lineart", draft: bool = False
+) -> LoadedModel:
+    """`draft`: also a draft motion module shaped as AnimateLCM's (v3's layout plus a middle-block module)."""
+    from diffusers import DDIMScheduler, MotionAdapter, SparseControlNetModel
 
     from ..weights.convert import CONFIGS
+    from .motion_modules import build_motion_unet
 
     parts = build_full_size_parts(torch.device("cpu"), torch.float32)
-    unet = UNetMotionModel.from_unet2d(parts["unet2d"], parts["adapter"])
+    adapters = {"final": parts["adapter"]}
+    if draft:
+        config = dict(MotionAdapter.load_config(CONFIGS / "motion_adapter_v3"), use_motion_mid_block=True)
+        adapters["draft"] = MotionAdapter.from_config(config).eval().requires_grad_(False)
+    unet = build_motion_unet(parts["unet2d"], adapters["final"], adapters.get("draft"))
     del parts["unet2d"], parts["adapter"]
     config = CONFIGS / ("sparsectrl_rgb" if modality == "rgb" else "sparsectrl_scribble")
     encoder = SparseControlNetModel.from_config(SparseControlNetModel.load_config(config))
@@ -67,4 +75,5 @@ def build_full_size_model(device: torch.device, dtype: torch.dtype, modality: st
         unet,
         dict(DDIMScheduler.load_config(CONFIGS / "sd15" / "scheduler")),
         {modality: encoder},
+        {name: adapter.to(dtype) for name, adapter in adapters.items()},
     )

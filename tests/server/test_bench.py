@@ -40,6 +40,9 @@ def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_wi
     text = out_file.read_text()
     assert "| run | s/step | total s | peak (MiB) | achieved TFLOP/s |" in text
     assert "| ours |" in text and "| diffusers |" in text and "ours/diffusers time ratio" in text
+    # A draft: the request [draft] resolves it to (the tiny model's draft module: LCM, its steps and guidance).
+    bench(data_dir_with_tiny, out_file, "speed", *args, "--quality", "draft")
+    assert "draft of 8×64² run at 64², lcm, guidance 1.5, 3 steps" in out_file.read_text()
 
 
 def test_train_benchmark_smoke_run_writes_a_row(data_dir_with_tiny, tmp_path):
