@@ -208,3 +208,21 @@ def test_every_attention_runs_through_torch_sdpa(engine):
     assert processors and processors <= {AttnProcessor2_0, FusedAttnProcessor2_0}
     sdpa = m.text_encoder.config._attn_implementation
     assert sdpa == "sdpa", sdpa
+
+
+def test_classifier_free_guidance_is_one_batched_call_per_step(engine):
+    """CFG costs one UNet and one encoder call per step on a doubled batch, not two calls."""
+    calls = {"unet": [], "encoder": []}
+    hooks = [
+        engine.model.unet.register_forward_pre_hook(lambda _m, args: calls["unet"].append(args[0].shape[0])),
+        engine.model.encoders["lineart"].register_forward_pre_hook(
+            lambda _m, args: calls["encoder"].append(args[0].shape[0])
+        ),
+    ]
+    try:
+        engine.generate(make_request(steps=3, num_frames=8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls["unet"] == [2, 2, 2]  # (batch, channels, frames, h, w): conditional + unconditional
+    assert calls["encoder"] == [2, 2, 2]
