@@ -365,7 +365,7 @@ def speed(args: argparse.Namespace) -> int:
             engine.generate(dataclasses.replace(request, steps=steps))
         counts.append(counter.get_total_flops())
     per_step_flops = counts[1] - counts[0]
-    job_flops = counts[0] + (args.steps - 1) * per_step_flops
+    job_flops = counts[0] + (request.steps - 1) * per_step_flops
 
     ours_times: list[float] = []
 
