@@ -2,12 +2,16 @@
 
 `speed`: our engine and a bare diffusers AnimateDiffSparseControlNetPipeline call on the same weights and
 request, side by side in one process: s/step, total s, peak memory, achieved TFLOP/s (FLOPs counted with
-torch.utils.flop_counter on the same request) and the ours/diffusers ratio.
+torch.utils.flop_counter on the same request) and the ours/diffusers ratio; `--quality draft` for a draft.
 
 `memory`: peak memory of one job as the clip grows, with context windows (server/engine/windowed.py). Each
-point runs in a fresh process so its peak is its own: torch.cuda.max_memory_allocated on a GPU, the
-process's peak RSS on a CPU. `--arch full` is the full-size SD1.5 + AnimateDiff v3 + SparseCtrl architecture
-with random weights (the real model's memory and speed), `--arch tiny` the test model (a smoke run).
+point runs in a fresh process so its peak is its own: torch.cuda.max_memory_allocated on a GPU; on a CPU the
+same figure counted tensor by tensor (server/tensor_memory.py), and the process's peak RSS. `--diffusers` adds
+a bare diffusers call per point that one window holds.
+
+`--arch full` is the full-size SD1.5 + AnimateDiff v3 + SparseCtrl architecture with random weights (the real
+model's memory and speed), `--arch tiny` the test model (a smoke run).
+
 `train`: training steps of a new SparseCtrl encoder (server/train) on synthetic clips: clips/s, s/step, peak
 memory, achieved TFLOP/s (forward + backward counted) and the loss of each step.
 Prints a table and appends it to BENCHMARKS.md with the device, versions and date.
@@ -56,6 +60,7 @@ def _point(args: argparse.Namespace) -> dict:
             for module in denoisers:
                 use_per_frame_temporal_norm(module)
         apply_performance(m, dataclasses.replace(config.performance, vae_slicing=args.vae_slicing))
+        m.encoders[request.modality].to(device)  # where the engine puts it, so that the weights count it
 
         def run():
             return engine.generate(request).frames
