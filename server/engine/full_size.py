@@ -55,7 +55,7 @@ def build_full_size_model(
     parts = build_full_size_parts(torch.device("cpu"), torch.float32)
     adapters = {"final": parts["adapter"]}
     if draft:
-        config = dict(MotionAdapter.load_config(CONFIGS / "motion_adapter_v3"), use_motion_mid_block=True)
+        config = MotionAdapter.load_config(CONFIGS / "motion_adapter_mid_block")  # AnimateLCM's layout
         adapters["draft"] = MotionAdapter.from_config(config).eval().requires_grad_(False)
     unet = build_motion_unet(parts["unet2d"], adapters["final"], adapters.get("draft"))
     del parts["unet2d"], parts["adapter"]

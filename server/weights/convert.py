@@ -252,8 +252,15 @@ def _load_animatediff_file(cls, kind: str, expected: str, what: str, path: Path,
     return model
 
 
+def motion_config_for(state_dict: dict[str, Any]) -> Path:
+    """The released motion-module layout a file matches: v3 (no middle-block module) or the one with a
+    middle-block module (AnimateLCM_sd15_t2v.ckpt, AnimateDiff v2's mm_sd_v15_v2.ckpt)."""
+    has_mid = any(k.startswith("mid_block.motion_modules.") for k in state_dict)
+    return CONFIGS / ("motion_adapter_mid_block" if has_mid else "motion_adapter_v3")
+
+
 def load_motion_module_file(path: Path, dtype: torch.dtype, cache_root: Path | None, config: Path | None = None):
-    """`v3_sd15_mm.ckpt` (or any AnimateDiff motion module file) -> MotionAdapter."""
+    """`v3_sd15_mm.ckpt`, `AnimateLCM_sd15_t2v.ckpt` (or another AnimateDiff motion module file) -> MotionAdapter."""
     from diffusers import MotionAdapter
 
     expected = "an AnimateDiff motion module (v3_sd15_mm.ckpt: *.motion_modules.* weights)"
@@ -266,7 +273,7 @@ def load_motion_module_file(path: Path, dtype: torch.dtype, cache_root: Path | N
         dtype,
         cache_root,
         config,
-        lambda _: CONFIGS / "motion_adapter_v3",
+        motion_config_for,
     )
 
 

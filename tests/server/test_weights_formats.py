@@ -122,6 +122,25 @@ def test_v3_motion_module_ckpt(tmp_path, originals, reference):
     assert_same_weights(adapter, reference["motion_adapter"])
 
 
+def test_motion_module_ckpt_with_a_middle_block_module(tmp_path, tiny_root):
+    """AnimateLCM_sd15_t2v.ckpt / AnimateDiff v2 layout: a middle-block motion module beside the down/up ones.
+    Loaded tensor for tensor; without a config, the shipped layout is chosen from the keys."""
+    from diffusers import MotionAdapter
+
+    from tests.original_layout import animatediff_state_dict
+
+    draft = MotionAdapter.from_pretrained(tiny_root / "motion_adapter_draft")  # the tiny stand-in for AnimateLCM
+    original = animatediff_state_dict(draft.state_dict())
+    assert any(k.startswith("mid_block.motion_modules.0.temporal_transformer.") for k in original)
+    torch.save(original, tmp_path / "AnimateLCM_sd15_t2v.ckpt")
+    ref = WeightRef(str(tmp_path / "AnimateLCM_sd15_t2v.ckpt"), config=str(tiny_root / "motion_adapter_draft"))
+    adapter = load_motion_adapter(ref, "draft motion adapter", section(tmp_path), tmp_path, torch.float32)
+    assert_same_weights(adapter, draft)
+    assert convert.motion_config_for(original).name == "motion_adapter_mid_block"
+    v3 = animatediff_state_dict(MotionAdapter.from_pretrained(tiny_root / "motion_adapter").state_dict())
+    assert convert.motion_config_for(v3).name == "motion_adapter_v3"
+
+
 @pytest.mark.parametrize("modality,file", [("lineart", "sparsectrl_scribble"), ("rgb", "sparsectrl_rgb")])
 def test_v3_sparsectrl_ckpts(tmp_path, originals, reference, modality, file):
     ref = WeightRef(str(originals[file]), config=str(originals["configs"] / modality))
@@ -347,7 +366,12 @@ def test_full_size_original_files_load_with_the_shipped_configs(tmp_path):
     adapter = MotionAdapter.from_config(MotionAdapter.load_config(CONFIGS / "motion_adapter_v3")).to(half)
     torch.save(animatediff_state_dict(adapter.state_dict()), tmp_path / "v3_sd15_mm.ckpt")
     assert_same_weights(load_motion_module_file(tmp_path / "v3_sd15_mm.ckpt", half, None), adapter)
-    del adapter
+    # AnimateLCM's original file (a middle-block module too): the other shipped layout, chosen from its keys.
+    lcm = MotionAdapter.from_config(MotionAdapter.load_config(CONFIGS / "motion_adapter_mid_block")).to(half)
+    assert lcm.mid_block is not None
+    torch.save(animatediff_state_dict(lcm.state_dict()), tmp_path / "AnimateLCM_sd15_t2v.ckpt")
+    assert_same_weights(load_motion_module_file(tmp_path / "AnimateLCM_sd15_t2v.ckpt", half, None), lcm)
+    del adapter, lcm
     for name in ("scribble", "rgb"):
         encoder = SparseControlNetModel.from_config(SparseControlNetModel.load_config(CONFIGS / f"sparsectrl_{name}"))
         encoder = encoder.to(half)
