@@ -21,7 +21,7 @@ from ..weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, 
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
 from ..weights.refs import WeightRef
-from .motion_modules import build_motion_unet, use_motion_modules
+from .motion_modules import build_motion_unet
 from .temporal_norm import use_per_frame_temporal_norm
 
 log = logging.getLogger(__name__)
@@ -271,10 +271,7 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
     if draft_ref is not None:
         draft = load_motion_adapter(draft_ref, "draft motion adapter", section, data_dir, dtype)
     try:
-        unet = build_motion_unet(base["unet"], adapter, draft).to(dtype)
-        if draft is not None:  # the draft tried once now, so a misfit is reported before any job
-            use_motion_modules(unet, draft)
-            use_motion_modules(unet, adapter)
+        unet = build_motion_unet(base["unet"], adapter, draft).to(dtype)  # tries the draft too
     except Exception as e:
         if draft is not None and _fits(base["unet"], adapter):
             raise ModelLoadError(

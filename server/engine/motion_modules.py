@@ -18,14 +18,17 @@ def has_mid_block_module(adapter) -> bool:
 
 
 def build_motion_unet(unet2d, final, draft=None):
-    """UNetMotionModel from the 2-D UNet with `final`'s motion modules, shaped to take `draft`'s too."""
+    """UNetMotionModel from the 2-D UNet with `final`'s motion modules, shaped to take `draft`'s too. Both are
+    loaded into it once here, so a draft that does not fit fails now, not on the first draft job."""
     from diffusers import UNetMotionModel
 
     shape_from = (
         draft if draft is not None and has_mid_block_module(draft) and not has_mid_block_module(final) else final
     )
-    unet = UNetMotionModel.from_unet2d(unet2d, shape_from)
-    if shape_from is not final:
+    unet = UNetMotionModel.from_unet2d(unet2d, shape_from)  # loads shape_from's modules
+    if draft is not None:
+        if shape_from is final:
+            use_motion_modules(unet, draft)
         use_motion_modules(unet, final)
     return unet
 

@@ -55,3 +55,19 @@ def test_a_middle_block_module_the_unet_lacks_is_refused(parts):
     unet2d, final, draft = parts
     with pytest.raises(ValueError, match="middle-block motion module"):
         use_motion_modules(build_motion_unet(unet2d, final), draft)
+
+
+def test_a_draft_module_that_does_not_fit_is_refused_at_start(tmp_path, tiny_root, tiny_config):
+    """A draft module of another shape (here two motion layers per block, the UNet has one) is a start-up error
+    naming it, not a failure on the first draft job."""
+    from diffusers import MotionAdapter
+
+    from server.config import load_config
+    from server.engine.models import ModelLoadError, load_model
+
+    final = MotionAdapter.from_pretrained(tiny_root / "motion_adapter")
+    MotionAdapter(**{**final.config, "motion_layers_per_block": 2}).save_pretrained(tmp_path / "misfit")
+    overrides = {"model": {"base": "tiny", "draft_motion_adapter": str(tmp_path / "misfit")}}
+    config = load_config(overrides=overrides | {"server": {"data_dir": str(tiny_config.data_dir)}})
+    with pytest.raises(ModelLoadError, match="the draft motion adapter .*misfit does not fit beside"):
+        load_model(config.model, config.data_dir)
