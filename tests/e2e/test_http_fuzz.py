@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 40
 
 
-def test_schemathesis_finds_no_server_error(configured_server):
+def test_schemathesis_finds_no_server_error(configured_server, tmp_path):
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli, "schemathesis is in the dev extra"
     out = subprocess.run(
@@ -32,6 +32,7 @@ def test_schemathesis_finds_no_server_error(configured_server):
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # schemathesis writes its .schemathesis/ cache here, not into the checkout
     )
     summary = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
     print(summary.group(0) if summary else out.stdout[-3000:])
