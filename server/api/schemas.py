@@ -14,6 +14,8 @@ from ..jobs.store import JobRecord
 Modality = Literal["lineart", "rgb", "depth"]
 SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+OWNER_MAX_CHARS = 64
+OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
 
 
 def job_create_model(limits: Limits) -> type[BaseModel]:
@@ -64,6 +66,13 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
         )
         keyframes: list[KeyframeIn] = Field(min_length=1, max_length=limits.max_frames)
         loras: list[LoraIn] | None = Field(None, max_length=8, description="configured LoRAs to turn on")
+        owner: str | None = Field(
+            None,
+            min_length=1,
+            max_length=OWNER_MAX_CHARS,
+            pattern=OWNER_PATTERN,
+            description="who submitted the job (a name, for the queue page); not checked against anything",
+        )
 
     return JobCreate
 
@@ -100,6 +109,7 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     video_url: str | None = Field(description="where the MP4 is served once the job succeeded")
+    owner: str | None = Field(description="who submitted it, as given in the request (null if not given)")
 
     @classmethod
     def of(cls, job: JobRecord) -> JobOut:
@@ -117,6 +127,7 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             video_url=f"/v1/jobs/{job.id}/video" if job.status == "succeeded" else None,
+            owner=job.owner,
         )
 
 

@@ -58,7 +58,9 @@ class JobService:
         # Files first: the worker may claim the job the moment its record exists.
         self.files.save_keyframes(job_id, resolved.keyframe_pngs())
         request = resolved.request
-        record = self.store.create(job_id, resolved.echo(), request.seed, self.engine.model.name, request.steps)
+        record = self.store.create(
+            job_id, resolved.echo(), request.seed, self.engine.model.name, request.steps, owner=fields.get("owner")
+        )
         self.worker.wake()
         log.info(
             "job %s queued: %s, %d frames %dx%d, %d steps, keyframes %s",

@@ -3,6 +3,9 @@
 A job moves queued -> running -> succeeded | failed | cancelled, or queued -> cancelled; a finished job never
 changes again (every update names the state it expects to leave). On open, a job that was running when the
 previous process died is marked failed with code `interrupted`; queued jobs stay queued and run.
+
+The schema is versioned (PRAGMA user_version) and brought up to date on open by ordered MIGRATIONS; a database
+from a newer server is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -20,25 +23,39 @@ from typing import Any
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    request TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    step INTEGER NOT NULL DEFAULT 0,
-    total INTEGER NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error_code TEXT,
-    error_message TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
-"""
+# The schema's history, oldest first: MIGRATIONS[i] takes a database from version i (PRAGMA user_version) to
+# version i + 1. Append, never edit: a database written by any earlier server is brought up to date in order,
+# each step in one transaction with its version number. Version 1 is the schema the store had before it was
+# versioned (its databases read user_version 0, and its CREATE ... IF NOT EXISTS leaves them as they are).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: the jobs table
+        """CREATE TABLE IF NOT EXISTS jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            request TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            step INTEGER NOT NULL DEFAULT 0,
+            total INTEGER NOT NULL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            error_code TEXT,
+            error_message TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq)",
+    ),
+    (  # 2: who submitted a job (optional; shown on the queue page)
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class NewerDatabase(RuntimeError):
+    """The database was written by a newer server (a schema version this code does not know)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -72,8 +90,7 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self.migrated_from = self._migrate()
         self.interrupted_on_open = self._mark_interrupted()
 
     def close(self) -> None:
@@ -91,6 +108,32 @@ class JobStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION, one migration per transaction; returns the version found.
+
+        The version is read inside each transaction, so two processes opening one database never both apply a step.
+        """
+        found = None
+        try:
+            while True:
+                with self.transaction() as db:
+                    version = db.execute("PRAGMA user_version").fetchone()[0]
+                    found = version if found is None else found
+                    if version > SCHEMA_VERSION:
+                        raise NewerDatabase(
+                            f"{self.path} has job store schema version {version}, newer than this server's "
+                            f"{SCHEMA_VERSION}: it was written by a newer server; run that one, or use another data dir"
+                        )
+                    if version == SCHEMA_VERSION:
+                        break
+                    for statement in MIGRATIONS[version]:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            self._db.close()
+            raise
+        return found
+
     def _mark_interrupted(self) -> list[str]:
         with self.transaction() as db:
             ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))]
@@ -102,11 +145,14 @@ class JobStore:
             )
         return ids
 
-    def create(self, job_id: str, request: dict[str, Any], seed: int, model: str, total: int) -> JobRecord:
+    def create(
+        self, job_id: str, request: dict[str, Any], seed: int, model: str, total: int, owner: str | None = None
+    ) -> JobRecord:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO jobs (id, status, request, seed, model, total, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, QUEUED, json.dumps(request), seed, model, total, time.time()),
+                "INSERT INTO jobs (id, status, request, seed, model, total, created_at, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, QUEUED, json.dumps(request), seed, model, total, time.time(), owner),
             )
         record = self.get(job_id)
         assert record is not None
@@ -193,4 +239,5 @@ def _record(row: sqlite3.Row) -> JobRecord:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        owner=row["owner"],
     )

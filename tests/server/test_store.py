@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
-from server.jobs.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+import pytest
+
+from server.jobs.store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SCHEMA_VERSION,
+    SUCCEEDED,
+    JobStore,
+    NewerDatabase,
+)
 
 
 def add(store, n, prefix="a"):
@@ -77,3 +89,112 @@ def test_eight_threads_claiming_fifty_jobs_claim_each_exactly_once(tmp_path):
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(ids) and len(claimed) == 50
+
+
+# The schema as the store wrote it before it was versioned (its databases read user_version 0), and its INSERT:
+# a copy, not imported, so this keeps checking the upgrade of such a database whatever MIGRATIONS becomes.
+UNVERSIONED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+"""
+OLD_ROWS = [
+    # id, status, request, seed, model, step, total, cancel_requested, error_code, error_message, created/started/
+    # finished at
+    ("a" * 32, SUCCEEDED, '{"prompt": "done", "num_frames": 16}', 7, "sd15", 25, 25, 0, None, None, 10.0, 11.0, 20.0),
+    ("b" * 32, FAILED, '{"prompt": "oom"}', 8, "sd15", 3, 25, 0, "out_of_memory", "CUDA OOM", 12.0, 20.5, 21.0),
+    ("c" * 32, CANCELLED, '{"prompt": "stop"}', 9, "sd15", 0, 25, 1, None, None, 13.0, None, 13.5),
+    ("d" * 32, RUNNING, '{"prompt": "cut"}', 10, "sd15", 5, 25, 0, None, None, 14.0, 21.0, None),
+    ("e" * 32, QUEUED, '{"prompt": "next"}', 11, "sd15", 0, 30, 0, None, None, 15.0, None, None),
+]
+
+
+def _unversioned_database(path):
+    db = sqlite3.connect(path)
+    db.executescript(UNVERSIONED_SCHEMA)
+    db.executemany(
+        "INSERT INTO jobs (id, status, request, seed, model, step, total, cancel_requested, error_code, "
+        "error_message, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        OLD_ROWS,
+    )
+    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+
+
+def test_a_database_from_before_versioning_is_upgraded_and_nothing_is_lost(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    _unversioned_database(path)
+
+    store = JobStore(path)
+    assert store.migrated_from == 0 and SCHEMA_VERSION == 2
+    for row in OLD_ROWS:
+        job = store.get(row[0])
+        expected = row
+        if row[1] == RUNNING:  # running when that server stopped: interrupted, as on any restart
+            assert (job.status, job.error_code, job.finished_at is not None) == (FAILED, "interrupted", True)
+            interrupted = (job.error_code, job.error_message, *row[10:12], job.finished_at)
+            expected = row[:1] + (FAILED,) + row[2:8] + interrupted
+        got = (
+            job.id, job.status, store._db.execute("SELECT request FROM jobs WHERE id = ?", (job.id,)).fetchone()[0],
+            job.seed, job.model, job.step, job.total, int(job.cancel_requested), job.error_code, job.error_message,
+            job.created_at, job.started_at, job.finished_at,
+        )  # fmt: skip
+        assert got == expected and job.owner is None
+    assert [j.id for j in store.list()] == [r[0] for r in reversed(OLD_ROWS)]  # order kept (seq)
+    # New jobs carry an owner and queue after the old queued one.
+    store.create("f" * 32, {"prompt": "new"}, seed=1, model="sd15", total=4, owner="alice")
+    assert store.get("f" * 32).owner == "alice"
+    assert [store.claim_next().id, store.claim_next().id] == ["e" * 32, "f" * 32]
+    store.close()
+
+    reopened = JobStore(path)  # already current: nothing to do, nothing changes
+    assert reopened.migrated_from == SCHEMA_VERSION
+    assert reopened.get("f" * 32).owner == "alice" and reopened.get("a" * 32).status == SUCCEEDED
+    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    reopened.close()
+
+
+def test_an_upgraded_database_has_the_schema_of_a_new_one(tmp_path):
+    _unversioned_database(tmp_path / "old.sqlite3")
+    upgraded, fresh = JobStore(tmp_path / "old.sqlite3"), JobStore(tmp_path / "new.sqlite3")
+    assert fresh.migrated_from == 0
+    columns = [list(map(tuple, s._db.execute("PRAGMA table_info(jobs)"))) for s in (upgraded, fresh)]
+    indexes = [list(map(tuple, s._db.execute("PRAGMA index_list(jobs)"))) for s in (upgraded, fresh)]
+    assert columns[0] == columns[1] and indexes[0] == indexes[1]
+    assert "owner" in [c[1] for c in columns[0]]
+
+
+def test_a_database_from_a_newer_server_is_refused_untouched(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    JobStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(NewerDatabase, match="written by a newer server"):
+        JobStore(path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    db.close()
+
+
+def test_owner_is_kept_and_optional(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.create("a" * 32, {}, seed=1, model="m", total=1, owner="Zoë (lighting)")
+    store.create("b" * 32, {}, seed=1, model="m", total=1)
+    assert [(j.id[0], j.owner) for j in store.list()] == [("b", None), ("a", "Zoë (lighting)")]
