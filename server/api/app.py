@@ -10,6 +10,7 @@ from ..config import Config
 from ..jobs.resolve import RequestError
 from ..jobs.service import JobService
 from .errors import error_response, install_error_handlers
+from .pages import install_pages
 from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, ModelsOut, job_create_model
 from .security import RequestGuard, is_loopback_name
 
@@ -85,6 +86,8 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
         summary="Sparse keyframe conditions in, a short video out (AnimateDiff v3 + SparseCtrl).",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_pages, not from a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_mb * 2**20)
@@ -104,6 +107,7 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
         allowed_origins=config.server.allowed_origins,
     )
     JobCreate = job_create_model(config.limits)
+    install_pages(app)
 
     @app.get("/v1/health", response_model=Health)
     def health():

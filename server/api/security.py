@@ -8,7 +8,8 @@ Browsers let any page send requests to 127.0.0.1. Three checks, in this order, b
    Sec-Fetch-Site to all; anything but same-origin (the server's own /docs) or server.allowed_origins is
    refused. Scripts and the Blender add-on send neither header.
 3. Token: with server.token set (required to bind another interface), every API request needs
-   `Authorization: Bearer TOKEN`. /docs and /openapi.json stay readable.
+   `Authorization: Bearer TOKEN`. The pages (/docs, /redoc, the queue page at /), their static assets and
+   /openapi.json stay readable: they hold no data; what the queue page shows comes from API calls with the token.
 
 CORS is off unless server.allowed_origins lists origins; then exactly those get CORS headers (a web tool
 the user trusts), and still need the token if the server has one.
@@ -22,7 +23,12 @@ from urllib.parse import urlsplit
 
 from .errors import error_response
 
-OPEN_PATHS = {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {"/", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc", "/redoc/logo-mini.svg"}
+OPEN_PREFIXES = ("/docs-assets/", "/web/")  # static files of the pages (pages.py)
+
+
+def is_open_path(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def split_host(host: str) -> tuple[str, str]:
@@ -91,7 +97,7 @@ class RequestGuard:
                     ),
                 )
         preflight = method == "OPTIONS" and "access-control-request-method" in headers  # carries no token
-        if self.token and path not in OPEN_PATHS and not preflight:
+        if self.token and not is_open_path(path) and not preflight:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
                 return 401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'"

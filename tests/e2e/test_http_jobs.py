@@ -32,7 +32,11 @@ def test_health_reports_device_model_and_modalities(configured_server):
 def test_openapi_schema_and_docs_are_served(configured_server):
     schema = configured_server.client.get("/openapi.json").json()
     assert {"/v1/health", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/video"} <= set(schema["paths"])
-    assert configured_server.client.get("/docs").status_code == 200
+    for page in ("/docs", "/redoc", "/"):
+        r = configured_server.client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    docs = configured_server.client.get("/docs").text
+    assert "cdn" not in docs.lower() and "/docs-assets/swagger/swagger-ui-bundle.js" in docs  # offline (issue 19)
 
 
 def test_submit_progress_then_video_and_frames(configured_server, tmp_path):
@@ -70,6 +74,19 @@ def test_submit_progress_then_video_and_frames(configured_server, tmp_path):
     distances = [np.abs(last.astype(int) - f).mean() for f in frames]
     assert int(np.argmin(distances)) == 15, distances
     assert c.get(f"/v1/jobs/{accepted['id']}/frames/16.png").status_code == 404
+
+
+def test_owner_is_optional_kept_and_listed(configured_server):
+    c = configured_server.client
+    schema = c.get("/openapi.json").json()["components"]["schemas"]
+    assert "owner" in schema["JobCreate"]["properties"] and "owner" in schema["JobOut"]["properties"]
+    named = c.post("/v1/jobs", json=job_body(steps=1, owner="Zoë (layout)")).json()["id"]
+    anonymous = c.post("/v1/jobs", json=job_body(steps=1)).json()["id"]
+    assert configured_server.wait_for(anonymous)["owner"] is None
+    assert c.get(f"/v1/jobs/{named}").json()["owner"] == "Zoë (layout)"
+    listed = {j["id"]: j["owner"] for j in c.get("/v1/jobs").json()["jobs"]}
+    assert listed[named] == "Zoë (layout)" and listed[anonymous] is None
+    assert "owner" not in c.get(f"/v1/jobs/{named}").json()["request"]  # a job's attribute, not a generation input
 
 
 def test_a_64_frame_job_in_context_windows_retimed_to_96(configured_server, tmp_path):
@@ -204,6 +221,10 @@ BAD_REQUESTS = [
     ("number for the prompt", "POST", "/v1/jobs", job_body(prompt=5), 422, "invalid_request"),
     ("unknown field", "POST", "/v1/jobs", job_body(stpes=10), 422, "invalid_request"),
     ("prompt too long", "POST", "/v1/jobs", job_body(prompt="x" * 5000), 422, "invalid_request"),
+    ("owner too long", "POST", "/v1/jobs", job_body(owner="x" * 65), 422, "invalid_request"),
+    ("owner empty", "POST", "/v1/jobs", job_body(owner=""), 422, "invalid_request"),
+    ("owner with a newline", "POST", "/v1/jobs", job_body(owner="ann\nbob"), 422, "invalid_request"),
+    ("owner not a string", "POST", "/v1/jobs", job_body(owner=7), 422, "invalid_request"),
     ("image not base64", "POST", "/v1/jobs", job_body(keyframes=[{"index": 0, "image": "%%%"}]), 422, "invalid_image"),
     (
         "image not an image",

@@ -156,6 +156,48 @@ def test_a_token_server_needs_the_token_on_every_api_call(token_server):
         assert user.get("/v1/health", headers={"Host": "previs-box.local:8765"}).status_code == 200
 
 
+def test_a_token_server_serves_its_pages_without_the_token_and_nothing_else(token_server):
+    """The pages and their files hold no data (what the queue page shows comes from API calls with the token)."""
+    with httpx.Client(base_url=token_server.url) as anon:
+        for path in (
+            "/",
+            "/web/queue.js",
+            "/web/queue.css",
+            "/docs",
+            "/redoc",
+            "/redoc/logo-mini.svg",
+            "/docs-assets/swagger/swagger-ui-bundle.js",
+            "/docs-assets/swagger/swagger-ui.css",
+            "/docs-assets/redoc/redoc.standalone.js",
+            "/docs-assets/fastapi/favicon.png",
+        ):
+            assert anon.get(path).status_code == 200, path
+        page = anon.get("/")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # An open prefix is no way around the token, whatever the path says (sent as is: http.client does not
+        # resolve dot segments, httpx would).
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", token_server.port, timeout=10)
+        for path in (
+            "/web/../v1/jobs",
+            "/docs-assets/../v1/health",
+            "/docs-assets/../../jobs.sqlite3",
+            "/web/%2e%2e/v1/jobs",
+        ):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            assert r.status in (401, 404) and "error" in body and "jobs" not in body, (path, r.status, body)
+        conn.close()
+        assert anon.get("/v1/jobs").status_code == 401
+        # Reached from another site (a link, a frame), the pages are refused like the API: open them by address.
+        r = anon.get("/", headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin"
+
+
 def test_binding_another_interface_without_a_token_refuses_to_start(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "server", "--model", "tiny", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
