@@ -28,9 +28,12 @@ LONG_JOB = dict(num_frames=32, width=128, height=128, steps=150)  # runs for a w
 
 
 def chromium_path() -> str | None:
-    if os.environ.get("SPARSECTRL_CHROMIUM"):
-        return os.environ["SPARSECTRL_CHROMIUM"]
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+    names = (
+        [os.environ["SPARSECTRL_CHROMIUM"]]
+        if os.environ.get("SPARSECTRL_CHROMIUM")
+        else ["chromium", "chromium-browser"]
+    )
+    return next((p for p in map(shutil.which, names) if p), None)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,9 @@ class Recorder:
         self.page = self.context.new_page()
         self.console_errors = []
         self.page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
+
+    def blocked_by_csp(self) -> list[str]:
+        return [m for m in self.console_errors if "Content Security Policy" in m]
 
     def outside(self, server_url: str) -> list[str]:
         return [r.url for r in self.requests if not r.url.startswith((server_url + "/", "data:", "blob:"))]
@@ -127,7 +133,7 @@ def test_docs_and_redoc_render_every_operation_offline(browser, token_server):
     assert f"{url}/docs-assets/swagger/swagger-ui-bundle.js" in urls
     assert f"{url}/docs-assets/redoc/redoc.standalone.js" in urls
     assert f"{url}/redoc/logo-mini.svg" in urls  # Redoc's footer logo, from here and not its CDN
-    assert rec.outside(url) == []
+    assert rec.outside(url) == [] and rec.blocked_by_csp() == []
     assert rec.failed == []
 
 
@@ -224,7 +230,7 @@ def test_queue_page_shows_progress_plays_a_video_and_survives_a_restart(
     finally:
         rec.close()
         server.stop()
-    assert rec.outside(url) == []
+    assert rec.outside(url) == [] and rec.blocked_by_csp() == []
 
 
 def test_queue_page_asks_for_the_token_once_and_plays_videos_with_it(browser, token_server):
@@ -261,7 +267,7 @@ def test_queue_page_asks_for_the_token_once_and_plays_videos_with_it(browser, to
         assert page.evaluate("sessionStorage.length") == 0
     finally:
         rec.close()
-    assert rec.outside(url) == []
+    assert rec.outside(url) == [] and rec.blocked_by_csp() == []
     assert not any(TOKEN in r.url for r in rec.requests)  # never in a URL
 
 
@@ -279,3 +285,4 @@ def test_an_owner_cannot_inject_markup(browser, tiny_server):
         assert page.title() != "pwned"
     finally:
         rec.close()
+    assert rec.blocked_by_csp() == []
