@@ -164,7 +164,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str, open_tables: 
     out = dict(base)
     for key, value in over.items():
         path = f"{where}.{key}" if where else key
-        if key not in base and path not in open_tables and where not in open_tables:
+        if key not in base and path not in open_tables and not _inside(where, open_tables):
             raise ConfigError(f"unknown config key '{path}'")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             out[key] = _merge(base[key], value, path, open_tables)
@@ -173,8 +173,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str, open_tables: 
     return out
 
 
-# Tables whose keys are free-form: encoder names per modality, LoRA names, scheduler kwargs.
+# Tables whose keys are free-form: encoder names per modality, LoRA names, scheduler kwargs (and, inside
+# [scheduler], a table of kwargs per scheduler name).
 _OPEN_TABLES = {"model.encoders", "model.loras", "scheduler"}
+
+
+def _inside(where: str, open_tables: set[str]) -> bool:
+    return any(where == table or where.startswith(table + ".") for table in open_tables)
 
 
 def _typed(cls: type, table: dict[str, Any], name: str) -> Any:
@@ -211,7 +216,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         server=_typed(ServerSection, raw["server"], "server"),
         model=model,
         generation=_typed(GenerationDefaults, generation_table, "generation"),
-        scheduler=dict(raw.get("scheduler", {})),
+        scheduler=_check_scheduler(dict(raw.get("scheduler", {}))),
         limits=_typed(Limits, raw["limits"], "limits"),
         retention=_typed(Retention, raw["retention"], "retention"),
         long_video=_check_windows(_typed(LongVideo, raw["long_video"], "long_video")),
@@ -247,6 +252,16 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
     if model.temporal_norm not in TEMPORAL_NORMS:
         raise ConfigError(f"[model] temporal_norm must be one of {list(TEMPORAL_NORMS)}")
     return ModelSection(**{**model.__dict__, **refs, "encoders": encoders, "loras": loras, "search": search})
+
+
+def _check_scheduler(table: dict[str, Any]) -> dict[str, Any]:
+    """[scheduler]'s kwargs, with a [scheduler.NAME] table allowed only for a scheduler the server offers."""
+    from .engine.request import SCHEDULER_NAMES
+
+    unknown = sorted(k for k, v in table.items() if isinstance(v, dict) and k not in SCHEDULER_NAMES)
+    if unknown:
+        raise ConfigError(f"[scheduler] has tables for unknown schedulers {unknown}; known: {list(SCHEDULER_NAMES)}")
+    return table
 
 
 def _check_performance(performance: Performance) -> Performance:

@@ -1,13 +1,14 @@
 """Keyframe images: decoded safely, then fitted to the generation size the documented way.
 
-Fitting (docs/api.md): the image is scaled, keeping its aspect ratio, until it covers width x height, then
-centre-cropped to exactly width x height (Lanczos). Transparent pixels become black (the "no line" colour of
+Fitting (docs/api.md) is the official AnimateDiff code's: a centre crop to the clip's aspect ratio, then a
+bilinear resize to exactly width x height. Transparent pixels become black (the "no line" colour of
 line art and the "far" of depth); greyscale is replicated to RGB.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 from PIL import Image
@@ -47,13 +48,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def fit_to_size(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover width x height keeping the aspect ratio, then centre-crop to exactly that size."""
+    """Centre-crop to the aspect ratio of width x height, then resize bilinearly: the official AnimateDiff code's
+    preprocessing (torchvision's RandomResizedCrop with scale (1, 1) and ratio width/height, whose every try fails
+    for another aspect ratio and falls back to this centre crop). Where the aspect ratio already matches within
+    a pixel's rounding, the official code shifts the crop by that pixel at random; here it stays centred."""
     if img.size == (width, height):
         return img
-    scale = max(width / img.width, height / img.height)
-    scaled_w = max(width, round(img.width * scale))
-    scaled_h = max(height, round(img.height * scale))
-    img = img.resize((scaled_w, scaled_h), Image.Resampling.LANCZOS)
-    left = (scaled_w - width) // 2
-    top = (scaled_h - height) // 2
-    return img.crop((left, top, left + width, top + height))
+    ratio = width / height
+    w, h = img.size
+    crop_w, crop_h = round(math.sqrt(w * h * ratio)), round(math.sqrt(w * h / ratio))
+    if not (crop_w <= w and crop_h <= h):
+        crop_w, crop_h = (w, round(w / ratio)) if w / h < ratio else (round(h * ratio), h)
+    left, top = (w - crop_w) // 2, (h - crop_h) // 2
+    return img.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.Resampling.BILINEAR)

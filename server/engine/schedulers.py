@@ -62,14 +62,23 @@ def sanitise_config(cls: type, config: dict[str, Any]) -> tuple[dict[str, Any], 
     return kept, dropped
 
 
+def overrides_for(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """[scheduler]'s plain keys with the table under `name` laid over them: what scheduler `name` is given."""
+    return {k: v for k, v in overrides.items() if not isinstance(v, dict)} | overrides.get(name, {})
+
+
 def build_scheduler(name: str, base_config: dict[str, Any], overrides: dict[str, Any]) -> SchedulerMixin:
-    """The scheduler called `name`, from the base model's config with `overrides` laid over it."""
+    """The scheduler called `name`, from the base model's config with `overrides` laid over it.
+
+    `overrides` is the [scheduler] table: its plain keys apply to every scheduler, a table under a scheduler's
+    name (`{"ddim": {"timestep_spacing": "leading"}}`) to that one only, laid last.
+    """
     try:
         kind = SCHEDULERS[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r}; known: {sorted(SCHEDULERS)}") from None
     merged = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    merged.update(overrides)
+    merged.update(overrides_for(name, overrides))
     merged.update(kind.fixed)
     kept, dropped = sanitise_config(kind.cls, merged)
     if dropped:

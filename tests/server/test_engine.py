@@ -50,7 +50,11 @@ def bare_diffusers_frames(
     """
     from diffusers import AnimateDiffSparseControlNetPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
+    from server.engine.schedulers import SCHEDULERS, overrides_for
+
     scheduler_class = scheduler_class or DDIMScheduler
+    name = next(n for n, kind in SCHEDULERS.items() if kind.cls is scheduler_class)  # its [scheduler.NAME] table
+    scheduler_overrides = overrides_for(name, scheduler_overrides)
     pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
         tiny_root / "base",
         motion_adapter=MotionAdapter.from_pretrained(tiny_root / motion_adapter),
