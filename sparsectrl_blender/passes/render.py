@@ -64,7 +64,7 @@ def _file_output(tree, render_layers, directory: Path, sockets: dict[str, str]):
         node.directory = str(directory) + "/"
         node.file_name = ""
         for name, socket in sockets.items():
-            kind = "VECTOR" if socket == "Normal" else "FLOAT"
+            kind = "VECTOR" if socket == "Normal" else "RGBA" if socket.startswith("Crypto") else "FLOAT"
             node.file_output_items.new(kind, name)
             tree.links.new(render_layers.outputs[socket], node.inputs[name])
     else:  # Blender 4.x
@@ -126,19 +126,26 @@ class PassRenderer:
             raise PassError(f"rendering frame {frame} failed: {e}") from None
         self.seconds_per_keyframe.append(time.perf_counter() - started)
 
-    def _geometry_buffers(self, frames: list[int]) -> list[RenderBuffers]:
-        """Camera Z, normals and alpha at each frame: Cycles at one sample, passes through a File Output node."""
+    def _geometry_buffers(self, frames: list[int], ids: bool = False) -> list[RenderBuffers]:
+        """Camera Z, normals and alpha at each frame (and, with `ids`, per-object and per-material ids from
+        Cryptomatte): Cycles at one sample through the pixel centre, passes through a File Output node."""
         scene = self._copy
         scene.render.engine = "CYCLES"
         scene.cycles.samples = 1
         scene.cycles.use_denoising = False
         scene.cycles.device = "CPU"
+        scene.cycles.filter_width = 0.01  # one ray through each pixel's centre: depth exact, planes stay planes
         scene.render.film_transparent = True
         scene.render.use_compositing = True
         scene.render.filepath = ""
         layer = scene.view_layers[self.view_layer_name]
         layer.use_pass_z = True
         layer.use_pass_normal = True
+        sockets = {"z": "Depth", "normal": "Normal", "alpha": "Alpha"}
+        if ids:
+            layer.use_pass_cryptomatte_object = layer.use_pass_cryptomatte_material = True
+            layer.pass_cryptomatte_depth = 2
+            sockets.update(object="CryptoObject00", material="CryptoMaterial00")
         tree = _compositor_tree(scene)
         if tree.name in bpy.data.node_groups:
             self._trees.append(tree)
@@ -146,21 +153,28 @@ class PassRenderer:
         render_layers.scene = scene
         render_layers.layer = self.view_layer_name
         buffers = []
+        self.orthographic = []
         for frame in frames:
             out_dir = self._dir / f"frame_{frame:05d}"
             out_dir.mkdir()
-            node = _file_output(tree, render_layers, out_dir, {"z": "Depth", "normal": "Normal", "alpha": "Alpha"})
+            node = _file_output(tree, render_layers, out_dir, sockets)
             self._render(frame)
+            camera = scene.camera  # markers bound to cameras switch it on frame_set
+            self.orthographic.append(camera is not None and getattr(camera.data, "type", "") == "ORTHO")
             tree.nodes.remove(node)
-            files = {name: next(out_dir.glob(f"{name}*.exr"), None) for name in ("z", "normal", "alpha")}
+            files = {name: next(out_dir.glob(f"{name}*.exr"), None) for name in sockets}
             missing = [name for name, path in files.items() if path is None]
             if missing:
                 raise PassError(f"the compositor wrote no {', '.join(missing)} pass for frame {frame}")
+            extra = {}
+            if ids:  # rank 0 of each Cryptomatte layer: the id hash of what covers the pixel
+                extra = {f"{k}_id": _read_image(files[k])[:, :, 0] for k in ("object", "material")}
             buffers.append(
                 RenderBuffers(
                     z=_read_image(files["z"])[:, :, 0],
                     normal=_read_image(files["normal"])[:, :, :3],
                     alpha=_read_image(files["alpha"])[:, :, 0],
+                    **extra,
                 )
             )
         return buffers
@@ -170,6 +184,7 @@ class PassRenderer:
         scene = self._copy
         scene.render.film_transparent = False
         scene.render.use_compositing = False
+        scene.render.dither_intensity = 0.0  # no noise: a flat image stays flat (an empty pass is told apart)
         settings = scene.render.image_settings
         if hasattr(settings, "media_type"):
             settings.media_type = "IMAGE"
@@ -203,12 +218,12 @@ class PassRenderer:
         if modality == "rgb":
             images = self._rgb(frames)
         else:
-            buffers = self._geometry_buffers(frames)
+            buffers = self._geometry_buffers(frames, ids=modality == "lineart")
             if modality == "depth":
                 shot = shot_depth_range(buffers)
                 images = [depth_image(b, shot) for b in buffers]
             else:
-                images = [lineart_image(b) for b in buffers]
+                images = [lineart_image(b, orthographic=o) for b, o in zip(buffers, self.orthographic, strict=True)]
         for frame, seconds in zip(frames, self.seconds_per_keyframe[-len(frames) :], strict=True):
             log.info("%s pass at frame %d: %.2f s", modality, frame, seconds)
         return dict(zip(frames, images, strict=True))
