@@ -1,25 +1,69 @@
 """Headless batch: the panel's code path without UI.
 
-    python -m sparsectrl_blender.batch SHOT.blend --server URL [--modality lineart|depth|rgb]
+    python -m sparsectrl_blender.batch SHOT.blend --server URL [--scene NAME] [--modality lineart|depth|rgb]
         [--keyframes markers|1,24,48] [--frames N] [--prompt ...] [--passes-dir DIR] [--out OUT.blend]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
 `--`). Settings not given as flags come from the panel settings saved in the .blend, then the defaults.
-Exit 0 on success; otherwise one line `error: reason` and exit 1.
+
+SHOT.blend is never written: the result goes to SHOT_previs.blend beside it (or --out), with the preview on
+the "<shot> previs" edit scene; the shot scene and its render settings stay as they were. A file that is
+overwritten (--out naming an existing file, or SHOT.blend itself) is first copied byte for byte to FILE.blend1.
+The result keeps the original's compression (none, gzip or zstd).
+Exit 0 on success; otherwise one line `error: reason` and exit 1 (2 for a bad flag).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .request import GenerationSettings
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_OTHER_FORMATS = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"OpenEXR": "an EXR image",
+    b"\x76\x2f\x31\x01": "an EXR image",
+    b"PK\x03\x04": "a zip archive",
+    b"%PDF": "a PDF",
+}
+
+
+class BatchError(ValueError):
+    """A problem with the command line or the files; the message is the `error:` line."""
+
+
+def blend_compression(path: Path) -> str:
+    """'none', 'gzip' or 'zstd', from the file's first bytes; BatchError if it is no .blend file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise BatchError(f"cannot read {path}: {e.strerror or e}") from None
+    if head.startswith(b"BLENDER"):
+        return "none"
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    for magic, what in _OTHER_FORMATS.items():
+        if head.startswith(magic):
+            raise BatchError(f"{path} is {what}, not a .blend file")
+    if not head:
+        raise BatchError(f"{path} is empty, not a .blend file")
+    raise BatchError(f"{path} is not a .blend file (it does not start like one)")
 
 
 def _saved_settings(scene) -> dict:
@@ -41,7 +85,7 @@ def _saved_settings(scene) -> dict:
     }
     for key, names in enums.items():
         if isinstance(out.get(key), int):
-            out[key] = names[out[key]]
+            out[key] = names[out[key]] if 0 <= out[key] < len(names) else names[0]
     return out
 
 
@@ -52,13 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("shot", metavar="SHOT.blend")
-    p.add_argument("--server", help="server URL (default: the one saved in the .blend, else http://127.0.0.1:8765)")
+    p.add_argument(
+        "--server", help="server URL, its root (default: the one saved in the .blend, else http://127.0.0.1:8765)"
+    )
     p.add_argument("--token", help="the server's token, if it has one (default: SPARSECTRL_TOKEN)")
+    p.add_argument("--scene", metavar="NAME", help="the shot scene (default: the scene active when the file was saved)")
+    p.add_argument(
+        "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
+    )
     p.add_argument("--modality", choices=["lineart", "depth", "rgb"])
     p.add_argument("--keyframes", help="'markers' (default), 'camera', 'every:N', or a list like 1,24,48")
-    p.add_argument("--frames", type=int, help="generated frames (default: --motion-rate per second of shot)")
+    p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
-    p.add_argument("--size", type=int, help="long side of the generated video in pixels")
+    p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
     p.add_argument("--steps", type=int)
     p.add_argument("--draft", action="store_true", help="a quick draft (smaller, fewer steps, scaled up)")
     p.add_argument("--seed", type=int)
@@ -67,8 +117,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt")
     p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
     p.add_argument("--passes-dir", metavar="DIR", help="write the passes sent, as frame_NNNN.png")
-    p.add_argument("--out", metavar="OUT.blend", help="where to save the result (default: overwrite SHOT.blend)")
+    p.add_argument("--refuse-empty", action="store_true", help="stop (exit 1) when a keyframe's pass is empty")
+    p.add_argument(
+        "--allow-newer",
+        action="store_true",
+        help="overwrite a .blend saved by a newer Blender than this one (it may lose what that Blender added)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="OUT.blend",
+        help="where to save the result (default: SHOT_previs.blend beside SHOT.blend; SHOT.blend itself is never "
+        "written unless named here, and then its bytes are kept as SHOT.blend1 first)",
+    )
     return p
+
+
+def parse_keyframes(spec: str) -> dict:
+    """--keyframes as panel settings; BatchError with the accepted forms for anything else."""
+    text = spec.strip().lower()
+    if text == "markers":
+        return {"keyframe_source": "MARKERS"}
+    if text == "camera":
+        return {"keyframe_source": "CAMERA_KEYS"}
+    if text.startswith("every:") or text.startswith("every"):
+        n = text.partition(":")[2].strip()
+        if not n.isdigit() or int(n) < 1:
+            raise BatchError(f"--keyframes {spec}: write every:N with N a whole number of frames, e.g. every:12")
+        return {"keyframe_source": "EVERY_N", "every_n": int(n)}
+    from .frame_mapping import parse_frame_list
+
+    try:
+        frames = parse_frame_list(spec)
+    except ValueError as e:
+        raise BatchError(f"--keyframes {spec}: {e}; use markers, camera, every:N or a list like 1,24,48") from None
+    if not frames:
+        raise BatchError("--keyframes is empty; use markers, camera, every:N or a list like 1,24,48")
+    return {"keyframe_source": "LIST", "frame_list": spec}
 
 
 def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
@@ -83,6 +167,7 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "loras": getattr(args, "loras", None),
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
+        "preview_scene": getattr(args, "preview_scene", None),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "draft", False):
@@ -94,16 +179,141 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
     if args.preview_range:
         values["shot_range"] = "PREVIEW"
     if args.keyframes:
-        spec = args.keyframes.strip().lower()
-        if spec == "markers":
-            values["keyframe_source"] = "MARKERS"
-        elif spec == "camera":
-            values["keyframe_source"] = "CAMERA_KEYS"
-        elif spec.startswith("every:"):
-            values["keyframe_source"], values["every_n"] = "EVERY_N", int(spec.partition(":")[2])
-        else:
-            values["keyframe_source"], values["frame_list"] = "LIST", args.keyframes
+        values.update(parse_keyframes(args.keyframes))
     return GenerationSettings(**values)
+
+
+def server_root(url: str) -> tuple[str, str]:
+    """The server's root URL and a note when the URL named an API path (…/v1) instead."""
+    stripped = url.strip().rstrip("/")
+    for suffix in ("/v1/health", "/v1", "/docs"):
+        if stripped.endswith(suffix):
+            root = stripped[: -len(suffix)]
+            return root, f"the server URL should be its root, without {suffix}: using {root}"
+    return url, ""
+
+
+def default_out(shot: Path) -> Path:
+    return shot.with_name(f"{shot.stem}_previs.blend")
+
+
+def check_out(out: Path) -> None:
+    """Before anything is rendered or generated: OUT must be a file we can write."""
+    if out.is_dir():
+        raise BatchError(f"--out {out} is a folder; name the .blend file to write, e.g. {out / 'shot_previs.blend'}")
+    if out.suffix.lower() != ".blend":
+        raise BatchError(f"--out {out} should end in .blend")
+    folder = out.parent
+    while not folder.exists():  # created when saving
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BatchError(f"cannot write {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise BatchError(f"cannot write {out}: permission denied")
+
+
+def _quietly(action):
+    """Run `action` with the process's stdout/stderr (Blender's C-level prints) captured; returns (result or
+    exception, captured text)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            result = action()
+        except Exception as e:  # noqa: BLE001 - handed back to the caller
+            result = e
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        log.seek(0)
+        return result, log.read().decode(errors="replace")
+
+
+def open_blend(shot: Path) -> None:
+    import bpy
+
+    result, captured = _quietly(lambda: bpy.ops.wm.open_mainfile(filepath=str(shot)))
+    if isinstance(result, Exception):
+        reason = str(result).strip().splitlines()[-1] if str(result).strip() else type(result).__name__
+        reason = reason.removeprefix("Error: ").strip()
+        if "failed:" in reason:
+            reason = reason.split("failed:", 1)[1].strip()
+        raise BatchError(f"cannot open {shot}: {reason} (is the file complete?)")
+    if not bpy.data.scenes:
+        raise BatchError(f"cannot open {shot}: it holds no scene")
+
+
+def pick_scene(name: str | None):
+    """The shot scene: --scene NAME, else the active one (a previs scene stands for its shot)."""
+    import bpy
+
+    from .strips import shot_scene_of
+
+    if name:
+        scene = bpy.data.scenes.get(name)
+        if scene is None:
+            names = ", ".join(repr(s.name) for s in bpy.data.scenes)
+            raise BatchError(f"--scene {name!r}: no such scene; the file has {names}")
+        return shot_scene_of(scene)
+    return shot_scene_of(bpy.context.scene)
+
+
+def missing_files() -> list[str]:
+    """Linked libraries and images whose files are not there (passes then lack those objects or textures)."""
+    import bpy
+
+    out = []
+    libs = [lib.filepath for lib in bpy.data.libraries if not os.path.exists(bpy.path.abspath(lib.filepath))]
+    if libs:
+        out.append(f"linked libraries not found (their objects are missing from the passes): {', '.join(libs)}")
+    images = [
+        img.filepath
+        for img in bpy.data.images
+        if img.source in {"FILE", "SEQUENCE", "MOVIE"}
+        and img.packed_file is None
+        and img.library is None
+        and img.filepath
+        and not os.path.exists(bpy.path.abspath(img.filepath))
+    ]
+    if images:
+        out.append(
+            f"images not found (shown pink in RGB passes): {', '.join(images[:5])}"
+            + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+        )
+    return out
+
+
+def save_result(out: Path, compression: str) -> list[str]:
+    """Save the open file as OUT once, keeping `compression`; an existing OUT is first copied byte for byte to
+    OUT.blend1 (Blender's own backup, which would be of our save, is not made). Returns notes."""
+    import bpy
+
+    notes = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        backup = out.with_name(out.name + "1")
+        shutil.copy2(out, backup)
+        notes.append(f"the earlier {out.name} is kept as {backup.name}")
+    prefs = bpy.context.preferences.filepaths
+    versions = prefs.save_version
+    prefs.save_version = 0  # no OUT.blend1 of Blender's own
+    try:
+        bpy.ops.wm.save_as_mainfile(filepath=str(out), compress=compression == "zstd", relative_remap=True)
+    finally:
+        prefs.save_version = versions
+    if compression == "gzip":  # Blender writes zstd only; a gzip original stays gzip (every Blender reads both)
+        tmp = out.with_name(out.name + ".gz.partial")
+        with open(out, "rb") as src, gzip.open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, out)
+    return notes
 
 
 def run(argv: list[str]) -> int:
@@ -111,14 +321,49 @@ def run(argv: list[str]) -> int:
 
     from .client import Client, ServerError
     from .generation import JobRunner, import_result, prepare, write_passes
+    from .strips import previs_scene
 
     args = build_parser().parse_args(argv)
-    shot = Path(args.shot)
-    if not shot.is_file():
-        raise ValueError(f"no such .blend file: {shot}")
-    bpy.ops.wm.open_mainfile(filepath=str(shot.resolve()))
-    scene = bpy.context.scene
+    for flag in ("frames", "size", "steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise BatchError(f"--{flag} must be at least 1 (got {value})")
+    if args.keyframes:
+        parse_keyframes(args.keyframes)
+    notes = []
+    if args.server:
+        args.server, note = server_root(args.server)
+        notes.append(note)
+    shot = Path(args.shot).expanduser()
+    if not shot.exists():
+        raise BatchError(f"no such .blend file: {shot}")
+    if shot.is_dir():
+        raise BatchError(f"{shot} is a folder, not a .blend file")
+    shot = shot.resolve()
+    compression = blend_compression(shot)
+    out = Path(args.out).expanduser().resolve() if args.out else default_out(shot)
+    check_out(out)
+
+    open_blend(shot)
+    newer = tuple(bpy.data.version) > tuple(bpy.app.version_file)
+    saved_by = ".".join(map(str, tuple(bpy.data.version)[:2]))
+    this = ".".join(map(str, tuple(bpy.app.version)[:3]))
+    if newer and out == shot and not args.allow_newer:
+        raise BatchError(
+            f"{shot.name} was saved by a newer Blender ({saved_by}) than this one ({this}); overwriting it may lose "
+            f"what {saved_by} added: write to a new --out file, or pass --allow-newer"
+        )
+    if newer:
+        notes.append(
+            f"{shot.name} was saved by Blender {saved_by}, newer than this {this}: what {saved_by} added may be "
+            f"missing from {out.name} (the original is not touched)"
+        )
+    scene = pick_scene(args.scene)
     settings = settings_from(args, _saved_settings(scene))
+    if not args.server:
+        settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
+    previs_scene(scene, settings.preview_scene, create=False)  # a target that cannot be: said before rendering
+    notes.extend(missing_files())
 
     client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
     health = client.health()
@@ -127,12 +372,14 @@ def run(argv: list[str]) -> int:
             f"the server has no {settings.modality} encoder; it offers: {', '.join(health['modalities']) or 'none'}"
         )
     prepared = prepare(scene, settings)
-    for message in prepared.messages:
-        print(f"warning: {message}", file=sys.stderr)
+    for message in [n for n in notes if n] + prepared.messages:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    if prepared.empty_frames and args.refuse_empty:
+        raise BatchError(f"nothing sent (--refuse-empty): {prepared.empty_message}")
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))
     print(
-        f"passes: {len(prepared.passes)} {settings.modality} keyframes "
+        f"scene '{scene.name}': {len(prepared.passes)} {settings.modality} keyframes "
         f"{sorted(prepared.mapping)} -> generated frames {sorted(prepared.mapping.values())}",
         flush=True,
     )
@@ -141,14 +388,14 @@ def run(argv: list[str]) -> int:
     state = runner.run()
     if state.phase != "done":
         raise ServerError(state.error or f"the job ended {state.phase}")
-    out = (Path(args.out) if args.out else shot).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Save as OUT first (Blender remaps the shot's relative paths), so the video path is relative to OUT.
-    bpy.ops.wm.save_as_mainfile(filepath=str(out))
-    strip = import_result(scene, prepared, state, settings, blend_path=str(out))
-    bpy.ops.wm.save_mainfile()
+    # The strip's path is relative to the file as it is now (the shot); saving as OUT remaps it with the
+    # shot's own relative paths.
+    strip = import_result(scene, prepared, state, settings, blend_path=bpy.data.filepath, video_beside=str(out))
+    target = strip.id_data
+    for note in save_result(out, compression):
+        print(note, flush=True)
     print(
-        f"strip '{strip.name}' on channel {strip.channel}, frames {strip.frame_final_start}-"
+        f"strip '{strip.name}' on scene '{target.name}' channel {strip.channel}, frames {strip.frame_final_start}-"
         f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {out}",
         flush=True,
     )
@@ -165,8 +412,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run(argv)
-    except (ServerError, PassError, KeyframeError, ValueError, OSError) as e:
+    except (ServerError, PassError, KeyframeError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line, as promised; SPARSECTRL_DEBUG=1 for the traceback
+        if os.environ.get("SPARSECTRL_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (SPARSECTRL_DEBUG=1 shows where)", file=sys.stderr)
         return 1
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from .client import Client, ServerError
 from .frame_mapping import generated_frame_count, map_keyframes
 from .png import encode_png
-from .request import MAX_GENERATED_FRAMES, GenerationSettings, generation_size, job_body
+from .request import MAX_GENERATED_FRAMES, MAX_SIZE, MIN_SIZE, GenerationSettings, generation_size, job_body
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,41 @@ class PreparedJob:
     end: int
     mapping: dict[int, int]  # timeline frame -> generated index
     passes: dict[int, bytes]  # timeline frame -> PNG sent
-    messages: list[str]
+    messages: list[str]  # warnings for the artist, each said once
     pass_seconds: list[float]
+    empty_frames: list[int] = field(default_factory=list)  # keyframes whose pass shows nothing
+
+    @property
+    def empty_message(self) -> str:
+        if not self.empty_frames:
+            return ""
+        frames = ", ".join(map(str, self.empty_frames))
+        modality = self.body.get("modality", "")
+        return (
+            f"the {modality} pass is empty at keyframe{'s' if len(self.empty_frames) > 1 else ''} {frames}: "
+            "nothing of the scene is in view (camera pointing at the sky or away, an orthographic camera framing "
+            "nothing, no geometry), so the model gets no guidance there"
+        )
+
+
+def is_empty_pass(image) -> bool:
+    """A pass that carries nothing: one flat colour over the whole image (all black, one grey)."""
+    return bool((image == image[:1, :1]).all())
 
 
 def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     """Choose keyframes, render their passes and build the request. Raises ValueError-like errors with
-    messages for the artist (KeyframeError, PassError, ValueError)."""
+    messages for the artist (KeyframeError, PassError, ValueError). Clamped settings and empty passes are
+    said in `messages` (and `empty_frames`)."""
     from .passes.render import PassRenderer
     from .scene_keyframes import keyframe_frames, shot_range
 
+    messages = []
+    if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
+        messages.append(
+            f"the scene '{scene.name}' has no preview range: using the scene range "
+            f"{scene.frame_start}-{scene.frame_end}"
+        )
     start, end = shot_range(scene, settings)
     shot_frames = end - start + 1
     r = scene.render
@@ -44,23 +69,43 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     if settings.frames_mode == "AUTO":
         num_frames = generated_frame_count(shot_frames, fps, settings.motion_rate, MAX_GENERATED_FRAMES)
     else:
+        if settings.num_frames < 1:
+            raise ValueError(f"generated frames must be at least 1 (got {settings.num_frames})")
         num_frames = min(settings.num_frames, MAX_GENERATED_FRAMES)
+        if num_frames < settings.num_frames:
+            messages.append(
+                f"{settings.num_frames} generated frames is more than the model's {MAX_GENERATED_FRAMES}: "
+                f"generating {num_frames} (the server retimes them to the shot's {shot_frames} frames)"
+            )
     mapped = map_keyframes(keyframe_frames(scene, settings), start, end, num_frames)
     if not mapped.indices:
         raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
-    width, height = generation_size(r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, settings.size)
+    messages.extend(mapped.messages)
+    size = min(max(settings.size, MIN_SIZE), MAX_SIZE)
+    if size != settings.size:
+        messages.append(f"size {settings.size} is outside {MIN_SIZE}-{MAX_SIZE} px: using {size}")
+    aspect_w, aspect_h = r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y
+    width, height = generation_size(aspect_w, aspect_h, size)
+    wanted, got = aspect_w / aspect_h, width / height
+    if abs(got - wanted) / wanted > 0.1:
+        messages.append(
+            f"at size {size} the short side is raised to the model's minimum of 64 px: the preview is "
+            f"{width}x{height}, not the scene's aspect {aspect_w / aspect_h:.2f}:1 (use a larger size)"
+        )
     frames = list(mapped.indices)
     with PassRenderer(scene, width, height) as renderer:
         images = renderer.render(settings.modality, frames)
         seconds = list(renderer.seconds_per_keyframe)
+    empty = sorted(f for f, img in images.items() if is_empty_pass(img))
     passes = {frame: encode_png(img) for frame, img in images.items()}
     # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
     # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
     keyframes = [(mapped.indices[f], f - start, png) for f, png in passes.items()]
     body = job_body(settings, num_frames, width, height, max(1, round(fps)), shot_frames, keyframes)
-    for message in mapped.messages:
-        log.warning(message)
-    return PreparedJob(body, start, end, mapped.indices, passes, mapped.messages, seconds)
+    prepared = PreparedJob(body, start, end, mapped.indices, passes, messages, seconds, empty)
+    if empty:
+        messages.append(prepared.empty_message)
+    return prepared
 
 
 def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
@@ -164,12 +209,27 @@ def save_video(video: bytes, blend_path: str, scene_name: str, job_id: str) -> P
 
 
 def import_result(
-    scene, prepared: PreparedJob, state: RunnerState, settings: GenerationSettings, blend_path: str, replace=None
+    shot,
+    prepared: PreparedJob,
+    state: RunnerState,
+    settings: GenerationSettings,
+    blend_path: str,
+    replace=None,
+    target=None,
+    video_beside: str | None = None,
 ):
-    """Save the video and add the strip spanning the shot, carrying the generation parameters."""
-    from .strips import add_preview_strip
+    """Save the video and add the strip spanning the shot, carrying the generation parameters, on the previs
+    scene `target` (default: the shot's "<shot> previs" scene; never the shot itself). The video goes to
+    the "sparsectrl" folder beside `video_beside` (default: `blend_path`); its path on the strip is relative to
+    `blend_path`, the file as it is now (a later save-as remaps it)."""
+    from .strips import add_preview_strip, move_old_previews, previs_scene
 
-    path = save_video(state.video, blend_path, scene.name, state.job_id)
+    if target is None:
+        target = previs_scene(shot, settings.preview_scene)
+    moved = move_old_previews(shot, target)
+    if moved:
+        log.info("moved %d earlier preview strip(s) from '%s' to '%s'", moved, shot.name, target.name)
+    path = save_video(state.video, video_beside or blend_path, shot.name, state.job_id)
     job = state.job
     metadata = {
         "prompt": prepared.body["prompt"],
@@ -181,8 +241,11 @@ def import_result(
         "job_id": state.job_id,
         "num_frames": prepared.body["num_frames"],
         "server": settings.server_url,
+        "shot": shot.name,
     }
     if blend_path:  # relative to the .blend ("//sparsectrl/..."), so the project folder can move
-        path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
-    delivered = prepared.body.get("output_frames") or prepared.body["num_frames"]
-    return add_preview_strip(scene, str(path), prepared.start, prepared.end, delivered, metadata, replace=replace)
+        try:
+            path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows): keep it absolute
+            pass
+    return add_preview_strip(target, str(path), prepared.start, prepared.end, metadata, replace=replace)

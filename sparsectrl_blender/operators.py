@@ -31,11 +31,22 @@ class Connection:
 
 @dataclass
 class ActiveRun:
-    scene_name: str
+    scene_name: str  # the shot scene
     prepared: PreparedJob
     runner: JobRunner
     thread: threading.Thread
     replace_strip: str | None = None
+    target_name: str = ""  # the previs scene the strip goes to
+
+
+@dataclass
+class PendingRun:
+    """Passes rendered but not sent: some keyframes' passes are empty and the artist is asked first."""
+
+    scene_name: str
+    prepared: PreparedJob
+    replace_strip: str | None
+    target_name: str
 
 
 class Status:
@@ -44,6 +55,7 @@ class Status:
     def __init__(self):
         self.connection = Connection()
         self.run: ActiveRun | None = None
+        self.pending: PendingRun | None = None
         self.message = ""
         self.message_is_error = False
         self.can_resubmit = False  # the last job was lost with the server: the panel offers to send it again
@@ -90,14 +102,16 @@ def _poll_run():
     scene = bpy.data.scenes.get(run.scene_name)
     if state.phase == "done" and scene is not None:
         from .generation import import_result
-        from .strips import find_strip
+        from .strips import find_strip, previs_scene
 
         try:
-            replace = find_strip(scene, run.replace_strip) if run.replace_strip else None
+            settings = scene.sparsectrl.to_settings()
+            target = previs_scene(scene, run.target_name or settings.preview_scene)
+            replace = find_strip(target, run.replace_strip) if run.replace_strip else None
             strip = import_result(
-                scene, run.prepared, state, scene.sparsectrl.to_settings(), bpy.data.filepath, replace=replace
+                scene, run.prepared, state, settings, bpy.data.filepath, replace=replace, target=target
             )
-            STATUS.say(f"preview added: {strip.name} (channel {strip.channel})")
+            STATUS.say(f"preview added: {strip.name} on '{target.name}' (channel {strip.channel})")
         except Exception as e:  # noqa: BLE001 - the artist gets a sentence, never a traceback
             STATUS.say(f"could not add the strip: {e}", error=True)
     elif state.phase == "cancelled":
@@ -152,24 +166,45 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
     regenerate: bpy.props.BoolProperty(
         name="Regenerate", description="New seed; stack or replace per the setting", options={"SKIP_SAVE"}
     )
+    pending: bpy.props.EnumProperty(
+        name="Pending",
+        description="What to do with passes rendered last and held because some were empty",
+        items=[
+            ("NONE", "Render", "Render the passes and send them"),
+            ("SEND", "Send Anyway", "Send the passes rendered last, although some keyframes' passes are empty"),
+            ("DISCARD", "Discard", "Drop the passes rendered last"),
+        ],
+        default="NONE",
+        options={"SKIP_SAVE"},
+    )
 
     @classmethod
     def poll(cls, context):
         return STATUS.run is None
 
     def execute(self, context):
+        if self.pending != "NONE":
+            return self._pending(self.pending == "SEND")
         from .generation import prepare
         from .passes.render import PassError
         from .scene_keyframes import KeyframeError
-        from .strips import active_preview_strip
+        from .strips import PlacementError, active_preview_strip, previs_scene, shot_scene_of
 
-        scene = context.scene
-        props = scene.sparsectrl
+        shot = shot_scene_of(context.scene)  # the panel in a previs scene works on its shot
+        props = shot.sparsectrl
+        STATUS.pending = None
+        try:
+            target = previs_scene(shot, props.preview_scene, create=False)
+        except PlacementError as e:
+            return self._fail(str(e))
         replace = None
         if self.regenerate:
             props.seed = random.randrange(0, 2**31 - 1)
             if props.regenerate_mode == "REPLACE":
-                replace = active_preview_strip(scene)
+                # The strip selected where the previews are (the panel may be shown in the shot or its previs).
+                for scene in (context.scene, target):
+                    if scene is not None and replace is None:
+                        replace = active_preview_strip(scene)
         health = STATUS.connection.health
         if health is not None and props.modality not in health["modalities"]:
             return self._fail(
@@ -177,25 +212,43 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
             )
         settings = props.to_settings()
         try:
-            prepared = prepare(scene, settings)
+            prepared = prepare(shot, settings)
         except (KeyframeError, PassError, ValueError) as e:
             return self._fail(str(e))
         for message in prepared.messages:
             self.report({"WARNING"}, message)
-        runner = JobRunner(
-            Client(settings.server_url, token=preferences.token()), prepared.body, poll_seconds=POLL_SECONDS
-        )
-        thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
-        STATUS.run = ActiveRun(scene.name, prepared, runner, thread, replace.name if replace else None)
-        thread.start()
-        bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
-        STATUS.say(f"sent {len(prepared.passes)} {settings.modality} keyframes")
+        target_name = target.name if target is not None else ""
+        replace_name = replace.name if replace else None
+        if prepared.empty_frames:
+            STATUS.pending = PendingRun(shot.name, prepared, replace_name, target_name)
+            STATUS.say(prepared.empty_message + ". Send anyway?", error=True)
+            return {"CANCELLED"}
+        start_run(shot.name, prepared, settings, replace_name, target_name)
+        return {"FINISHED"}
+
+    def _pending(self, send: bool):
+        pending, STATUS.pending = STATUS.pending, None
+        scene = bpy.data.scenes.get(pending.scene_name) if pending is not None else None
+        if not send or scene is None:
+            STATUS.say("nothing sent")
+            return {"CANCELLED"}
+        settings = scene.sparsectrl.to_settings()
+        start_run(pending.scene_name, pending.prepared, settings, pending.replace_strip, pending.target_name)
         return {"FINISHED"}
 
     def _fail(self, message: str):
         STATUS.say(message, error=True)
         self.report({"ERROR"}, message)
         return {"CANCELLED"}
+
+
+def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str) -> None:
+    runner = JobRunner(Client(settings.server_url, token=preferences.token()), prepared.body, poll_seconds=POLL_SECONDS)
+    thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
+    STATUS.run = ActiveRun(scene_name, prepared, runner, thread, replace_name, target_name)
+    thread.start()
+    bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
+    STATUS.say(f"sent {len(prepared.passes)} {settings.modality} keyframes")
 
 
 class SPARSECTRL_OT_cancel(bpy.types.Operator):
@@ -242,3 +295,4 @@ def unregister_timers() -> None:
     if STATUS.run is not None:
         STATUS.run.runner.cancel()
         STATUS.run = None
+    STATUS.pending = None

@@ -9,7 +9,9 @@ from .request import MODALITY_LABELS, generation_size
 
 
 def draw_panel(layout, context) -> None:
-    scene = context.scene
+    from .strips import previs_scene_name, shot_scene_of
+
+    scene = shot_scene_of(context.scene)  # shown in a previs scene, the panel works on its shot
     props = scene.sparsectrl
 
     box = layout.box()
@@ -43,6 +45,11 @@ def draw_panel(layout, context) -> None:
         )
         col.label(text=f"{MODALITY_LABELS[props.modality]} unavailable: {why}", icon="ERROR")
 
+    col = layout.column()
+    if scene != context.scene:
+        col.label(text=f"Shot: {scene.name}", icon="SCENE_DATA")
+    col.prop(props, "preview_scene", text="Previs", placeholder=previs_scene_name(scene))
+
     col = layout.column(heading="Keyframes")
     col.prop(props, "keyframe_source", text="")
     if props.keyframe_source == "EVERY_N":
@@ -71,6 +78,13 @@ def draw_panel(layout, context) -> None:
     row.operator("sparsectrl.randomize_seed", text="", icon="FILE_REFRESH")
 
     run = STATUS.run
+    pending = STATUS.pending
+    if run is None and pending is not None and pending.scene_name == scene.name:
+        box = layout.box()
+        box.label(text=f"Empty passes at keyframes {', '.join(map(str, pending.prepared.empty_frames))}", icon="ERROR")
+        row = box.row(align=True)
+        row.operator("sparsectrl.generate", text="Send Anyway", icon="RENDER_ANIMATION").pending = "SEND"
+        row.operator("sparsectrl.generate", text="Discard", icon="CANCEL").pending = "DISCARD"
     if run is not None:
         state = run.runner.state
         box = layout.box()

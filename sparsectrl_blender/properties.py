@@ -91,6 +91,13 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         default=_DEFAULTS.loras,
         description="LoRAs the server has configured, by name with optional strength: ink:0.7, toon",
     )
+    preview_scene: StringProperty(
+        name="Previs scene",
+        description=(
+            "The edit scene the previews go to, above a Scene strip of this shot (created if missing); empty: "
+            "'<shot> previs'. Never the shot itself: its render stays the shot's"
+        ),
+    )
     regenerate_mode: EnumProperty(
         name="Regenerate",
         items=[

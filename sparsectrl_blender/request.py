@@ -8,6 +8,8 @@ from dataclasses import dataclass
 MODALITY_LABELS = {"lineart": "Line art", "depth": "Depth", "rgb": "RGB"}
 # The server's default limits.max_frames; a server configured lower answers with a clear error.
 MAX_GENERATED_FRAMES = 256
+# The long side of the generated video: the panel's limits (the model's latents need at least 64 px).
+MIN_SIZE, MAX_SIZE = 64, 1024
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,12 @@ class GenerationSettings:
     num_frames: int = 16
     size: int = 512  # the long side of the generated video, in pixels
     steps: int = 25
-    guidance_scale: float = 7.5
+    guidance_scale: float = 8.5  # the official SparseCtrl demos (server/defaults.toml)
     conditioning_scale: float = 1.0
     seed: int = 0
     quality: str = "final"  # "draft": the server generates smaller with fewer steps, for quick iteration
     loras: str = ""  # "ink:0.7, toon": LoRA names the server has configured (GET /v1/models), optional scales
+    preview_scene: str = ""  # the edit scene the previews go to; empty: "<shot> previs"
 
 
 def parse_loras(text: str) -> list[dict]:

@@ -1,8 +1,13 @@
-"""Putting the preview on the Video Sequencer: a movie strip spanning exactly the shot (bpy).
+"""Putting the preview on the Video Sequencer of a previs edit scene, never on the shot's own (bpy).
 
-The add-on asks the server for a clip retimed to the shot's N frames, so the movie strip plays frame for
-frame. Should a clip have another frame count n, a Speed effect in Stretch mode above the movie strip spreads
-it over the N frames (Blender shows clip frame round((f - start) * n / N) at timeline frame f).
+A movie strip on the shot scene's Sequencer would replace the shot's final render (Post Processing ›
+Sequencer is on by default: F12 would output the preview). So previews go to an edit scene per shot,
+"<shot> previs" by default (or a scene the artist names): it holds a Scene strip of the shot on channel 1 and
+the preview strips above it, on the shot's own frame numbers. The shot scene, its Sequencer and its render
+settings are left exactly as they were. Preview strips that earlier versions of the add-on put on the shot
+scene are moved there (`move_old_previews`).
+
+The server retimes each clip to the shot's frame count, so the movie strip plays frame for frame.
 """
 
 from __future__ import annotations
@@ -10,6 +15,12 @@ from __future__ import annotations
 import json
 
 PROPS_KEY = "sparsectrl"
+SHOT_KEY = "sparsectrl_shot"  # on a previs scene: the name of the shot scene it shows
+SHOT_STRIP_KEY = "sparsectrl_shot_strip"  # on the Scene strip of the shot in a previs scene
+
+
+class PlacementError(ValueError):
+    """The previews cannot go where asked; the message is for the artist."""
 
 
 def _strips(scene):
@@ -33,11 +44,76 @@ def _channel_free(scene, channel: int, start: int, end: int, ignore=()) -> bool:
     return True
 
 
-def first_free_channel(scene, start: int, end: int, needed: int = 1, ignore=()) -> int:
-    for channel in range(1, 129 - needed):
-        if all(_channel_free(scene, channel + k, start, end, ignore) for k in range(needed)):
+def first_free_channel(scene, start: int, end: int, ignore=(), lowest: int = 1) -> int:
+    for channel in range(lowest, 129):
+        if _channel_free(scene, channel, start, end, ignore):
             return channel
     raise RuntimeError("no free Sequencer channels over the shot")
+
+
+def is_previs_scene(scene) -> bool:
+    return SHOT_KEY in scene.keys()
+
+
+def shot_scene_of(scene):
+    """The shot a scene stands for: a previs scene's shot (when it still exists), else the scene itself."""
+    import bpy
+
+    if is_previs_scene(scene):
+        shot = bpy.data.scenes.get(scene[SHOT_KEY])
+        if shot is not None and shot != scene:
+            return shot
+    return scene
+
+
+def previs_scene_name(shot) -> str:
+    return f"{shot.name} previs"
+
+
+def previs_scene(shot, name: str = "", create: bool = True):
+    """The edit scene that holds `shot`'s previews: `name` if given (created if missing), else
+    "<shot> previs". Never the shot itself. Keeps its frame range, rate and resolution on the shot's."""
+    import bpy
+
+    name = (name or "").strip() or previs_scene_name(shot)
+    if name == shot.name:
+        raise PlacementError(
+            f"the previews cannot go on the shot scene '{shot.name}' itself: its render would become the preview "
+            "(Post Processing › Sequencer). Name another scene, or leave it empty for "
+            f"'{previs_scene_name(shot)}'"
+        )
+    target = bpy.data.scenes.get(name)
+    if target is None:
+        if not create:
+            return None
+        target = bpy.data.scenes.new(name)
+    if target.library is not None:
+        raise PlacementError(f"the scene '{name}' is linked from a library and cannot be edited")
+    if target.get(SHOT_KEY, shot.name) != shot.name and _shot_strip(target) is not None:
+        raise PlacementError(f"the scene '{name}' already holds the previs of the shot '{target[SHOT_KEY]}'")
+    target[SHOT_KEY] = shot.name
+    _fit_to_shot(target, shot)
+    if _shot_strip(target) is None:
+        strip = _strips(target).new_scene(name=shot.name, scene=shot, channel=1, frame_start=shot.frame_start)
+        strip[SHOT_STRIP_KEY] = shot.name
+    return target
+
+
+def _shot_strip(target):
+    return next((s for s in _all_strips(target) if SHOT_STRIP_KEY in s.keys()), None)
+
+
+def _fit_to_shot(target, shot) -> None:
+    """Frame range, frame rate, resolution and pixel aspect of the shot, so the edit plays as the shot does."""
+    tr, sr = target.render, shot.render
+    target.frame_start, target.frame_end = shot.frame_start, shot.frame_end
+    target.use_preview_range = shot.use_preview_range
+    if shot.use_preview_range:
+        target.frame_preview_start, target.frame_preview_end = shot.frame_preview_start, shot.frame_preview_end
+    tr.fps, tr.fps_base = sr.fps, sr.fps_base
+    tr.resolution_x, tr.resolution_y = sr.resolution_x, sr.resolution_y
+    tr.resolution_percentage = sr.resolution_percentage
+    tr.pixel_aspect_x, tr.pixel_aspect_y = sr.pixel_aspect_x, sr.pixel_aspect_y
 
 
 def preview_strips(scene) -> list:
@@ -45,44 +121,58 @@ def preview_strips(scene) -> list:
     return [s for s in _all_strips(scene) if s.type == "MOVIE" and PROPS_KEY in s.keys()]
 
 
-def add_preview_strip(scene, video_path: str, start: int, end: int, num_frames: int, metadata: dict, replace=None):
-    """Add the preview spanning timeline frames start..end; `replace` is an earlier preview strip to take the
-    place of (its channel is reused and it is removed). Returns the movie strip."""
-    strips = _strips(scene)
-    shot_frames = end - start + 1
-    needed = 1 if num_frames == shot_frames else 2
-    old = []
-    if replace is not None:
-        # Effects first: removing the movie strip would take its Speed effect with it.
-        old = [s for s in _all_strips(scene) if getattr(s, "input_1", None) == replace] + [replace]
-    channel = first_free_channel(scene, start, end, needed, ignore=old)
-    if replace is not None:
-        channel = (
-            replace.channel
-            if all(_channel_free(scene, replace.channel + k, start, end, old) for k in range(needed))
-            else channel
-        )
-        for strip in old:
-            strips.remove(strip)
-    name = f"SparseCtrl {metadata.get('modality', '')} {metadata.get('seed', '')}".strip()
-    movie = strips.new_movie(name, video_path, channel=channel, frame_start=start)
-    if needed == 2:
-        speed = strips.new_effect(
-            name=name + " (timing)",
-            type="SPEED",
-            channel=channel + 1,
-            frame_start=start,
-            length=shot_frames,
-            input1=movie,
-        )
-        speed.speed_control = "STRETCH"
-    movie.frame_final_duration = shot_frames
+def _tag(movie, metadata: dict) -> None:
     movie[PROPS_KEY] = json.dumps(metadata)
     for key in ("prompt", "seed", "modality", "model", "job_id"):
         if key in metadata:
             movie[f"{PROPS_KEY}_{key}"] = metadata[key]
     movie[f"{PROPS_KEY}_keyframes"] = json.dumps(metadata.get("keyframes", {}))
+
+
+def add_preview_strip(target, video_path: str, start: int, end: int, metadata: dict, replace=None):
+    """Add the preview spanning timeline frames start..end of the previs scene `target` (above the shot's Scene
+    strip); `replace` is an earlier preview strip to take the place of (its channel is reused and it is
+    removed). Returns the movie strip."""
+    strips = _strips(target)
+    shot_frames = end - start + 1
+    ignore = [replace] if replace is not None else []
+    channel = first_free_channel(target, start, end, ignore=ignore, lowest=2)
+    if replace is not None:
+        if replace.channel > 1 and _channel_free(target, replace.channel, start, end, ignore):
+            channel = replace.channel
+        strips.remove(replace)
+    name = f"SparseCtrl {metadata.get('modality', '')} {metadata.get('seed', '')}".strip()
+    movie = strips.new_movie(name, video_path, channel=channel, frame_start=start)
+    movie.frame_final_duration = shot_frames
+    _tag(movie, metadata)
     return movie
+
+
+def move_old_previews(shot, target) -> int:
+    """Move the preview strips earlier versions put on the shot's own Sequencer to `target` (same frames, same
+    file, same metadata); the shot's Sequencer is then as it was before them. Returns how many moved."""
+    old = preview_strips(shot)
+    if not old:
+        return 0
+    strips = _strips(shot)
+    moved = 0
+    for strip in old:
+        start, duration = strip.frame_final_start, strip.frame_final_duration
+        channel = first_free_channel(target, start, start + duration - 1, lowest=max(2, strip.channel))
+        movie = _strips(target).new_movie(
+            strip.name, strip.filepath, channel=channel, frame_start=round(strip.frame_start)
+        )
+        movie.frame_offset_start, movie.frame_offset_end = strip.frame_offset_start, strip.frame_offset_end
+        movie.frame_final_duration = duration
+        for key in strip.keys():
+            if key.startswith(PROPS_KEY):
+                movie[key] = strip[key]
+        # Effects that used it (earlier versions' Speed effect) go with it.
+        for effect in [s for s in _all_strips(shot) if getattr(s, "input_1", None) == strip]:
+            strips.remove(effect)
+        strips.remove(strip)
+        moved += 1
+    return moved
 
 
 def find_strip(scene, name: str):

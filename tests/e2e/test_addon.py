@@ -53,10 +53,13 @@ def run_batch(*args):
     )
 
 
-def preview_strips(scene):
+def all_strips(scene):
     editor = scene.sequence_editor
-    strips = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
-    return [s for s in strips if s.type == "MOVIE" and "sparsectrl" in s.keys()]
+    return list(editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all)  # 4.5+ / 4.2
+
+
+def preview_strips(scene):
+    return [s for s in all_strips(scene) if s.type == "MOVIE" and "sparsectrl" in s.keys()]
 
 
 def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
@@ -90,14 +93,15 @@ def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
     ]
 
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "out" / "shot_out.blend"))
-    scene = bpy.context.scene
+    assert not preview_strips(bpy.context.scene)  # the shot's own Sequencer is left alone (#15)
+    scene = bpy.data.scenes["Scene previs"]  # the previs edit scene: a Scene strip of the shot, previews above
     (strip,) = preview_strips(scene)
     assert (strip.frame_final_start, strip.frame_final_duration) == (1, 48)
     video = Path(bpy.path.abspath(strip.filepath))
     assert strip.filepath.startswith("//sparsectrl/") and video.is_file()
     frames, fps = read_video(video)
     assert frames.shape == (48, 72, 128, 3) and fps == 24  # retimed to the shot; 1920x1080 at 128 px: 128x72
-    assert len(preview_strips(scene)) == 1 and not [s for s in scene.sequence_editor.strips_all if s.type == "SPEED"]
+    assert len(preview_strips(scene)) == 1 and not [s for s in all_strips(scene) if s.type == "SPEED"]
     meta = json.loads(strip["sparsectrl"])
     assert meta["prompt"] == "two boxes in fog" and meta["seed"] == 11 and meta["modality"] == "lineart"
     assert meta["keyframes"] == {"1": 0, "24": 8, "48": 15} and meta["model"] == "tiny-random"
@@ -105,6 +109,8 @@ def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
 
     # The Sequencer shows, at each keyframe's timeline frame, the delivered frame the server pinned the
     # keyframe's generated frame to (the pinning itself: tests/server/test_windows.py).
+    bpy.context.window.scene = scene  # render the previs scene (the shot under its Scene strip: Workbench)
+    bpy.data.scenes["Scene"].render.engine = "BLENDER_WORKBENCH"
     scene.render.use_sequencer = True
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 128, 72, 100
     scene.view_settings.view_transform = "Standard"
@@ -137,7 +143,7 @@ def test_batch_on_a_96_frame_shot_spans_exactly_96_frames(tiny_server, tmp_path)
     )
     assert out.returncode == 0, out.stderr[-2000:]
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "long.blend"))
-    (strip,) = preview_strips(bpy.context.scene)
+    (strip,) = preview_strips(bpy.data.scenes["Scene previs"])
     assert (strip.frame_final_start, strip.frame_final_end) == (1, 97)  # frames 1..96
     meta = json.loads(strip["sparsectrl"])
     assert meta["num_frames"] == 32  # 4 s at 8 generated frames per second: denoised in context windows
@@ -213,22 +219,24 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
     assert not bpy.ops.sparsectrl.generate.poll()  # one generation at a time
     _finish(ops)
-    (first,) = preview_strips(scene)
+    assert not preview_strips(scene)  # the shot's render stays the shot's (#15)
+    previs = bpy.data.scenes["Scene previs"]
+    (first,) = preview_strips(previs)
     assert ops.STATUS.message.startswith("preview added") and not ops.STATUS.message_is_error
     assert (first.frame_final_start, first.frame_final_duration) == (1, 24)
 
     props.regenerate_mode = "REPLACE"
-    scene.sequence_editor.active_strip = first
+    previs.sequence_editor.active_strip = first
     old_seed, old_channel = props.seed, first.channel
     bpy.ops.sparsectrl.generate(regenerate=True)
     _finish(ops)
-    (replaced,) = preview_strips(scene)
+    (replaced,) = preview_strips(previs)
     assert replaced["sparsectrl_seed"] == props.seed != old_seed and replaced.channel == old_channel
 
     props.regenerate_mode = "STACK"
     bpy.ops.sparsectrl.generate(regenerate=True)
     _finish(ops)
-    assert len(preview_strips(scene)) == 2
+    assert len(preview_strips(previs)) == 2
 
     props.num_frames, props.steps, props.size = 24, 150, 256  # long enough to cancel mid-run
     bpy.ops.sparsectrl.generate()
@@ -239,7 +247,7 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     assert bpy.ops.sparsectrl.cancel() == {"FINISHED"}
     _finish(ops)
     assert ops.STATUS.message == "cancelled" and runner.state.step < 150
-    assert len(preview_strips(scene)) == 2
+    assert len(preview_strips(previs)) == 2
 
     props.num_frames, props.steps, props.size = 8, 2, 128
     with socket.socket() as s:
@@ -248,7 +256,7 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     bpy.ops.sparsectrl.generate()
     _finish(ops)
     assert ops.STATUS.message_is_error and "cannot reach the server" in ops.STATUS.message
-    assert len(preview_strips(scene)) == 2  # nothing lost
+    assert len(preview_strips(previs)) == 2  # nothing lost
 
 
 def test_server_disappearing_mid_job_says_so_and_offers_to_resubmit(tmp_path, tiny_root, addon, monkeypatch):
