@@ -133,3 +133,33 @@ def test_retention_prunes_by_age_then_by_size_and_never_touches_queued_jobs(serv
     by_age = dataclasses.replace(keep_all, max_age_hours=1)
     assert prune(service.store, service.files, by_age, now=time.time() + 7200) == done[1:]
     assert service.store.get(queued).status == "queued"
+
+
+def test_retention_drops_png_frames_after_an_hour_and_frames_come_back_from_the_video(service, tiny_config):
+    """Frames are nearly all of a job's bytes (#15 item 7): after frames_max_age_hours (1 h) only the video and
+    keyframes stay; GET …/frames/{n}.png then decodes the frame from the video."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from server.jobs.retention import prune
+
+    job_id = service.submit(fields(num_frames=8, output_frames=24, fps=24, width=64, height=64)).id
+    assert wait(service, job_id).status == "succeeded"
+    files = service.files
+    original = np.asarray(Image.open(files.frame(job_id, 5)), np.float32)
+    other = np.asarray(Image.open(files.frame(job_id, 20)), np.float32)
+    before = files.size(job_id)
+    keep_all = dataclasses.replace(tiny_config.retention, max_age_hours=0, max_total_mb=0)
+
+    assert prune(service.store, files, keep_all) == [] and files.frames(job_id).exists()  # fresh: kept
+    assert prune(service.store, files, keep_all, now=time.time() + 3700) == []  # the job stays
+    assert not files.frames(job_id).exists() and files.video(job_id).exists()
+    after = files.size(job_id)
+    assert after < before and service.store.get(job_id).status == "succeeded"
+
+    decoded = np.asarray(Image.open(files.frame(job_id, 5)), np.float32)  # from the MP4, once, then kept
+    assert decoded.shape == original.shape
+    assert np.abs(decoded - original).mean() < np.abs(decoded - other).mean()
+    assert sorted(p.name for p in files.frames(job_id).iterdir()) == ["0005.png"]
