@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def server_python() -> str:
+    """The interpreter that runs `python -m server` in the tests: SPARSECTRL_SERVER_PYTHON, else this one.
+
+    The add-on suite runs on several bpy versions (.ci/run), each in a venv without torch; their servers (and the
+    tiny model they load) come from the main venv named there."""
+    return os.environ.get("SPARSECTRL_SERVER_PYTHON") or sys.executable
 
 
 def png_bytes(img) -> bytes:
@@ -30,9 +42,16 @@ def sketch(width: int = 64, height: int = 64, shift: int = 0):
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
-    from server.engine.tiny import build_tiny_model
+    root = tmp_path_factory.mktemp("models") / "tiny"
+    if importlib.util.find_spec("torch") is not None:
+        from server.engine.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+        return build_tiny_model(root)
+    if server_python() == sys.executable:
+        pytest.skip("the tiny model needs torch: install the server extra or set SPARSECTRL_SERVER_PYTHON")
+    code = "import sys, pathlib, server.engine.tiny as t; t.build_tiny_model(pathlib.Path(sys.argv[1]))"
+    subprocess.run([server_python(), "-c", code, str(root)], cwd=ROOT, check=True, timeout=300)
+    return root
 
 
 @pytest.fixture(scope="session")

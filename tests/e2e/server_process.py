@@ -6,13 +6,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, server_python
 
 
 def free_port() -> int:
@@ -28,7 +27,7 @@ class ServerProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args, "--port", str(self.port), "--data-dir", str(data_dir)],
+            [server_python(), "-m", "server", *args, "--port", str(self.port), "--data-dir", str(data_dir)],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
