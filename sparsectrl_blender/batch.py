@@ -66,6 +66,27 @@ def blend_compression(path: Path) -> str:
     raise BatchError(f"{path} is not a .blend file (it does not start like one)")
 
 
+def check_complete(path: Path, compression: str) -> None:
+    """A .blend ends with an ENDB block; a file cut short (an interrupted copy or sync) does not. Said plainly
+    before Blender tries (its own words: 'Missing DNA block'). Uncompressed and gzip files; zstd: Blender's."""
+    try:
+        if compression == "none":
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 64))
+                tail = f.read()
+        elif compression == "gzip":
+            tail = b""
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    tail = (tail + chunk)[-64:]
+        else:
+            return
+    except (OSError, EOFError) as e:
+        raise BatchError(f"cannot open {path}: it is cut short or damaged ({e})") from None
+    if b"ENDB" not in tail:
+        raise BatchError(f"cannot open {path}: it is cut short (no end block; an interrupted copy?)")
+
+
 def _saved_settings(scene) -> dict:
     """The panel's settings saved in the .blend (ID properties, readable even when the add-on is not enabled)."""
     system = getattr(scene, "bl_system_properties_get", None)  # Blender 5.0 keeps bpy.props values there
@@ -341,6 +362,7 @@ def run(argv: list[str]) -> int:
         raise BatchError(f"{shot} is a folder, not a .blend file")
     shot = shot.resolve()
     compression = blend_compression(shot)
+    check_complete(shot, compression)
     out = Path(args.out).expanduser().resolve() if args.out else default_out(shot)
     check_out(out)
 
@@ -371,7 +393,13 @@ def run(argv: list[str]) -> int:
         raise ServerError(
             f"the server has no {settings.modality} encoder; it offers: {', '.join(health['modalities']) or 'none'}"
         )
-    prepared = prepare(scene, settings)
+    # Blender's own render log repeats per keyframe (a missing texture: one line per render); ours is kept.
+    prepared, captured = _quietly(lambda: prepare(scene, settings))
+    for line in captured.splitlines():
+        if line.startswith(("INFO ", "WARNING ", "ERROR ")):
+            print(line, file=sys.stderr)
+    if isinstance(prepared, Exception):
+        raise prepared
     for message in [n for n in notes if n] + prepared.messages:
         print(f"warning: {message}", file=sys.stderr, flush=True)
     if prepared.empty_frames and args.refuse_empty:
@@ -423,4 +451,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .shutdown import exit_process
+
+    exit_process(main())  # reports, then exits with main's status: bpy 4.2/4.5 may crash or hang after

@@ -176,6 +176,7 @@ def test_overwriting_keeps_a_true_backup_gzip_stays_gzip_and_newer_files_need_a_
     ("case", "expected"),
     [
         ("truncated", "error: cannot open {shot}: "),
+        ("cut_at_the_end", "error: cannot open {shot}: it is cut short"),
         ("png", "error: {shot} is a PNG image, not a .blend file"),
         ("out_dir", "error: --out {tmp} is a folder"),
         ("every_abc", "error: --keyframes every:abc: write every:N with N a whole number"),
@@ -192,6 +193,11 @@ def test_bad_input_is_one_error_line_before_anything_is_sent(tiny_server, tmp_pa
     if case == "truncated":
         data = shot.read_bytes()
         shot.write_bytes(data[: len(data) // 2])
+    elif case == "cut_at_the_end":  # uncompressed, missing its end: checked before Blender reads it
+        bpy.ops.wm.open_mainfile(filepath=str(shot))
+        bpy.ops.wm.save_as_mainfile(filepath=str(shot), compress=False)
+        data = shot.read_bytes()
+        shot.write_bytes(data[:-64])
     elif case == "png":
         from tests.conftest import png_bytes, sketch
 
