@@ -235,3 +235,46 @@ def test_cli_generate_matches_the_official_code(tmp_path, tiny_root, official, n
     assert len(pngs) == SPEC["num_frames"]
     frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
     assert_frames_match(frames, tensors[name], f"server generate {name}")
+
+
+@pytest.mark.slow
+def test_full_size_architecture_matches_the_official_code():
+    """The same contract on the released architectures (SD1.5, v3 motion module, scribble encoder: the official
+    YAMLs unpatched) with seeded random weights, at 8×64² (clips_full_size.safetensors; export_full.py)."""
+    from safetensors import safe_open
+
+    from server.config import load_config
+    from server.engine.engine import Engine
+    from server.jobs.resolve import resolve_request
+    from tests.server.data.official_v3.export_full import full_size_model, full_size_parts
+
+    with safe_open(DATA / "clips_full_size.safetensors", framework="pt") as f:
+        official = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    name = SPEC["full_size_cases"][0]
+    case = CASES[name]
+    model = full_size_model(full_size_parts())
+    config = load_config(overrides={"model": {"base": "tiny"}})  # the defaults; "tiny" only to skip weight checks
+    engine = Engine(model, config.scheduler, config.long_video)
+    seen: dict[str, torch.Tensor] = {}
+    decoded: list[torch.Tensor] = []
+    vae_decode = model.vae.decode
+
+    def recording_decode(z, *args, **kwargs):
+        decoded.append(z.clone())
+        return vae_decode(z, *args, **kwargs)
+
+    def first_condition(_module, _args, kwargs):
+        seen.setdefault("cond", kwargs["controlnet_cond"].clone())
+
+    model.vae.decode = recording_decode
+    hook = model.encoders["lineart"].register_forward_pre_hook(first_condition, with_kwargs=True)
+    try:
+        fields = request_fields(case) | {"keyframes": keyframes(case)}
+        frames = engine.generate(resolve_request(fields, config, engine.modalities, seed=0).request).frames
+    finally:
+        hook.remove()
+    assert torch.equal((seen["cond"][0] * 255).round().to(torch.uint8), official[f"{name}.cond"])
+    latents = torch.cat(decoded) * model.vae.config.scaling_factor
+    official_latents = official[f"{name}.latents"][0].permute(1, 0, 2, 3)
+    torch.testing.assert_close(latents, official_latents, atol=1e-4 * official_latents.abs().max().item(), rtol=0)
+    assert_frames_match(frames, official[name], f"full size {name}")

@@ -70,22 +70,12 @@ def _text_encoder_with_prefix(folder: Path) -> None:
     save_file(state, weights, metadata={"format": "pt"})
 
 
-def export(out: Path) -> dict[str, str]:
+def officialise_base(base: Path) -> None:
+    """A diffusers base folder written today, in the formats diffusers 0.11 and transformers 4.25 read."""
     import torch
-    from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel
+    from diffusers import AutoencoderKL
 
-    from server.engine.tiny import TINY_VERSION, build_tiny_model
-    from tests.original_layout import animatediff_state_dict
-
-    for name, image in keyframe_images().items():
-        image.save(HERE / name)
-
-    out = Path(out)
-    tiny = build_tiny_model(out / "tiny")
-    base = out / "official" / "base"
-    shutil.rmtree(base, ignore_errors=True)
-    shutil.copytree(tiny / "base", base)
-    vae = AutoencoderKL.from_pretrained(tiny / "base" / "vae")
+    vae = AutoencoderKL.from_pretrained(base / "vae")
     for weights in (base / "vae").glob("diffusion_pytorch_model.*"):
         weights.unlink()
     torch.save(_vae_state_dict_for_diffusers_0_11(vae.state_dict()), base / "vae" / "diffusion_pytorch_model.bin")
@@ -97,15 +87,39 @@ def export(out: Path) -> dict[str, str]:
     assert unet_config.pop("mid_block_type") == "UNetMidBlock2DCrossAttn"
     (base / "unet" / "config.json").write_text(json.dumps(unet_config, indent=1))
 
+
+def write_original_ckpts(adapter, encoders: dict, out: Path) -> dict[str, str]:
+    """The motion module and the encoders (modality -> SparseControlNetModel) as the original .ckpt files."""
+    import torch
+
+    from tests.original_layout import animatediff_state_dict
+
+    files = {"motion_module": str(out / "v3_sd15_mm.ckpt")}
+    torch.save(animatediff_state_dict(adapter.state_dict()), files["motion_module"])
+    for modality, encoder in encoders.items():
+        files[modality] = str(out / f"v3_sd15_sparsectrl_{'scribble' if modality == 'lineart' else modality}.ckpt")
+        torch.save({"controlnet": animatediff_state_dict(encoder.state_dict())}, files[modality])
+    return files
+
+
+def export(out: Path) -> dict[str, str]:
+    from diffusers import MotionAdapter, SparseControlNetModel
+
+    from server.engine.tiny import TINY_VERSION, build_tiny_model
+
+    for name, image in keyframe_images().items():
+        image.save(HERE / name)
+
+    out = Path(out)
+    tiny = build_tiny_model(out / "tiny")
+    base = out / "official" / "base"
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(tiny / "base", base)
+    officialise_base(base)
+    adapter = MotionAdapter.from_pretrained(tiny / "motion_adapter")
+    encoders = {m: SparseControlNetModel.from_pretrained(tiny / "encoders" / m) for m in ("lineart", "rgb")}
     files = {"base": str(base), "tiny_version": TINY_VERSION}
-    motion = animatediff_state_dict(MotionAdapter.from_pretrained(tiny / "motion_adapter").state_dict())
-    torch.save(motion, out / "official" / "v3_sd15_mm.ckpt")
-    files["motion_module"] = str(out / "official" / "v3_sd15_mm.ckpt")
-    for modality, name in (("lineart", "scribble"), ("rgb", "rgb")):
-        encoder = SparseControlNetModel.from_pretrained(tiny / "encoders" / modality)
-        path = out / "official" / f"v3_sd15_sparsectrl_{name}.ckpt"
-        torch.save({"controlnet": animatediff_state_dict(encoder.state_dict())}, path)
-        files[modality] = str(path)
+    files |= write_original_ckpts(adapter, encoders, out / "official")
     (out / "official" / "files.json").write_text(json.dumps(files, indent=1))
     return files
 

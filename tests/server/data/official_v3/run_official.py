@@ -171,11 +171,14 @@ def scheduler_facts(repo: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("repo", type=Path, help="a checkout of guoyww/AnimateDiff")
-    parser.add_argument("export", type=Path, help="export_tiny.py's OUT_DIR")
+    parser.add_argument("export", type=Path, help="export_tiny.py's (or export_full.py's) OUT_DIR")
+    parser.add_argument("--full-size", action="store_true", help="export_full.py's model: no tiny-shape patches")
     args = parser.parse_args()
     repo, export = args.repo.resolve(), args.export.resolve()
-    files = json.loads((export / "official" / "files.json").read_text())
+    files = json.loads((export / ("official-full" if args.full_size else "official") / "files.json").read_text())
     spec = json.loads((HERE / "cases.json").read_text())
+    if args.full_size:
+        spec["cases"] = [case for case in spec["cases"] if case["name"] in spec["full_size_cases"]]
 
     sys.path.insert(0, str(repo))
     sys.path.insert(0, str(repo / "scripts"))
@@ -187,7 +190,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="official-v3-"))
     run_on_cpu()
-    configs = tiny_shapes(repo, work, Path(files["base"]))
+    if args.full_size:  # the released architectures: the official YAMLs as published, no shape patches
+        configs = {
+            "inference": repo / "configs/inference/inference-v3.yaml",
+            "image_condition": repo / "configs/inference/sparsectrl/image_condition.yaml",
+            "latent_condition": repo / "configs/inference/sparsectrl/latent_condition.yaml",
+        }
+    else:
+        configs = tiny_shapes(repo, work, Path(files["base"]))
     seeded_vae_posterior(spec["seed"])
     import animate  # scripts/animate.py
 
@@ -246,13 +256,14 @@ def main() -> None:
 
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     metadata = {
-        "tiny_version": files["tiny_version"],
+        "model": "full-size random (export_full.py)" if args.full_size else f"tiny {files['tiny_version']}",
+        "tiny_version": files.get("tiny_version", ""),
         "official_commit": commit.strip() or "e92bd5671ba62c0d774a32951453e328018b7c5b",
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
         "scheduler": json.dumps(scheduler_facts(repo)),
     }
-    save_file(tensors, str(HERE / "clips.safetensors"), metadata=metadata)
+    save_file(tensors, str(HERE / ("clips_full_size.safetensors" if args.full_size else "clips.safetensors")), metadata)
     print(json.dumps(metadata, indent=1))
 
 
