@@ -66,3 +66,26 @@ def test_the_example_configs_load():
     assert server.model.base.ref.endswith(".safetensors") and set(server.model.encoders) == {"lineart", "rgb"}
     train = load_train_config(ROOT / "train.example.toml")
     assert train["train"]["mixed_precision"] == "bf16" and train.model.motion_adapter.ref == "v3_sd15_mm.ckpt"
+
+
+def test_scheduler_keys_for_all_and_per_scheduler_tables(tmp_path: Path):
+    """[scheduler] keys reach every scheduler; [scheduler.NAME] one scheduler, over the packaged DDIM table."""
+    from diffusers import DDIMScheduler
+
+    from server.engine.schedulers import build_scheduler
+    from server.weights.convert import CONFIGS
+
+    path = tmp_path / "server.toml"
+    path.write_text('[scheduler]\ntimestep_spacing = "trailing"\n[scheduler.euler]\nrescale_betas_zero_snr = true\n')
+    config = load_config(path)
+    sd15 = dict(DDIMScheduler.load_config(CONFIGS / "sd15" / "scheduler"))
+    euler = build_scheduler("euler", sd15, config.scheduler)
+    assert euler.config.timestep_spacing == "trailing" and euler.config.rescale_betas_zero_snr
+    ddim = build_scheduler("ddim", sd15, config.scheduler)
+    assert ddim.config.timestep_spacing == "leading" and not ddim.config.rescale_betas_zero_snr  # its own table
+    path.write_text('[scheduler.ddim]\ntimestep_spacing = "trailing"\n')
+    assert build_scheduler("ddim", sd15, load_config(path).scheduler).config.timestep_spacing == "trailing"
+
+    path.write_text("[scheduler.heun]\nsteps_offset = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown schedulers \['heun'\]"):
+        load_config(path)
