@@ -120,4 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .shutdown import exit_process
+
+    exit_process(main())  # reports, then exits with main's status: bpy 4.2/4.5 may crash or hang after

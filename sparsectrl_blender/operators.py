@@ -15,6 +15,7 @@ import bpy
 from . import preferences
 from .client import Client, ServerError
 from .generation import JobRunner, PreparedJob
+from .properties import to_settings
 
 POLL_SECONDS = 0.25
 # How long the server may be unreachable during a job before the panel says it went away.
@@ -105,7 +106,7 @@ def _poll_run():
         from .strips import find_strip, previs_scene
 
         try:
-            settings = scene.sparsectrl.to_settings()
+            settings = to_settings(scene.sparsectrl)
             target = previs_scene(scene, run.target_name or settings.preview_scene)
             replace = find_strip(target, run.replace_strip) if run.replace_strip else None
             strip = import_result(
@@ -210,7 +211,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
             return self._fail(
                 f"the server has no {props.modality} encoder (available: {', '.join(health['modalities']) or 'none'})"
             )
-        settings = props.to_settings()
+        settings = to_settings(props)
         try:
             prepared = prepare(shot, settings)
         except (KeyframeError, PassError, ValueError) as e:
@@ -232,7 +233,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         if not send or scene is None:
             STATUS.say("nothing sent")
             return {"CANCELLED"}
-        settings = scene.sparsectrl.to_settings()
+        settings = to_settings(scene.sparsectrl)
         start_run(pending.scene_name, pending.prepared, settings, pending.replace_strip, pending.target_name)
         return {"FINISHED"}
 
@@ -247,7 +248,8 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, replace_name, target_name)
     thread.start()
-    bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
+    if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module) it never fires
+        bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
     STATUS.say(f"sent {len(prepared.passes)} {settings.modality} keyframes")
 
 
@@ -290,7 +292,7 @@ CLASSES = (
 
 def unregister_timers() -> None:
     for timer in TIMERS:
-        if bpy.app.timers.is_registered(timer):
+        while bpy.app.timers.is_registered(timer):  # every registration: one left makes bpy 4.2/4.5 fail at exit
             bpy.app.timers.unregister(timer)
     if STATUS.run is not None:
         STATUS.run.runner.cancel()

@@ -106,9 +106,13 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         ],
         default="STACK",
     )
+    # No methods here: Blender 4.2's bpy module segfaults at exit once a PropertyGroup with a Python method
+    # was registered, even after unregister_class (docs/troubleshooting.md). Helpers are module functions.
 
-    def to_settings(self) -> GenerationSettings:
-        return GenerationSettings(**{f: getattr(self, f) for f in GenerationSettings.__dataclass_fields__})
+
+def to_settings(props: SparseCtrlSettings) -> GenerationSettings:
+    """The panel's settings as the plain dataclass the request is built from."""
+    return GenerationSettings(**{f: getattr(props, f) for f in GenerationSettings.__dataclass_fields__})
 
 
 CLASSES = (SparseCtrlSettings,)

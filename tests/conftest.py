@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import io
 import os
@@ -13,6 +14,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+_SESSION_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _SESSION_STATUS[:] = [int(exitstatus)]
+
+
+def _exit_past_bpy() -> None:
+    """Registered first, so Python runs it last at exit: once pytest has reported, and when the tests imported
+    bpy, leave with pytest's status before the bpy module's C++ static destructors run (4.2.x segfaults, 4.5.x
+    hangs there; docs/troubleshooting.md). sparsectrl_blender.shutdown does the same for the commands."""
+    if "bpy" in sys.modules and _SESSION_STATUS:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(_SESSION_STATUS[0])
+
+
+atexit.register(_exit_past_bpy)
 
 
 def server_python() -> str:
