@@ -62,6 +62,74 @@ def test_zip_carries_the_manifest_and_the_modules(tmp_path):
     assert "build.py" not in names and not any("__pycache__" in n for n in names)
 
 
+# The extensions platform's limits, as Blender's own validator applies them (bl_pkg/cli/blender_ext.py:
+# TERSE_DESCRIPTION_MAX_LENGTH, pkg_manifest_validate_terse_description_or_error, ..._field_permissions).
+TERSE_MAX = 64
+PERMISSIONS = {"files", "network", "clipboard", "camera", "microphone"}
+REQUIRED = set("schema_version id version name tagline maintainer type license blender_version_min".split())
+
+
+def _terse_problem(text: str) -> str | None:
+    if len(text) > TERSE_MAX:
+        return f"{len(text)} characters (at most {TERSE_MAX})"
+    if text != text.strip() or any(ord(c) < 32 for c in text):
+        return "surrounding spaces or control characters"
+    if not (text[-1].isalnum() or text[-1] in ")]}"):
+        return "ends in punctuation"
+    return None
+
+
+def test_manifest_keeps_the_platforms_limits():
+    manifest = tomllib.loads((ROOT / "addon_manifest.toml").read_text())
+    assert REQUIRED <= set(manifest), REQUIRED - set(manifest)
+    assert _terse_problem(manifest["tagline"]) is None, ("tagline", _terse_problem(manifest["tagline"]))
+    assert set(manifest["permissions"]) <= PERMISSIONS
+    for key, reason in manifest["permissions"].items():
+        assert _terse_problem(reason) is None, (key, _terse_problem(reason))
+    assert manifest["id"].isidentifier() and not manifest["id"].startswith("_")
+    assert all(part.isdigit() for part in manifest["version"].split(".")) and manifest["version"].count(".") == 2
+    assert all(lic.startswith("SPDX:") for lic in manifest["license"])
+    assert _terse_problem("x" * 65) and _terse_problem("Writes files.") and _terse_problem("Formats (PNG)") is None
+
+
+# `blender --command extension validate ZIP`: the same function, reached under the bpy module.
+_VALIDATE = r"""
+import os, sys
+import bpy
+try:
+    from bl_pkg import bl_extension_cli
+except ImportError:  # addons_core not on sys.path: find it in this Blender's scripts
+    sys.path.append(os.path.join(bpy.utils.system_resource("SCRIPTS"), "addons_core"))
+    from bl_pkg import bl_extension_cli
+from sparsectrl_blender.shutdown import exit_process
+
+for path in sys.argv[1:]:
+    print("VALIDATE", os.path.basename(path), bl_extension_cli.cli_extension_handler(["validate", path]), flush=True)
+exit_process(0)
+"""
+
+
+def test_blenders_own_validator_accepts_the_zip(tmp_path):
+    path = build(tmp_path)
+    # A control the validator must refuse: the same zip with a tagline one character too long.
+    bad = tmp_path / "bad" / path.name
+    bad.parent.mkdir()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "blender_manifest.toml":
+                tagline = tomllib.loads(data.decode())["tagline"]
+                data = data.decode().replace(tagline, "x" * (TERSE_MAX + 1)).encode()
+            dst.writestr(item, data)
+    out = subprocess.run(
+        [sys.executable, "-c", _VALIDATE, str(path), str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    good_line, bad_line = [line for line in out.stdout.splitlines() if line.startswith("VALIDATE")]
+    assert good_line.endswith(" 0") and "Success parsing TOML" in out.stdout, out.stdout
+    assert bad_line.endswith(" 1") and f"no longer than {TERSE_MAX} characters expected" in out.stdout, out.stdout
+
+
 def test_install_enable_disable_reenable_leaves_nothing_behind(tmp_path):
     import json
 
