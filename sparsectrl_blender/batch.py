@@ -8,7 +8,8 @@ Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS
 
 SHOT.blend is never written: the result goes to SHOT_previs.blend beside it (or --out), with the preview on
 the "<shot> previs" edit scene; the shot scene and its render settings stay as they were. A file that is
-overwritten (--out naming an existing file, or SHOT.blend itself) is first copied byte for byte to FILE.blend1.
+overwritten (--out naming an existing file, or SHOT.blend itself) is first copied byte for byte to FILE.blend1
+(earlier backups move up to .blend2, .blend3, ...; none is deleted).
 The result keeps the original's compression (none, gzip or zstd).
 Exit 0 on success; otherwise one line `error: reason` and exit 1 (2 for a bad flag).
 """
@@ -311,6 +312,19 @@ def missing_files() -> list[str]:
     return out
 
 
+def keep_backup(path: Path) -> Path:
+    """Copy `path`'s bytes to PATH1 first, earlier backups moved up (PATH1 -> PATH2, ...; none deleted), as
+    Blender numbers them: every version ever overwritten by this command survives. Returns PATH1."""
+    n = 1
+    while path.with_name(f"{path.name}{n}").exists():
+        n += 1
+    for k in range(n - 1, 0, -1):
+        os.replace(path.with_name(f"{path.name}{k}"), path.with_name(f"{path.name}{k + 1}"))
+    backup = path.with_name(f"{path.name}1")
+    shutil.copy2(path, backup)
+    return backup
+
+
 def save_result(out: Path, compression: str) -> list[str]:
     """Save the open file as OUT once, keeping `compression`; an existing OUT is first copied byte for byte to
     OUT.blend1 (Blender's own backup, which would be of our save, is not made). Returns notes."""
@@ -319,8 +333,7 @@ def save_result(out: Path, compression: str) -> list[str]:
     notes = []
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
-        backup = out.with_name(out.name + "1")
-        shutil.copy2(out, backup)
+        backup = keep_backup(out)
         notes.append(f"the earlier {out.name} is kept as {backup.name}")
     prefs = bpy.context.preferences.filepaths
     versions = prefs.save_version

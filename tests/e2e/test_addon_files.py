@@ -142,8 +142,13 @@ def test_overwriting_keeps_a_true_backup_gzip_stays_gzip_and_newer_files_need_a_
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "old.blend1").read_bytes() == original  # a true backup: the artist's bytes
     assert shot.read_bytes()[:2] == b"\x1f\x8b"  # still gzip
+    first_result = shot.read_bytes()
+    again = run_batch(shot, "--server", tiny_server.url, *FAST, "--out", shot)  # a second run in place
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "old.blend2").read_bytes() == original  # the original survives every run
+    assert (tmp_path / "old.blend1").read_bytes() == first_result
     bpy.ops.wm.open_mainfile(filepath=str(shot))
-    assert len(preview_strips(bpy.data.scenes["Scene previs"])) == 1
+    assert len(preview_strips(bpy.data.scenes["Scene previs"])) == 2  # run on its own result: stacked
 
     # zstd stays zstd
     build_shot(start=1, end=24, markers=(1, 24))
