@@ -135,8 +135,8 @@ def _lora_arg(item: str) -> dict[str, Any]:
 
 def generate(config: Config, args: argparse.Namespace) -> int:
     from .engine.engine import random_seed
+    from .jobs.execute import JobOutputs, run_job
     from .jobs.resolve import RequestError, resolve_request
-    from .video.encode import write_mp4, write_pngs
 
     keyframes = []
     for item in args.keyframe:
@@ -180,13 +180,11 @@ def generate(config: Config, args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    outputs = JobOutputs(video=Path(args.out), frames=Path(args.frames_dir) if args.frames_dir else None)
     with tqdm(total=request.steps, unit="step", desc="generating") as bar:
-        result = engine.generate(request, on_step=lambda step, total: bar.update(step - bar.n))
-    out = write_mp4(result.frames, request.fps, Path(args.out))
-    if args.frames_dir:
-        write_pngs(result.frames, Path(args.frames_dir))
+        result = run_job(engine, request, outputs, on_step=lambda step, total: bar.update(step - bar.n))
     print(
-        f"wrote {out} ({request.num_frames} frames {request.width}x{request.height} at {request.fps} fps, "
+        f"wrote {outputs.video} ({request.num_frames} frames {request.width}x{request.height} at {request.fps} fps, "
         f"seed {result.seed}, {result.seconds:.1f} s)"
     )
     return 0

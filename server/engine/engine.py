@@ -3,7 +3,9 @@
 Generation is diffusers' AnimateDiffSparseControlNetPipeline, built per request around the already-loaded
 components (cheap: no weights are copied), so the encoder and scheduler can change between requests without
 reloading the base. The engine adds what a server needs around it: image fitting, determinism, progress,
-cancellation between steps, and giving memory back after every job.
+cancellation between steps, and giving memory back after every job. It stops at the generated frames, as
+diffusers' pipelines do: scaling drafts up and retiming to the shot is delivery (video/deliver.py), and
+jobs/execute.py runs the two in order.
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..config import LongVideo, Performance
-from ..video.retime import retime, timing
 from .conditions import fit_to_size
 from .models import LoadedModel
 from .motion_modules import use_motion_modules
@@ -52,7 +52,7 @@ class ModalityUnavailable(ValueError):
 
 @dataclass(frozen=True)
 class GenerationResult:
-    frames: np.ndarray  # uint8, (num_frames, height, width, 3)
+    frames: np.ndarray  # uint8, (num_frames, height, width, 3): generated (run_job: delivered)
     seed: int
     seconds: float
     peak_memory_bytes: int | None  # accelerator peak during the job; None on CPU
@@ -233,16 +233,6 @@ class Engine:
             if draft_motion:
                 use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
             self.empty_cache()
-
-        # 6. A draft made smaller is scaled back up to the size asked for.
-        if request.output_width and (request.output_width, request.output_height) != (request.width, request.height):
-            size = (request.output_width, request.output_height)
-            frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames])
-
-        # 7. Retime to the delivered frame count, keyframes pinned to their output frames.
-        if request.delivered_frames != request.num_frames or any(k.output_index is not None for k in keyframes):
-            anchors = [(k.output_index, k.index) for k in keyframes if k.output_index is not None]
-            frames = retime(frames, timing(request.num_frames, request.delivered_frames, anchors))
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..engine.engine import Engine, JobCancelled, ModalityUnavailable
 from ..engine.request import GenerationRequest, Keyframe
-from ..video.encode import write_mp4, write_pngs
+from .execute import JobOutputs, run_job
 from .files import JobFiles
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
 
@@ -129,9 +129,8 @@ class Worker:
 
         try:
             request = self._load_request(job)
-            result = self.engine.generate(request, on_step=on_step, should_cancel=self._cancel.is_set)
-            write_pngs(result.frames, self.files.frames(job.id))
-            write_mp4(result.frames, request.fps, self.files.video(job.id))
+            outputs = JobOutputs(video=self.files.video(job.id), frames=self.files.frames(job.id))
+            result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=self._cancel.is_set)
             self.store.finish(job.id, SUCCEEDED)
             peak = f", peak {result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else ""
             log.info("job %s succeeded in %.1f s (seed %d%s)", job.id, result.seconds, result.seed, peak)

@@ -13,6 +13,7 @@ from server.engine.engine import Engine
 from server.engine.models import load_model
 from server.engine.performance import vae_slicing_enabled
 from server.jobs.resolve import resolve_request
+from server.video.deliver import deliver
 from tests.conftest import png_bytes, sketch
 from tests.server.test_engine import make_request
 
@@ -66,7 +67,8 @@ def test_a_draft_is_smaller_and_shorter_then_scaled_to_the_size_asked(engine, ti
     assert (draft.output_width, draft.output_height) == (128, 96)
     steps = []
     frames = engine.generate(draft, on_step=lambda s, t: steps.append(s)).frames
-    assert frames.shape == (8, 96, 128, 3) and steps == [1, 2]
+    assert frames.shape == (8, 64, 64, 3) and steps == [1, 2]  # generated small ...
+    assert deliver(frames, draft).shape == (8, 96, 128, 3)  # ... delivered at the size asked
     final = resolve_request(fields | {"quality": "final"}, config, ["lineart"], seed=3).request
     assert (final.width, final.height, final.steps, final.output_width) == (128, 96, 6, 0)
 

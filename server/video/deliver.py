@@ -1,0 +1,24 @@
+"""Delivery: the engine's generated frames made into the clip the request asked for.
+
+A draft generated smaller is scaled back up to the size asked for; a clip generated with fewer frames than the
+shot is retimed to the delivered frame count, each keyframe pinned to its output frame (retime.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..engine.request import GenerationRequest
+from .retime import retime, timing
+
+
+def deliver(frames: np.ndarray, request: GenerationRequest) -> np.ndarray:
+    """uint8 frames (num_frames, height, width, 3) -> (delivered_frames, output height, output width, 3)."""
+    if request.output_width and (request.output_width, request.output_height) != (request.width, request.height):
+        size = (request.output_width, request.output_height)
+        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames])
+    anchors = [(k.output_index, k.index) for k in request.keyframes if k.output_index is not None]
+    if request.delivered_frames != request.num_frames or anchors:
+        frames = retime(frames, timing(request.num_frames, request.delivered_frames, anchors))
+    return frames
