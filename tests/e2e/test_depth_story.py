@@ -70,6 +70,8 @@ def test_blender_clips_to_a_trained_depth_encoder_to_a_depth_preview(tmp_path, t
     finally:
         server.stop()
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "out.blend"))
-    (strip,) = preview_strips(bpy.context.scene)
+    shot = bpy.context.scene
+    (strip,) = preview_strips(bpy.data.scenes[f"{shot.name} previs"])  # the previs edit scene, not the shot
+    assert not preview_strips(shot)
     meta = json.loads(strip["sparsectrl"])
     assert meta["modality"] == "depth" and (strip.frame_final_start, strip.frame_final_duration) == (1, 16)
