@@ -355,7 +355,7 @@ def run(argv: list[str]) -> int:
 
     from .client import Client, ServerError
     from .generation import JobRunner, import_result, prepare, write_passes
-    from .strips import previs_scene
+    from .strips import check_target
 
     args = build_parser().parse_args(argv)
     for flag in ("frames", "size", "steps"):
@@ -397,7 +397,7 @@ def run(argv: list[str]) -> int:
     settings = settings_from(args, _saved_settings(scene))
     if not args.server:
         settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
-    previs_scene(scene, settings.preview_scene, create=False)  # a target that cannot be: said before rendering
+    check_target(scene, settings.preview_scene)  # a target that cannot be: said before rendering
     notes.extend(missing_files())
 
     client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
@@ -421,7 +421,8 @@ def run(argv: list[str]) -> int:
         write_passes(prepared, Path(args.passes_dir))
     print(
         f"scene '{scene.name}': {len(prepared.passes)} {settings.modality} keyframes "
-        f"{sorted(prepared.mapping)} -> generated frames {sorted(prepared.mapping.values())}",
+        f"{sorted(prepared.mapping)} -> generated frames {sorted(prepared.mapping.values())} "
+        f"(passes rendered in {sum(prepared.pass_seconds):.2f} s)",
         flush=True,
     )
 

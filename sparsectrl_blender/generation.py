@@ -28,7 +28,7 @@ class PreparedJob:
     mapping: dict[int, int]  # timeline frame -> generated index
     passes: dict[int, bytes]  # timeline frame -> PNG sent
     messages: list[str]  # warnings for the artist, each said once
-    pass_seconds: list[float]
+    pass_seconds: list[float]  # per keyframe, in render order (the batch reports their sum)
     empty_frames: list[int] = field(default_factory=list)  # keyframes whose pass shows nothing
 
     @property
@@ -248,4 +248,4 @@ def import_result(
             path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
         except ValueError:  # another drive (Windows): keep it absolute
             pass
-    return add_preview_strip(target, str(path), prepared.start, prepared.end, metadata, replace=replace)
+    return add_preview_strip(target, str(path), prepared.start, prepared.end, metadata, replace=replace, shot=shot)

@@ -16,6 +16,7 @@ from . import preferences
 from .client import Client, ServerError
 from .generation import JobRunner, PreparedJob
 from .properties import to_settings
+from .request import GenerationSettings
 
 POLL_SECONDS = 0.25
 # How long the server may be unreachable during a job before the panel says it went away.
@@ -38,6 +39,7 @@ class ActiveRun:
     thread: threading.Thread
     replace_strip: str | None = None
     target_name: str = ""  # the previs scene the strip goes to
+    settings: GenerationSettings | None = None  # as sent: the strip records these, not the panel's later edits
 
 
 @dataclass
@@ -106,7 +108,7 @@ def _poll_run():
         from .strips import find_strip, previs_scene
 
         try:
-            settings = to_settings(scene.sparsectrl)
+            settings = run.settings or to_settings(scene.sparsectrl)
             target = previs_scene(scene, run.target_name or settings.preview_scene)
             replace = find_strip(target, run.replace_strip) if run.replace_strip else None
             strip = import_result(
@@ -189,13 +191,13 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         from .generation import prepare
         from .passes.render import PassError
         from .scene_keyframes import KeyframeError
-        from .strips import PlacementError, active_preview_strip, previs_scene, shot_scene_of
+        from .strips import PlacementError, active_preview_strip, check_target, shot_scene_of
 
         shot = shot_scene_of(context.scene)  # the panel in a previs scene works on its shot
         props = shot.sparsectrl
         STATUS.pending = None
         try:
-            target = previs_scene(shot, props.preview_scene, create=False)
+            target = check_target(shot, props.preview_scene)
         except PlacementError as e:
             return self._fail(str(e))
         replace = None
@@ -205,7 +207,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
                 # The strip selected where the previews are (the panel may be shown in the shot or its previs).
                 for scene in (context.scene, target):
                     if scene is not None and replace is None:
-                        replace = active_preview_strip(scene)
+                        replace = active_preview_strip(scene, shot)
         health = STATUS.connection.health
         if health is not None and props.modality not in health["modalities"]:
             return self._fail(
@@ -244,9 +246,10 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
 
 
 def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str) -> None:
-    runner = JobRunner(Client(settings.server_url, token=preferences.token()), prepared.body, poll_seconds=POLL_SECONDS)
+    client = Client(settings.server_url, token=preferences.token())
+    runner = JobRunner(client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS)
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
-    STATUS.run = ActiveRun(scene_name, prepared, runner, thread, replace_name, target_name)
+    STATUS.run = ActiveRun(scene_name, prepared, runner, thread, replace_name, target_name, settings)
     thread.start()
     if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module) it never fires
         bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)

@@ -2,8 +2,9 @@
 
 A movie strip on the shot scene's Sequencer would replace the shot's final render (Post Processing ›
 Sequencer is on by default: F12 would output the preview). So previews go to an edit scene per shot,
-"<shot> previs" by default (or a scene the artist names): it holds a Scene strip of the shot on channel 1 and
-the preview strips above it, on the shot's own frame numbers. The shot scene, its Sequencer and its render
+"<shot> previs" by default: it holds a Scene strip of the shot on channel 1 and the preview strips above it,
+on the shot's own frame numbers. In an edit scene the artist names (no camera of its own), the previews go
+above the Scene strip that cuts the shot in, shifted with it. The shot scene, its Sequencer and its render
 settings are left exactly as they were. Preview strips that earlier versions of the add-on put on the shot
 scene are moved there (`move_old_previews`).
 
@@ -56,23 +57,41 @@ def is_previs_scene(scene) -> bool:
 
 
 def shot_scene_of(scene):
-    """The shot a scene stands for: a previs scene's shot (when it still exists), else the scene itself."""
+    """The shot a scene stands for: a previs scene's shot (when it still exists); in an edit of the artist's,
+    the shot of the active strip (one of our previews, or a Scene strip cutting a shot in); else the scene."""
     import bpy
 
     if is_previs_scene(scene):
         shot = bpy.data.scenes.get(scene[SHOT_KEY])
         if shot is not None and shot != scene:
             return shot
+    editor = scene.sequence_editor
+    active = editor.active_strip if editor else None
+    if active is not None:
+        if PROPS_KEY in active.keys():
+            shot = bpy.data.scenes.get(preview_shot(active) or "")
+        else:
+            shot = active.scene if active.type == "SCENE" else None
+        if shot is not None and shot != scene:
+            return shot
     return scene
+
+
+def preview_shot(strip) -> str | None:
+    """The name of the shot a preview strip was made for (None for strips of versions that did not say)."""
+    try:
+        return json.loads(strip[PROPS_KEY]).get("shot")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def previs_scene_name(shot) -> str:
     return f"{shot.name} previs"
 
 
-def previs_scene(shot, name: str = "", create: bool = True):
-    """The edit scene that holds `shot`'s previews: `name` if given (created if missing), else
-    "<shot> previs". Never the shot itself. Keeps its frame range, rate and resolution on the shot's."""
+def check_target(shot, name: str = ""):
+    """The scene the previews would go to, if it exists yet (else None); PlacementError if it cannot be used.
+    Changes nothing (for checks before rendering)."""
     import bpy
 
     name = (name or "").strip() or previs_scene_name(shot)
@@ -84,23 +103,54 @@ def previs_scene(shot, name: str = "", create: bool = True):
         )
     target = bpy.data.scenes.get(name)
     if target is None:
-        if not create:
-            return None
-        target = bpy.data.scenes.new(name)
+        return None
     if target.library is not None:
         raise PlacementError(f"the scene '{name}' is linked from a library and cannot be edited")
-    if target.get(SHOT_KEY, shot.name) != shot.name and _shot_strip(target) is not None:
+    if is_previs_scene(target) and target[SHOT_KEY] != shot.name:
         raise PlacementError(f"the scene '{name}' already holds the previs of the shot '{target[SHOT_KEY]}'")
-    target[SHOT_KEY] = shot.name
-    _fit_to_shot(target, shot)
-    if _shot_strip(target) is None:
-        strip = _strips(target).new_scene(name=shot.name, scene=shot, channel=1, frame_start=shot.frame_start)
+    if not is_previs_scene(target) and target.camera is not None:
+        raise PlacementError(
+            f"the scene '{name}' has a camera: previews on its Sequencer would replace its own render. Name an "
+            f"edit scene (no camera), or leave it empty for '{previs_scene_name(shot)}'"
+        )
+    return target
+
+
+def previs_scene(shot, name: str = ""):
+    """The edit scene that holds `shot`'s previews: `name` if given, else "<shot> previs"; never the shot.
+
+    A scene made here (for this shot) follows the shot's frame range, rate and resolution and gets a Scene strip
+    of the shot on channel 1 at the shot's own frames. A scene of the artist's (an edit holding several shots)
+    keeps its settings: the previews go above the Scene strip that shows the shot there (one is added on a
+    free channel at the shot's frames if it has none), shifted with it."""
+    import bpy
+
+    target = check_target(shot, name)
+    if target is None:
+        target = bpy.data.scenes.new((name or "").strip() or previs_scene_name(shot))
+        target[SHOT_KEY] = shot.name
+    if target.get(SHOT_KEY) == shot.name:
+        _fit_to_shot(target, shot)
+    if shot_strip(target, shot) is None:
+        length = shot.frame_end - shot.frame_start + 1
+        channel = first_free_channel(target, shot.frame_start, shot.frame_start + length - 1)
+        strip = _strips(target).new_scene(name=shot.name, scene=shot, channel=channel, frame_start=shot.frame_start)
         strip[SHOT_STRIP_KEY] = shot.name
     return target
 
 
-def _shot_strip(target):
-    return next((s for s in _all_strips(target) if SHOT_STRIP_KEY in s.keys()), None)
+def shot_strip(target, shot):
+    """The Scene strip showing `shot` in `target` (the one this add-on made first), or None."""
+    showing = [s for s in _all_strips(target) if s.type == "SCENE" and s.scene == shot]
+    return next((s for s in showing if SHOT_STRIP_KEY in s.keys()), showing[0] if showing else None)
+
+
+def shot_offset(target, shot) -> tuple[int, int]:
+    """(frames to add to a shot frame to get `target`'s timeline frame, the lowest channel above the shot)."""
+    strip = shot_strip(target, shot)
+    if strip is None:
+        return 0, 2
+    return round(strip.frame_start) - shot.frame_start, strip.channel + 1
 
 
 def _fit_to_shot(target, shot) -> None:
@@ -129,16 +179,18 @@ def _tag(movie, metadata: dict) -> None:
     movie[f"{PROPS_KEY}_keyframes"] = json.dumps(metadata.get("keyframes", {}))
 
 
-def add_preview_strip(target, video_path: str, start: int, end: int, metadata: dict, replace=None):
-    """Add the preview spanning timeline frames start..end of the previs scene `target` (above the shot's Scene
-    strip); `replace` is an earlier preview strip to take the place of (its channel is reused and it is
-    removed). Returns the movie strip."""
+def add_preview_strip(target, video_path: str, start: int, end: int, metadata: dict, replace=None, shot=None):
+    """Add the preview spanning the shot's frames start..end in the previs scene `target`, above the Scene strip
+    of `shot` there (and shifted with it); `replace` is an earlier preview strip to take the place of (its
+    channel is reused and it is removed). Returns the movie strip."""
     strips = _strips(target)
+    shift, lowest = shot_offset(target, shot) if shot is not None else (0, 2)
+    start, end = start + shift, end + shift
     shot_frames = end - start + 1
     ignore = [replace] if replace is not None else []
-    channel = first_free_channel(target, start, end, ignore=ignore, lowest=2)
+    channel = first_free_channel(target, start, end, ignore=ignore, lowest=lowest)
     if replace is not None:
-        if replace.channel > 1 and _channel_free(target, replace.channel, start, end, ignore):
+        if replace.channel >= lowest and _channel_free(target, replace.channel, start, end, ignore):
             channel = replace.channel
         strips.remove(replace)
     name = f"SparseCtrl {metadata.get('modality', '')} {metadata.get('seed', '')}".strip()
@@ -156,11 +208,12 @@ def move_old_previews(shot, target) -> int:
         return 0
     strips = _strips(shot)
     moved = 0
+    shift, lowest = shot_offset(target, shot)
     for strip in old:
-        start, duration = strip.frame_final_start, strip.frame_final_duration
-        channel = first_free_channel(target, start, start + duration - 1, lowest=max(2, strip.channel))
+        start, duration = strip.frame_final_start + shift, strip.frame_final_duration
+        channel = first_free_channel(target, start, start + duration - 1, lowest=max(lowest, strip.channel))
         movie = _strips(target).new_movie(
-            strip.name, strip.filepath, channel=channel, frame_start=round(strip.frame_start)
+            strip.name, strip.filepath, channel=channel, frame_start=round(strip.frame_start) + shift
         )
         movie.frame_offset_start, movie.frame_offset_end = strip.frame_offset_start, strip.frame_offset_end
         movie.frame_final_duration = duration
@@ -179,8 +232,14 @@ def find_strip(scene, name: str):
     return next((s for s in _all_strips(scene) if s.name == name), None)
 
 
-def active_preview_strip(scene):
-    """The active Sequencer strip if it is one of this add-on's previews, else None."""
+def active_preview_strip(scene, shot=None):
+    """The active Sequencer strip if it is one of this add-on's previews (of `shot`, when given: in an edit
+    holding several shots, Replace never takes another shot's preview), else None."""
     editor = scene.sequence_editor
     strip = editor.active_strip if editor else None
-    return strip if strip is not None and PROPS_KEY in strip.keys() else None
+    if strip is None or PROPS_KEY not in strip.keys():
+        return None
+    made_for = preview_shot(strip)
+    if shot is not None and made_for is not None and made_for != shot.name:
+        return None
+    return strip

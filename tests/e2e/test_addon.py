@@ -290,3 +290,66 @@ def test_server_disappearing_mid_job_says_so_and_offers_to_resubmit(tmp_path, ti
         assert lost["status"] == "failed" and lost["error"]["code"] == "interrupted"
     finally:
         restarted.stop()
+
+
+def test_panel_in_an_artists_edit_of_two_shots(tiny_server, tmp_path, addon):
+    """#15 item 1 in an edit holding two shots: the panel works on the shot of the active strip, Replace never
+    takes the other shot's preview, a scene with a camera or another shot's previs is refused as a target, and
+    the strip records the server the job went to even if the panel's URL changed during the job (#13)."""
+    ops = addon
+    build_shot(start=1, end=24, markers=(1, 24))
+    shot_a = bpy.context.scene
+    shot_a.name = "A"
+    shot_b = shot_a.copy()  # a second shot, same blocking
+    shot_b.name = "B"
+    edit = bpy.data.scenes.new("Edit")
+    editor = edit.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    cut_a = strips.new_scene(name="A cut", scene=shot_a, channel=1, frame_start=1)
+    cut_b = strips.new_scene(name="B cut", scene=shot_b, channel=1, frame_start=25)
+    for shot in (shot_a, shot_b):
+        props = shot.sparsectrl
+        props.server_url, props.prompt, props.size, props.steps, props.num_frames = tiny_server.url, "x", 64, 1, 4
+        props.frames_mode, props.preview_scene = "FIXED", "Edit"
+
+    # The panel shown in the edit, on each shot's cut in turn; B's URL is changed while its job runs.
+    with bpy.context.temp_override(scene=edit):
+        editor.active_strip = cut_a
+        assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
+        assert ops.STATUS.run.scene_name == "A"
+        _finish(ops)
+        editor.active_strip = cut_b
+        bpy.ops.sparsectrl.generate()
+        sent_to, shot_b.sparsectrl.server_url = shot_b.sparsectrl.server_url, "http://127.0.0.1:9"
+        _finish(ops)
+    preview_a, preview_b = sorted(preview_strips(edit), key=lambda s: s.frame_final_start)
+    assert (preview_a.channel, preview_a.frame_final_start, preview_a.frame_final_duration) == (2, 1, 24)
+    assert (preview_b.channel, preview_b.frame_final_start, preview_b.frame_final_duration) == (2, 25, 24)
+    assert json.loads(preview_b["sparsectrl"])["server"] == sent_to
+    assert "A previs" not in bpy.data.scenes and "B previs" not in bpy.data.scenes
+    assert not preview_strips(shot_a) and not preview_strips(shot_b)
+
+    # Replace from A's panel while B's preview is the active strip: A's previews stack, B's stays.
+    shot_a.sparsectrl.regenerate_mode = "REPLACE"
+    editor.active_strip = preview_b
+    b_name = preview_b.name
+    with bpy.context.temp_override(scene=shot_a):
+        bpy.ops.sparsectrl.generate(regenerate=True)
+        _finish(ops)
+    assert b_name in [s.name for s in preview_strips(edit)] and len(preview_strips(edit)) == 3
+
+    # Targets that would hijack a render or another shot's previs are refused before anything renders.
+    jobs_before = len(tiny_server.client.get("/v1/jobs").json()["jobs"])
+    shot_a.sparsectrl.preview_scene = "B"  # a 3D scene with a camera
+    with bpy.context.temp_override(scene=shot_a):
+        assert bpy.ops.sparsectrl.generate() == {"CANCELLED"}
+    assert "has a camera" in ops.STATUS.message and ops.STATUS.message_is_error
+    shot_b.sparsectrl.preview_scene = ""
+    with bpy.context.temp_override(scene=shot_b):
+        bpy.ops.sparsectrl.generate()  # makes "B previs"
+        _finish(ops)
+    shot_a.sparsectrl.preview_scene = "B previs"
+    with bpy.context.temp_override(scene=shot_a):
+        assert bpy.ops.sparsectrl.generate() == {"CANCELLED"}
+    assert "already holds the previs of the shot 'B'" in ops.STATUS.message
+    assert len(tiny_server.client.get("/v1/jobs").json()["jobs"]) == jobs_before + 1

@@ -57,7 +57,7 @@ def render_settings(scene) -> dict:
         "sequencer": r.use_sequencer,
         "compositing": r.use_compositing,
         "filepath": r.filepath,
-        "camera": scene.camera.name,
+        "camera": scene.camera.name if scene.camera else None,
         "strips": [s.name for s in all_strips(scene)] if scene.sequence_editor else [],
     }
 
@@ -225,6 +225,33 @@ def test_bad_input_is_one_error_line_before_anything_is_sent(tiny_server, tmp_pa
     assert errors == [errors[-1]] and errors[-1].startswith(expected.format(shot=shot, tmp=tmp_path)), out.stderr
     assert not (tmp_path / "passes").exists()  # nothing rendered
     assert tiny_server.client.get("/v1/jobs").json() == jobs_before  # nothing sent
+
+
+def test_previews_go_into_the_artists_edit_above_the_shot_where_it_is_cut_in(tiny_server, tmp_path):
+    """Item 1, a target scene the artist picks: an edit holding the shot as a Scene strip at frame 1001 on
+    channel 3 gets the preview above it, shifted with it; the edit's own settings are not touched."""
+    shot = tmp_path / "shot.blend"
+    save_real_file(shot, tmp_path, active="Shot")
+    bpy.ops.wm.open_mainfile(filepath=str(shot))
+    edit = bpy.data.scenes.new("Edit")
+    edit.frame_start, edit.frame_end = 1, 2000
+    edit.render.resolution_x, edit.render.resolution_y, edit.render.fps = 1280, 720, 24
+    editor = edit.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    strips.new_scene(name="cut in", scene=bpy.data.scenes["Shot"], channel=3, frame_start=1001)
+    bpy.ops.wm.save_mainfile()
+    before = render_settings(edit) | {"strips": None}
+
+    out = run_batch(shot, "--server", tiny_server.url, *FAST, "--preview-scene", "Edit")
+    assert out.returncode == 0, out.stderr[-3000:]
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot_previs.blend"))
+    edit = bpy.data.scenes["Edit"]
+    assert "Shot previs" not in bpy.data.scenes
+    assert render_settings(edit) | {"strips": None} == before
+    assert [s.name for s in all_strips(edit) if s.type == "SCENE"] == ["cut in"]  # no second copy of the shot
+    (strip,) = preview_strips(edit)
+    assert (strip.channel, strip.frame_final_start, strip.frame_final_duration) == (4, 1001, 60)
+    assert not preview_strips(bpy.data.scenes["Shot"])
 
 
 def test_preview_range_without_one_is_said(tiny_server, tmp_path):
