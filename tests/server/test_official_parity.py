@@ -213,7 +213,7 @@ def test_http_jobs_match_the_official_code(tmp_path, tiny_root, official):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lineart_spread", "rgb_first_last"])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_cli_generate_matches_the_official_code(tmp_path, tiny_root, official, name):
     import shutil
 
