@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import server.jobs.worker as worker_module
+import server.jobs.execute as execute_module
 from server.jobs.service import JobService
 from tests.conftest import png_bytes, sketch
 
@@ -90,14 +90,14 @@ def test_an_exception_fails_only_its_job_with_its_message(service, engine, monke
 
 
 def test_disk_full_while_writing_fails_the_job_and_serves_no_partial_file(service, monkeypatch):
-    real = worker_module.write_mp4
+    real = execute_module.write_mp4
 
     def disk_full(frames, fps, path):
         tmp = path.with_name(f".{path.name}.partial")
         tmp.write_bytes(b"\x00" * 1000)  # half-written when the disk fills up
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(worker_module, "write_mp4", disk_full)
+    monkeypatch.setattr(execute_module, "write_mp4", disk_full)  # the executor writes (jobs/execute.py)
     job_id = service.submit(fields()).id
     failed = wait(service, job_id)
     assert (failed.status, failed.error_code) == ("failed", "disk_full")
@@ -106,7 +106,7 @@ def test_disk_full_while_writing_fails_the_job_and_serves_no_partial_file(servic
     assert not list(folder.glob("*.partial")) and not list(folder.glob(".*.partial"))
     assert service.files.keyframe(job_id, 0).exists()  # the inputs are kept
 
-    monkeypatch.setattr(worker_module, "write_mp4", real)
+    monkeypatch.setattr(execute_module, "write_mp4", real)
     assert wait(service, service.submit(fields()).id).status == "succeeded"
 
 
