@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _point(args: argparse.Namespace) -> dict:
     """One job of args.frames frames, in this process: our engine, or (args.runner == "diffusers") a bare
-    diffusers call on the same modules, which has no context windows and diffusers' joint temporal norm."""
+    diffusers call on the same modules, which has no context windows and diffusers' joint temporal norm.
+    A linear measurement script (set up, measure, print, write the row): kept whole, read top to bottom."""
     import dataclasses
     import gc
 
@@ -152,6 +153,8 @@ def _run_point(args: argparse.Namespace, frames: int, runner: str) -> dict | Non
 
 
 def memory(args: argparse.Namespace) -> int:
+    """Peak memory of a job per point, ours and bare diffusers, each in a fresh process.
+    A linear measurement script (set up, measure, print, write the row): kept whole, read top to bottom."""
     import diffusers
     import torch
 
@@ -246,7 +249,7 @@ def _request(config, model, frames: int, size: int, steps: int, quality: str = "
 
     from PIL import Image, ImageDraw
 
-    from .jobs.resolve import resolve_request
+    from .request.resolve import resolve_request
 
     sketch = Image.new("RGB", (size, size))
     ImageDraw.Draw(sketch).rectangle((size // 8, size // 8, size // 2, size - size // 8), outline="white", width=2)
@@ -264,7 +267,7 @@ def _request(config, model, frames: int, size: int, steps: int, quality: str = "
         "quality": quality,
         "keyframes": [{"index": 0, "image": png.getvalue()}, {"index": frames - 1, "image": png.getvalue()}],
     }
-    return resolve_request(fields, config, model.modalities, seed=0, draft_adapter=model.has_draft_adapter).request
+    return resolve_request(fields, config, model.modalities, seed=0, draft_adapter=model.has_draft_adapter)
 
 
 def _describe(request) -> str:
@@ -350,6 +353,8 @@ def _timed(run, step_times, device) -> dict:
 
 
 def speed(args: argparse.Namespace) -> int:
+    """Seconds per step and achieved TFLOP/s of one job, ours beside bare diffusers on the same modules.
+    A linear measurement script (set up, measure, print, write the row): kept whole, read top to bottom."""
     import dataclasses
 
     import diffusers
@@ -443,7 +448,8 @@ def speed(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Training throughput of server/train on synthetic clips, full-size (random weights) or tiny."""
+    """Training throughput of server/train on synthetic clips, full-size (random weights) or tiny.
+    A linear measurement script (set up, measure, print, write the row): kept whole, read top to bottom."""
     import tempfile
 
     import diffusers

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import MODALITIES, Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config
+from .request.model import MODALITIES
 
 log = logging.getLogger("server")
 
@@ -136,7 +137,8 @@ def _lora_arg(item: str) -> dict[str, Any]:
 def generate(config: Config, args: argparse.Namespace) -> int:
     from .engine.engine import random_seed
     from .jobs.execute import JobOutputs, run_job
-    from .jobs.resolve import RequestError, resolve_request
+    from .request.errors import RequestError
+    from .request.resolve import resolve_request
 
     keyframes = []
     for item in args.keyframe:
@@ -173,7 +175,7 @@ def generate(config: Config, args: argparse.Namespace) -> int:
             seed=random_seed(),
             draft_adapter=engine.model.has_draft_adapter,
             loras=engine.model.loras,
-        ).request
+        )
     except RequestError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from .request.errors import RequestError
+from .request.model import MODALITIES, SCHEDULER_NAMES, configurable_fields
+from .request.schema import parse_body
 from .weights.locate import SearchFolders
 from .weights.refs import WeightRef, WeightRefError
-
-MODALITIES = ("lineart", "rgb", "depth")
 
 
 class ConfigError(ValueError):
@@ -63,17 +64,13 @@ class ModelSection:
         return self.base is not None and self.base.ref == "tiny"
 
 
-@dataclass(frozen=True)
-class GenerationDefaults:
-    negative_prompt: str
-    num_frames: int
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    conditioning_scale: float
-    scheduler: str
-    fps: int
+# [generation]: a default for every request field marked default_from_config in request/model.py, so a new
+# request field is a new key here without touching this file. Annotations as strings, as _typed reads them.
+GenerationDefaults = make_dataclass(
+    "GenerationDefaults",
+    [(name, f.type if isinstance(f.type, str) else f.type.__name__) for name, f in configurable_fields().items()],
+    frozen=True,
+)
 
 
 @dataclass(frozen=True)
@@ -212,12 +209,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     generation_table = dict(raw["generation"])
     if model.is_tiny:
         generation_table.update(raw.get("tiny_generation", {}))
+    limits = _typed(Limits, raw["limits"], "limits")
     return Config(
         server=_typed(ServerSection, raw["server"], "server"),
         model=model,
-        generation=_typed(GenerationDefaults, generation_table, "generation"),
+        generation=_check_generation(_typed(GenerationDefaults, generation_table, "generation"), limits),
         scheduler=_check_scheduler(dict(raw.get("scheduler", {}))),
-        limits=_typed(Limits, raw["limits"], "limits"),
+        limits=limits,
         retention=_typed(Retention, raw["retention"], "retention"),
         long_video=_check_windows(_typed(LongVideo, raw["long_video"], "long_video")),
         performance=_check_performance(_typed(Performance, raw["performance"], "performance")),
@@ -254,10 +252,20 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
     return ModelSection(**{**model.__dict__, **refs, "encoders": encoders, "loras": loras, "search": search})
 
 
+def _check_generation(defaults, limits: Limits):
+    """[generation] defaults are checked as a request is (request/schema.py): a default outside [limits]
+    would otherwise reach the engine unchecked."""
+    body = {name: getattr(defaults, name) for name in configurable_fields()}
+    body |= {"prompt": "", "modality": MODALITIES[0], "keyframes": [{"index": 0, "image": "-"}]}
+    try:
+        parse_body(body, limits)
+    except RequestError as e:
+        raise ConfigError(f"[generation] defaults do not fit [limits]: {e.message}") from None
+    return defaults
+
+
 def _check_scheduler(table: dict[str, Any]) -> dict[str, Any]:
     """[scheduler]'s kwargs, with a [scheduler.NAME] table allowed only for a scheduler the server offers."""
-    from .engine.request import SCHEDULER_NAMES
-
     unknown = sorted(k for k, v in table.items() if isinstance(v, dict) and k not in SCHEDULER_NAMES)
     if unknown:
         raise ConfigError(f"[scheduler] has tables for unknown schedulers {unknown}; known: {list(SCHEDULER_NAMES)}")

@@ -2,26 +2,16 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
 
 from ..config import Config
-from ..jobs.resolve import RequestError
 from ..jobs.service import JobService
+from ..request.schema import body_model
 from .errors import error_response, install_error_handlers
 from .pages import install_pages
-from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, ModelsOut, job_create_model
+from .routes import api_routes
 from .security import RequestGuard, is_loopback_name
-
-ERRORS = {
-    401: {"model": ErrorResponse, "description": "missing or wrong token (when the server has one)"},
-    403: {"model": ErrorResponse, "description": "request from a web page or for another host"},
-    404: {"model": ErrorResponse, "description": "no such job"},
-    409: {"model": ErrorResponse, "description": "the job is not in a state that allows this"},
-    413: {"model": ErrorResponse, "description": "request body too large"},
-    422: {"model": ErrorResponse, "description": "invalid request"},
-}
 
 
 class BodySizeLimit:
@@ -71,7 +61,8 @@ class BodySizeLimit:
 
 
 def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
-    """The app for `service`; `token` (server.token or SPARSECTRL_TOKEN) is required on every API call if set."""
+    """The app for `service`; `token` (server.token or SPARSECTRL_TOKEN) is required on every API call if set.
+    Middleware here (outermost last), the routes in routes.py, the pages in pages.py."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -106,66 +97,6 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
         allowed_hosts=config.server.allowed_hosts,
         allowed_origins=config.server.allowed_origins,
     )
-    JobCreate = job_create_model(config.limits)
     install_pages(app)
-
-    @app.get("/v1/health", response_model=Health)
-    def health():
-        return service.health()
-
-    @app.get("/v1/models", response_model=ModelsOut)
-    def models():
-        """What is loaded (modalities, LoRAs) and every weight the config names: where found, size, format."""
-        return service.models()
-
-    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=ERRORS)
-    def submit(body: JobCreate, response: Response):
-        fields = body.model_dump()
-        fields["keyframes"] = [k.model_dump() for k in body.keyframes]
-        job = service.submit(fields)
-        response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return JobAccepted(id=job.id, status=job.status)
-
-    @app.get("/v1/jobs", response_model=JobList)
-    def list_jobs(limit: int = 50):
-        return JobList(jobs=[JobOut.of(j) for j in service.store.list(max(1, min(limit, 500)))])
-
-    @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-    def get_job(job_id: str):
-        return JobOut.of(service.get(job_id))
-
-    @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-    def cancel_job(job_id: str, response: Response):
-        job = service.cancel(job_id)
-        if job.status == "running":
-            response.status_code = 202  # stops within one denoising step; poll until "cancelled"
-        return JobOut.of(job)
-
-    def _finished_output(job_id: str):
-        job = service.get(job_id)
-        if job.status != "succeeded":
-            raise RequestError("not_ready", f"job {job_id} is {job.status}; its output exists once it succeeded", 409)
-        return job
-
-    @app.get(
-        "/v1/jobs/{job_id}/video",
-        response_class=FileResponse,
-        responses={200: {"content": {"video/mp4": {}}}, **ERRORS},
-    )
-    def get_video(job_id: str):
-        job = _finished_output(job_id)
-        return FileResponse(service.files.video(job.id), media_type="video/mp4", filename=f"{job.id}.mp4")
-
-    @app.get(
-        "/v1/jobs/{job_id}/frames/{n}.png",
-        response_class=FileResponse,
-        responses={200: {"content": {"image/png": {}}}, **ERRORS},
-    )
-    def get_frame(job_id: str, n: int):
-        job = _finished_output(job_id)
-        frames = job.request.get("output_frames") or job.request["num_frames"]
-        if not 0 <= n < frames:
-            raise RequestError("not_found", f"frame {n} is outside 0..{frames - 1}", 404)
-        return FileResponse(service.files.frame(job.id, n), media_type="image/png")
-
+    app.include_router(api_routes(service, body_model(config.limits)))
     return app

@@ -9,36 +9,34 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..jobs.resolve import RequestError
-from ..jobs.service import JobNotFound
+from ..request.errors import JobNotFound, RequestError
+from ..request.schema import describe
 
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+# The HTTP status of each error code the jobs layer raises; any other RequestError is a 422 (a request that
+# cannot be run as sent).
+STATUS_OF = {"not_found": 404, "job_finished": 409, "not_ready": 409}
+
+
+def status_of(code: str) -> int:
+    return STATUS_OF.get(code, 422)
 
 
 def error_response(status: int, code: str, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
-def _describe(errors: list[dict]) -> str:
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return error_response(422, "invalid_request", _describe(exc.errors()), details=details)
+        return error_response(422, "invalid_request", describe(exc.errors()), details=details)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(status_of(exc.code), exc.code, exc.message)
 
     @app.exception_handler(JobNotFound)
     async def _not_found(_: Request, exc: JobNotFound):

@@ -1,80 +1,17 @@
-"""Request and response bodies of the HTTP API; these models are the OpenAPI schema at /docs."""
+"""Response bodies of the HTTP API (the request body is request/schema.py's); with it, the OpenAPI schema at
+/docs."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from ..config import Limits
-from ..engine.request import SCHEDULER_NAMES
-from ..jobs.resolve import SEED_MAX
 from ..jobs.store import JobRecord
+from ..request.model import MODALITIES
 
-Modality = Literal["lineart", "rgb", "depth"]
-SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
+Modality = Literal[MODALITIES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-OWNER_MAX_CHARS = 64
-OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
-
-
-def job_create_model(limits: Limits) -> type[BaseModel]:
-    """The POST /v1/jobs body, with the configured limits in its schema (so /docs and clients see them)."""
-
-    class KeyframeIn(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        index: int = Field(ge=0, le=limits.max_frames - 1, description="0-based generated frame it conditions")
-        image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
-        output_index: int | None = Field(
-            None,
-            ge=0,
-            le=limits.max_output_frames - 1,
-            description="with output_frames: the delivered frame that must show this keyframe's generated frame",
-        )
-
-    size = dict(ge=limits.min_size, le=limits.max_size, multiple_of=8)
-
-    class LoraIn(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        name: str = Field(min_length=1, max_length=64, description="a LoRA name from GET /v1/models (never a path)")
-        scale: float | None = Field(None, ge=-4, le=4, description="strength; omitted: the configured default")
-
-    class JobCreate(BaseModel):
-        """A generation request. Omitted optional fields take the server's configured defaults."""
-
-        model_config = ConfigDict(extra="forbid", strict=True)
-        prompt: str = Field(max_length=limits.max_prompt_chars)
-        negative_prompt: str | None = Field(None, max_length=limits.max_prompt_chars)
-        modality: Modality
-        num_frames: int | None = Field(None, ge=1, le=limits.max_frames)
-        width: int | None = Field(None, **size)
-        height: int | None = Field(None, **size)
-        steps: int | None = Field(None, ge=1, le=limits.max_steps)
-        guidance_scale: float | None = Field(None, ge=0, le=limits.max_guidance_scale)
-        conditioning_scale: float | None = Field(None, ge=0, le=limits.max_conditioning_scale)
-        seed: int | None = Field(None, ge=0, le=SEED_MAX)
-        scheduler: SchedulerName | None = None  # type: ignore[valid-type]
-        fps: int | None = Field(None, ge=1, le=limits.max_fps)
-        quality: Literal["final", "draft"] | None = Field(
-            None, description="draft: smaller and fewer steps ([draft] in the config), scaled up to width x height"
-        )
-        output_frames: int | None = Field(
-            None,
-            ge=1,
-            le=limits.max_output_frames,
-            description="retime the clip to this many frames (e.g. the shot's length), keyframes pinned",
-        )
-        keyframes: list[KeyframeIn] = Field(min_length=1, max_length=limits.max_frames)
-        loras: list[LoraIn] | None = Field(None, max_length=8, description="configured LoRAs to turn on")
-        owner: str | None = Field(
-            None,
-            min_length=1,
-            max_length=OWNER_MAX_CHARS,
-            pattern=OWNER_PATTERN,
-            description="who submitted the job (a name, for the queue page); not checked against anything",
-        )
-
-    return JobCreate
 
 
 class ErrorInfo(BaseModel):

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from ..config import LongVideo, Performance
+from ..request.model import GenerationRequest
 from .conditions import fit_to_size
 from .models import LoadedModel
 from .motion_modules import use_motion_modules
 from .performance import apply_performance
-from .request import GenerationRequest
 from .schedulers import build_scheduler
 from .windowed import generate_windowed
 
@@ -64,6 +64,23 @@ def random_seed() -> int:
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def clip_skip_embeddings(pipe, text: str, clip_skip: int) -> torch.Tensor:
+    """A prompt's embeddings from the text encoder's layer `clip_skip` from the end, through its final layer
+    norm (A1111's "Clip skip" = clip_skip + 1). Here rather than diffusers' encode_prompt(clip_skip=...), which
+    reads `text_encoder.text_model` (gone in transformers 5) and skips layers for the prompt but not for the
+    negative prompt; A1111, which artists' checkpoints are made for, skips them for both."""
+    encoder = pipe.text_encoder
+    layers = encoder.config.num_hidden_layers
+    if clip_skip >= layers:
+        raise ValueError(f"clip_skip {clip_skip}: the text encoder has only {layers} layers")
+    tokens = pipe.tokenizer(
+        text, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    hidden = encoder(tokens.input_ids.to(pipe._execution_device), output_hidden_states=True).hidden_states
+    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 / 5
+    return final_norm(hidden[-(clip_skip + 1)]).to(dtype=encoder.dtype)
 
 
 class Engine:
@@ -144,9 +161,33 @@ class Engine:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        # 1. Pipeline with this request's encoder, scheduler and LoRAs (and the draft motion module, copied into the
-        #    UNet's motion layers for this job, before any offload hooks take the weights).
+        # 1. Pipeline with this request's encoder, scheduler and LoRAs (and the draft motion module).
         draft_motion = request.quality == "draft" and self.model.has_draft_adapter
+        pipe = self._pipeline_for(request, draft_motion)
+
+        # 2. Keyframes in index order, each fitted to the generation size.
+        keyframes = sorted(request.keyframes, key=lambda k: k.index)
+        images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
+
+        # 3. Progress and cancellation between denoising steps.
+        def step_end(step: int) -> None:
+            if on_step is not None:
+                on_step(step + 1, request.steps)
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled()
+
+        # 4. Prompt, denoising and decoding (5. memory given back, whatever happened).
+        try:
+            frames = to_uint8(self._denoise(pipe, request, images, [k.index for k in keyframes], step_end))
+        finally:
+            self._release(pipe, draft_motion)
+
+        peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
+        return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
+
+    def _pipeline_for(self, request: GenerationRequest, draft_motion: bool):
+        """The pipeline for `request`; a draft's motion module is copied into the UNet's motion layers for the
+        job before any offload hooks take the weights (and copied back if building the pipeline fails)."""
         if draft_motion:
             use_motion_modules(self.model.unet, self.model.motion_adapters["draft"])
         try:
@@ -160,82 +201,61 @@ class Engine:
             if draft_motion:
                 use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
             raise
+        return pipe
 
-        # 2. Keyframes in index order, each fitted to the generation size.
-        keyframes = sorted(request.keyframes, key=lambda k: k.index)
-        images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
-        indices = [k.index for k in keyframes]
+    def encode_prompt(self, pipe, request: GenerationRequest):
+        """(prompt embeddings, negative ones or None without guidance), as the pipeline itself encodes them;
+        with clip_skip, both from that layer (clip_skip_embeddings)."""
+        do_cfg = request.guidance_scale > 1
+        negative = request.negative_prompt or None
+        if not request.clip_skip:
+            return pipe.encode_prompt(request.prompt, pipe._execution_device, 1, do_cfg, negative)
+        embed = lambda text: clip_skip_embeddings(pipe, text, request.clip_skip)  # noqa: E731
+        return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
-        # 3. Progress and cancellation between denoising steps.
-        def step_end(_pipe, step: int, _timestep, callback_kwargs):
-            if on_step is not None:
-                on_step(step + 1, request.steps)
-            if should_cancel is not None and should_cancel():
-                raise JobCancelled()
-            return callback_kwargs
-
-        # 4. Denoise and decode: diffusers' pipeline as it is for one window's worth of frames; longer clips in
-        #    context windows. The seed drives the request's generator and, isolated by fork_rng, the global RNG
-        #    too: the RGB encoder's VAE encoding samples from it, and it must repeat as well.
+    def _denoise(self, pipe, request: GenerationRequest, images: list, indices: list[int], step_end) -> np.ndarray:
+        """Float frames in [0, 1]: diffusers' pipeline as it is for one window's worth of frames, longer clips
+        in context windows (windowed.py, the same arguments). The seed drives the request's generator and,
+        isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding samples from it."""
         lv = self.long_video
-        try:
-            with torch.random.fork_rng(devices=[self.device] if cuda else []):
-                torch.manual_seed(request.seed)
-                generator = torch.Generator(device=self.device).manual_seed(request.seed)
-                if request.num_frames <= lv.window_length:
-                    output = pipe(
-                        prompt=request.prompt,
-                        negative_prompt=request.negative_prompt or None,
-                        num_frames=request.num_frames,
-                        width=request.width,
-                        height=request.height,
-                        num_inference_steps=request.steps,
-                        guidance_scale=request.guidance_scale,
-                        conditioning_frames=images,
-                        controlnet_frame_indices=indices,
-                        controlnet_conditioning_scale=request.conditioning_scale,
-                        generator=generator,
-                        output_type="np",
-                        callback_on_step_end=step_end,
-                    )
-                    generated = output.frames[0]
-                    del output
-                else:
-                    generated = generate_windowed(
-                        pipe,
-                        prompt=request.prompt,
-                        negative_prompt=request.negative_prompt or None,
-                        num_frames=request.num_frames,
-                        width=request.width,
-                        height=request.height,
-                        steps=request.steps,
-                        guidance_scale=request.guidance_scale,
-                        conditioning_frames=images,
-                        frame_indices=indices,
-                        conditioning_scale=request.conditioning_scale,
-                        generator=generator,
-                        window_length=lv.window_length,
-                        window_overlap=lv.window_overlap,
-                        shared_noise=lv.shared_noise,
-                        decode_chunk=lv.decode_chunk,
-                        on_step_end=lambda i: step_end(None, i, None, {}),
-                    )
-            frames = to_uint8(generated)
-            del generated
-        finally:
-            # 5. Give the accelerator's cached memory back before the next job (the reference scripts ran out of
-            #    memory on the second one). The full gc pass (~0.2 s) runs in the worker after the job is reported.
-            if self.model.offload != "none":  # every model back on the CPU, hooks off, weights where they were
-                pipe.remove_all_hooks()
-                for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
-                    module.to("cpu")
-            del pipe
-            if draft_motion:
-                use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
-            self.empty_cache()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(request.seed)
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(pipe, request)
+            call = dict(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                num_frames=request.num_frames,
+                width=request.width,
+                height=request.height,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                conditioning_frames=images,
+                controlnet_frame_indices=indices,
+                controlnet_conditioning_scale=request.conditioning_scale,
+                generator=torch.Generator(device=self.device).manual_seed(request.seed),
+            )
+            if request.num_frames > lv.window_length:
+                windows = dict(window_length=lv.window_length, window_overlap=lv.window_overlap)
+                windows |= dict(shared_noise=lv.shared_noise, decode_chunk=lv.decode_chunk)
+                return generate_windowed(pipe, **call, **windows, on_step_end=step_end)
 
-        peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
-        return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
+            def callback(_pipe, step, _timestep, callback_kwargs):
+                step_end(step)
+                return callback_kwargs
+
+            return pipe(**call, output_type="np", callback_on_step_end=callback).frames[0]
+
+    def _release(self, pipe, draft_motion: bool) -> None:
+        """Give the accelerator's cached memory back before the next job (the reference scripts ran out of
+        memory on the second one); with offload, every model back on the CPU with its hooks off; the final
+        motion module back after a draft. The full gc pass (~0.2 s) runs in the worker after the job."""
+        if self.model.offload != "none":
+            pipe.remove_all_hooks()
+            for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
+                module.to("cpu")
+        if draft_motion:
+            use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
+        self.empty_cache()
 
     def empty_cache(self) -> None:
         if self.device.type == "cuda":

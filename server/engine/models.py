@@ -15,13 +15,15 @@ from typing import Any
 
 import torch
 
-from ..config import MODALITIES, ModelSection
+from ..config import ModelSection
+from ..request.model import MODALITIES
 from ..weights.checkpoint import CheckpointError
 from ..weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, load_sparsectrl_file, load_vae_file
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
 from ..weights.refs import WeightRef
 from .motion_modules import build_motion_unet
+from .performance import pick_offload
 from .temporal_norm import use_per_frame_temporal_norm
 
 log = logging.getLogger(__name__)
@@ -239,57 +241,74 @@ def _fits(unet2d, adapter) -> bool:
         return False
 
 
-def load_model(section: ModelSection, data_dir: Path, performance=None) -> LoadedModel:
-    """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first.
-    `performance` ([performance]): its offload setting decides whether the models move to the GPU now."""
-    started = time.perf_counter()
-    encoder_refs = dict(section.encoders)
-    base_ref, adapter_ref, draft_ref = section.base, section.motion_adapter, section.draft_motion_adapter
+@dataclass(frozen=True)
+class _Refs:
+    """What to load: the configured references, or the tiny model's folders (built first)."""
+
+    name: str
+    base: WeightRef
+    motion_adapter: WeightRef
+    draft_motion_adapter: WeightRef | None
+    encoders: dict[str, WeightRef]
+
+
+def _refs(section: ModelSection, data_dir: Path) -> _Refs:
     if section.is_tiny:
         from .tiny import build_tiny_model
 
         root = build_tiny_model(data_dir / "models" / "tiny")
-        base_ref, adapter_ref = WeightRef(str(root / "base")), WeightRef(str(root / "motion_adapter"))
-        draft_ref = draft_ref or WeightRef(str(root / "motion_adapter_draft"))
-        encoder_refs = {m: WeightRef(str(root / "encoders" / m)) for m in MODALITIES} | encoder_refs
-        name = TINY_NAME
-    else:
-        if base_ref is None:
-            raise ModelLoadError("no base model configured: set [model] base in the config file (docs/weights.md)")
-        _located(base_ref, "base", "base model", section)  # a missing base is the first thing to say
-        if adapter_ref is None:
-            raise ModelLoadError(
-                "no motion adapter configured: set [model] motion_adapter (e.g. v3_sd15_mm.ckpt; docs/weights.md)"
-            )
-        name = section.name or Path(base_ref.ref).stem or base_ref.ref
+        tiny_encoders = {m: WeightRef(str(root / "encoders" / m)) for m in MODALITIES}
+        draft = section.draft_motion_adapter or WeightRef(str(root / "motion_adapter_draft"))
+        base, adapter = WeightRef(str(root / "base")), WeightRef(str(root / "motion_adapter"))
+        return _Refs(TINY_NAME, base, adapter, draft, tiny_encoders | dict(section.encoders))
+    if section.base is None:
+        raise ModelLoadError("no base model configured: set [model] base in the config file (docs/weights.md)")
+    _located(section.base, "base", "base model", section)  # a missing base is the first thing to say
+    if section.motion_adapter is None:
+        raise ModelLoadError(
+            "no motion adapter configured: set [model] motion_adapter (e.g. v3_sd15_mm.ckpt; docs/weights.md)"
+        )
+    name = section.name or Path(section.base.ref).stem or section.base.ref
+    return _Refs(name, section.base, section.motion_adapter, section.draft_motion_adapter, dict(section.encoders))
 
-    device = resolve_device(section.device)
-    dtype = resolve_dtype(section.dtype, device)
-    base = load_base(section, base_ref, data_dir, dtype)
-    adapter = load_motion_adapter(adapter_ref, "motion adapter", section, data_dir, dtype)
+
+def _motion_unet(refs: _Refs, base: dict[str, Any], section: ModelSection, data_dir: Path, dtype: torch.dtype):
+    """(the UNet with motion modules, {"final": adapter, "draft": adapter}); the domain adapter merged in."""
+    adapter = load_motion_adapter(refs.motion_adapter, "motion adapter", section, data_dir, dtype)
     draft = None
-    if draft_ref is not None:
-        draft = load_motion_adapter(draft_ref, "draft motion adapter", section, data_dir, dtype)
+    if refs.draft_motion_adapter is not None:
+        draft = load_motion_adapter(refs.draft_motion_adapter, "draft motion adapter", section, data_dir, dtype)
     try:
         unet = build_motion_unet(base["unet"], adapter, draft).to(dtype)  # tries the draft too
     except Exception as e:
         if draft is not None and _fits(base["unet"], adapter):
             raise ModelLoadError(
-                f"the draft motion adapter {draft_ref} does not fit beside the motion adapter {adapter_ref}: {e}"
+                f"the draft motion adapter {refs.draft_motion_adapter} does not fit beside the motion adapter "
+                f"{refs.motion_adapter}: {e}"
             ) from e
-        raise ModelLoadError(f"the motion adapter {adapter_ref} does not fit the UNet of {base_ref}: {e}") from e
-    motion_adapters = {"final": adapter} | ({"draft": draft} if draft is not None else {})
-    del base["unet"]
+        raise ModelLoadError(
+            f"the motion adapter {refs.motion_adapter} does not fit the UNet of {refs.base}: {e}"
+        ) from e
     if section.domain_adapter is not None:
         ref = section.domain_adapter
         where = _located(ref, "lora", "domain adapter", section).path
         _load("domain adapter", where, merge_domain_adapter, unet, where, ref.scale)
+    return unet, {"final": adapter} | ({"draft": draft} if draft is not None else {})
 
-    encoders = {}
-    for modality in MODALITIES:
-        if modality in encoder_refs:
-            encoders[modality] = load_encoder(encoder_refs[modality], modality, section, data_dir, dtype).eval()
 
+def load_model(section: ModelSection, data_dir: Path, performance=None) -> LoadedModel:
+    """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first.
+    `performance` ([performance]): its offload setting decides whether the models move to the GPU now."""
+    started = time.perf_counter()
+    refs = _refs(section, data_dir)
+    device = resolve_device(section.device)
+    dtype = resolve_dtype(section.dtype, device)
+    base = load_base(section, refs.base, data_dir, dtype)
+    unet, motion_adapters = _motion_unet(refs, base, section, data_dir, dtype)
+    del base["unet"]
+    encoders = {
+        m: load_encoder(refs.encoders[m], m, section, data_dir, dtype).eval() for m in MODALITIES if m in refs.encoders
+    }
     if section.temporal_norm == "per_frame":
         for module in (unet, *encoders.values()):
             use_per_frame_temporal_norm(module)
@@ -297,42 +316,30 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
         module.eval().requires_grad_(False)
     for encoder in encoders.values():
         encoder.requires_grad_(False)
-
-    model = LoadedModel(
-        name,
-        section.is_tiny,
-        device,
-        dtype,
-        base["vae"],
-        base["text_encoder"],
-        base["tokenizer"],
-        unet,
-        base["scheduler_config"],
-        encoders,
-        motion_adapters,
-        encoders_on_device=section.encoders_on_device,
-    )
+    parts = (base["vae"], base["text_encoder"], base["tokenizer"], unet, base["scheduler_config"])
+    model = LoadedModel(refs.name, section.is_tiny, device, dtype, *parts, encoders, motion_adapters)
+    model.encoders_on_device = section.encoders_on_device
     if performance is not None:
-        from .performance import pick_offload
-
         model.offload = pick_offload(model, performance)
     if model.offload == "none":  # offloaded models stay on the CPU; diffusers' hooks move them per job
-        for module in (model.text_encoder, model.vae, model.unet):
+        on_device = (
+            model.text_encoder,
+            model.vae,
+            model.unet,
+            *(encoders.values() if section.encoders_on_device else ()),
+        )
+        for module in on_device:
             module.to(device)
-        if section.encoders_on_device:
-            for encoder in encoders.values():
-                encoder.to(device)
     if section.loras:
-        model.loras = _load("LoRAs", data_dir, load_loras, model, section)
+        model.loras = _load("LoRAs", data_dir, load_loras, unet, model.text_encoder, section, model.has_draft_adapter)
+    loras = f"; LoRAs: {', '.join(model.loras)}" if model.loras else ""
+    seconds = time.perf_counter() - started
     log.info(
         "loaded model %s on %s (%s) in %.1f s; modalities: %s%s",
-        name,
-        device,
-        str(dtype).removeprefix("torch."),
-        time.perf_counter() - started,
-        ", ".join(model.modalities) or "none",
-        f"; LoRAs: {', '.join(model.loras)}" if model.loras else "",
+        *(refs.name, device, str(dtype).removeprefix("torch."), seconds, ", ".join(model.modalities) or "none", loras),
     )
     if model.tiny:
-        log.warning("model '%s' has RANDOM weights (built offline for tests): its videos are noise, not previews", name)
+        log.warning(
+            "model '%s' has RANDOM weights (built offline for tests): its videos are noise, not previews", refs.name
+        )
     return model

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import Performance
-from .models import LoadedModel
+
+if TYPE_CHECKING:  # performance takes the loaded model; models.py calls pick_offload while loading
+    from .models import LoadedModel
 
 log = logging.getLogger(__name__)
 

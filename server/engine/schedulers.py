@@ -22,7 +22,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .request import SCHEDULER_NAMES
+from ..request.model import SCHEDULER_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,16 @@ from .windows import context_windows, share_noise
 def generate_windowed(
     pipe,
     *,
-    prompt: str,
-    negative_prompt: str | None,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
     num_frames: int,
     width: int,
     height: int,
-    steps: int,
+    num_inference_steps: int,
     guidance_scale: float,
     conditioning_frames: list,
-    frame_indices: list[int],
-    conditioning_scale: float,
+    controlnet_frame_indices: list[int],
+    controlnet_conditioning_scale: float,
     generator: torch.Generator,
     window_length: int,
     window_overlap: int,
@@ -46,15 +46,22 @@ def generate_windowed(
     decode_chunk: int,
     on_step_end: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np"."""
+    """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np".
+
+    The arguments are the pipeline's own (the prompt already encoded, as the engine does for both paths), plus
+    the windows'. A linear loop, as the pipeline's __call__ is: its numbered steps read best in one place."""
     device = pipe._execution_device
     controlnet = pipe.controlnet
     do_cfg = guidance_scale > 1
+    steps, frame_indices, conditioning_scale = (
+        num_inference_steps,
+        controlnet_frame_indices,
+        controlnet_conditioning_scale,
+    )
 
     # 1. Prompt embeddings (negative first, as the pipeline batches CFG).
-    prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt)
     if do_cfg:
-        prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+        prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
 
     # 2. Sparse conditions and mask over the whole clip, sliced per window below.
     images = pipe.prepare_image(conditioning_frames, width, height, device, controlnet.dtype)
@@ -76,38 +83,15 @@ def generate_windowed(
     }
     embeds_by_length: dict[int, torch.Tensor] = {}
 
-    # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step.
+    # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step. (One window has
+    #    weight 1 everywhere: 0 + prediction * 1 is the prediction, bit for bit.)
     for i, t in enumerate(timesteps):
-        if len(windows) == 1:
-            noise_pred = _predict(
-                pipe,
-                latents,
-                t,
-                prompt_embeds,
-                embeds_by_length,
-                cond,
-                mask,
-                conditioning_scale,
-                guidance_scale,
-                do_cfg,
-            )
-        else:
-            noise_pred = torch.zeros_like(latents)
-            for window in windows:
-                sl = slice(window.start, window.stop)
-                prediction = _predict(
-                    pipe,
-                    latents[:, :, sl],
-                    t,
-                    prompt_embeds,
-                    embeds_by_length,
-                    cond[:, :, sl],
-                    mask[:, :, sl],
-                    conditioning_scale,
-                    guidance_scale,
-                    do_cfg,
-                )
-                noise_pred[:, :, sl] += prediction * weights[window.start]
+        noise_pred = torch.zeros_like(latents)
+        for window in windows:
+            sl = slice(window.start, window.stop)
+            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, cond[:, :, sl], mask[:, :, sl])
+            prediction = _predict(pipe, *inputs, conditioning_scale, guidance_scale, do_cfg)
+            noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
         if on_step_end is not None:
             on_step_end(i)

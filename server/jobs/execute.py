@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.engine import CancelCheck, Engine, GenerationResult, StepCallback
-from ..engine.request import GenerationRequest
+from ..request.model import GenerationRequest
 from ..video.deliver import deliver
 from ..video.encode import write_mp4, write_pngs
 

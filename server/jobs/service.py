@@ -7,20 +7,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..config import Config
 from ..engine.engine import Engine, random_seed
+from ..request.errors import JobNotFound, RequestError
+from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
-from .resolve import RequestError, resolve_request
 from .retention import prune
 from .store import RUNNING, JobRecord, JobStore
 from .worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-class JobNotFound(LookupError):
-    pass
 
 
 class JobService:
@@ -45,9 +44,10 @@ class JobService:
         self.worker.stop()
         self.store.close()
 
-    def submit(self, fields: dict[str, Any]) -> JobRecord:
-        resolved = resolve_request(
-            fields,
+    def submit(self, body: dict[str, Any] | BaseModel) -> JobRecord:
+        """Queue a request: a POST /v1/jobs body (FastAPI has validated it) or the same as a dict."""
+        request = resolve_request(
+            body,
             self.config,
             self.engine.modalities,
             seed=random_seed(),
@@ -55,12 +55,11 @@ class JobService:
             loras=self.engine.model.loras,
         )
         job_id = uuid.uuid4().hex
+        fields, images = request.to_record()
         # Files first: the worker may claim the job the moment its record exists.
-        self.files.save_keyframes(job_id, resolved.keyframe_pngs())
-        request = resolved.request
-        record = self.store.create(
-            job_id, resolved.echo(), request.seed, self.engine.model.name, request.steps, owner=fields.get("owner")
-        )
+        self.files.save_keyframes(job_id, images)
+        owner = body.get("owner") if isinstance(body, dict) else body.owner
+        record = self.store.create(job_id, fields, request.seed, self.engine.model.name, request.steps, owner=owner)
         self.worker.wake()
         log.info(
             "job %s queued: %s, %d frames %dx%d, %d steps, keyframes %s",
@@ -80,10 +79,32 @@ class JobService:
             raise JobNotFound(job_id)
         return record
 
+    def list_jobs(self, limit: int = 50) -> list[JobRecord]:
+        """The newest jobs first, at most `limit` (1 to 500)."""
+        return self.store.list(max(1, min(limit, 500)))
+
+    def video(self, job_id: str) -> Path:
+        """A succeeded job's MP4."""
+        return self.files.video(self._succeeded(job_id).id)
+
+    def frame(self, job_id: str, n: int) -> Path:
+        """Delivered frame n of a succeeded job as PNG (decoded from the video if the PNGs were pruned)."""
+        job = self._succeeded(job_id)
+        frames = job.request.get("output_frames") or job.request["num_frames"]
+        if not 0 <= n < frames:
+            raise RequestError("not_found", f"frame {n} is outside 0..{frames - 1}")
+        return self.files.frame(job.id, n)
+
+    def _succeeded(self, job_id: str) -> JobRecord:
+        job = self.get(job_id)
+        if job.status != "succeeded":
+            raise RequestError("not_ready", f"job {job_id} is {job.status}; its output exists once it succeeded")
+        return job
+
     def cancel(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
         if record.finished:
-            raise RequestError("job_finished", f"job {job_id} is already {record.status}", status=409)
+            raise RequestError("job_finished", f"job {job_id} is already {record.status}")
         record = self.store.cancel(job_id)
         assert record is not None
         if record.status == RUNNING:

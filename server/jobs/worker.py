@@ -12,11 +12,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-from PIL import Image
 from tqdm import tqdm
 
 from ..engine.engine import Engine, JobCancelled, ModalityUnavailable
-from ..engine.request import GenerationRequest, Keyframe
+from ..request.model import GenerationRequest
 from .execute import JobOutputs, run_job
 from .files import JobFiles
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
@@ -96,15 +95,6 @@ class Worker:
                 continue
             self._run(job)
 
-    def _load_request(self, job: JobRecord) -> GenerationRequest:
-        fields = {k: v for k, v in job.request.items() if k != "keyframes"}
-        fields["loras"] = tuple((name, scale) for name, scale in fields.get("loras", ()))
-        keyframes = []
-        for kf in job.request["keyframes"]:
-            with Image.open(self.files.keyframe(job.id, kf["index"])) as img:
-                keyframes.append(Keyframe(kf["index"], img.convert("RGB"), kf.get("output_index")))
-        return GenerationRequest(**fields, keyframes=keyframes)
-
     def _run(self, job: JobRecord) -> None:
         with self._lock:
             self._current = job.id
@@ -128,7 +118,9 @@ class Worker:
             bar.update(step - bar.n)
 
         try:
-            request = self._load_request(job)
+            request = GenerationRequest.from_record(
+                job.request, lambda index: self.files.keyframe(job.id, index).read_bytes()
+            )
             outputs = JobOutputs(video=self.files.video(job.id), frames=self.files.frames(job.id))
             result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=self._cancel.is_set)
             self.store.finish(job.id, SUCCEEDED)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..engine.request import GenerationRequest
+from ..request.model import GenerationRequest
 from .retime import retime, timing
 
 

@@ -23,7 +23,6 @@ from .locate import locate
 
 if TYPE_CHECKING:
     from ..config import ModelSection
-    from ..engine.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +70,10 @@ def merge_domain_adapter(unet: torch.nn.Module, path: Path, scale: float) -> int
     return len(merges)
 
 
-def load_loras(model: LoadedModel, section: ModelSection) -> dict[str, float]:
-    """Load every [model.loras] entry as a peft adapter (off until a request turns it on); name -> default scale."""
+def load_loras(unet, text_encoder, section: ModelSection, draft_motion: bool = False) -> dict[str, float]:
+    """Load every [model.loras] entry into `unet` / `text_encoder` as a peft adapter (off until a request turns
+    it on); name -> default scale. `draft_motion`: a draft motion module will be swapped into the UNet's motion
+    layers, so a LoRA that changes them is refused."""
     from diffusers import AnimateDiffSparseControlNetPipeline as Pipeline
 
     loaded: dict[str, float] = {}
@@ -92,10 +93,10 @@ def load_loras(model: LoadedModel, section: ModelSection) -> dict[str, float]:
             if not unet_part and not te_part:
                 raise CheckpointError(f"{path}: holds no LoRA weights for an SD1.5 UNet or text encoder")
             if unet_part:
-                Pipeline.load_lora_into_unet(unet_part, alphas, unet=model.unet, adapter_name=name)
+                Pipeline.load_lora_into_unet(unet_part, alphas, unet=unet, adapter_name=name)
             if te_part:
                 Pipeline.load_lora_into_text_encoder(
-                    te_part, alphas, text_encoder=model.text_encoder, prefix="text_encoder", adapter_name=name
+                    te_part, alphas, text_encoder=text_encoder, prefix="text_encoder", adapter_name=name
                 )
         except CheckpointError:
             raise
@@ -103,7 +104,7 @@ def load_loras(model: LoadedModel, section: ModelSection) -> dict[str, float]:
             raise CheckpointError(
                 f"{path}: not a LoRA for this base model ({type(e).__name__}: {str(e).strip()[:300]})"
             ) from e
-        if model.has_draft_adapter and any(".motion_modules." in k for k in unet_part):
+        if draft_motion and any(".motion_modules." in k for k in unet_part):
             raise CheckpointError(
                 f"LoRA '{name}' ({path}) changes the motion module's layers, which the draft motion module "
                 "replaces for drafts: remove [model] draft_motion_adapter or this LoRA"

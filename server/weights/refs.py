@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..request.model import LORA_SCALE
+
 
 class WeightRefError(ValueError):
     """A [model] entry that is neither a string nor a table with `path`; the message names the key."""
@@ -36,8 +38,9 @@ class WeightRef:
                 raise WeightRefError(f"config key '{key}' needs path = \"...\"")
             if not isinstance(config, str):
                 raise WeightRefError(f"config key '{key}.config' should be a folder path")
-            if isinstance(scale, bool) or not isinstance(scale, int | float) or not -4.0 <= scale <= 4.0:
-                raise WeightRefError(f"config key '{key}.scale' should be a number between -4 and 4")
+            low, high = LORA_SCALE
+            if isinstance(scale, bool) or not isinstance(scale, int | float) or not low <= scale <= high:
+                raise WeightRefError(f"config key '{key}.scale' should be a number between {low:g} and {high:g}")
             return cls(path, config, float(scale))
         raise WeightRefError(f"config key '{key}' should be a string or a table with path, got {value!r}")
 

@@ -212,7 +212,7 @@ def test_binding_another_interface_without_a_token_refuses_to_start(tmp_path):
 
 
 def test_the_addon_client_sends_the_token_and_explains_a_refusal(token_server):
-    from sparsectrl_blender.client import Client, ServerError
+    from sparsectrl_blender.core.client import Client, ServerError
 
     assert Client(token_server.url, token=TOKEN).health()["status"] == "ok"
     for token in ("", "wrong"):

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from server.engine.conditions import ImageError, decode_image, fit_to_size
+from server.engine.conditions import fit_to_size
+from server.request.images import ImageError, decode_image
 from tests.conftest import png_bytes
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from server.engine.engine import JobCancelled, ModalityUnavailable, to_uint8
-from server.engine.request import SCHEDULER_NAMES, GenerationRequest, Keyframe
 from server.engine.temporal_norm import use_per_frame_temporal_norm
+from server.request.model import SCHEDULER_NAMES, GenerationRequest, Keyframe
 from tests.conftest import sketch
 
 
@@ -28,7 +28,7 @@ def make_request(**changes) -> GenerationRequest:
         seed=1234,
         scheduler="ddim",
         fps=8,
-        keyframes=[Keyframe(0, sketch()), Keyframe(7, sketch(shift=12))],
+        keyframes=[Keyframe.of_image(0, sketch()), Keyframe.of_image(7, sketch(shift=12))],
     )
     return dataclasses.replace(base, **changes)
 
@@ -41,12 +41,14 @@ def bare_diffusers_frames(
     lora_file=None,
     motion_adapter: str = "motion_adapter",
     scheduler_class=None,
+    embed=None,
 ) -> np.ndarray:
     """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe).
 
     `per_frame_norm`: with the one change we make to diffusers' modules (server/engine/temporal_norm.py, the
     official AnimateDiff normalisation; docs/rgb-correctness.md) applied to them, or without it.
     `motion_adapter`: the tiny model's folder of the motion module; `scheduler_class`: DDIM unless given.
+    `embed(pipe, text)`: prompt embeddings made by the caller, for the prompt and the negative prompt.
     """
     from diffusers import AnimateDiffSparseControlNetPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
@@ -69,9 +71,14 @@ def bare_diffusers_frames(
         pipe.set_adapters([name], [scale])
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(request.seed)  # the RGB encoder's VAE sampling draws from the global RNG
+    if embed is None:
+        prompts = dict(prompt=request.prompt, negative_prompt=request.negative_prompt)
+    else:
+        prompts = dict(
+            prompt_embeds=embed(pipe, request.prompt), negative_prompt_embeds=embed(pipe, request.negative_prompt)
+        )
     out = pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+        **prompts,
         num_frames=request.num_frames,
         width=request.width,
         height=request.height,
@@ -93,6 +100,26 @@ def test_frames_equal_a_bare_diffusers_call(engine, tiny_root, tiny_config, moda
     theirs = bare_diffusers_frames(tiny_root, tiny_config.scheduler, request)
     assert ours.shape == (8, 64, 64, 3) and ours.dtype == np.uint8
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_clip_skip_takes_both_prompts_from_that_layer(engine, tiny_root, tiny_config):
+    """The worked example of a new request field (docs/architecture.md): clip_skip=1 embeds the prompt and the
+    negative prompt from the text encoder's penultimate layer through its final norm (as A1111 does), computed
+    here by hand with transformers and given to a bare diffusers call; it changes the clip; the tiny text
+    encoder has 2 layers, so 2 is refused with a sentence."""
+
+    def penultimate(pipe, text):
+        ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder.final_layer_norm(pipe.text_encoder(ids, output_hidden_states=True)[-1][-2])
+
+    request = dataclasses.replace(make_request(), clip_skip=1)
+    skipped = engine.generate(request).frames
+    theirs = bare_diffusers_frames(tiny_root, tiny_config.scheduler, request, embed=penultimate)
+    np.testing.assert_array_equal(skipped, theirs)
+    assert not np.array_equal(skipped, engine.generate(make_request()).frames)
+    with pytest.raises(ValueError, match="clip_skip 2: the text encoder has only 2 layers"):
+        engine.generate(dataclasses.replace(request, clip_skip=2))
 
 
 def test_joint_temporal_norm_is_diffusers_untouched(tiny_root, tiny_config):
@@ -120,7 +147,9 @@ def test_mask_and_conditions_reach_the_encoder_at_the_requested_indices(engine):
     handle = encoder.register_forward_pre_hook(capture, with_kwargs=True)
     try:
         # Given out of order: the engine sorts them, and each image must land on its own index.
-        request = make_request(keyframes=[Keyframe(5, sketch(shift=12)), Keyframe(1, sketch())], steps=2)
+        request = make_request(
+            keyframes=[Keyframe.of_image(5, sketch(shift=12)), Keyframe.of_image(1, sketch())], steps=2
+        )
         engine.generate(request)
     finally:
         handle.remove()
@@ -138,7 +167,9 @@ def test_mask_and_conditions_reach_the_encoder_at_the_requested_indices(engine):
 
 def test_keyframe_images_change_the_result(engine):
     a = engine.generate(make_request()).frames
-    b = engine.generate(make_request(keyframes=[Keyframe(0, sketch(shift=20)), Keyframe(7, sketch(shift=3))])).frames
+    b = engine.generate(
+        make_request(keyframes=[Keyframe.of_image(0, sketch(shift=20)), Keyframe.of_image(7, sketch(shift=3))])
+    ).frames
     assert not np.array_equal(a, b)
 
 
@@ -195,5 +226,5 @@ def test_a_modality_without_encoder_is_refused_naming_the_available_ones(engine)
 
 def test_keyframes_of_another_size_are_fitted(engine):
     wide = sketch(width=160, height=64)
-    result = engine.generate(make_request(keyframes=[Keyframe(0, wide)], width=64, height=48))
+    result = engine.generate(make_request(keyframes=[Keyframe.of_image(0, wide)], width=64, height=48))
     assert result.frames.shape == (8, 48, 64, 3)

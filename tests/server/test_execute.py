@@ -9,15 +9,15 @@ import pytest
 from PIL import Image
 
 from server.engine.engine import JobCancelled
-from server.engine.request import Keyframe
 from server.jobs.execute import JobOutputs, run_job
+from server.request.model import Keyframe
 from server.video.encode import read_video
 from tests.conftest import sketch
 from tests.server.test_engine import make_request
 
 
 def test_run_job_writes_the_delivered_clip_and_its_frames(engine, tmp_path):
-    keyframes = [Keyframe(0, sketch(), 0), Keyframe(7, sketch(shift=9), 20)]
+    keyframes = [Keyframe.of_image(0, sketch(), 0), Keyframe.of_image(7, sketch(shift=9), 20)]
     request = make_request(steps=2, keyframes=keyframes, output_frames=24, output_width=96, output_height=80)
     outputs = JobOutputs(video=tmp_path / "clip.mp4", frames=tmp_path / "frames")
     steps = []

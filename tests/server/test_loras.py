@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from server.config import load_config
 from server.engine.engine import Engine
 from server.engine.models import ModelLoadError, load_model
-from server.jobs.resolve import RequestError, resolve_request
+from server.request.resolve import RequestError, resolve_request
 from tests.original_layout import kohya_lora_state_dict
 from tests.server.test_engine import bare_diffusers_frames, make_request
 
@@ -61,7 +61,7 @@ def test_requests_name_loras_only_by_configured_name(tiny_config):
 
     def resolve(loras):
         config_loras = {"toon": 0.8}
-        return resolve_request(fields | {"loras": loras}, tiny_config, ["lineart"], 1, loras=config_loras).request.loras
+        return resolve_request(fields | {"loras": loras}, tiny_config, ["lineart"], 1, loras=config_loras).loras
 
     assert resolve([{"name": "toon", "scale": None}]) == (("toon", 0.8),)
     assert resolve([{"name": "toon", "scale": -0.5}]) == (("toon", -0.5),)
@@ -104,7 +104,7 @@ def test_draft_jobs_with_the_distilled_module_bring_its_lora(tiny_root, tmp_path
     def loras(quality, draft_adapter=True):
         fields_q = fields | {"quality": quality}
         resolved = resolve_request(fields_q, config, ["lineart"], 1, draft_adapter=draft_adapter, loras={"lcm": 1.0})
-        return resolved.request.loras
+        return resolved.loras
 
     assert loras("draft") == (("lcm", 1.0),)
     assert loras("final") == () and loras("draft", draft_adapter=False) == ()

@@ -121,7 +121,7 @@ def test_other_schedulers_keep_their_own_spacing(tiny_config):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_engine_conditions_latents_and_frames_match_the_official_code(engine, official, name, monkeypatch):
     from server.config import load_config
-    from server.jobs.resolve import resolve_request
+    from server.request.resolve import resolve_request
 
     tensors, _ = official
     case = CASES[name]
@@ -144,7 +144,7 @@ def test_engine_conditions_latents_and_frames_match_the_official_code(engine, of
     try:
         fields = request_fields(case) | {"keyframes": keyframes(case)}
         config = load_config(overrides={"model": {"base": "tiny"}})
-        request = resolve_request(fields, config, engine.modalities, seed=0).request
+        request = resolve_request(fields, config, engine.modalities, seed=0)
         frames = engine.generate(request).frames
     finally:
         hook.remove()
@@ -168,7 +168,7 @@ def test_the_fixture_would_catch_a_wrong_default(engine, official):
     """The premise: with the spacing SD1.5's config and our old defaults gave, the clip is a different sample."""
     from server.config import load_config
     from server.engine.engine import Engine
-    from server.jobs.resolve import resolve_request
+    from server.request.resolve import resolve_request
 
     tensors, _ = official
     case = CASES["lineart_first_last"]
@@ -176,7 +176,7 @@ def test_the_fixture_would_catch_a_wrong_default(engine, official):
     config.scheduler["ddim"]["set_alpha_to_one"] = False
     old = Engine(engine.model, config.scheduler, config.long_video)
     fields = request_fields(case) | {"keyframes": keyframes(case)}
-    frames = old.generate(resolve_request(fields, config, engine.modalities, seed=0).request).frames
+    frames = old.generate(resolve_request(fields, config, engine.modalities, seed=0)).frames
     assert np.abs(frames.astype(int) - tensors[case["name"]].numpy().astype(int)).max() > 20
 
 
@@ -245,7 +245,7 @@ def test_full_size_architecture_matches_the_official_code():
 
     from server.config import load_config
     from server.engine.engine import Engine
-    from server.jobs.resolve import resolve_request
+    from server.request.resolve import resolve_request
     from tests.server.data.official_v3.export_full import full_size_model, full_size_parts
 
     with safe_open(DATA / "clips_full_size.safetensors", framework="pt") as f:
@@ -270,7 +270,7 @@ def test_full_size_architecture_matches_the_official_code():
     hook = model.encoders["lineart"].register_forward_pre_hook(first_condition, with_kwargs=True)
     try:
         fields = request_fields(case) | {"keyframes": keyframes(case)}
-        frames = engine.generate(resolve_request(fields, config, engine.modalities, seed=0).request).frames
+        frames = engine.generate(resolve_request(fields, config, engine.modalities, seed=0)).frames
     finally:
         hook.remove()
     assert torch.equal((seen["cond"][0] * 255).round().to(torch.uint8), official[f"{name}.cond"])

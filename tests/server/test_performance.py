@@ -12,7 +12,7 @@ import torch
 from server.engine.engine import Engine
 from server.engine.models import load_model
 from server.engine.performance import vae_slicing_enabled
-from server.jobs.resolve import resolve_request
+from server.request.resolve import resolve_request
 from server.video.deliver import deliver
 from tests.conftest import png_bytes, sketch
 from tests.server.test_engine import make_request
@@ -62,14 +62,14 @@ def test_a_draft_is_smaller_and_shorter_then_scaled_to_the_size_asked(engine, ti
         "quality": "draft",
         "keyframes": [{"index": 0, "image": image}],
     }
-    draft = resolve_request(fields, config, ["lineart"], seed=3, draft_adapter=False).request
+    draft = resolve_request(fields, config, ["lineart"], seed=3, draft_adapter=False)
     assert (draft.width, draft.height, draft.steps) == (64, 64, 2)  # 96 * 0.5 = 48 -> the 64 px minimum
     assert (draft.output_width, draft.output_height) == (128, 96)
     steps = []
     frames = engine.generate(draft, on_step=lambda s, t: steps.append(s)).frames
     assert frames.shape == (8, 64, 64, 3) and steps == [1, 2]  # generated small ...
     assert deliver(frames, draft).shape == (8, 96, 128, 3)  # ... delivered at the size asked
-    final = resolve_request(fields | {"quality": "final"}, config, ["lineart"], seed=3).request
+    final = resolve_request(fields | {"quality": "final"}, config, ["lineart"], seed=3)
     assert (final.width, final.height, final.steps, final.output_width) == (128, 96, 6, 0)
 
 
@@ -85,16 +85,15 @@ def test_a_draft_motion_module_is_swapped_in_for_drafts_only(engine, tiny_config
         "keyframes": [{"index": 0, "image": image}],
     }
     d = tiny_config.draft
-    draft = resolve_request(fields | {"quality": "draft"}, tiny_config, ["lineart"], seed=1, draft_adapter=True)
-    r = draft.request
+    r = resolve_request(fields | {"quality": "draft"}, tiny_config, ["lineart"], seed=1, draft_adapter=True)
     assert (r.scheduler, r.guidance_scale, r.steps) == (
         d.adapter_scheduler,
         d.adapter_guidance_scale,
         min(10, d.adapter_steps),
     )
-    assert draft.echo()["quality"] == "draft"
+    assert r.to_record()[0]["quality"] == "draft"
 
-    final = resolve_request(fields, tiny_config, ["lineart"], seed=1, draft_adapter=True).request
+    final = resolve_request(fields, tiny_config, ["lineart"], seed=1, draft_adapter=True)
     before = engine.generate(final).frames
     drafted = engine.generate(r).frames
     same_settings_final = engine.generate(dataclasses.replace(r, quality="final")).frames
@@ -115,7 +114,7 @@ def test_a_draft_module_with_a_middle_block_runs_whole(engine, tiny_root, tiny_c
     image = base64.b64encode(png_bytes(sketch())).decode()
     fields = {"prompt": "x", "modality": "lineart", "num_frames": 8, "quality": "draft", "seed": 5}
     fields["keyframes"] = [{"index": 0, "image": image}]
-    draft = resolve_request(fields, tiny_config, ["lineart"], seed=1, draft_adapter=True).request
+    draft = resolve_request(fields, tiny_config, ["lineart"], seed=1, draft_adapter=True)
     assert draft.scheduler == "lcm"
     theirs = bare_diffusers_frames(
         tiny_root, tiny_config.scheduler, draft, motion_adapter="motion_adapter_draft", scheduler_class=LCMScheduler

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
+import json
 
 import pytest
 
+from server.api.errors import status_of
 from server.config import load_config
-from server.jobs.resolve import RequestError, resolve_request
+from server.request.errors import RequestError
+from server.request.model import GenerationRequest
+from server.request.resolve import resolve_request
 from tests.conftest import png_bytes, sketch
 
 CONFIG = load_config()
@@ -25,9 +31,8 @@ def body(**changes):
 
 
 def test_defaults_come_from_the_config_and_the_seed_is_kept():
-    job = resolve_request(body(), CONFIG, ALL, seed=77)
+    r = resolve_request(body(), CONFIG, ALL, seed=77)
     g = CONFIG.generation
-    r = job.request
     assert (r.num_frames, r.width, r.height, r.steps, r.scheduler, r.fps) == (
         g.num_frames,
         g.width,
@@ -37,17 +42,37 @@ def test_defaults_come_from_the_config_and_the_seed_is_kept():
         g.fps,
     )
     assert r.negative_prompt == g.negative_prompt and r.seed == 77
-    echo = job.echo()
+    echo, _ = r.to_record()
     assert echo["keyframes"] == [{"index": 0, "output_index": None}] and echo["seed"] == 77
     assert echo["output_frames"] == g.num_frames
-    assert resolve_request(body(seed=5), CONFIG, ALL, seed=77).request.seed == 5
+    assert resolve_request(body(seed=5), CONFIG, ALL, seed=77).seed == 5
 
 
 def test_keyframes_are_sorted_and_stored_as_png():
     img = base64.b64encode(png_bytes(sketch())).decode()
-    job = resolve_request(body(keyframes=[{"index": 9, "image": img}, {"index": 2, "image": img}]), CONFIG, ALL, 1)
-    assert [k.index for k in job.request.keyframes] == [2, 9]
-    assert all(data.startswith(b"\x89PNG") for data in job.keyframe_pngs().values())
+    r = resolve_request(body(keyframes=[{"index": 9, "image": img}, {"index": 2, "image": img}]), CONFIG, ALL, 1)
+    assert [k.index for k in r.keyframes] == [2, 9]
+    _, images = r.to_record()
+    assert all(data == base64.b64decode(img) for data in images.values())  # a PNG is kept as sent
+    buf = io.BytesIO()
+    sketch().save(buf, format="JPEG")
+    jpeg = resolve_request(
+        body(keyframes=[{"index": 0, "image": base64.b64encode(buf.getvalue()).decode()}]), CONFIG, ALL, 1
+    )
+    assert jpeg.to_record()[1][0].startswith(b"\x89PNG")  # other formats become PNG, once
+
+
+def test_the_record_form_gives_back_the_same_request():
+    r = resolve_request(
+        body(num_frames=8, output_frames=24, keyframes=[{"index": 3, "image": IMG, "output_index": 9}]), CONFIG, ALL, 1
+    )
+    fields, images = r.to_record()
+    back = GenerationRequest.from_record(json.loads(json.dumps(fields)), images.__getitem__)
+    assert dataclasses.replace(back, keyframes=[]) == dataclasses.replace(r, keyframes=[])
+    assert [(k.index, k.output_index, k.data) for k in back.keyframes] == [(3, 9, base64.b64decode(IMG))]
+    assert back.keyframes[0].image.tobytes() == r.keyframes[0].image.tobytes()
+    older = {k: v for k, v in fields.items() if k != "clip_skip"}  # a record written before clip_skip existed
+    assert GenerationRequest.from_record(older, images.__getitem__).clip_skip == 0
 
 
 def test_data_urls_and_raw_bytes_are_accepted():
@@ -81,7 +106,7 @@ BAD = [
 def test_bad_requests_are_refused_with_a_code(fields, code):
     with pytest.raises(RequestError) as e:
         resolve_request(fields, CONFIG, ALL, seed=1)
-    assert e.value.code == code and e.value.status == 422 and e.value.message
+    assert e.value.code == code and status_of(e.value.code) == 422 and e.value.message
 
 
 def test_modality_without_encoder_names_what_is_available():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from server.engine.request import SCHEDULER_NAMES, Keyframe
 from server.engine.windowed import generate_windowed
 from server.engine.windows import context_windows, share_noise
+from server.request.model import SCHEDULER_NAMES, Keyframe
 from server.video.deliver import deliver
 from server.video.retime import retime, timing
 from tests.conftest import sketch
@@ -75,18 +75,19 @@ def test_windowed_loop_with_one_window_equals_the_plain_pipeline_bit_for_bit(eng
         pipe = engine.build_pipeline(request.modality, request.scheduler)
         with torch.random.fork_rng():
             torch.manual_seed(request.seed)
+            prompt_embeds, negative_prompt_embeds = engine.encode_prompt(pipe, request)
             ours = generate_windowed(
                 pipe,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
                 num_frames=request.num_frames,
                 width=request.width,
                 height=request.height,
-                steps=request.steps,
+                num_inference_steps=request.steps,
                 guidance_scale=request.guidance_scale,
                 conditioning_frames=[k.image for k in request.keyframes],
-                frame_indices=[k.index for k in request.keyframes],
-                conditioning_scale=request.conditioning_scale,
+                controlnet_frame_indices=[k.index for k in request.keyframes],
+                controlnet_conditioning_scale=request.conditioning_scale,
                 generator=torch.Generator().manual_seed(request.seed),
                 window_length=16,
                 window_overlap=4,
@@ -105,7 +106,11 @@ def test_keyframes_condition_exactly_the_windows_that_contain_them(engine):
         lambda _m, _a, kw: seen.append(kw["conditioning_mask"][0, 0, :, 0, 0].tolist()), with_kwargs=True
     )
     try:
-        keyframes = [Keyframe(0, sketch()), Keyframe(20, sketch(shift=5)), Keyframe(39, sketch(shift=9))]
+        keyframes = [
+            Keyframe.of_image(0, sketch()),
+            Keyframe.of_image(20, sketch(shift=5)),
+            Keyframe.of_image(39, sketch(shift=9)),
+        ]
         engine.generate(make_request(num_frames=40, steps=1, keyframes=keyframes))
     finally:
         handle.remove()
@@ -132,7 +137,11 @@ def test_long_clips_are_deterministic_and_report_progress(engine):
 
 
 def test_output_frames_retime_with_keyframes_on_their_output_frames(engine):
-    keyframes = [Keyframe(0, sketch(), 0), Keyframe(8, sketch(shift=7), 30), Keyframe(15, sketch(shift=3), 47)]
+    keyframes = [
+        Keyframe.of_image(0, sketch(), 0),
+        Keyframe.of_image(8, sketch(shift=7), 30),
+        Keyframe.of_image(15, sketch(shift=3), 47),
+    ]
     request = make_request(num_frames=16, steps=2, keyframes=keyframes)
     generated = engine.generate(request).frames
     retimed_request = dataclasses.replace(request, output_frames=48)
@@ -144,7 +153,11 @@ def test_output_frames_retime_with_keyframes_on_their_output_frames(engine):
 
 
 def test_256_frames_the_issues_upper_bound(engine):
-    keyframes = [Keyframe(0, sketch()), Keyframe(128, sketch(shift=6)), Keyframe(255, sketch(shift=12))]
+    keyframes = [
+        Keyframe.of_image(0, sketch()),
+        Keyframe.of_image(128, sketch(shift=6)),
+        Keyframe.of_image(255, sketch(shift=12)),
+    ]
     result = engine.generate(make_request(num_frames=256, steps=1, keyframes=keyframes))
     assert result.frames.shape == (256, 64, 64, 3)
     assert len(context_windows(256, 16, 4)) == 21

@@ -1,0 +1,153 @@
+"""What the engine is asked to make: the one definition of a job's request, and its record form.
+
+`GenerationRequest` is fully resolved (defaults applied, limits checked). Each field that a client may send
+carries its API description and limits in `api(...)`; schema.py builds the POST /v1/jobs body from them and
+config.py the [generation] defaults table, so a new request field is written once, here (docs/architecture.md).
+
+The record form (`to_record` / `from_record`) is what the job store keeps: the fields as JSON, the keyframe
+images as the encoded bytes that came in (PNG; other formats normalised to PNG once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from PIL import Image
+
+from .images import to_rgb
+
+# The scheduler names the API accepts (engine/schedulers.py maps each to a diffusers class).
+SCHEDULER_NAMES = ("ddim", "euler", "euler_a", "dpm++ 2m", "dpm++ 2m karras", "lcm", "pndm")
+MODALITIES = ("lineart", "rgb", "depth")
+QUALITIES = ("final", "draft")
+SEED_MAX = 2**32 - 1
+LORA_SCALE = (-4.0, 4.0)  # the strength a request or [model.loras] may give a LoRA
+CLIP_SKIP_MAX = 11  # SD1.5's text encoder has 12 layers
+
+
+def api(description: str, *, default_from_config: bool = False, **limits: Any) -> dict[str, Any]:
+    """Field metadata: a request field clients may send. `limits` are pydantic's (ge, le, multiple_of,
+    max_length, choices); a string value names a [limits] key (le="max_frames"). `default_from_config`: an
+    omitted value takes [generation]'s (else the dataclass default)."""
+    return {"api": {"description": description, "default_from_config": default_from_config, "limits": limits}}
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """A condition image for one generated frame (0-based index into the clip).
+
+    `data` is the image as it came (the record keeps these bytes); `image` is decoded from it on first use,
+    or given already decoded by whoever checked it."""
+
+    index: int
+    data: bytes = b""
+    output_index: int | None = None  # where this keyframe must land in the retimed output (None: no anchor)
+    decoded: Image.Image | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def image(self) -> Image.Image:
+        if self.decoded is not None:
+            return self.decoded
+        with Image.open(io.BytesIO(self.data)) as img:
+            img.load()
+            return to_rgb(img)
+
+    @classmethod
+    def of_image(cls, index: int, image: Image.Image, output_index: int | None = None) -> Keyframe:
+        """A keyframe from a decoded image (tests, benchmarks): its record bytes are the image as PNG."""
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return cls(index, buf.getvalue(), output_index, image)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str = field(metadata=api("what the clip shows", max_length="max_prompt_chars"))
+    negative_prompt: str = field(
+        metadata=api("what it should not show", default_from_config=True, max_length="max_prompt_chars")
+    )
+    modality: str = field(metadata=api("the keyframes' kind: a configured SparseCtrl encoder", choices=MODALITIES))
+    num_frames: int = field(metadata=api("frames the model generates", default_from_config=True, ge=1, le="max_frames"))
+    width: int = field(
+        metadata=api("generated width in pixels", default_from_config=True, ge="min_size", le="max_size", multiple_of=8)
+    )
+    height: int = field(
+        metadata=api(
+            "generated height in pixels", default_from_config=True, ge="min_size", le="max_size", multiple_of=8
+        )
+    )
+    steps: int = field(metadata=api("denoising steps", default_from_config=True, ge=1, le="max_steps"))
+    guidance_scale: float = field(
+        metadata=api("classifier-free guidance", default_from_config=True, ge=0, le="max_guidance_scale")
+    )
+    conditioning_scale: float = field(
+        metadata=api("strength of the keyframes", default_from_config=True, ge=0, le="max_conditioning_scale")
+    )
+    seed: int = field(metadata=api("omitted: a random seed, reported in the job", ge=0, le=SEED_MAX))
+    scheduler: str = field(metadata=api("the sampler", default_from_config=True, choices=SCHEDULER_NAMES))
+    fps: int = field(metadata=api("frame rate of the MP4", default_from_config=True, ge=1, le="max_fps"))
+    keyframes: list[Keyframe] = field(default_factory=list)  # the API's shape is schema.py's KeyframeIn
+    # Frames in the delivered clip after retiming; 0: num_frames (no retiming).
+    output_frames: int = field(
+        default=0,
+        metadata=api(
+            "retime the clip to this many frames (e.g. the shot's length), keyframes pinned",
+            ge=1,
+            le="max_output_frames",
+        ),
+    )
+    quality: str = field(
+        default="final",
+        metadata=api(
+            "draft: smaller and fewer steps ([draft] in the config), scaled up to width x height", choices=QUALITIES
+        ),
+    )
+    output_width: int = 0  # delivered size when it differs from the generation size (drafts); 0: width
+    output_height: int = 0
+    loras: tuple[tuple[str, float], ...] = ()  # (configured LoRA name, scale); the API's shape is schema.py's
+    clip_skip: int = field(
+        default=0,
+        metadata=api(
+            "text-encoder layers to skip from the end (diffusers' clip_skip; A1111's 'Clip skip' is this + 1)",
+            default_from_config=True,
+            ge=0,
+            le=CLIP_SKIP_MAX,
+        ),
+    )
+
+    @property
+    def delivered_frames(self) -> int:
+        return self.output_frames or self.num_frames
+
+    def to_record(self) -> tuple[dict[str, Any], dict[int, bytes]]:
+        """(the fields as stored and echoed by the API, keyframes without their images; the images' bytes)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "keyframes"}
+        fields["keyframes"] = [{"index": k.index, "output_index": k.output_index} for k in self.keyframes]
+        fields["output_frames"] = self.delivered_frames
+        fields["loras"] = [list(pair) for pair in self.loras]
+        return fields, {k.index: k.data for k in self.keyframes}
+
+    @classmethod
+    def from_record(cls, fields: dict[str, Any], read_image: Callable[[int], bytes]) -> GenerationRequest:
+        """The request a record holds; `read_image(index)` gives a keyframe's bytes. Fields a record from an
+        older release lacks take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in fields.items() if k in known and k != "keyframes"}
+        values["loras"] = tuple((name, scale) for name, scale in values.get("loras", ()))
+        keyframes = [Keyframe(k["index"], read_image(k["index"]), k.get("output_index")) for k in fields["keyframes"]]
+        return cls(**values, keyframes=keyframes)
+
+
+def api_fields() -> dict[str, dataclasses.Field]:
+    """The request fields a client may send, by name, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(GenerationRequest) if "api" in f.metadata}
+
+
+def configurable_fields() -> dict[str, dataclasses.Field]:
+    """The fields whose omitted value comes from [generation] in the config."""
+    return {n: f for n, f in api_fields().items() if f.metadata["api"]["default_from_config"]}

@@ -1,0 +1,144 @@
+"""The server's policy for a checked request body: defaults from the config, keyframe images decoded once,
+drafts and LoRAs resolved. Limits are schema.py's (checked once, there); what is checked here needs the
+other fields or the loaded model: keyframe indices against the clip, modalities and LoRAs the server has.
+Shared by the HTTP API and the `generate` CLI; imports neither FastAPI nor torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..config import Config
+from .errors import RequestError
+from .images import ImageError, decode_image
+from .model import GenerationRequest, Keyframe, api_fields, configurable_fields
+from .schema import parse_body
+
+
+def resolve_request(
+    fields: dict[str, Any] | BaseModel,
+    config: Config,
+    modalities: list[str],
+    seed: int,
+    draft_adapter: bool = False,
+    loras: dict[str, float] | None = None,
+) -> GenerationRequest:
+    """Check `fields` (schema.py; an already validated body passes as it is), apply the config's defaults,
+    decode the keyframes. `seed` is used when none is given. `loras`: the configured LoRAs a request may name
+    (name -> default scale); never a path."""
+    body = parse_body(fields, config.limits)
+    if body.modality not in modalities:
+        raise RequestError(
+            "modality_unavailable",
+            f"no condition encoder is configured for modality '{body.modality}' on this server; "
+            f"available: {', '.join(modalities) if modalities else 'none'}",
+        )
+    values = {name: getattr(body, name) for name in api_fields()}
+    for name in configurable_fields():
+        if values[name] is None:
+            values[name] = getattr(config.generation, name)
+    values["seed"] = seed if values["seed"] is None else values["seed"]
+    values["output_frames"] = values["output_frames"] or 0
+    values["quality"] = values["quality"] or "final"
+    values["keyframes"] = _keyframes(
+        body, values["num_frames"], values["output_frames"], config.limits.max_image_pixels
+    )
+    values["loras"] = _loras([(lora.name, lora.scale) for lora in body.loras or ()], loras or {})
+    request = GenerationRequest(**values)
+    if request.quality == "draft":
+        request = _draft(request, config, draft_adapter, loras or {})
+    return request
+
+
+def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels: int) -> list[Keyframe]:
+    """The keyframes in index order, each image decoded (and so checked) once; indices checked against the clip."""
+    if len(body.keyframes) > num_frames:
+        raise RequestError(
+            "invalid_request", f"{len(body.keyframes)} keyframes for {num_frames} frames: at most one per frame"
+        )
+    keyframes, seen = [], set()
+    for kf in sorted(body.keyframes, key=lambda k: k.index):
+        index, output_index = kf.index, kf.output_index
+        if index >= num_frames:
+            raise RequestError("invalid_request", f"keyframe index {index} is outside 0..{num_frames - 1}")
+        if index in seen:
+            raise RequestError("invalid_request", f"two keyframes have index {index}")
+        seen.add(index)
+        if output_index is not None and not output_frames:
+            raise RequestError("invalid_request", f"keyframe {index} has an output_index but no output_frames")
+        if output_index is not None and output_index >= output_frames:
+            raise RequestError(
+                "invalid_request", f"keyframe {index}: output_index {output_index} is outside 0..{output_frames - 1}"
+            )
+        data, image = _decode(kf.image, index, max_pixels)
+        keyframes.append(Keyframe(index, data, output_index, image))
+    pinned = [k for k in keyframes if k.output_index is not None]
+    for a, b in zip(pinned, pinned[1:], strict=False):
+        if b.output_index <= a.output_index:
+            raise RequestError(
+                "invalid_request",
+                f"keyframes {a.index} and {b.index} are in one order but their output_index values in the other "
+                "(or equal): the clip cannot run backwards",
+            )
+    return keyframes
+
+
+def _decode(text: str, index: int, max_pixels: int):
+    """(the bytes the record keeps: PNG as sent, other formats as PNG; the decoded RGB image)."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("invalid_image", f"keyframe {index}: image is not valid base64") from None
+    try:
+        image = decode_image(data, max_pixels)
+    except ImageError as e:
+        raise RequestError("invalid_image", f"keyframe {index}: {e}") from None
+    if not data.startswith(b"\x89PNG"):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data = buf.getvalue()
+    return data, image
+
+
+def _draft(request: GenerationRequest, config: Config, draft_adapter: bool, available: dict[str, float]):
+    """A draft: with a distilled draft motion module (draft_adapter), its scheduler, steps and guidance;
+    without, smaller and fewer steps. Either way delivered at the size asked for (video/deliver.py)."""
+    draft, min_size = config.draft, config.limits.min_size
+    changes: dict[str, Any] = {}
+    if draft_adapter:
+        scale, changes["steps"] = draft.adapter_scale, min(request.steps, draft.adapter_steps)
+        changes["scheduler"], changes["guidance_scale"] = draft.adapter_scheduler, draft.adapter_guidance_scale
+    else:
+        scale, changes["steps"] = draft.scale, min(request.steps, draft.steps)
+    size = [max(min_size, int(round(v * scale / 8)) * 8) for v in (request.width, request.height)]
+    if size != [request.width, request.height]:
+        changes.update(width=size[0], height=size[1], output_width=request.width, output_height=request.height)
+    lora = draft.adapter_lora  # AnimateLCM's spatial LoRA goes with its motion module
+    if draft_adapter and lora and lora in available and lora not in dict(request.loras):
+        changes["loras"] = request.loras + ((lora, available[lora]),)
+    return dataclasses.replace(request, **changes)
+
+
+def _loras(requested: list[tuple[str, float | None]], available: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """[(name, scale or None)] -> ((name, scale), ...): only names from [model.loras], each once; an omitted
+    scale is the configured one (checked against LORA_SCALE with the config)."""
+    chosen: dict[str, float] = {}
+    for name, scale in requested:
+        if name not in available:
+            raise RequestError(
+                "unknown_lora",
+                f"no LoRA named {name!r} is configured on this server; available: "
+                f"{', '.join(sorted(available)) if available else 'none'} (GET /v1/models lists them)",
+            )
+        if name in chosen:
+            raise RequestError("invalid_request", f"LoRA {name!r} is named twice")
+        chosen[name] = available[name] if scale is None else float(scale)
+    return tuple(chosen.items())

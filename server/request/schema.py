@@ -1,0 +1,116 @@
+"""The POST /v1/jobs body, built from the request's one definition (model.py) and the configured limits.
+
+It is the only place a request's values are checked against the limits: FastAPI validates HTTP bodies with
+it (and shows it at /docs); `parse_body` runs it for every other caller (the CLI, tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .errors import RequestError
+from .model import LORA_SCALE, GenerationRequest, api_fields
+
+if TYPE_CHECKING:
+    from ..config import Limits
+
+OWNER_MAX_CHARS = 64
+OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
+_REQUIRED = ("prompt", "modality")
+
+
+def _field(name: str, annotation: Any, meta: dict[str, Any], limits: Limits) -> tuple[Any, Any]:
+    """(annotation, pydantic Field) for one request field; limits named by a string come from [limits]."""
+    bounds = {k: getattr(limits, v) if isinstance(v, str) else v for k, v in meta["limits"].items()}
+    if choices := bounds.pop("choices", None):
+        annotation = Literal[tuple(choices)]  # type: ignore[valid-type]
+    if name in _REQUIRED:
+        return annotation, Field(description=meta["description"], **bounds)
+    return annotation | None, Field(None, description=meta["description"], **bounds)
+
+
+def job_create_model(limits: Limits) -> type[BaseModel]:
+    """The POST /v1/jobs body, with the configured limits in its schema (so /docs and clients see them)."""
+
+    class KeyframeIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        index: int = Field(ge=0, le=limits.max_frames - 1, description="0-based generated frame it conditions")
+        image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
+        output_index: int | None = Field(
+            None,
+            ge=0,
+            le=limits.max_output_frames - 1,
+            description="with output_frames: the delivered frame that must show this keyframe's generated frame",
+        )
+
+    class LoraIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        name: str = Field(min_length=1, max_length=64, description="a LoRA name from GET /v1/models (never a path)")
+        scale: float | None = Field(
+            None, ge=LORA_SCALE[0], le=LORA_SCALE[1], description="strength; omitted: the configured default"
+        )
+
+    hints = get_type_hints(GenerationRequest)
+    fields: dict[str, Any] = {
+        name: _field(name, hints[name], f.metadata["api"], limits) for name, f in api_fields().items()
+    }
+    fields["keyframes"] = (list[KeyframeIn], Field(min_length=1, max_length=limits.max_frames))
+    fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
+    fields["owner"] = (
+        str | None,
+        Field(
+            None,
+            min_length=1,
+            max_length=OWNER_MAX_CHARS,
+            pattern=OWNER_PATTERN,
+            description="who submitted the job (a name, for the queue page); not checked against anything",
+        ),
+    )
+    return create_model(
+        "JobCreate",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__="A generation request. Omitted optional fields take the server's configured defaults.",
+        **fields,
+    )
+
+
+_MODELS: dict[Limits, type[BaseModel]] = {}
+
+
+def body_model(limits: Limits) -> type[BaseModel]:
+    """job_create_model, built once per limits."""
+    if limits not in _MODELS:
+        _MODELS[limits] = job_create_model(limits)
+    return _MODELS[limits]
+
+
+def parse_body(fields: dict[str, Any] | BaseModel, limits: Limits) -> BaseModel:
+    """A body checked against the limits (an already validated model passes as it is). Keyframe images may
+    also be raw bytes here (the CLI reads files). RequestError("invalid_request") says what is wrong."""
+    if isinstance(fields, BaseModel):
+        return fields
+    fields = dict(fields)
+    if isinstance(fields.get("keyframes"), list):
+        fields["keyframes"] = [
+            {**k, "image": base64.b64encode(k["image"]).decode("ascii")}
+            if isinstance(k, dict) and isinstance(k.get("image"), bytes)
+            else k
+            for k in fields["keyframes"]
+        ]
+    try:
+        return body_model(limits).model_validate(fields)
+    except ValidationError as e:
+        raise RequestError("invalid_request", describe(e.errors())) from None
+
+
+def describe(errors: list[dict]) -> str:
+    """pydantic's errors as one sentence: "width: Input should be a multiple of 8; ..." (at most five)."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
