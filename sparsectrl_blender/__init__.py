@@ -1,13 +1,16 @@
 """SparseCtrl previs: render passes at keyframes, send them to the SparseCtrl server, get the preview strip.
 
-Blender-facing modules (properties, operators, panels, passes.render, strips, batch) import bpy; the logic
-(frame_mapping, request, client, png, passes.process) does not, so it is tested without Blender. bpy is
-imported only inside register()/unregister() here, so those modules import anywhere.
+Two folders, as glTF-Blender-IO keeps blender/ and io/ apart: blender/ holds what talks to bpy (properties,
+operators, panels, preferences, passes, strips, scene_keyframes, generation); core/ the logic that imports no
+bpy (client, frame_mapping, job, png, request, shutdown), tested without Blender (tests/test_architecture.py
+imports each with bpy absent). The commands at the top (batch, dataset, build) use both. The pass contract
+shared with the server is the sparsectrl_passes package, shipped as a wheel in the extension zip. bpy is
+imported only inside register()/unregister() here, so this package imports anywhere.
 """
 
 
 def _modules():
-    from . import operators, panels, preferences, properties
+    from .blender import operators, panels, preferences, properties
 
     return preferences, properties, operators, panels
 

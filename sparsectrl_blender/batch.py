@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .request import GenerationSettings
+from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
 
@@ -97,15 +97,9 @@ def _saved_settings(scene) -> dict:
         return {}
     fields = {f.name for f in dataclasses.fields(GenerationSettings)}
     out = {k: saved[k] for k in saved.keys() if k in fields}
-    # Enum properties are stored as their index; map them back to identifiers.
-    enums = {
-        "modality": ("lineart", "depth", "rgb"),
-        "keyframe_source": ("MARKERS", "SELECTED_MARKERS", "CAMERA_KEYS", "EVERY_N", "LIST"),
-        "frames_mode": ("AUTO", "FIXED"),
-        "quality": ("final", "draft"),
-        "shot_range": ("SCENE", "PREVIEW"),
-    }
-    for key, names in enums.items():
+    # Enum properties are stored as their index into the items (core/request.py); map them back to identifiers.
+    for key, choices in ENUMS.items():
+        names = identifiers(choices)
         if isinstance(out.get(key), int):
             out[key] = names[out[key]] if 0 <= out[key] < len(names) else names[0]
     return out
@@ -126,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
     )
-    p.add_argument("--modality", choices=["lineart", "depth", "rgb"])
+    p.add_argument("--modality", choices=identifiers(MODALITIES))
     p.add_argument("--keyframes", help="'markers' (default), 'camera', 'every:N', or a list like 1,24,48")
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
@@ -166,7 +160,7 @@ def parse_keyframes(spec: str) -> dict:
         if not n.isdigit() or int(n) < 1:
             raise BatchError(f"--keyframes {spec}: write every:N with N a whole number of frames, e.g. every:12")
         return {"keyframe_source": "EVERY_N", "every_n": int(n)}
-    from .frame_mapping import parse_frame_list
+    from .core.frame_mapping import parse_frame_list
 
     try:
         frames = parse_frame_list(spec)
@@ -276,7 +270,7 @@ def pick_scene(name: str | None):
     """The shot scene: --scene NAME, else the active one (a previs scene stands for its shot)."""
     import bpy
 
-    from .strips import shot_scene_of
+    from .blender.strips import shot_scene_of
 
     if name:
         scene = bpy.data.scenes.get(name)
@@ -351,20 +345,50 @@ def save_result(out: Path, compression: str) -> list[str]:
 
 
 def run(argv: list[str]) -> int:
+    """The batch's stages in order; everything that can be refused is, before anything is rendered or sent."""
     import bpy
 
-    from .client import Client, ServerError
-    from .generation import JobRunner, import_result, prepare, write_passes
-    from .strips import check_target
+    from .blender.generation import import_result
 
     args = build_parser().parse_args(argv)
+    notes: list[str] = []
+    shot, out, compression = _check_arguments(args, notes)
+    open_blend(shot)
+    _check_version(shot, out, args.allow_newer, notes)
+    scene = pick_scene(args.scene)
+    settings = settings_from(args, _saved_settings(scene))
+    if not args.server:
+        settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
+    prepared, client = _prepare(scene, settings, args, notes)
+
+    from .core.client import ServerError
+    from .core.job import JobRunner
+
+    state = JobRunner(client, prepared.body).run()
+    if state.phase != "done":
+        raise ServerError(state.error or f"the job ended {state.phase}")
+    # The strip's path is relative to the file as it is now (the shot); saving as OUT remaps it with the
+    # shot's own relative paths.
+    strip = import_result(scene, prepared, state, settings, blend_path=bpy.data.filepath, video_beside=str(out))
+    target = strip.id_data
+    for note in save_result(out, compression):
+        print(note, flush=True)
+    print(
+        f"strip '{strip.name}' on scene '{target.name}' channel {strip.channel}, frames {strip.frame_final_start}-"
+        f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {out}",
+        flush=True,
+    )
+    return 0
+
+
+def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
+    """(the shot, the result file, the shot's compression): flags and files checked before Blender reads any."""
     for flag in ("frames", "size", "steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise BatchError(f"--{flag} must be at least 1 (got {value})")
     if args.keyframes:
         parse_keyframes(args.keyframes)
-    notes = []
     if args.server:
         args.server, note = server_root(args.server)
         notes.append(note)
@@ -378,12 +402,17 @@ def run(argv: list[str]) -> int:
     check_complete(shot, compression)
     out = Path(args.out).expanduser().resolve() if args.out else default_out(shot)
     check_out(out)
+    return shot, out, compression
 
-    open_blend(shot)
+
+def _check_version(shot: Path, out: Path, allow_newer: bool, notes: list[str]) -> None:
+    """A file saved by a newer Blender is never overwritten without --allow-newer; otherwise it is said."""
+    import bpy
+
     newer = tuple(bpy.data.version) > tuple(bpy.app.version_file)
     saved_by = ".".join(map(str, tuple(bpy.data.version)[:2]))
     this = ".".join(map(str, tuple(bpy.app.version)[:3]))
-    if newer and out == shot and not args.allow_newer:
+    if newer and out == shot and not allow_newer:
         raise BatchError(
             f"{shot.name} was saved by a newer Blender ({saved_by}) than this one ({this}); overwriting it may lose "
             f"what {saved_by} added: write to a new --out file, or pass --allow-newer"
@@ -393,13 +422,18 @@ def run(argv: list[str]) -> int:
             f"{shot.name} was saved by Blender {saved_by}, newer than this {this}: what {saved_by} added may be "
             f"missing from {out.name} (the original is not touched)"
         )
-    scene = pick_scene(args.scene)
-    settings = settings_from(args, _saved_settings(scene))
-    if not args.server:
-        settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
+
+
+def _prepare(scene, settings: GenerationSettings, args, notes: list[str]):
+    """(the passes and request, a client of the server): the target and the server checked first, the passes
+    rendered, every warning said once."""
+    from .blender.generation import prepare
+    from .blender.strips import check_target
+    from .core.client import Client, ServerError
+    from .core.job import write_passes
+
     check_target(scene, settings.preview_scene)  # a target that cannot be: said before rendering
     notes.extend(missing_files())
-
     client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
     health = client.health()
     if settings.modality not in health["modalities"]:
@@ -425,32 +459,16 @@ def run(argv: list[str]) -> int:
         f"(passes rendered in {sum(prepared.pass_seconds):.2f} s)",
         flush=True,
     )
-
-    runner = JobRunner(client, prepared.body)
-    state = runner.run()
-    if state.phase != "done":
-        raise ServerError(state.error or f"the job ended {state.phase}")
-    # The strip's path is relative to the file as it is now (the shot); saving as OUT remaps it with the
-    # shot's own relative paths.
-    strip = import_result(scene, prepared, state, settings, blend_path=bpy.data.filepath, video_beside=str(out))
-    target = strip.id_data
-    for note in save_result(out, compression):
-        print(note, flush=True)
-    print(
-        f"strip '{strip.name}' on scene '{target.name}' channel {strip.channel}, frames {strip.frame_final_start}-"
-        f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {out}",
-        flush=True,
-    )
-    return 0
+    return prepared, client
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .client import ServerError
-    from .passes.render import PassError
-    from .scene_keyframes import KeyframeError
+    from .blender.passes import PassError
+    from .blender.scene_keyframes import KeyframeError
+    from .core.client import ServerError
 
     try:
         return run(argv)
@@ -465,6 +483,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .shutdown import exit_process
+    from .core.shutdown import exit_process
 
     exit_process(main())  # reports, then exits with main's status: bpy 4.2/4.5 may crash or hang after

@@ -4,7 +4,7 @@
         [--cameras scene|all] [--clips N] [--captions captions.json] [--engine workbench|cycles] [--samples 16]
 
 Each clip is DIR/<scene>-<camera>-<first frame>/ with rgb/NNNN.png, cond/NNNN.png and caption.txt. The depth
-images come from the add-on's own depth pass (passes/render.py -> passes/process.py depth_image), normalised
+images come from the add-on's own depth pass (blender/passes.py -> sparsectrl_passes/process.py depth_image), normalised
 once per clip exactly as the add-on normalises once per shot, so what the encoder learns from is what the
 add-on will send it. Captions: captions.json ({"scene": "...", "scene/camera": "..."}), else the scene name.
 Works with bpy from PyPI and inside Blender (arguments after `--`). Exit 0, or `error: reason` and exit 1.
@@ -33,7 +33,7 @@ def caption_for(captions: dict[str, str], scene_name: str, camera_name: str) -> 
 
 
 def _write_pngs(folder: Path, images: list) -> None:
-    from .png import encode_png
+    from .core.png import encode_png
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, pixels in enumerate(images):
@@ -43,8 +43,8 @@ def _write_pngs(folder: Path, images: list) -> None:
 def render_clips(blend: Path, out: Path, args: argparse.Namespace, captions: dict[str, str]) -> list[Path]:
     import bpy
 
-    from .passes.render import PassRenderer
-    from .request import generation_size
+    from .blender.passes import PassRenderer
+    from .core.request import generation_size
 
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     scene = bpy.context.scene
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    from .passes.render import PassError
+    from .blender.passes import PassError
 
     try:
         if args.frames < 1 or args.stride < 1:
@@ -120,6 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .shutdown import exit_process
+    from .core.shutdown import exit_process
 
     exit_process(main())  # reports, then exits with main's status: bpy 4.2/4.5 may crash or hang after

@@ -26,7 +26,7 @@ def pytest_sessionfinish(session, exitstatus):
 def _exit_past_bpy() -> None:
     """Registered first, so Python runs it last at exit: once pytest has reported, and when the tests imported
     bpy, leave with pytest's status before the bpy module's C++ static destructors run (4.2.x segfaults, 4.5.x
-    hangs there; docs/troubleshooting.md). sparsectrl_blender.shutdown does the same for the commands."""
+    hangs there; docs/troubleshooting.md). sparsectrl_blender.core.shutdown does the same for the commands."""
     if "bpy" in sys.modules and _SESSION_STATUS:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()

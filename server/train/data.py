@@ -3,7 +3,7 @@
 A clip is a folder: rgb/0000.png … (the frames), cond/0000.png … (the condition images, for depth exactly what
 the add-on's depth pass makes) and caption.txt. `python -m sparsectrl_blender.dataset` renders them from .blend
 files; `prepare_videos` cuts videos into them, estimating depth with a transformers model loaded from disk and
-normalising it with the add-on's own function (sparsectrl_blender/passes/process.py).
+normalising it with the add-on's own function (sparsectrl_passes/process.py).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def write_synthetic_clips(root: Path, clips: int = 2, frames: int = 8, size: int
 def depth_frames_from_inverse_depth(inverse_depth: list[np.ndarray]) -> list[np.ndarray]:
     """Estimated (relative) inverse depth -> condition images through the add-on's own depth function: one
     near/far over the clip, near = white, linear in inverse depth (what the add-on's pass makes from camera Z)."""
-    from sparsectrl_blender.passes.process import RenderBuffers, depth_image, shot_depth_range
+    from sparsectrl_passes.process import RenderBuffers, depth_image, shot_depth_range
 
     buffers = []
     for inv in inverse_depth:

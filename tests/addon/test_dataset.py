@@ -10,7 +10,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from sparsectrl_blender import dataset  # noqa: E402
-from sparsectrl_blender.passes import render as passes  # noqa: E402
+from sparsectrl_blender.blender import passes  # noqa: E402
 from tests.addon.scenes import build_shot  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sparsectrl_blender.frame_mapping import (
+from sparsectrl_blender.core.frame_mapping import (
     every_n,
     generated_frame_count,
     map_keyframes,

@@ -9,8 +9,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from sparsectrl_blender.passes import render as passes  # noqa: E402
-from sparsectrl_blender.passes.process import lineart_image  # noqa: E402
+from sparsectrl_blender.blender import passes  # noqa: E402
+from sparsectrl_passes.process import lineart_image  # noqa: E402
 from tests.addon.scenes import build_lineart_stage  # noqa: E402
 
 

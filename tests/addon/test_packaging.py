@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import tomllib
@@ -13,6 +14,8 @@ from sparsectrl_blender.build import build
 from tests.conftest import ROOT
 
 pytest.importorskip("bpy")
+
+WHEEL = "sparsectrl_passes-0.1.0-py3-none-any.whl"
 
 _SCRIPT = r"""
 import os, sys, tempfile
@@ -28,16 +31,23 @@ def state():
         "classes": sorted(n for n in dir(bpy.types) if n.startswith("SPARSECTRL_")),
         "ops": sorted(n for n in dir(bpy.ops.sparsectrl)),
         "timers": [bpy.app.timers.is_registered(t) for t in TIMERS()],
+        "token_field": MOD in bpy.context.preferences.addons
+        and hasattr(bpy.context.preferences.addons[MOD].preferences, "token"),
     }
 
 MOD = "bl_ext.user_default.sparsectrl_previs"
 def TIMERS():
-    mod = sys.modules.get(MOD + ".operators")
+    mod = sys.modules.get(MOD + ".blender.operators")
     return mod.TIMERS if mod else ()
 
 result = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default", enable_on_install=True)
 print("INSTALL", result)
+import sparsectrl_passes.process
+print("PASSES", os.path.relpath(sparsectrl_passes.process.__file__, home))  # the wheel Blender installed
 installed = state()
+# The token typed in the add-on's preferences is what the panel sends.
+bpy.context.preferences.addons[MOD].preferences.token = "s3cret"
+print("TOKEN", sys.modules[MOD + ".blender.preferences"].token())
 # Start the timers the panel uses (a connection check), so that disabling must remove them.
 bpy.context.scene.sparsectrl.server_url = "http://127.0.0.1:9"
 bpy.ops.sparsectrl.check_connection()
@@ -48,6 +58,9 @@ addon_utils.enable(MOD, default_set=True)
 reenabled = state()
 import json
 print("STATES " + json.dumps([installed, with_timers, disabled, reenabled]))
+# End as a command on bpy 4.2/4.5 must (docs/troubleshooting.md), with the add-on's own shipped helper.
+import importlib
+importlib.import_module(MOD + ".core.shutdown").exit_process(0)
 """
 
 
@@ -58,7 +71,11 @@ def test_zip_carries_the_manifest_and_the_modules(tmp_path):
         manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
     assert manifest == tomllib.loads((ROOT / "addon_manifest.toml").read_text())
     assert manifest["blender_version_min"] == "4.2.0" and "network" in manifest["permissions"]
-    assert {"__init__.py", "operators.py", "panels.py", "passes/render.py", "batch.py"} <= names
+    assert {"__init__.py", "blender/operators.py", "blender/panels.py", "blender/passes.py", "core/client.py"} <= names
+    assert "batch.py" in names and manifest["wheels"] == ["./wheels/sparsectrl_passes-0.1.0-py3-none-any.whl"]
+    with zipfile.ZipFile(path) as zf, zipfile.ZipFile(io.BytesIO(zf.read("wheels/" + WHEEL))) as wheel:
+        assert wheel.read("sparsectrl_passes/process.py") == (ROOT / "sparsectrl_passes" / "process.py").read_bytes()
+        assert "Root-Is-Purelib: true" in wheel.read("sparsectrl_passes-0.1.0.dist-info/WHEEL").decode()
     assert "build.py" not in names and not any("__pycache__" in n for n in names)
 
 
@@ -101,7 +118,7 @@ try:
 except ImportError:  # addons_core not on sys.path: find it in this Blender's scripts
     sys.path.append(os.path.join(bpy.utils.system_resource("SCRIPTS"), "addons_core"))
     from bl_pkg import bl_extension_cli
-from sparsectrl_blender.shutdown import exit_process
+from sparsectrl_blender.core.shutdown import exit_process
 
 for path in sys.argv[1:]:
     print("VALIDATE", os.path.basename(path), bl_extension_cli.cli_extension_handler(["validate", path]), flush=True)
@@ -134,10 +151,16 @@ def test_install_enable_disable_reenable_leaves_nothing_behind(tmp_path):
     import json
 
     path = build(tmp_path)
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
+    # Run away from the repository, so the pass contract can only come from the zip's wheel.
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert "INSTALL {'FINISHED'}" in out.stdout, out.stdout + out.stderr
+    assert out.stdout.split("PASSES ", 1)[1].split()[0].startswith("extensions/.local/lib/python"), out.stdout
+    assert out.returncode == 0, out.stderr[-2000:]
     installed, with_timers, disabled, reenabled = json.loads(out.stdout.split("STATES ", 1)[1].splitlines()[0])
-    assert installed["enabled"] and installed["scene_prop"]
+    assert installed["enabled"] and installed["scene_prop"] and installed["token_field"]
+    assert "TOKEN s3cret" in out.stdout  # the preferences belong to the add-on's module, not its blender/ folder
     assert installed["classes"] == [
         "SPARSECTRL_OT_cancel",
         "SPARSECTRL_OT_check_connection",

@@ -50,8 +50,8 @@ def addon():
     import sparsectrl_blender
 
     sparsectrl_blender.register()
-    ops = sys.modules["sparsectrl_blender.operators"]
-    yield ops, sys.modules["sparsectrl_blender.panels"]
+    ops = sys.modules["sparsectrl_blender.blender.operators"]
+    yield ops, sys.modules["sparsectrl_blender.blender.panels"]
     sparsectrl_blender.unregister()
     ops.STATUS.__init__()  # runtime state is module-level: leave none to other tests
 

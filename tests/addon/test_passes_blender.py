@@ -7,8 +7,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from sparsectrl_blender.passes import render as passes  # noqa: E402
-from sparsectrl_blender.passes.process import FAR_GREY  # noqa: E402
+from sparsectrl_blender.blender import passes  # noqa: E402
+from sparsectrl_passes.process import FAR_GREY  # noqa: E402
 from tests.addon.scenes import build_shot  # noqa: E402
 
 W, H = 128, 72  # the generation size of a 1920x1080 scene at 128 px

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsectrl_blender.passes.process import (
+from sparsectrl_passes.process import (
     BACKGROUND_Z,
     FAR_GREY,
     RenderBuffers,

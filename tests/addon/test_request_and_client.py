@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from sparsectrl_blender.client import Client, ServerError
-from sparsectrl_blender.png import encode_png
-from sparsectrl_blender.request import GenerationSettings, generation_size, job_body
+from sparsectrl_blender.core.client import Client, ServerError
+from sparsectrl_blender.core.png import encode_png
+from sparsectrl_blender.core.request import GenerationSettings, generation_size, job_body
 
 
 def test_generation_size_keeps_the_scene_aspect_in_multiples_of_8():

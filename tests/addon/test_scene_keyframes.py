@@ -9,8 +9,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from sparsectrl_blender.batch import _saved_settings, settings_from  # noqa: E402
-from sparsectrl_blender.request import GenerationSettings  # noqa: E402
-from sparsectrl_blender.scene_keyframes import KeyframeError, keyframe_frames, shot_range  # noqa: E402
+from sparsectrl_blender.blender.scene_keyframes import KeyframeError, keyframe_frames, shot_range  # noqa: E402
+from sparsectrl_blender.core.request import GenerationSettings  # noqa: E402
 from tests.addon.scenes import build_shot  # noqa: E402
 
 

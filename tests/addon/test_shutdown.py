@@ -3,7 +3,7 @@
 Found on the bpy module (docs/troubleshooting.md): 4.2.x segfaults at exit once a PropertyGroup with a Python
 method was registered (even after unregister_class) or while a bpy.app.timers function is registered; 4.5.x
 hangs for ever in the same states. The add-on avoids them (its PropertyGroup has no methods; every timer
-registration is removed on unregister), and the commands end through sparsectrl_blender.shutdown.exit_process,
+registration is removed on unregister), and the commands end through sparsectrl_blender.core.shutdown.exit_process,
 which exits with their status whatever the bpy module would do after.
 """
 
@@ -30,7 +30,7 @@ import sparsectrl_blender
 from tests.addon.scenes import build_shot
 
 sparsectrl_blender.register()
-ops = sys.modules["sparsectrl_blender.operators"]
+ops = sys.modules["sparsectrl_blender.blender.operators"]
 build_shot(start=1, end=8, markers=(1, 8), resolution=(64, 64))
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -52,7 +52,7 @@ print("END", flush=True)
 _COMMAND = r"""
 import sys
 import bpy
-from sparsectrl_blender.shutdown import exit_process
+from sparsectrl_blender.core.shutdown import exit_process
 
 class WithMethod(bpy.types.PropertyGroup):
     value: bpy.props.IntProperty()

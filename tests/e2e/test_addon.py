@@ -16,8 +16,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from server.video.encode import read_video  # noqa: E402
-from sparsectrl_blender.client import Client  # noqa: E402
-from sparsectrl_blender.generation import JobRunner  # noqa: E402
+from sparsectrl_blender.core.client import Client  # noqa: E402
+from sparsectrl_blender.core.job import JobRunner  # noqa: E402
 from tests.addon.scenes import build_shot  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 from tests.e2e.conftest import job_body  # noqa: E402
@@ -191,7 +191,7 @@ def addon():
     import sparsectrl_blender
 
     sparsectrl_blender.register()
-    yield sys.modules["sparsectrl_blender.operators"]
+    yield sys.modules["sparsectrl_blender.blender.operators"]
     sparsectrl_blender.unregister()
 
 

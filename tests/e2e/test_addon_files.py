@@ -331,7 +331,7 @@ def addon():
     import sparsectrl_blender
 
     sparsectrl_blender.register()
-    ops = sys.modules["sparsectrl_blender.operators"]
+    ops = sys.modules["sparsectrl_blender.blender.operators"]
     yield ops
     sparsectrl_blender.unregister()
     ops.STATUS.__init__()
@@ -399,7 +399,7 @@ def test_panel_moves_old_previews_works_from_the_previs_scene_and_asks_about_emp
     assert bpy.ops.sparsectrl.generate() == {"CANCELLED"}
     assert ops.STATUS.run is None and ops.STATUS.pending.prepared.empty_frames == [24]
     assert "the lineart pass is empty at keyframe 24" in ops.STATUS.message
-    from sparsectrl_blender import panels
+    from sparsectrl_blender.blender import panels
     from tests.addon.test_panel_draw import Layout
 
     log = []

@@ -5,7 +5,49 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-MODALITY_LABELS = {"lineart": "Line art", "depth": "Depth", "rgb": "RGB"}
+# The panel's choices, each (identifier, label, description) and defined once: the panel's EnumProperties take
+# them as items (a .blend saves an enum as its index into these, which the batch command reads back), the
+# batch's flags take the identifiers, the request sends them.
+MODALITIES = (
+    ("lineart", "Line art", "White lines on black from the geometry (the released scribble encoder)"),
+    ("depth", "Depth", "Camera depth, near white; needs a depth encoder on the server"),
+    ("rgb", "RGB", "A quick shaded render: animates the image"),
+)
+KEYFRAME_SOURCES = (
+    ("MARKERS", "Timeline markers", "Every timeline marker in the shot"),
+    ("SELECTED_MARKERS", "Selected markers", "Selected timeline markers"),
+    ("CAMERA_KEYS", "Camera keyframes", "Keyframes of the active camera"),
+    ("EVERY_N", "Every N frames", "Evenly spaced, plus the last frame"),
+    ("LIST", "List", "Frame numbers typed in"),
+)
+SHOT_RANGES = (("SCENE", "Scene range", "Scene start to end"), ("PREVIEW", "Preview range", "The preview range"))
+FRAMES_MODES = (
+    ("AUTO", "Motion rate", "A number of frames per second of shot"),
+    ("FIXED", "Fixed", "Exactly this many frames"),
+)
+QUALITIES = (
+    ("final", "Final", "Full size and steps"),
+    ("draft", "Draft", "Quick: the server generates smaller with fewer steps and scales it up"),
+)
+REGENERATE_MODES = (
+    ("STACK", "Stack", "Add the new preview above the old one"),
+    ("REPLACE", "Replace", "Replace the selected preview strip"),
+)
+# The saved settings' enum fields, by GenerationSettings field name.
+ENUMS = {
+    "modality": MODALITIES,
+    "keyframe_source": KEYFRAME_SOURCES,
+    "shot_range": SHOT_RANGES,
+    "frames_mode": FRAMES_MODES,
+    "quality": QUALITIES,
+}
+
+
+def identifiers(choices) -> tuple[str, ...]:
+    return tuple(choice[0] for choice in choices)
+
+
+MODALITY_LABELS = {identifier: label for identifier, label, _ in MODALITIES}
 # The server's default limits.max_frames; a server configured lower answers with a clear error.
 MAX_GENERATED_FRAMES = 256
 # The long side of the generated video: the panel's limits (the model's latents need at least 64 px).

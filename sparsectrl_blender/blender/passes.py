@@ -17,11 +17,11 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .process import RenderBuffers, depth_image, lineart_image, shot_depth_range
+from sparsectrl_passes.process import RenderBuffers, depth_image, lineart_image, shot_depth_range
+
+from ..core.request import MODALITIES, identifiers
 
 log = logging.getLogger(__name__)
-
-MODALITIES = ("depth", "lineart", "rgb")
 
 
 class PassError(RuntimeError):
@@ -213,7 +213,7 @@ class PassRenderer:
 
     def render(self, modality: str, frames: list[int]) -> dict[int, np.ndarray]:
         """Condition images (uint8 (h, w, 3)) for `modality` at each timeline frame."""
-        if modality not in MODALITIES:
+        if modality not in identifiers(MODALITIES):
             raise PassError(f"unknown pass {modality!r}")
         if modality == "rgb":
             images = self._rgb(frames)

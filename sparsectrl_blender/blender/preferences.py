@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import bpy
 
-ADDON_ID = __package__  # "bl_ext.user_default.sparsectrl_previs" when installed as an extension
+# The add-on's own module (this file lives in its blender/ folder): "bl_ext.user_default.sparsectrl_previs"
+# when installed as an extension. Preferences belong to it, not to the sub-package.
+ADDON_ID = __package__.rpartition(".")[0]
 
 
 class SparseCtrlPreferences(bpy.types.AddonPreferences):

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import bpy
 
+from ..core.request import MODALITY_LABELS, generation_size
 from .operators import STATUS
-from .request import MODALITY_LABELS, generation_size
 
 
 def draw_panel(layout, context) -> None:
-    from .strips import previs_scene_name, shot_scene_of
+    """The panel top to bottom: connection, prompt and condition, where the previews go, keyframes, the
+    generation settings, then the job (progress, or Generate)."""
+    from .strips import shot_scene_of
 
     scene = shot_scene_of(context.scene)  # shown in a previs scene, the panel works on its shot
     props = scene.sparsectrl
+    _draw_connection(layout, props)
+    _draw_prompt(layout, props)
+    _draw_shot(layout, context, scene, props)
+    _draw_generation(layout, scene, props)
+    _draw_job(layout, scene, props)
 
+
+def _draw_connection(layout, props) -> None:
     box = layout.box()
     row = box.row(align=True)
     row.prop(props, "server_url", text="")
@@ -33,11 +42,14 @@ def draw_panel(layout, context) -> None:
     else:
         box.label(text="Not checked yet", icon="UNLINKED")
 
+
+def _draw_prompt(layout, props) -> None:
     col = layout.column()
     col.prop(props, "prompt")
     col.prop(props, "negative_prompt")
     col.prop(props, "modality")
-    if c.health is not None and props.modality not in c.health["modalities"]:
+    health = STATUS.connection.health
+    if health is not None and props.modality not in health["modalities"]:
         why = (
             "none was released; train one (docs/training.md) and configure it on the server"
             if props.modality == "depth"
@@ -45,11 +57,14 @@ def draw_panel(layout, context) -> None:
         )
         col.label(text=f"{MODALITY_LABELS[props.modality]} unavailable: {why}", icon="ERROR")
 
+
+def _draw_shot(layout, context, scene, props) -> None:
+    from .strips import previs_scene_name
+
     col = layout.column()
     if scene != context.scene:
         col.label(text=f"Shot: {scene.name}", icon="SCENE_DATA")
     col.prop(props, "preview_scene", text="Previs", placeholder=previs_scene_name(scene))
-
     col = layout.column(heading="Keyframes")
     col.prop(props, "keyframe_source", text="")
     if props.keyframe_source == "EVERY_N":
@@ -58,6 +73,8 @@ def draw_panel(layout, context) -> None:
         col.prop(props, "frame_list")
     col.prop(props, "shot_range")
 
+
+def _draw_generation(layout, scene, props) -> None:
     col = layout.column(align=True)
     col.prop(props, "frames_mode")
     col.prop(props, "motion_rate" if props.frames_mode == "AUTO" else "num_frames")
@@ -77,8 +94,9 @@ def draw_panel(layout, context) -> None:
     row.prop(props, "seed")
     row.operator("sparsectrl.randomize_seed", text="", icon="FILE_REFRESH")
 
-    run = STATUS.run
-    pending = STATUS.pending
+
+def _draw_job(layout, scene, props) -> None:
+    run, pending = STATUS.run, STATUS.pending
     if run is None and pending is not None and pending.scene_name == scene.name:
         box = layout.box()
         box.label(text=f"Empty passes at keyframes {', '.join(map(str, pending.prepared.empty_frames))}", icon="ERROR")

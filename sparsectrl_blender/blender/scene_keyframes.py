@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .frame_mapping import every_n, parse_frame_list
-from .request import GenerationSettings
+from ..core.frame_mapping import every_n, parse_frame_list
+from ..core.request import GenerationSettings
 
 
 class KeyframeError(ValueError):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from .request import GenerationSettings
+from ..core.request import (
+    FRAMES_MODES,
+    KEYFRAME_SOURCES,
+    MODALITIES,
+    QUALITIES,
+    REGENERATE_MODES,
+    SHOT_RANGES,
+    GenerationSettings,
+)
 
 _DEFAULTS = GenerationSettings()
 
@@ -16,41 +24,12 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
     )
     prompt: StringProperty(name="Prompt", description="What the preview should look like")
     negative_prompt: StringProperty(name="Negative", description="What it should not look like")
-    modality: EnumProperty(
-        name="Condition",
-        items=[
-            ("lineart", "Line art", "White lines on black from the geometry (the released scribble encoder)"),
-            ("depth", "Depth", "Camera depth, near white; needs a depth encoder on the server"),
-            ("rgb", "RGB", "A quick shaded render: animates the image"),
-        ],
-        default=_DEFAULTS.modality,
-    )
-    keyframe_source: EnumProperty(
-        name="Keyframes",
-        items=[
-            ("MARKERS", "Timeline markers", "Every timeline marker in the shot"),
-            ("SELECTED_MARKERS", "Selected markers", "Selected timeline markers"),
-            ("CAMERA_KEYS", "Camera keyframes", "Keyframes of the active camera"),
-            ("EVERY_N", "Every N frames", "Evenly spaced, plus the last frame"),
-            ("LIST", "List", "Frame numbers typed in"),
-        ],
-        default=_DEFAULTS.keyframe_source,
-    )
+    modality: EnumProperty(name="Condition", items=MODALITIES, default=_DEFAULTS.modality)
+    keyframe_source: EnumProperty(name="Keyframes", items=KEYFRAME_SOURCES, default=_DEFAULTS.keyframe_source)
     every_n: IntProperty(name="N", default=_DEFAULTS.every_n, min=1)
     frame_list: StringProperty(name="Frames", description="Frame numbers, e.g. 1, 24, 48")
-    shot_range: EnumProperty(
-        name="Shot",
-        items=[("SCENE", "Scene range", "Scene start to end"), ("PREVIEW", "Preview range", "The preview range")],
-        default=_DEFAULTS.shot_range,
-    )
-    frames_mode: EnumProperty(
-        name="Generated frames",
-        items=[
-            ("AUTO", "Motion rate", "A number of frames per second of shot"),
-            ("FIXED", "Fixed", "Exactly this many frames"),
-        ],
-        default=_DEFAULTS.frames_mode,
-    )
+    shot_range: EnumProperty(name="Shot", items=SHOT_RANGES, default=_DEFAULTS.shot_range)
+    frames_mode: EnumProperty(name="Generated frames", items=FRAMES_MODES, default=_DEFAULTS.frames_mode)
     motion_rate: FloatProperty(
         name="Frames per second",
         default=_DEFAULTS.motion_rate,
@@ -78,14 +57,7 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
     guidance_scale: FloatProperty(name="Guidance", default=_DEFAULTS.guidance_scale, min=0.0, max=30.0)
     conditioning_scale: FloatProperty(name="Condition strength", default=_DEFAULTS.conditioning_scale, min=0.0, max=4.0)
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
-    quality: EnumProperty(
-        name="Quality",
-        items=[
-            ("final", "Final", "Full size and steps"),
-            ("draft", "Draft", "Quick: the server generates smaller with fewer steps and scales it up"),
-        ],
-        default=_DEFAULTS.quality,
-    )
+    quality: EnumProperty(name="Quality", items=QUALITIES, default=_DEFAULTS.quality)
     loras: StringProperty(
         name="LoRAs",
         default=_DEFAULTS.loras,
@@ -98,14 +70,7 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
             "'<shot> previs'. Never the shot itself: its render stays the shot's"
         ),
     )
-    regenerate_mode: EnumProperty(
-        name="Regenerate",
-        items=[
-            ("STACK", "Stack", "Add the new preview above the old one"),
-            ("REPLACE", "Replace", "Replace the selected preview strip"),
-        ],
-        default="STACK",
-    )
+    regenerate_mode: EnumProperty(name="Regenerate", items=REGENERATE_MODES, default="STACK")
     # No methods here: Blender 4.2's bpy module segfaults at exit once a PropertyGroup with a Python method
     # was registered, even after unregister_class (docs/troubleshooting.md). Helpers are module functions.
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import bpy
 
+from ..core.client import Client, ServerError
+from ..core.job import JobRunner, PreparedJob
+from ..core.request import GenerationSettings
 from . import preferences
-from .client import Client, ServerError
-from .generation import JobRunner, PreparedJob
 from .properties import to_settings
-from .request import GenerationSettings
 
 POLL_SECONDS = 0.25
 # How long the server may be unreachable during a job before the panel says it went away.
@@ -189,7 +189,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         if self.pending != "NONE":
             return self._pending(self.pending == "SEND")
         from .generation import prepare
-        from .passes.render import PassError
+        from .passes import PassError
         from .scene_keyframes import KeyframeError
         from .strips import PlacementError, active_preview_strip, check_target, shot_scene_of
 

@@ -1,0 +1,118 @@
+"""One generation, the same for the panel and the batch command, in its bpy steps: keyframes -> passes ->
+request (prepare, main thread), then, once core/job.py's JobRunner has the video, the strip (import_result,
+main thread)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..core.frame_mapping import generated_frame_count, map_keyframes
+from ..core.job import PreparedJob, RunnerState, is_empty_pass, save_video
+from ..core.png import encode_png
+from ..core.request import MAX_GENERATED_FRAMES, MAX_SIZE, MIN_SIZE, GenerationSettings, generation_size, job_body
+
+log = logging.getLogger(__name__)
+
+
+def prepare(scene, settings: GenerationSettings) -> PreparedJob:
+    """Choose keyframes, render their passes and build the request. Raises ValueError-like errors with
+    messages for the artist (KeyframeError, PassError, ValueError). Clamped settings and empty passes are
+    said in `messages` (and `empty_frames`)."""
+    from .passes import PassRenderer
+    from .scene_keyframes import keyframe_frames, shot_range
+
+    messages = []
+    if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
+        messages.append(
+            f"the scene '{scene.name}' has no preview range: using the scene range "
+            f"{scene.frame_start}-{scene.frame_end}"
+        )
+    start, end = shot_range(scene, settings)
+    shot_frames = end - start + 1
+    r = scene.render
+    fps = r.fps / r.fps_base
+    if settings.frames_mode == "AUTO":
+        num_frames = generated_frame_count(shot_frames, fps, settings.motion_rate, MAX_GENERATED_FRAMES)
+    else:
+        if settings.num_frames < 1:
+            raise ValueError(f"generated frames must be at least 1 (got {settings.num_frames})")
+        num_frames = min(settings.num_frames, MAX_GENERATED_FRAMES)
+        if num_frames < settings.num_frames:
+            messages.append(
+                f"{settings.num_frames} generated frames is more than the model's {MAX_GENERATED_FRAMES}: "
+                f"generating {num_frames} (the server retimes them to the shot's {shot_frames} frames)"
+            )
+    mapped = map_keyframes(keyframe_frames(scene, settings), start, end, num_frames)
+    if not mapped.indices:
+        raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
+    messages.extend(mapped.messages)
+    size = min(max(settings.size, MIN_SIZE), MAX_SIZE)
+    if size != settings.size:
+        messages.append(f"size {settings.size} is outside {MIN_SIZE}-{MAX_SIZE} px: using {size}")
+    aspect_w, aspect_h = r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y
+    width, height = generation_size(aspect_w, aspect_h, size)
+    wanted, got = aspect_w / aspect_h, width / height
+    if abs(got - wanted) / wanted > 0.1:
+        messages.append(
+            f"at size {size} the short side is raised to the model's minimum of 64 px: the preview is "
+            f"{width}x{height}, not the scene's aspect {aspect_w / aspect_h:.2f}:1 (use a larger size)"
+        )
+    frames = list(mapped.indices)
+    with PassRenderer(scene, width, height) as renderer:
+        images = renderer.render(settings.modality, frames)
+        seconds = list(renderer.seconds_per_keyframe)
+    empty = sorted(f for f, img in images.items() if is_empty_pass(img))
+    passes = {frame: encode_png(img) for frame, img in images.items()}
+    # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
+    # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
+    keyframes = [(mapped.indices[f], f - start, png) for f, png in passes.items()]
+    body = job_body(settings, num_frames, width, height, max(1, round(fps)), shot_frames, keyframes)
+    prepared = PreparedJob(body, start, end, mapped.indices, passes, messages, seconds, empty)
+    if empty:
+        messages.append(prepared.empty_message)
+    return prepared
+
+
+def import_result(
+    shot,
+    prepared: PreparedJob,
+    state: RunnerState,
+    settings: GenerationSettings,
+    blend_path: str,
+    replace=None,
+    target=None,
+    video_beside: str | None = None,
+):
+    """Save the video and add the strip spanning the shot, carrying the generation parameters, on the previs
+    scene `target` (default: the shot's "<shot> previs" scene; never the shot itself). The video goes to
+    the "sparsectrl" folder beside `video_beside` (default: `blend_path`); its path on the strip is relative to
+    `blend_path`, the file as it is now (a later save-as remaps it)."""
+    from .strips import add_preview_strip, move_old_previews, previs_scene
+
+    if target is None:
+        target = previs_scene(shot, settings.preview_scene)
+    moved = move_old_previews(shot, target)
+    if moved:
+        log.info("moved %d earlier preview strip(s) from '%s' to '%s'", moved, shot.name, target.name)
+    path = save_video(state.video, video_beside or blend_path, shot.name, state.job_id)
+    job = state.job
+    metadata = {
+        "prompt": prepared.body["prompt"],
+        "negative_prompt": prepared.body.get("negative_prompt") or "",
+        "seed": job.get("seed", prepared.body["seed"]),
+        "modality": prepared.body["modality"],
+        "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},
+        "model": job.get("model", ""),
+        "job_id": state.job_id,
+        "num_frames": prepared.body["num_frames"],
+        "server": settings.server_url,
+        "shot": shot.name,
+    }
+    if blend_path:  # relative to the .blend ("//sparsectrl/..."), so the project folder can move
+        try:
+            path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows): keep it absolute
+            pass
+    return add_preview_strip(target, str(path), prepared.start, prepared.end, metadata, replace=replace, shot=shot)

@@ -1,0 +1,146 @@
+"""One job as the add-on holds it, without bpy: the passes and request prepared for it (PreparedJob), then
+submit / poll / download on the server (JobRunner: plain Python, run in a background thread for the panel),
+and where its video is saved. The bpy steps around it are blender/generation.py's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .client import Client, ServerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedJob:
+    body: dict
+    start: int
+    end: int
+    mapping: dict[int, int]  # timeline frame -> generated index
+    passes: dict[int, bytes]  # timeline frame -> PNG sent
+    messages: list[str]  # warnings for the artist, each said once
+    pass_seconds: list[float]  # per keyframe, in render order (the batch reports their sum)
+    empty_frames: list[int] = field(default_factory=list)  # keyframes whose pass shows nothing
+
+    @property
+    def empty_message(self) -> str:
+        if not self.empty_frames:
+            return ""
+        frames = ", ".join(map(str, self.empty_frames))
+        modality = self.body.get("modality", "")
+        return (
+            f"the {modality} pass is empty at keyframe{'s' if len(self.empty_frames) > 1 else ''} {frames}: "
+            "nothing of the scene is in view (camera pointing at the sky or away, an orthographic camera framing "
+            "nothing, no geometry), so the model gets no guidance there"
+        )
+
+
+def is_empty_pass(image) -> bool:
+    """A pass that carries nothing: one flat colour over the whole image (all black, one grey)."""
+    return bool((image == image[:1, :1]).all())
+
+
+def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for frame, png in prepared.passes.items():
+        path = folder / f"frame_{frame:04d}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class RunnerState:
+    phase: str = "submitting"  # submitting, queued, running, downloading, done, failed, cancelled
+    step: int = 0
+    total: int = 0
+    job_id: str | None = None
+    error: str | None = None
+    lost: bool = False  # the server went away during the job
+    job: dict = field(default_factory=dict)
+    video: bytes | None = None
+
+
+class JobRunner:
+    """Submit, poll and download one job; no bpy, so it can run in a thread. `state` is read by the UI."""
+
+    def __init__(self, client: Client, body: dict, poll_seconds: float = 0.25, lost_after: float = 10.0):
+        self.client, self.body = client, body
+        self.poll_seconds, self.lost_after = poll_seconds, lost_after
+        self.state = RunnerState()
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def run(self) -> RunnerState:
+        s = self.state
+        try:
+            accepted = self.client.submit(self.body)
+            s.job_id, s.phase = accepted["id"], accepted["status"]
+            unreachable_since = None
+            while True:
+                if self._cancel.is_set():
+                    self.client.cancel(s.job_id)
+                    self._cancel.clear()
+                try:
+                    job = self.client.job(s.job_id)
+                    unreachable_since = None
+                except ServerError as e:
+                    if e.code not in ("unreachable", "timeout"):
+                        raise
+                    unreachable_since = unreachable_since or time.monotonic()
+                    if time.monotonic() - unreachable_since > self.lost_after:
+                        raise ServerError(
+                            f"the server went away during job {s.job_id}: {e}. Start it again and "
+                            "press Generate to resubmit.",
+                            "lost",
+                        ) from None
+                    time.sleep(self.poll_seconds)
+                    continue
+                s.job = job
+                s.step, s.total = job["progress"]["step"], job["progress"]["total"]
+                if job["status"] == "succeeded":
+                    break
+                if job["status"] in ("failed", "cancelled"):
+                    s.phase = job["status"]
+                    if job["status"] == "failed":
+                        err = job.get("error") or {}
+                        s.error = f"the server could not make the preview: {err.get('message', 'unknown error')}"
+                    return s
+                s.phase = job["status"]
+                time.sleep(self.poll_seconds)
+            s.phase = "downloading"
+            s.video = self.client.video(s.job_id)
+            s.phase = "done"
+        except ServerError as e:
+            s.phase, s.error, s.lost = "failed", str(e), e.code == "lost"
+        except Exception as e:  # noqa: BLE001 - the UI shows a message, never a traceback
+            log.exception("generation failed")
+            s.phase, s.error = "failed", f"unexpected error: {type(e).__name__}: {e}"
+        return s
+
+
+def video_folder(blend_path: str) -> Path:
+    """Next to the .blend (a 'sparsectrl' folder beside it), or a temp folder for an unsaved file."""
+    if blend_path:
+        return Path(blend_path).parent / "sparsectrl"
+    return Path(tempfile.gettempdir()) / "sparsectrl_previews"
+
+
+def save_video(video: bytes, blend_path: str, scene_name: str, job_id: str) -> Path:
+    folder = video_folder(blend_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in scene_name)
+    path = folder / f"{safe}_{job_id[:8]}.mp4"
+    tmp = path.with_suffix(".mp4.partial")
+    tmp.write_bytes(video)
+    os.replace(tmp, path)
+    return path
