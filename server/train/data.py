@@ -56,7 +56,8 @@ def find_clips(root: Path, min_frames: int, default_caption: str = "") -> list[C
 
 
 def _load(paths: list[Path], width: int, height: int) -> torch.Tensor:
-    """(frames, 3, height, width) in [0, 1], each image fitted like a keyframe (cover, centre crop)."""
+    """(frames, 3, height, width) in [0, 1], each image fitted like a keyframe (engine/conditions.py: the
+    official code's centre crop to the aspect ratio, then a bilinear resize), so training sees what jobs see."""
     images = []
     for path in paths:
         with Image.open(path) as img:
