@@ -53,11 +53,6 @@ def generate_windowed(
     device = pipe._execution_device
     controlnet = pipe.controlnet
     do_cfg = guidance_scale > 1
-    steps, frame_indices, conditioning_scale = (
-        num_inference_steps,
-        controlnet_frame_indices,
-        controlnet_conditioning_scale,
-    )
 
     # 1. Prompt embeddings (negative first, as the pipeline batches CFG).
     if do_cfg:
@@ -65,10 +60,12 @@ def generate_windowed(
 
     # 2. Sparse conditions and mask over the whole clip, sliced per window below.
     images = pipe.prepare_image(conditioning_frames, width, height, device, controlnet.dtype)
-    cond, mask = pipe.prepare_sparse_control_conditioning(images, num_frames, frame_indices, device, controlnet.dtype)
+    cond, mask = pipe.prepare_sparse_control_conditioning(
+        images, num_frames, controlnet_frame_indices, device, controlnet.dtype
+    )
 
     # 3. Timesteps and initial noise.
-    pipe.scheduler.set_timesteps(steps, device=device)
+    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = pipe.scheduler.timesteps
     latents = pipe.prepare_latents(
         1, pipe.unet.config.in_channels, num_frames, height, width, prompt_embeds.dtype, device, generator, None
@@ -90,7 +87,7 @@ def generate_windowed(
         for window in windows:
             sl = slice(window.start, window.stop)
             inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, cond[:, :, sl], mask[:, :, sl])
-            prediction = _predict(pipe, *inputs, conditioning_scale, guidance_scale, do_cfg)
+            prediction = _predict(pipe, *inputs, controlnet_conditioning_scale, guidance_scale, do_cfg)
             noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
         if on_step_end is not None:

@@ -37,9 +37,9 @@ class ActiveRun:
     prepared: PreparedJob
     runner: JobRunner
     thread: threading.Thread
+    settings: GenerationSettings  # as sent: the strip records these, not the panel's later edits
     replace_strip: str | None = None
     target_name: str = ""  # the previs scene the strip goes to
-    settings: GenerationSettings | None = None  # as sent: the strip records these, not the panel's later edits
 
 
 @dataclass
@@ -48,6 +48,7 @@ class PendingRun:
 
     scene_name: str
     prepared: PreparedJob
+    settings: GenerationSettings  # what the passes were made with; sent as they are
     replace_strip: str | None
     target_name: str
 
@@ -108,7 +109,7 @@ def _poll_run():
         from .strips import find_strip, previs_scene
 
         try:
-            settings = run.settings or to_settings(scene.sparsectrl)
+            settings = run.settings
             target = previs_scene(scene, run.target_name or settings.preview_scene)
             replace = find_strip(target, run.replace_strip) if run.replace_strip else None
             strip = import_result(
@@ -223,7 +224,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         target_name = target.name if target is not None else ""
         replace_name = replace.name if replace else None
         if prepared.empty_frames:
-            STATUS.pending = PendingRun(shot.name, prepared, replace_name, target_name)
+            STATUS.pending = PendingRun(shot.name, prepared, settings, replace_name, target_name)
             STATUS.say(prepared.empty_message + ". Send anyway?", error=True)
             return {"CANCELLED"}
         start_run(shot.name, prepared, settings, replace_name, target_name)
@@ -235,8 +236,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         if not send or scene is None:
             STATUS.say("nothing sent")
             return {"CANCELLED"}
-        settings = to_settings(scene.sparsectrl)
-        start_run(pending.scene_name, pending.prepared, settings, pending.replace_strip, pending.target_name)
+        start_run(pending.scene_name, pending.prepared, pending.settings, pending.replace_strip, pending.target_name)
         return {"FINISHED"}
 
     def _fail(self, message: str):
@@ -249,7 +249,7 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     client = Client(settings.server_url, token=preferences.token())
     runner = JobRunner(client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS)
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
-    STATUS.run = ActiveRun(scene_name, prepared, runner, thread, replace_name, target_name, settings)
+    STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)
     thread.start()
     if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module) it never fires
         bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)

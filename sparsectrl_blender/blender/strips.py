@@ -89,12 +89,17 @@ def previs_scene_name(shot) -> str:
     return f"{shot.name} previs"
 
 
+def _target_name(shot, name: str) -> str:
+    """The scene the previews go to: `name` as the artist typed it, else "<shot> previs"."""
+    return (name or "").strip() or previs_scene_name(shot)
+
+
 def check_target(shot, name: str = ""):
     """The scene the previews would go to, if it exists yet (else None); PlacementError if it cannot be used.
     Changes nothing (for checks before rendering)."""
     import bpy
 
-    name = (name or "").strip() or previs_scene_name(shot)
+    name = _target_name(shot, name)
     if name == shot.name:
         raise PlacementError(
             f"the previews cannot go on the shot scene '{shot.name}' itself: its render would become the preview "
@@ -127,7 +132,7 @@ def previs_scene(shot, name: str = ""):
 
     target = check_target(shot, name)
     if target is None:
-        target = bpy.data.scenes.new((name or "").strip() or previs_scene_name(shot))
+        target = bpy.data.scenes.new(_target_name(shot, name))
         target[SHOT_KEY] = shot.name
     if target.get(SHOT_KEY) == shot.name:
         _fit_to_shot(target, shot)
