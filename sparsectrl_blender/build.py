@@ -20,7 +20,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 MANIFEST = PACKAGE.parent / "addon_manifest.toml"
-LEFT_OUT = {"build.py"}  # the build script is for the repository, not for Blender
+LEFT_OUT = {"build.py", "bench_passes.py"}  # the build script and the benchmark are for the repository
 
 
 def build(out_dir: Path) -> Path:

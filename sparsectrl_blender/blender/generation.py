@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..core.frame_mapping import generated_frame_count, map_keyframes
@@ -23,6 +24,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     from .passes import PassRenderer
     from .scene_keyframes import keyframe_frames, shot_range
 
+    started = time.perf_counter()
     messages = []
     if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
         messages.append(
@@ -60,16 +62,23 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
             f"{width}x{height}, not the scene's aspect {aspect_w / aspect_h:.2f}:1 (use a larger size)"
         )
     frames = list(mapped.indices)
-    with PassRenderer(scene, width, height) as renderer:
+    stages = {"keyframes": time.perf_counter() - started}
+    renderer = PassRenderer(scene, width, height)
+    with renderer:
         images = renderer.render(settings.modality, frames)
         seconds = list(renderer.seconds_per_keyframe)
+    stages.update(renderer.stage_seconds)
+    started = time.perf_counter()
     empty = sorted(f for f, img in images.items() if is_empty_pass(img))
+    stages["empty check"], started = time.perf_counter() - started, time.perf_counter()
     passes = {frame: encode_png(img) for frame, img in images.items()}
+    stages["png"], started = time.perf_counter() - started, time.perf_counter()
     # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
     # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
     keyframes = [(mapped.indices[f], f - start, png) for f, png in passes.items()]
     body = job_body(settings, num_frames, width, height, max(1, round(fps)), shot_frames, keyframes)
-    prepared = PreparedJob(body, start, end, mapped.indices, passes, messages, seconds, empty)
+    stages["request"] = time.perf_counter() - started
+    prepared = PreparedJob(body, start, end, mapped.indices, passes, messages, seconds, empty, stages)
     if empty:
         messages.append(prepared.empty_message)
     return prepared

@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import bpy
@@ -85,8 +86,22 @@ class PassRenderer:
         self.scene, self.width, self.height = scene, width, height
         self.view_layer_name = view_layer_name or scene.view_layers[0].name
         self.seconds_per_keyframe: list[float] = []
+        # Where the time went, summed over keyframes: scene copy, frame_set, render, read, process, cleanup.
+        self.stage_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - started
 
     def __enter__(self):
+        with self.timed("scene copy"):
+            return self._enter()
+
+    def _enter(self):
         self._dir = Path(tempfile.mkdtemp(prefix="sparsectrl_passes_"))
         self._copy = self.scene.copy()
         self._copy.name = "SparseCtrl passes (temporary)"
@@ -103,6 +118,11 @@ class PassRenderer:
         return self
 
     def __exit__(self, *exc):
+        with self.timed("cleanup"):
+            self._exit()
+        return False
+
+    def _exit(self) -> None:
         for tree in self._trees:
             if tree.name in bpy.data.node_groups:
                 bpy.data.node_groups.remove(tree)
@@ -112,10 +132,10 @@ class PassRenderer:
         shutil.rmtree(self._dir, ignore_errors=True)
         # Objects are shared with the copy, whose frames were evaluated last: evaluate the user's frame again.
         self.scene.frame_set(self.scene.frame_current, subframe=self.scene.frame_subframe)
-        return False
 
     def _render(self, frame: int) -> None:
-        self._copy.frame_set(frame)
+        with self.timed("frame_set"):
+            self._copy.frame_set(frame)
         started = time.perf_counter()
         try:
             # The render operator takes its frame from the context's scene: without the override every keyframe
@@ -124,11 +144,45 @@ class PassRenderer:
                 bpy.ops.render.render(write_still=self._copy.render.filepath != "", scene=self._copy.name)
         except RuntimeError as e:
             raise PassError(f"rendering frame {frame} failed: {e}") from None
-        self.seconds_per_keyframe.append(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.seconds_per_keyframe.append(seconds)
+        self.stage_seconds["render"] = self.stage_seconds.get("render", 0.0) + seconds
 
     def _geometry_buffers(self, frames: list[int], ids: bool = False) -> list[RenderBuffers]:
         """Camera Z, normals and alpha at each frame (and, with `ids`, per-object and per-material ids from
         Cryptomatte): Cycles at one sample through the pixel centre, passes through a File Output node."""
+        tree, render_layers, sockets = self._geometry_setup(ids)
+        scene = self._copy
+        buffers = []
+        self.orthographic = []
+        for frame in frames:
+            out_dir = self._dir / f"frame_{frame:05d}"
+            out_dir.mkdir()
+            node = _file_output(tree, render_layers, out_dir, sockets)
+            self._render(frame)
+            camera = scene.camera  # markers bound to cameras switch it on frame_set
+            self.orthographic.append(camera is not None and getattr(camera.data, "type", "") == "ORTHO")
+            tree.nodes.remove(node)
+            files = {name: next(out_dir.glob(f"{name}*.exr"), None) for name in sockets}
+            missing = [name for name, path in files.items() if path is None]
+            if missing:
+                raise PassError(f"the compositor wrote no {', '.join(missing)} pass for frame {frame}")
+            with self.timed("read"):
+                extra = {}
+                if ids:  # rank 0 of each Cryptomatte layer: the id hash of what covers the pixel
+                    extra = {f"{k}_id": _read_image(files[k])[:, :, 0] for k in ("object", "material")}
+                buffers.append(
+                    RenderBuffers(
+                        z=_read_image(files["z"])[:, :, 0],
+                        normal=_read_image(files["normal"])[:, :, :3],
+                        alpha=_read_image(files["alpha"])[:, :, 0],
+                        **extra,
+                    )
+                )
+        return buffers
+
+    def _geometry_setup(self, ids: bool):
+        """The copy set up for the geometry passes: its engine, view layer passes and compositor."""
         scene = self._copy
         scene.render.engine = "CYCLES"
         scene.cycles.samples = 1
@@ -152,32 +206,7 @@ class PassRenderer:
         render_layers = tree.nodes.new("CompositorNodeRLayers")
         render_layers.scene = scene
         render_layers.layer = self.view_layer_name
-        buffers = []
-        self.orthographic = []
-        for frame in frames:
-            out_dir = self._dir / f"frame_{frame:05d}"
-            out_dir.mkdir()
-            node = _file_output(tree, render_layers, out_dir, sockets)
-            self._render(frame)
-            camera = scene.camera  # markers bound to cameras switch it on frame_set
-            self.orthographic.append(camera is not None and getattr(camera.data, "type", "") == "ORTHO")
-            tree.nodes.remove(node)
-            files = {name: next(out_dir.glob(f"{name}*.exr"), None) for name in sockets}
-            missing = [name for name, path in files.items() if path is None]
-            if missing:
-                raise PassError(f"the compositor wrote no {', '.join(missing)} pass for frame {frame}")
-            extra = {}
-            if ids:  # rank 0 of each Cryptomatte layer: the id hash of what covers the pixel
-                extra = {f"{k}_id": _read_image(files[k])[:, :, 0] for k in ("object", "material")}
-            buffers.append(
-                RenderBuffers(
-                    z=_read_image(files["z"])[:, :, 0],
-                    normal=_read_image(files["normal"])[:, :, :3],
-                    alpha=_read_image(files["alpha"])[:, :, 0],
-                    **extra,
-                )
-            )
-        return buffers
+        return tree, render_layers, sockets
 
     def _png_frames(self, frames: list[int], prefix: str) -> list[np.ndarray]:
         """Render `frames` with the copy's current engine to PNG; uint8 (h, w, 3) each."""
@@ -194,8 +223,9 @@ class PassRenderer:
             path = self._dir / f"{prefix}_{frame:05d}.png"
             scene.render.filepath = str(path)
             self._render(frame)
-            pixels = _read_image(path)[:, :, :3]
-            images.append(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+            with self.timed("read"):
+                pixels = _read_image(path)[:, :, :3]
+                images.append(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
         return images
 
     def _rgb(self, frames: list[int]) -> list[np.ndarray]:
@@ -219,11 +249,13 @@ class PassRenderer:
             images = self._rgb(frames)
         else:
             buffers = self._geometry_buffers(frames, ids=modality == "lineart")
-            if modality == "depth":
-                shot = shot_depth_range(buffers)
-                images = [depth_image(b, shot) for b in buffers]
-            else:
-                images = [lineart_image(b, orthographic=o) for b, o in zip(buffers, self.orthographic, strict=True)]
+            with self.timed("process"):
+                if modality == "depth":
+                    shot = shot_depth_range(buffers)
+                    images = [depth_image(b, shot) for b in buffers]
+                else:
+                    orthographic = self.orthographic
+                    images = [lineart_image(b, orthographic=o) for b, o in zip(buffers, orthographic, strict=True)]
         for frame, seconds in zip(frames, self.seconds_per_keyframe[-len(frames) :], strict=True):
             log.info("%s pass at frame %d: %.2f s", modality, frame, seconds)
         return dict(zip(frames, images, strict=True))

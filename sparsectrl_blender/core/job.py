@@ -27,6 +27,9 @@ class PreparedJob:
     messages: list[str]  # warnings for the artist, each said once
     pass_seconds: list[float]  # per keyframe, in render order (the batch reports their sum)
     empty_frames: list[int] = field(default_factory=list)  # keyframes whose pass shows nothing
+    # Main-thread seconds by stage (scene copy, frame_set, render, read, process, cleanup, png, request, ...):
+    # what a Generate blocks Blender's UI for (python -m sparsectrl_blender.bench_passes reports them).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def empty_message(self) -> str:
