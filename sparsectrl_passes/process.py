@@ -26,8 +26,8 @@ CREASE_DEGREES = 35.0
 @dataclass(frozen=True)
 class RenderBuffers:
     z: np.ndarray  # (h, w) float
-    normal: np.ndarray  # (h, w, 3) float
     alpha: np.ndarray  # (h, w) float
+    normal: np.ndarray | None = None  # (h, w, 3) float: line art's creases (depth needs none)
     object_id: np.ndarray | None = None  # (h, w) float: equal within an object, different between objects
     material_id: np.ndarray | None = None  # (h, w) float: the same per material
 
@@ -132,6 +132,8 @@ def lineart_image(buffers: RenderBuffers, width_px: int | None = None, orthograp
     """White lines on black where the scene has real discontinuities: silhouettes (object vs background),
     object and material boundaries (ids), depth breaks (against the local surface's plane, so floors at grazing
     angles stay black) and creases (normal folds). uint8 (h, w, 3)."""
+    if buffers.normal is None:
+        raise ValueError("line art needs the normal pass")
     fg = buffers.foreground
     z = np.where(fg, buffers.z, np.inf)
     n = buffers.normal / np.maximum(np.linalg.norm(buffers.normal, axis=2, keepdims=True), 1e-6)

@@ -20,6 +20,7 @@ import numpy as np
 
 from sparsectrl_passes.process import RenderBuffers, depth_image, lineart_image, shot_depth_range
 
+from ..core.exr import ExrUnsupported, read_exr_rgba
 from ..core.request import MODALITIES, identifiers
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,16 @@ def _read_image(path: Path) -> np.ndarray:
         bpy.data.images.remove(img)
 
 
+def _read_pass(path: Path) -> np.ndarray:
+    """A pass the File Output node wrote, float (h, w, 4) top row first: read directly (core/exr.py: these
+    files are uncompressed float scanlines), or through Blender for a file that reader does not handle."""
+    try:
+        return read_exr_rgba(path)
+    except ExrUnsupported as e:
+        log.debug("%s read through Blender: %s", path.name, e)
+        return _read_image(path)
+
+
 def _compositor_tree(scene):
     """A fresh compositor node tree owned by `scene` (5.x: a node group; 4.x: scene.node_tree)."""
     if hasattr(scene, "compositing_node_group"):
@@ -61,6 +72,7 @@ def _file_output(tree, render_layers, directory: Path, sockets: dict[str, str]):
         fmt.media_type = "IMAGE"
     fmt.file_format = "OPEN_EXR"
     fmt.color_depth = "32"
+    fmt.exr_codec = "NONE"  # written and read back at once: compressing them only costs time
     if hasattr(node, "file_output_items"):  # Blender 5.x
         node.directory = str(directory) + "/"
         node.file_name = ""
@@ -149,8 +161,8 @@ class PassRenderer:
         self.stage_seconds["render"] = self.stage_seconds.get("render", 0.0) + seconds
 
     def _geometry_buffers(self, frames: list[int], ids: bool = False) -> list[RenderBuffers]:
-        """Camera Z, normals and alpha at each frame (and, with `ids`, per-object and per-material ids from
-        Cryptomatte): Cycles at one sample through the pixel centre, passes through a File Output node."""
+        """Camera Z and alpha at each frame (and, with `ids`, line art's: normals and per-object and per-material
+        ids from Cryptomatte): Cycles at one sample through the pixel centre, passes through a File Output node."""
         tree, render_layers, sockets = self._geometry_setup(ids)
         scene = self._copy
         buffers = []
@@ -170,15 +182,10 @@ class PassRenderer:
             with self.timed("read"):
                 extra = {}
                 if ids:  # rank 0 of each Cryptomatte layer: the id hash of what covers the pixel
-                    extra = {f"{k}_id": _read_image(files[k])[:, :, 0] for k in ("object", "material")}
-                buffers.append(
-                    RenderBuffers(
-                        z=_read_image(files["z"])[:, :, 0],
-                        normal=_read_image(files["normal"])[:, :, :3],
-                        alpha=_read_image(files["alpha"])[:, :, 0],
-                        **extra,
-                    )
-                )
+                    extra = {f"{k}_id": _read_pass(files[k])[:, :, 0] for k in ("object", "material")}
+                    extra["normal"] = _read_pass(files["normal"])[:, :, :3]
+                z, alpha = _read_pass(files["z"])[:, :, 0], _read_pass(files["alpha"])[:, :, 0]
+                buffers.append(RenderBuffers(z=z, alpha=alpha, **extra))
         return buffers
 
     def _geometry_setup(self, ids: bool):
@@ -189,17 +196,20 @@ class PassRenderer:
         scene.cycles.use_denoising = False
         scene.cycles.device = "CPU"
         scene.cycles.filter_width = 0.01  # one ray through each pixel's centre: depth exact, planes stay planes
+        # Z, normals, alpha and Cryptomatte ids are all of the camera ray's first hit: light bouncing further
+        # only shades the Combined image, which is not used (the passes come out the same, bit for bit).
+        scene.cycles.max_bounces = 0
         scene.render.film_transparent = True
         scene.render.use_compositing = True
         scene.render.filepath = ""
         layer = scene.view_layers[self.view_layer_name]
         layer.use_pass_z = True
-        layer.use_pass_normal = True
-        sockets = {"z": "Depth", "normal": "Normal", "alpha": "Alpha"}
-        if ids:
+        sockets = {"z": "Depth", "alpha": "Alpha"}
+        if ids:  # line art's; depth needs neither normals nor ids
+            layer.use_pass_normal = True
             layer.use_pass_cryptomatte_object = layer.use_pass_cryptomatte_material = True
             layer.pass_cryptomatte_depth = 2
-            sockets.update(object="CryptoObject00", material="CryptoMaterial00")
+            sockets.update(normal="Normal", object="CryptoObject00", material="CryptoMaterial00")
         tree = _compositor_tree(scene)
         if tree.name in bpy.data.node_groups:
             self._trees.append(tree)

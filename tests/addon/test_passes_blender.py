@@ -156,3 +156,17 @@ def test_a_scene_without_camera_is_a_clear_error():
     scene.camera = None
     with pytest.raises(passes.PassError, match="the scene has no camera"):
         passes.render_passes(scene, "depth", [1], 64, 40)
+
+
+def test_the_passes_files_are_read_without_blender_exactly_as_through_it():
+    """The File Output node's files are the plain EXRs core/exr.py reads (so they never go through
+    bpy.data.images on the main thread), and it reads them bit for bit as Blender does."""
+    from sparsectrl_blender.core.exr import read_exr_rgba
+
+    scene = build_shot()
+    with passes.PassRenderer(scene, W, H) as renderer:
+        renderer._geometry_buffers([1], ids=True)
+        files = sorted(renderer._dir.rglob("*.exr"))
+        assert {p.name.partition(".")[0].rstrip("0123456789") for p in files} >= {"z", "normal", "alpha", "object"}
+        for path in files:
+            assert np.array_equal(read_exr_rgba(path), passes._read_image(path)), path.name
