@@ -451,6 +451,7 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str]):
         print(f"warning: {message}", file=sys.stderr, flush=True)
     if prepared.empty_frames and args.refuse_empty:
         raise BatchError(f"nothing sent (--refuse-empty): {prepared.empty_message}")
+    prepared.encode()
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))
     print(

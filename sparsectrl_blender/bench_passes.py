@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODALITY_ORDER = ("depth", "lineart", "rgb")
 FREESTYLE = "lineart vs Freestyle"
+STAGES = ("scene copy", "frame_set", "render", "read", "process", "cleanup", "other")  # the table's order
 
 
 # --- the scene ---------------------------------------------------------------------------------------------
@@ -179,7 +180,11 @@ def time_ours(scene, modality: str, frames: list[int], width: int, height: int) 
     with renderer:
         renderer.render(modality, frames)
     total = time.perf_counter() - started
-    return {"total": total, "stages": dict(renderer.stage_seconds), "renders": list(renderer.seconds_per_keyframe)}
+    return {
+        "total": total,
+        "stages": dict(renderer.stage_seconds),
+        "renders": list(renderer.seconds_per_keyframe),
+    }
 
 
 def _image_format(settings, multilayer: bool) -> None:
@@ -317,7 +322,8 @@ def measure_passes(scene, frames: list[int], width: int, height: int, repeats: i
         else:
             row["ours"] = _median([o["total"] / n for o in ours])
             row["ours_cold"] = cold_ours["total"] / n
-            row["stages"] = _with_rest(_median_run(ours), "other", per=n)
+            middle = _median_run(ours)
+            row["stages"] = _with_rest(middle, "other", per=n)
         row["ratio"] = row["ours"] / row["bare"]
         results[kind] = row
         print(f"{kind}: ours {row['ours']:.3f} s/keyframe, bare {row['bare']:.3f}, ratio {row['ratio']:.2f}")
@@ -360,7 +366,8 @@ def measure_generate(scene, modality: str, frames: list[int], long_side: int, re
             ops.STATUS.run = ops.STATUS.pending = None
             prepared = held.prepared
             size = (prepared.body["width"], prepared.body["height"])
-            runs.append({"total": seconds, "stages": dict(prepared.stage_seconds), "size": size})
+            encode = getattr(prepared, "encode_seconds", 0.0)  # the job thread's, done by now
+            runs.append({"total": seconds, "stages": dict(prepared.stage_seconds), "size": size, "encode": encode})
     finally:
         unregister()
     warm = runs[1:]
@@ -372,6 +379,7 @@ def measure_generate(scene, modality: str, frames: list[int], long_side: int, re
         "stages": stages,
         "size": middle["size"],
         "frames": frames,
+        "encode": middle["encode"],
     }
 
 
@@ -401,14 +409,22 @@ def section(args, scene_label: str, frames, size, passes: dict, generate: dict |
         f"### {datetime.date.today().isoformat()} · {cpu_name()} · Blender {bpy.app.version_string} · passes · "
         f"{width}×{height}, {_count(len(frames), 'keyframe')}, median of {args.repeats}"
     )
-    lines = ["", head, "", f"Command: `{command}`. Scene: {scene_label}; keyframes {frames}.", ""]
     before, after = args.load
-    lines += [
+    lines = [
+        "",
+        head,
+        "",
+        f"Command: `{command}`. Scene: {scene_label}; keyframes {frames}.",
+        "",
         f"Load average (1 min) {before:.1f} before and {after:.1f} after on {os.cpu_count()} cores: above "
         "0.5, other work shared the CPU; ours and bare run interleaved, so it weighs on both.",
         "",
     ]
-    lines += [
+    return lines + _passes_lines(passes) + (_generate_lines(args, generate) if generate else [])
+
+
+def _passes_lines(passes: dict) -> list[str]:
+    lines = [
         "ours = the add-on's render_passes (scene copy, compositor File Output, buffers read back, condition image) "
         "per keyframe, warm; bare = the same engine, size and one sample with the passes it is drawn from, "
         "rendered by bpy.ops.render.render(write_still=True) after frame_set, nothing else "
@@ -418,8 +434,8 @@ def section(args, scene_label: str, frames, size, passes: dict, generate: dict |
         "| --- | ---: | ---: | ---: |",
     ]
     lines += [f"| {k} | {r['ours']:.3f} | {r['bare']:.3f} | {r['ratio']:.2f} |" for k, r in passes.items()]
-    stage_names = [s for r in passes.values() for s in r.get("stages", {})]
-    stage_names = list(dict.fromkeys(stage_names))
+    found = {s for r in passes.values() for s in r.get("stages", {})}
+    stage_names = [s for s in STAGES if s in found] + sorted(found - set(STAGES))
     lines += [
         "",
         "Ours by stage, s/keyframe (the median run's); cold = the first call of each in the process, s/keyframe:",
@@ -428,22 +444,32 @@ def section(args, scene_label: str, frames, size, passes: dict, generate: dict |
         "| --- |" + " ---: |" * (len(stage_names) + 2),
     ]
     for kind, r in passes.items():
-        cells = [f"{r['stages'].get(s, 0.0):.3f}" for s in stage_names] if "stages" in r else ["–"] * len(stage_names)
+        if "stages" in r:
+            cells = [f"{r['stages'].get(s, 0.0):.3f}" for s in stage_names]
+        else:
+            cells = ["–"] * len(stage_names)
         cells += [f"{r['ours_cold']:.3f}" if "ours_cold" in r else "–", f"{r['bare_cold']:.3f}"]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    if generate:
-        gw, gh = generate["size"]
+    return lines
+
+
+def _generate_lines(args, generate: dict) -> list[str]:
+    gw, gh = generate["size"]
+    lines = [
+        "",
+        f"Generate ({args.generate}, {_count(len(generate['frames']), 'keyframe')} at {gw}×{gh}): the operator "
+        f"blocks Blender's UI for {generate['total']:.2f} s (median of {args.repeats} warm; the first, cold: "
+        f"{generate['cold']:.2f} s). Its main-thread stages (the median run's):",
+        "",
+        "| stage | seconds | share |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {stage} | {s:.3f} | {100 * s / generate['total']:.0f} % |" for stage, s in generate["stages"].items()]
+    if generate.get("encode"):
         lines += [
             "",
-            f"Generate ({args.generate}, {_count(len(generate['frames']), 'keyframe')} at {gw}×{gh}): the operator "
-            f"blocks Blender's UI for {generate['total']:.2f} s (median of {args.repeats} warm; the first, cold: "
-            f"{generate['cold']:.2f} s). Its main-thread stages:",
-            "",
-            "| stage | seconds | share |",
-            "| --- | ---: | ---: |",
-        ]
-        lines += [
-            f"| {stage} | {s:.3f} | {100 * s / generate['total']:.0f} % |" for stage, s in generate["stages"].items()
+            f"Off the main thread, after the operator returned: the passes' PNGs and the request "
+            f"{generate['encode']:.3f} s (the job thread).",
         ]
     return lines
 

@@ -1,6 +1,6 @@
 """One generation, the same for the panel and the batch command, in its bpy steps: keyframes -> passes ->
-request (prepare, main thread), then, once core/job.py's JobRunner has the video, the strip (import_result,
-main thread)."""
+request (prepare, main thread; the passes' PNGs are made in the job thread, PreparedJob.encode), then, once
+core/job.py's JobRunner has the video, the strip (import_result, main thread)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ..core.frame_mapping import generated_frame_count, map_keyframes
 from ..core.job import PreparedJob, RunnerState, is_empty_pass, save_video
-from ..core.png import encode_png
 from ..core.request import MAX_GENERATED_FRAMES, MAX_SIZE, MIN_SIZE, GenerationSettings, generation_size, job_body
 
 log = logging.getLogger(__name__)
@@ -19,13 +18,39 @@ log = logging.getLogger(__name__)
 
 def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     """Choose keyframes, render their passes and build the request. Raises ValueError-like errors with
-    messages for the artist (KeyframeError, PassError, ValueError). Clamped settings and empty passes are
-    said in `messages` (and `empty_frames`)."""
+    messages for the artist (KeyframeError, PassError, ValueError): the settings' before anything is rendered.
+    Clamped settings and empty passes are said in `messages` (and `empty_frames`). This is what the panel's
+    Generate runs on Blender's main thread; the PNGs the request carries are made by `PreparedJob.encode`, which
+    the job thread calls (the batch calls it itself)."""
     from .passes import PassRenderer
-    from .scene_keyframes import keyframe_frames, shot_range
 
     started = time.perf_counter()
-    messages = []
+    messages: list[str] = []
+    start, end, num_frames, mapped = _keyframes(scene, settings, messages)
+    width, height = _size(scene, settings, messages)
+    r = scene.render
+    fps = r.fps / r.fps_base
+    body = job_body(settings, num_frames, width, height, max(1, round(fps)), end - start + 1, [])
+    frames = list(mapped.indices)
+    stages = {"keyframes": time.perf_counter() - started}
+    renderer = PassRenderer(scene, width, height)
+    with renderer:
+        images = renderer.render(settings.modality, frames)
+        seconds = list(renderer.seconds_per_keyframe)
+    stages.update(renderer.stage_seconds)
+    started = time.perf_counter()
+    empty = sorted(f for f, img in images.items() if is_empty_pass(img))
+    stages["empty check"] = time.perf_counter() - started
+    prepared = PreparedJob(body, start, end, mapped.indices, images, messages, seconds, empty, stages)
+    if empty:
+        messages.append(prepared.empty_message)
+    return prepared
+
+
+def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
+    """(shot start, shot end, generated frames, the keyframes mapped onto them)."""
+    from .scene_keyframes import keyframe_frames, shot_range
+
     if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
         messages.append(
             f"the scene '{scene.name}' has no preview range: using the scene range "
@@ -50,9 +75,15 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     if not mapped.indices:
         raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
     messages.extend(mapped.messages)
+    return start, end, num_frames, mapped
+
+
+def _size(scene, settings: GenerationSettings, messages: list[str]) -> tuple[int, int]:
+    """The generation size: the scene's aspect (pixel aspect included) at the settings' long side."""
     size = min(max(settings.size, MIN_SIZE), MAX_SIZE)
     if size != settings.size:
         messages.append(f"size {settings.size} is outside {MIN_SIZE}-{MAX_SIZE} px: using {size}")
+    r = scene.render
     aspect_w, aspect_h = r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y
     width, height = generation_size(aspect_w, aspect_h, size)
     wanted, got = aspect_w / aspect_h, width / height
@@ -61,27 +92,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
             f"at size {size} the short side is raised to the model's minimum of 64 px: the preview is "
             f"{width}x{height}, not the scene's aspect {aspect_w / aspect_h:.2f}:1 (use a larger size)"
         )
-    frames = list(mapped.indices)
-    stages = {"keyframes": time.perf_counter() - started}
-    renderer = PassRenderer(scene, width, height)
-    with renderer:
-        images = renderer.render(settings.modality, frames)
-        seconds = list(renderer.seconds_per_keyframe)
-    stages.update(renderer.stage_seconds)
-    started = time.perf_counter()
-    empty = sorted(f for f, img in images.items() if is_empty_pass(img))
-    stages["empty check"], started = time.perf_counter() - started, time.perf_counter()
-    passes = {frame: encode_png(img) for frame, img in images.items()}
-    stages["png"], started = time.perf_counter() - started, time.perf_counter()
-    # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
-    # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
-    keyframes = [(mapped.indices[f], f - start, png) for f, png in passes.items()]
-    body = job_body(settings, num_frames, width, height, max(1, round(fps)), shot_frames, keyframes)
-    stages["request"] = time.perf_counter() - started
-    prepared = PreparedJob(body, start, end, mapped.indices, passes, messages, seconds, empty, stages)
-    if empty:
-        messages.append(prepared.empty_message)
-    return prepared
+    return width, height
 
 
 def import_result(

@@ -247,13 +247,15 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
 
 def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str) -> None:
     client = Client(settings.server_url, token=preferences.token())
-    runner = JobRunner(client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS)
+    runner = JobRunner(
+        client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS, prepare=prepared.encode
+    )  # the PNGs are made in the job thread: Blender's UI is not held for them
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)
     thread.start()
     if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module) it never fires
         bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
-    STATUS.say(f"sent {len(prepared.passes)} {settings.modality} keyframes")
+    STATUS.say(f"sent {len(prepared.images)} {settings.modality} keyframes")
 
 
 class SPARSECTRL_OT_cancel(bpy.types.Operator):

@@ -4,6 +4,10 @@ The copy (Scene.copy(): a linked copy sharing objects, with its own render setti
 compositor) is what gets the low-sample engine, the passes, the File Output node and the output paths; it is
 removed afterwards, also when a render fails. The user's scene is never written to. Works with Blender 4.2+
 (node_tree / file_slots) and 5.x (compositing_node_group / file_output_items), by feature detection.
+
+Everything here runs on Blender's main thread, reading and processing a keyframe's files included: a Python
+thread that runs Python code while bpy.ops.render.render renders crashes the bpy module (segfault, 4.2.23 and
+5.0.1; docs/troubleshooting.md), so they are not overlapped with the next keyframe's render.
 """
 
 from __future__ import annotations

@@ -12,24 +12,45 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .client import Client, ServerError
+from .png import encode_png
+from .request import keyframe_entries
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PreparedJob:
-    body: dict
+    """A job's request and its passes. The passes come as images (uint8 (h, w, 3)); `encode` makes them the
+    PNGs the request carries, without bpy, so the panel's job thread does it, off Blender's main thread."""
+
+    body: dict  # "keyframes" filled in by encode()
     start: int
     end: int
     mapping: dict[int, int]  # timeline frame -> generated index
-    passes: dict[int, bytes]  # timeline frame -> PNG sent
+    images: dict[int, np.ndarray]  # timeline frame -> the pass, uint8 (h, w, 3)
     messages: list[str]  # warnings for the artist, each said once
     pass_seconds: list[float]  # per keyframe, in render order (the batch reports their sum)
     empty_frames: list[int] = field(default_factory=list)  # keyframes whose pass shows nothing
-    # Main-thread seconds by stage (scene copy, frame_set, render, read, process, cleanup, png, request, ...):
+    # Main-thread seconds by stage (keyframes, scene copy, frame_set, render, read, process, cleanup, ...):
     # what a Generate blocks Blender's UI for (python -m sparsectrl_blender.bench_passes reports them).
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
+    encode_seconds: float = 0.0  # what encode() took, wherever it ran
+
+    def encode(self) -> None:
+        """The passes as PNG into the request body (once; later calls do nothing)."""
+        if self.passes:
+            return
+        started = time.perf_counter()
+        self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
+        # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
+        # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
+        keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in self.passes.items()]
+        self.body["keyframes"] = keyframe_entries(keyframes)
+        self.encode_seconds = time.perf_counter() - started
 
     @property
     def empty_message(self) -> str:
@@ -50,6 +71,7 @@ def is_empty_pass(image) -> bool:
 
 
 def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
+    prepared.encode()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for frame, png in prepared.passes.items():
@@ -72,10 +94,11 @@ class RunnerState:
 
 
 class JobRunner:
-    """Submit, poll and download one job; no bpy, so it can run in a thread. `state` is read by the UI."""
+    """Submit, poll and download one job; no bpy, so it can run in a thread. `state` is read by the UI.
+    `prepare` (PreparedJob.encode) finishes the body first, in the runner's thread."""
 
-    def __init__(self, client: Client, body: dict, poll_seconds: float = 0.25, lost_after: float = 10.0):
-        self.client, self.body = client, body
+    def __init__(self, client: Client, body: dict, poll_seconds: float = 0.25, lost_after: float = 10.0, prepare=None):
+        self.client, self.body, self.prepare = client, body, prepare
         self.poll_seconds, self.lost_after = poll_seconds, lost_after
         self.state = RunnerState()
         self._cancel = threading.Event()
@@ -86,6 +109,8 @@ class JobRunner:
     def run(self) -> RunnerState:
         s = self.state
         try:
+            if self.prepare is not None:
+                self.prepare()
             accepted = self.client.submit(self.body)
             s.job_id, s.phase = accepted["id"], accepted["status"]
             unreachable_since = None

@@ -120,7 +120,9 @@ def job_body(
     keyframes: list[tuple[int, int, bytes]],
 ) -> dict:
     """The POST /v1/jobs body. `keyframes` are (generated index, output index, PNG bytes); the server
-    retimes the clip to `output_frames` with each keyframe's generated frame on its output frame."""
+    retimes the clip to `output_frames` with each keyframe's generated frame on its output frame. Built with
+    no keyframes first (the prompt and LoRAs checked before anything is rendered), `keyframe_entries` fill them
+    in once the passes are PNGs."""
     if not settings.prompt.strip():
         raise ValueError("write a prompt first: it says what the preview should look like")
     return {
@@ -138,8 +140,13 @@ def job_body(
         "output_frames": output_frames,
         "quality": settings.quality,
         "loras": parse_loras(settings.loras) or None,
-        "keyframes": [
-            {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
-            for index, output_index, png in sorted(keyframes)
-        ],
+        "keyframes": keyframe_entries(keyframes),
     }
+
+
+def keyframe_entries(keyframes: list[tuple[int, int, bytes]]) -> list[dict]:
+    """The body's "keyframes": (generated index, output index, PNG bytes) each, in index order."""
+    return [
+        {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
+        for index, output_index, png in sorted(keyframes)
+    ]

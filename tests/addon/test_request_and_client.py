@@ -67,3 +67,52 @@ def test_unreachable_server_is_one_clear_sentence():
         Client(f"127.0.0.1:{port}").health()
     assert e.value.code == "unreachable"
     assert f"cannot reach the server at http://127.0.0.1:{port}" in str(e.value) and "Is it running?" in str(e.value)
+
+
+class _Server:
+    """A client stand-in that records what was submitted and finishes the job at once."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, body):
+        self.submitted.append([dict(k) for k in body["keyframes"]])
+        return {"id": "job-1", "status": "queued"}
+
+    def job(self, job_id):
+        return {"status": "succeeded", "progress": {"step": 2, "total": 2}}
+
+    def video(self, job_id):
+        return b"mp4"
+
+
+def test_the_passes_are_encoded_in_the_job_thread_before_the_submit():
+    """The panel's Generate hands the passes over as images; the runner (in its thread) makes the PNGs and the
+    body's keyframes first, each keyframe at its generated index and its frame in the shot."""
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    from sparsectrl_blender.core.job import JobRunner, PreparedJob
+
+    images = {130: np.full((8, 16, 3), 200, np.uint8), 101: np.zeros((8, 16, 3), np.uint8)}
+    images[101][2:4, 3:9] = 255
+    body = job_body(GenerationSettings(prompt="a fox"), 16, 16, 8, 30, 60, [])
+    assert body["keyframes"] == []
+    prepared = PreparedJob(body, 101, 160, {101: 0, 130: 8}, images, [], [0.1, 0.1])
+    server = _Server()
+    runner = JobRunner(server, prepared.body, poll_seconds=0, prepare=prepared.encode)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    thread.join(10)
+    assert runner.state.phase == "done" and runner.state.video == b"mp4"
+    (sent,) = server.submitted
+    assert [(k["index"], k["output_index"]) for k in sent] == [(0, 0), (8, 29)]
+    for entry, frame in zip(sent, (101, 130), strict=True):
+        png = base64.b64decode(entry["image"])
+        assert png == prepared.passes[frame]
+        np.testing.assert_array_equal(np.asarray(Image.open(__import__("io").BytesIO(png))), images[frame])
+    passes = prepared.passes
+    prepared.encode()  # once only: the batch encodes first, its runner then finds the body done
+    assert prepared.passes is passes and prepared.encode_seconds > 0
