@@ -2,8 +2,8 @@
 
 Two folders, as glTF-Blender-IO keeps blender/ and io/ apart: blender/ holds what talks to bpy (properties,
 operators, panels, preferences, passes, strips, scene_keyframes, generation); core/ the logic that imports no
-bpy (client, frame_mapping, job, png, request, shutdown), tested without Blender (tests/test_architecture.py
-imports each with bpy absent). The commands at the top (batch, dataset, build) use both. The pass contract
+bpy (client, exr, frame_mapping, job, png, request, shutdown), tested without Blender (tests/test_architecture.py
+imports each with bpy absent). The commands at the top (batch, dataset, build, bench_passes) use both. The pass contract
 shared with the server is the sparsectrl_passes package, shipped as a wheel in the extension zip. bpy is
 imported only inside register()/unregister() here, so this package imports anywhere.
 """
