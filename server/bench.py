@@ -30,17 +30,26 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The memory levers `levers` compares ([performance] and windowed.py; #18), in the order they are added.
+LEVERS = {
+    "release": "the encoder's residuals released as the UNet adds them",
+    "chunk": "feed-forward chunking (a frame at a time)",
+    "sequential": "CFG halves one after the other",
+    "park": "text encoder and VAE off the device while denoising",
+}
 
 
 def _point(args: argparse.Namespace) -> dict:
     """One job of args.frames frames, in this process: our engine, or (args.runner == "diffusers") a bare
     diffusers call on the same modules, which has no context windows and diffusers' joint temporal norm.
     A linear measurement script (set up, measure, print, write the row): kept whole, read top to bottom."""
-    import dataclasses
+    import contextlib
     import gc
 
+    import numpy as np
     import psutil
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from .engine.performance import apply_performance
     from .engine.temporal_norm import use_joint_temporal_norm, use_per_frame_temporal_norm
@@ -60,11 +69,14 @@ def _point(args: argparse.Namespace) -> dict:
         if config.model.temporal_norm == "per_frame":
             for module in denoisers:
                 use_per_frame_temporal_norm(module)
-        apply_performance(m, dataclasses.replace(config.performance, vae_slicing=args.vae_slicing))
+        performance = _lever_settings(config.performance, args)
+        apply_performance(m, performance)
+        engine.performance = performance
+        engine.release_residuals = args.levers is None or "release" in args.levers.split(",")
         m.encoders[request.modality].to(device)  # where the engine puts it, so that the weights count it
 
         def run():
-            return engine.generate(request).frames
+            return engine.generate(request, on_step=lambda step, total: marks.append(_mark(counter, flops))).frames
 
     gc.collect()
     loaded_rss = psutil.Process().memory_info().rss
@@ -78,13 +90,17 @@ def _point(args: argparse.Namespace) -> dict:
     else:
         counter = PeakTensorMemory(*on_device)
         weights = counter.start
+    if counter is not None and engine.performance.park_idle_weights == "on":
+        engine.move = counter.move  # no second device here: the count moves the idle weights (IdleWeights)
+    marks: list[tuple[int | None, int | None]] = []  # (peak since the last mark, FLOPs so far) per step
+    flops = FlopCounterMode(display=False) if args.flops else contextlib.nullcontext()
     started = time.perf_counter()
-    if counter is None:
+    with counter if counter is not None else contextlib.nullcontext(), flops:
         frames = run()
-    else:
-        with counter:
-            frames = run()
+        marks.append(_mark(counter, flops))  # the decode, after the last step
     seconds = time.perf_counter() - started
+    if args.frames_out:
+        np.save(args.frames_out, frames)
     allocated = torch.cuda.max_memory_allocated(device) if counter is None else counter.peak
     if device.type == "cuda":
         rss = None
@@ -107,7 +123,36 @@ def _point(args: argparse.Namespace) -> dict:
         "dtype": str(m.dtype).removeprefix("torch."),
         "vae_slicing": bool(m.vae.use_slicing),
         "shape": list(frames.shape),
+        "step_peaks_mib": [None if peak is None else peak / 2**20 for peak, _ in marks],
+        "flops": [f for _, f in marks] if args.flops else None,
+        "levers": args.levers,
     }
+
+
+def _lever_settings(performance, args: argparse.Namespace):
+    """[performance] with the levers `--levers` names (release, chunk, sequential, park) on and the others
+    off; without --levers, the configuration's own ("auto" included) and VAE slicing as asked."""
+    import dataclasses
+
+    performance = dataclasses.replace(performance, vae_slicing=args.vae_slicing)
+    if args.levers is None:
+        return performance
+    levers = set(args.levers.split(",")) - {"none", ""}
+    unknown = levers - set(LEVERS)
+    if unknown:
+        raise SystemExit(f"error: unknown lever(s) {', '.join(sorted(unknown))}; known: {', '.join(LEVERS)}")
+    return dataclasses.replace(
+        performance,
+        feed_forward_chunking="on" if "chunk" in levers else "off",
+        cfg_halves="sequential" if "sequential" in levers else "together",
+        park_idle_weights="on" if "park" in levers else "off",
+    )
+
+
+def _mark(counter, flops) -> tuple[int | None, int | None]:
+    """(peak since the last mark, FLOPs counted so far): one step's figures, read at its end."""
+    peak = counter.mark() if counter is not None else None
+    return peak, (flops.get_total_flops() if hasattr(flops, "get_total_flops") else None)
 
 
 def _reset_peak_rss() -> bool:
@@ -141,10 +186,12 @@ def _device_name(device: str) -> str:
 def _run_point(args: argparse.Namespace, frames: int, runner: str) -> dict | None:
     """`_point` in a fresh process, so that its peak is its own."""
     cmd = [sys.executable, "-m", "server.bench", "_point", "--runner", runner, "--frames", str(frames)]
-    for flag in ("arch", "size", "steps", "device", "dtype", "vae_slicing", "data_dir"):
-        value = getattr(args, flag)
+    for flag in ("arch", "size", "steps", "device", "dtype", "vae_slicing", "data_dir", "levers", "frames_out"):
+        value = getattr(args, flag, None)
         if value:
             cmd += ["--" + flag.replace("_", "-"), str(value)]
+    if getattr(args, "flops", False):
+        cmd.append("--flops")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
@@ -218,6 +265,135 @@ def memory(args: argparse.Namespace) -> int:
             bare = r["diffusers"]
             cells += [f"{bare['allocated_mib']:.0f}", f"{bare['seconds']:.1f}"] if bare else ["—", "—"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    _append(Path(args.out), lines)
+    return 0
+
+
+def levers(args: argparse.Namespace) -> int:
+    """The memory levers side by side at one shot, each set in a fresh process: peak allocated (and per step),
+    FLOPs per step, seconds, each as a ratio to the first set, and how far its frames move from the first's.
+    A linear measurement script (set up, measure, print, write the row): kept whole, read top to bottom."""
+    import tempfile
+
+    import diffusers
+    import numpy as np
+    import torch
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, lever_set in enumerate(args.sets.split(";")):
+            point = argparse.Namespace(**vars(args), levers=lever_set or "none", flops=True)
+            point.frames_out = str(Path(tmp) / f"{i}.npy")
+            row = _run_point(point, args.frames, "ours")
+            if row is None:
+                return 1
+            frames = np.load(point.frames_out).astype(np.int16)
+            row["max_diff"] = int(np.abs(frames - np.load(str(Path(tmp) / "0.npy")).astype(np.int16)).max())
+            flops = row["flops"]
+            row["step_flops"] = flops[1] - flops[0] if len(flops) > 2 else flops[0]
+            rows.append(row)
+            base = rows[0]
+            print(
+                f"{lever_set or 'none':<40} peak allocated {row['allocated_mib']:6.0f} MiB "
+                f"(weights {row['weights_mib']:.0f}; per step "
+                + ", ".join(f"{p:.0f}" for p in row["step_peaks_mib"])
+                + f")  {row['step_flops'] / 1e12:.2f} TFLOP/step  {row['seconds']:.1f} s "
+                f"(×{row['seconds'] / base['seconds']:.3f})  max |Δ| {row['max_diff']}/255",
+                flush=True,
+            )
+    first = rows[0]
+    on_gpu = first["rss_mib"] is None
+    head = (
+        f"### {datetime.date.today().isoformat()} · {_device_name(first['device'])} · torch {torch.__version__} · "
+        f"diffusers {diffusers.__version__} · memory levers · {args.arch}-size architecture, {args.frames}×"
+        f"{args.size}², {args.steps} step(s), {first['dtype']}, CFG on, VAE slicing "
+        f"{'on' if first['vae_slicing'] else 'off'}"
+    )
+    lines = [
+        "",
+        head,
+        "",
+        f"`python -m server.bench levers --frames {args.frames} --size {args.size} --steps {args.steps} --dtype "
+        f"{first['dtype']}`. Each set in "
+        "a fresh process. Peak allocated: "
+        + ("torch.cuda.max_memory_allocated" if on_gpu else "tensor storages alive at once, counted on the CPU")
+        + "; per step: the peak within each denoising step, then the decode's. FLOPs: torch.utils.flop_counter, "
+        "the second step's. Ratios against the first row; max |Δ| = the largest change of a frame's 8-bit value "
+        "from the first row's frames (same seed).",
+        "",
+        "| levers | peak allocated (MiB) | of which weights (MiB) | per step, then decode (MiB) | TFLOP/step | "
+        "FLOPs ratio | seconds | time ratio | max abs diff (of 255) |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        names = [n for n in (r["levers"] or "").split(",") if n in LEVERS]
+        lines.append(
+            f"| {' + '.join(names) or 'none'} | {r['allocated_mib']:.0f} | {r['weights_mib']:.0f} | "
+            + ", ".join(f"{p:.0f}" for p in r["step_peaks_mib"])
+            + f" | {r['step_flops'] / 1e12:.2f} | {r['step_flops'] / first['step_flops']:.3f} | {r['seconds']:.1f} | "
+            f"{r['seconds'] / first['seconds']:.3f} | {r['max_diff']} |"
+        )
+    lines += ["", "Levers: " + "; ".join(f"{k}: {v}" for k, v in LEVERS.items()) + "."]
+    _append(Path(args.out), lines)
+    return 0
+
+
+def flops(args: argparse.Namespace) -> int:
+    """FLOPs of a final and of each kind of draft at the same shot, counted with torch.utils.flop_counter on two
+    real denoising steps of each (prompt, two steps, decode); a job of n steps = the first step's count (with the
+    prompt) + (n - 1) × the second's + the decode's. A linear measurement script: kept whole, read top to bottom."""
+    import dataclasses
+    import gc
+
+    import diffusers
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(engine, request) -> dict:
+        marks: list[int] = []
+        with FlopCounterMode(display=False) as counter:
+            two = dataclasses.replace(request, steps=2)
+            engine.generate(two, on_step=lambda _s, _t: marks.append(counter.get_total_flops()))
+            total = counter.get_total_flops()
+        step = marks[1] - marks[0]
+        job = marks[0] + (request.steps - 1) * step + (total - marks[1])
+        return {"request": request, "step": step, "decode": total - marks[1], "job": job}
+
+    rows = []
+    for draft_module in (False, True):  # the final and the plain draft on v3 alone; then AnimateLCM's module
+        build = argparse.Namespace(**vars(args), quality="draft" if draft_module else "final")
+        config, engine = _build(build)
+        m = engine.model
+        if not draft_module:
+            m.motion_adapters.pop("draft", None)  # the tiny model ships one; the final and plain draft run v3's
+            rows.append(("final", count(engine, _request(config, m, args.frames, args.size, args.steps))))
+        request = _request(config, m, args.frames, args.size, args.steps, "draft")
+        rows.append((f"draft ({'draft motion module' if draft_module else 'no draft module'})", count(engine, request)))
+        del engine, m
+        gc.collect()
+    final = rows[0][1]["job"]
+    for name, r in rows:
+        print(f"{name:<30} {_describe(r['request']):<50} {r['job'] / 1e12:9.2f} TFLOP  ×{r['job'] / final:.3f}")
+    head = (
+        f"### {datetime.date.today().isoformat()} · torch {torch.__version__} · diffusers {diffusers.__version__} · "
+        f"flops · {args.arch}-size architecture, {args.frames}×{args.size}², final {args.steps} steps, CFG on"
+    )
+    lines = [
+        "",
+        head,
+        "",
+        f"`python -m server.bench flops --frames {args.frames} --size {args.size} --steps {args.steps}`: "
+        "torch.utils.flop_counter on two real steps of each request, as the server resolves it ([draft]); a job = "
+        "prompt + steps + decode (the same on any device or dtype).",
+        "",
+        "| run | resolves to | TFLOP/step | decode TFLOP | job TFLOP | of a final |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {_describe(r['request'])} | {r['step'] / 1e12:.2f} | {r['decode'] / 1e12:.2f} | "
+            f"{r['job'] / 1e12:.1f} | {r['job'] / final:.3f} |"
+        )
     _append(Path(args.out), lines)
     return 0
 
@@ -577,6 +753,33 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--frames", type=int, required=True)
             p.add_argument("--runner", choices=["ours", "diffusers"], default="ours")
+            p.add_argument("--levers", help="comma-separated: " + ", ".join(LEVERS) + " (the rest off)")
+            p.add_argument("--flops", action="store_true", help="also count FLOPs, per step")
+            p.add_argument("--frames-out", help="save the frames (.npy) to compare levers")
+    lv = sub.add_parser("levers", help="the memory levers side by side: peak, FLOPs, time, how far frames move")
+    lv.add_argument("--arch", choices=["full", "tiny"], default="full")
+    lv.add_argument("--frames", type=int, default=16)
+    lv.add_argument("--size", type=int, default=512)
+    lv.add_argument("--steps", type=int, default=2)
+    lv.add_argument("--device", default="auto")
+    lv.add_argument("--dtype", default="auto")
+    lv.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+    lv.add_argument("--vae-slicing", choices=["auto", "on", "off"], default="on")
+    lv.add_argument(
+        "--sets",
+        default="none;release;release,chunk;release,chunk,sequential;release,chunk,sequential,park",
+        help="lever sets separated by ';', each compared with the first",
+    )
+    lv.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    fl = sub.add_parser("flops", help="FLOPs of a final and of each kind of draft at the same shot")
+    fl.add_argument("--arch", choices=["full", "tiny"], default="full")
+    fl.add_argument("--frames", type=int, default=16)
+    fl.add_argument("--size", type=int, default=512)
+    fl.add_argument("--steps", type=int, default=25, help="the final's steps")
+    fl.add_argument("--device", default="auto")
+    fl.add_argument("--dtype", default="auto")
+    fl.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+    fl.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     t = sub.add_parser("train", help="training steps of a new encoder (server/train) on synthetic clips")
     t.add_argument("--arch", choices=["full", "tiny"], default="full")
     t.add_argument("--frames", type=int, default=16)
@@ -594,6 +797,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "train":
         return train(args)
+    if args.command == "levers":
+        return levers(args)
+    if args.command == "flops":
+        return flops(args)
     return memory(args) if args.command == "memory" else speed(args)
 
 

@@ -89,6 +89,9 @@ class Performance:
     compile: bool
     offload: str
     offload_margin_gb: float
+    feed_forward_chunking: str
+    cfg_halves: str
+    park_idle_weights: str
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,11 @@ def _check_performance(performance: Performance) -> Performance:
         raise ConfigError('[performance] vae_slicing must be "auto", "on" or "off"')
     if performance.offload not in ("auto", "none", "model", "sequential"):
         raise ConfigError('[performance] offload must be "auto", "none", "model" or "sequential"')
+    for key in ("feed_forward_chunking", "park_idle_weights"):
+        if getattr(performance, key) not in ("auto", "on", "off"):
+            raise ConfigError(f'[performance] {key} must be "auto", "on" or "off"')
+    if performance.cfg_halves not in ("auto", "together", "sequential"):
+        raise ConfigError('[performance] cfg_halves must be "auto", "together" or "sequential"')
     return performance
 
 

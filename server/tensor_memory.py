@@ -24,7 +24,7 @@ class PeakTensorMemory(TorchDispatchMode):
     def __init__(self, *modules: torch.nn.Module):
         super().__init__()
         self._sizes: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.current = self.peak = 0
+        self.current = self.peak = self.window_peak = 0
         for module in modules:
             for tensor in chain(module.parameters(), module.buffers()):
                 self._count(tensor)
@@ -37,11 +37,28 @@ class PeakTensorMemory(TorchDispatchMode):
         nbytes = storage.nbytes()
         self._sizes[storage] = nbytes
         self.current += nbytes
-        self.peak = max(self.peak, self.current)
+        self._rise()
         weakref.finalize(storage, self._freed, nbytes)
+
+    def _rise(self) -> None:
+        self.peak = max(self.peak, self.current)
+        self.window_peak = max(self.window_peak, self.current)
 
     def _freed(self, nbytes: int) -> None:
         self.current -= nbytes
+
+    def mark(self) -> int:
+        """The peak since the last mark (or the start), e.g. one denoising step's; starts the next window."""
+        peak, self.window_peak = self.window_peak, self.current
+        return peak
+
+    def move(self, module: torch.nn.Module, device: torch.device) -> None:
+        """Count `module`'s weights as leaving the device (to the CPU) or coming back: on a CPU-only machine
+        the weights stay where they are, so a lever that moves idle weights off a GPU (IdleWeights) is
+        measured by moving them in the count."""
+        sign = -1 if device.type == "cpu" else 1
+        self.current += sign * sum(t.untyped_storage().nbytes() for t in chain(module.parameters(), module.buffers()))
+        self._rise()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -27,11 +27,24 @@ from ..request.model import GenerationRequest
 from .conditions import fit_to_size
 from .models import LoadedModel
 from .motion_modules import use_motion_modules
-from .performance import apply_performance
+from .performance import IdleWeights, MemoryPlan, apply_performance, free_device_memory, plan_memory, working_memory
 from .schedulers import build_scheduler
 from .windowed import generate_windowed
 
 log = logging.getLogger(__name__)
+
+# An engine built without [performance] (tests, benchmarks' bare engines): no levers, "auto" memory plans.
+DEFAULT_PERFORMANCE = Performance(
+    vae_slicing="off",
+    channels_last=False,
+    fuse_qkv=False,
+    compile=False,
+    offload="none",
+    offload_margin_gb=4.0,
+    feed_forward_chunking="off",
+    cfg_halves="auto",
+    park_idle_weights="auto",
+)
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -96,8 +109,12 @@ class Engine:
         self.model = model
         self.scheduler_overrides = dict(scheduler_overrides)
         self.long_video = long_video
+        self.performance = performance or DEFAULT_PERFORMANCE
         if performance is not None:
             apply_performance(model, performance, compile_cache)
+        # How idle weights move (IdleWeights); the memory benchmark swaps in one its tensor counter sees.
+        self.move = lambda module, where: module.to(where)
+        self.release_residuals = True  # exact and free; off only to measure it (server.bench levers)
         self.keep_encoders_on_device = keep_encoders_on_device
         self._active_modality: str | None = None
 
@@ -214,36 +231,52 @@ class Engine:
         return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
     def _denoise(self, pipe, request: GenerationRequest, images: list, indices: list[int], step_end) -> np.ndarray:
-        """Float frames in [0, 1]: diffusers' pipeline as it is for one window's worth of frames, longer clips
-        in context windows (windowed.py, the same arguments). The seed drives the request's generator and,
-        isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding samples from it."""
+        """Float frames in [0, 1] from the pipeline's own steps (windowed.py: one context window is diffusers'
+        call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives the
+        request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
+        samples from it."""
         lv = self.long_video
+        plan = self.memory_plan(request)
+        idle = IdleWeights([pipe.text_encoder, pipe.vae], self.device, self.move) if plan.park_idle_weights else None
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(request.seed)
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(pipe, request)
-            call = dict(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                num_frames=request.num_frames,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                conditioning_frames=images,
-                controlnet_frame_indices=indices,
-                controlnet_conditioning_scale=request.conditioning_scale,
-                generator=torch.Generator(device=self.device).manual_seed(request.seed),
-            )
-            if request.num_frames > lv.window_length:
-                windows = dict(window_length=lv.window_length, window_overlap=lv.window_overlap)
-                windows |= dict(shared_noise=lv.shared_noise, decode_chunk=lv.decode_chunk)
-                return generate_windowed(pipe, **call, **windows, on_step_end=step_end)
+            try:
+                return generate_windowed(
+                    pipe,
+                    prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_prompt_embeds,
+                    num_frames=request.num_frames,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance_scale,
+                    conditioning_frames=images,
+                    controlnet_frame_indices=indices,
+                    controlnet_conditioning_scale=request.conditioning_scale,
+                    generator=torch.Generator(device=self.device).manual_seed(request.seed),
+                    window_length=lv.window_length,
+                    window_overlap=lv.window_overlap,
+                    shared_noise=lv.shared_noise,
+                    decode_chunk=lv.decode_chunk,
+                    on_step_end=step_end,
+                    sequential_cfg=plan.sequential_cfg,
+                    idle_weights=idle,
+                    release_residuals=self.release_residuals,
+                )
+            finally:
+                if idle is not None:
+                    idle.unpark()
 
-            def callback(_pipe, step, _timestep, callback_kwargs):
-                step_end(step)
-                return callback_kwargs
-
-            return pipe(**call, output_type="np", callback_on_step_end=callback).frames[0]
+    def memory_plan(self, request: GenerationRequest) -> MemoryPlan:
+        """The job's memory levers ([performance] cfg_halves, park_idle_weights), "auto" from the device's free
+        memory now against what the doubled batch of one window needs. Offloaded models move by themselves."""
+        if self.model.offload != "none":
+            return MemoryPlan()
+        frames = min(request.num_frames, self.long_video.window_length)
+        cfg = request.guidance_scale > 1
+        needed = working_memory(frames, request.width, request.height, self.model.dtype, cfg)
+        return plan_memory(self.performance, free_device_memory(self.device), needed)
 
     def _release(self, pipe, draft_motion: bool) -> None:
         """Give the accelerator's cached memory back before the next job (the reference scripts ran out of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,29 @@ def vae_slicing_enabled(setting: str, device: torch.device) -> bool:
     """ "auto": on accelerators, where the VAE decode dominates peak memory; off on the CPU, where it would only
     change the last bits of the frames versus diffusers' default batched decode."""
     return setting == "on" or (setting == "auto" and device.type != "cpu")
+
+
+def feed_forward_chunking_enabled(setting: str, device: torch.device) -> bool:
+    """ "auto": on accelerators, where memory is counted; off on the CPU (tests and parity keep the whole-batch
+    feed-forward of diffusers' default)."""
+    return vae_slicing_enabled(setting, device)
+
+
+def chunk_feed_forward(*modules: torch.nn.Module) -> int:
+    """diffusers' feed-forward chunking, per kind of transformer block: a spatial block sees (batch × frames,
+    pixels, channels) and runs a frame at a time (dim 0); a motion-module block sees (batch × pixels, frames,
+    channels) and runs a frame at a time too (dim 1). Chunks of one always divide the dimension, whatever the
+    size, window or CFG batch (diffusers raises on a chunk size that does not). Returns the blocks chunked."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    chunked = 0
+    for module in modules:
+        for name, block in module.named_modules():
+            if isinstance(block, BasicTransformerBlock):
+                temporal = "motion_modules" in name.split(".")
+                block.set_chunk_feed_forward(1, dim=1 if temporal else 0)
+                chunked += 1
+    return chunked
 
 
 GIB = 2**30
@@ -102,8 +126,75 @@ def apply_performance(model: LoadedModel, performance: Performance, compile_cach
         applied.append(
             f"torch.compile (UNet; kernels kept in {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the temp folder')})"
         )
+    if feed_forward_chunking_enabled(performance.feed_forward_chunking, model.device):
+        blocks = chunk_feed_forward(model.unet, *model.encoders.values())
+        applied.append(f"feed-forward chunking ({blocks} transformer blocks, a frame at a time)")
     if model.offload != "none":
         applied.append(f"{model.offload} CPU offload")
     if applied:
         log.info("performance: %s", ", ".join(applied))
     return applied
+
+
+# Working memory of one denoising step beyond the weights, per latent element of the doubled (CFG) batch
+# (frames × 2 × latent height × latent width), in half precision, with feed-forward chunking and the encoder's
+# residuals released early: measured by the memory benchmark at 16×512² (BENCHMARKS.md, #18), rounded up.
+# Grows linearly with frames and pixels (attention runs in torch's memory-efficient kernels).
+WORKING_BYTES_PER_LATENT = 16_000
+# Kept free beyond the estimate: kernel workspaces (cuDNN), fragmentation, the VAE decode of one frame.
+WORKING_RESERVE = 1 * GIB
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one job runs its denoiser: CFG halves one after the other, idle weights off the device."""
+
+    sequential_cfg: bool = False
+    park_idle_weights: bool = False
+
+
+def working_memory(frames: int, width: int, height: int, dtype: torch.dtype, cfg: bool) -> int:
+    """Estimated bytes a denoising step needs beyond the weights (WORKING_BYTES_PER_LATENT)."""
+    latents = frames * (2 if cfg else 1) * (width // 8) * (height // 8)
+    return int(latents * WORKING_BYTES_PER_LATENT * torch.empty((), dtype=dtype).element_size() / 2)
+
+
+def plan_memory(performance: Performance, free: int | None, needed: int) -> MemoryPlan:
+    """The job's plan from the settings: "auto" turns both levers on when the device's free memory (None: not
+    known, e.g. on the CPU) is short of `needed`, the doubled batch's working memory plus WORKING_RESERVE."""
+    short = free is not None and free < needed + WORKING_RESERVE
+    sequential = performance.cfg_halves == "sequential" or (performance.cfg_halves == "auto" and short)
+    park = performance.park_idle_weights == "on" or (performance.park_idle_weights == "auto" and short)
+    return MemoryPlan(sequential_cfg=sequential, park_idle_weights=park)
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Memory a job can still take on a CUDA device: the driver's free memory plus what torch's allocator holds
+    in reserve; None elsewhere (the CPU has no card to fill; MPS reports none)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+class IdleWeights:
+    """Modules idle while the denoiser runs (text encoder, VAE) moved off the device for the denoising loop and
+    back for decoding. `move(module, device)` is the move; the memory benchmark passes one that also tells its
+    tensor counter, because on a CPU there is no other device to move to."""
+
+    def __init__(self, modules: list[torch.nn.Module], device: torch.device, move=None):
+        self.modules, self.device = modules, device
+        self.move = move or (lambda module, where: module.to(where))
+        self.parked = False
+
+    def park(self) -> None:
+        if not self.parked:
+            for module in self.modules:
+                self.move(module, torch.device("cpu"))
+            self.parked = True
+
+    def unpark(self) -> None:
+        if self.parked:
+            for module in self.modules:
+                self.move(module, self.device)
+            self.parked = False

@@ -11,6 +11,10 @@ scheduler, the SparseCtrl encoder and the UNet, decode_latents), changing only w
 - initial noise is shared across windows (windows.share_noise);
 - the VAE decodes in chunks of frames.
 
+It is also where the denoiser's memory is kept down ([performance], #18), for every clip, one window or many:
+the encoder's residuals are let go as the UNet adds them (exact), CFG's halves can run one after the other
+(`sequential_cfg`) and the text encoder and VAE can leave the device while the loop runs (`idle_weights`).
+
 With a single window covering the clip, every operation is the pipeline's own, in its order: the frames are
 bit-identical to the plain pipeline call (tested).
 """
@@ -18,10 +22,12 @@ bit-identical to the plain pipeline call (tested).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .performance import IdleWeights
 from .windows import context_windows, share_noise
 
 
@@ -45,6 +51,9 @@ def generate_windowed(
     shared_noise: bool,
     decode_chunk: int,
     on_step_end: Callable[[int], None] | None = None,
+    sequential_cfg: bool = False,
+    idle_weights: IdleWeights | None = None,
+    release_residuals: bool = True,
 ) -> np.ndarray:
     """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np".
 
@@ -80,6 +89,9 @@ def generate_windowed(
     }
     embeds_by_length: dict[int, torch.Tensor] = {}
 
+    if idle_weights is not None:  # the prompt is encoded and the conditions prepared: idle until decoding
+        idle_weights.park()
+
     # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step. (One window has
     #    weight 1 everywhere: 0 + prediction * 1 is the prediction, bit for bit.)
     for i, t in enumerate(timesteps):
@@ -87,44 +99,78 @@ def generate_windowed(
         for window in windows:
             sl = slice(window.start, window.stop)
             inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, cond[:, :, sl], mask[:, :, sl])
-            prediction = _predict(pipe, *inputs, controlnet_conditioning_scale, guidance_scale, do_cfg)
+            options = _Options(controlnet_conditioning_scale, guidance_scale, do_cfg, sequential_cfg, release_residuals)
+            prediction = _predict(pipe, *inputs, options)
             noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
         if on_step_end is not None:
             on_step_end(i)
 
     # 5. Decode in chunks of frames (the VAE's memory grows with the frames it decodes at once).
+    if idle_weights is not None:
+        idle_weights.unpark()
     chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, num_frames, decode_chunk)]
     video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
     return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
 
 
-def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, conditioning_scale, guidance_scale, do_cfg):
+class _Consumed(list):
+    """Residuals the UNet reads once, front to back (zip in its forward): each leaves the list as it is read,
+    so it is freed once added to the UNet's own skip connection instead of living through the whole up path
+    (the list, the forward's argument, lives that long). Same values, same order: bit-identical."""
+
+    def __iter__(self):
+        while self:
+            yield self.pop(0)
+
+
+class _Options(NamedTuple):
+    conditioning_scale: float
+    guidance_scale: float
+    do_cfg: bool
+    sequential_cfg: bool  # CFG's negative and positive halves one after the other: half the activations
+    release_residuals: bool  # off only to measure what releasing saves (server.bench levers)
+
+
+def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, options: _Options):
     """One guided noise prediction for `latents` (one window), as the pipeline's loop body computes it."""
     frames = latents.shape[2]
     if frames not in embeds_by_length:
         embeds_by_length[frames] = prompt_embeds.repeat_interleave(repeats=frames, dim=0)
     embeds = embeds_by_length[frames]
-    model_input = torch.cat([latents] * 2) if do_cfg else latents
+    if options.do_cfg and options.sequential_cfg:
+        scaled = pipe.scheduler.scale_model_input(latents, t)
+        uncond, text = (_denoiser(pipe, scaled, t, half, cond, mask, options) for half in embeds.chunk(2))
+        return uncond + options.guidance_scale * (text - uncond)
+    model_input = torch.cat([latents] * 2) if options.do_cfg else latents
     model_input = pipe.scheduler.scale_model_input(model_input, t)
+    noise_pred = _denoiser(pipe, model_input, t, embeds, cond, mask, options)
+    if options.do_cfg:
+        uncond, text = noise_pred.chunk(2)
+        noise_pred = uncond + options.guidance_scale * (text - uncond)
+    return noise_pred
+
+
+def _denoiser(pipe, model_input, t, embeds, cond, mask, options: _Options):
+    """The SparseCtrl encoder, then the UNet with its residuals (released as they are added)."""
     down, mid = pipe.controlnet(
         model_input,
         t,
         encoder_hidden_states=embeds,
         controlnet_cond=cond,
         conditioning_mask=mask,
-        conditioning_scale=conditioning_scale,
+        conditioning_scale=options.conditioning_scale,
         guess_mode=False,
         return_dict=False,
     )
-    noise_pred = pipe.unet(
+    # A compiled UNet gets the plain list: its graph is traced for a list, not for the consuming one.
+    compiled = isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    residuals = _Consumed(down) if options.release_residuals and not compiled else down
+    del down
+    return pipe.unet(
         model_input,
         t,
         encoder_hidden_states=embeds,
-        down_block_additional_residuals=down,
+        down_block_additional_residuals=residuals,
         mid_block_additional_residual=mid,
     ).sample
-    if do_cfg:
-        uncond, text = noise_pred.chunk(2)
-        noise_pred = uncond + guidance_scale * (text - uncond)
-    return noise_pred

@@ -42,7 +42,7 @@ def test_speed_benchmark_smoke_run_compares_ours_with_bare_diffusers(data_dir_wi
     assert "| ours |" in text and "| diffusers |" in text and "ours/diffusers time ratio" in text
     # A draft: the request [draft] resolves it to (the tiny model's draft module: LCM, its steps and guidance).
     bench(data_dir_with_tiny, out_file, "speed", *args, "--quality", "draft")
-    assert "draft of 8×64² run at 64², lcm, guidance 1.5, 3 steps" in out_file.read_text()
+    assert "draft of 8×64² run at 64², lcm, guidance 1, 3 steps" in out_file.read_text()
 
 
 def test_train_benchmark_smoke_run_writes_a_row(data_dir_with_tiny, tmp_path):
@@ -52,3 +52,28 @@ def test_train_benchmark_smoke_run_writes_a_row(data_dir_with_tiny, tmp_path):
     assert "· train · tiny-size architecture, batch 1 × 8×64², mixed precision no" in text
     assert "| s/step | clips/s | peak (MiB) | achieved TFLOP/s | losses |" in text
     assert "clips/s" in out.stdout
+
+
+def test_levers_benchmark_compares_lever_sets_with_the_first(data_dir_with_tiny, tmp_path):
+    out_file = tmp_path / "BENCHMARKS.md"
+    sets = "none;release,chunk,sequential,park"
+    bench(data_dir_with_tiny, out_file, "levers", "--frames", "8", "--size", "64", "--steps", "2", "--sets", sets)
+    text = out_file.read_text()
+    assert "· memory levers · tiny-size architecture, 8×64², 2 step(s), float32, CFG on" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| none |", "| release + "))]
+    assert [r[0] for r in rows] == ["| none", "| release + chunk + sequential + park"]
+    (none, levered) = rows
+    assert len(none[3].split(", ")) == 3  # two steps, then the decode
+    assert float(levered[1]) < float(none[1])  # peak allocated falls
+    assert none[5] == "1.000" and float(levered[5]) > 1  # sequential CFG computes the condition embedding twice
+    assert int(levered[-1].rstrip(" |")) <= 2  # frames move by rounding only
+
+
+def test_flops_benchmark_counts_a_final_and_both_drafts(data_dir_with_tiny, tmp_path):
+    out_file = tmp_path / "BENCHMARKS.md"
+    bench(data_dir_with_tiny, out_file, "flops", "--frames", "8", "--size", "128", "--steps", "25")
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in out_file.read_text().splitlines()}
+    assert rows["| final"][1] == "8×128², 25 steps"
+    assert "run at 64², ddim" in rows["| draft (no draft module)"][1]
+    assert "lcm, guidance 1, 4 steps" in rows["| draft (draft motion module)"][1]
+    assert float(rows["| draft (draft motion module)"][-1].rstrip(" |")) <= 1 / 8
