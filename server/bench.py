@@ -339,25 +339,15 @@ def levers(args: argparse.Namespace) -> int:
 
 
 def flops(args: argparse.Namespace) -> int:
-    """FLOPs of a final and of each kind of draft at the same shot, counted with torch.utils.flop_counter on two
-    real denoising steps of each (prompt, two steps, decode); a job of n steps = the first step's count (with the
-    prompt) + (n - 1) × the second's + the decode's. A linear measurement script: kept whole, read top to bottom."""
-    import dataclasses
+    """FLOPs of a final and of each kind of draft at the same shot, counted with torch.utils.flop_counter on a
+    real one-step job of each request (as the server resolves it) and on its prompt encoding alone: a job of n
+    steps = prompt + n × (the step's count less the prompt's) + decode. (A one-time cost before the loop, e.g.
+    the RGB encoder's VAE encoding of keyframes, would be counted per step: the line-art encoder has none.)
+    A linear measurement script: kept whole, read top to bottom."""
     import gc
 
     import diffusers
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def count(engine, request) -> dict:
-        marks: list[int] = []
-        with FlopCounterMode(display=False) as counter:
-            two = dataclasses.replace(request, steps=2)
-            engine.generate(two, on_step=lambda _s, _t: marks.append(counter.get_total_flops()))
-            total = counter.get_total_flops()
-        step = marks[1] - marks[0]
-        job = marks[0] + (request.steps - 1) * step + (total - marks[1])
-        return {"request": request, "step": step, "decode": total - marks[1], "job": job}
 
     rows = []
     for draft_module in (False, True):  # the final and the plain draft on v3 alone; then AnimateLCM's module
@@ -366,9 +356,10 @@ def flops(args: argparse.Namespace) -> int:
         m = engine.model
         if not draft_module:
             m.motion_adapters.pop("draft", None)  # the tiny model ships one; the final and plain draft run v3's
-            rows.append(("final", count(engine, _request(config, m, args.frames, args.size, args.steps))))
+            rows.append(("final", _job_flops(engine, _request(config, m, args.frames, args.size, args.steps))))
         request = _request(config, m, args.frames, args.size, args.steps, "draft")
-        rows.append((f"draft ({'draft motion module' if draft_module else 'no draft module'})", count(engine, request)))
+        name = f"draft ({'draft motion module' if draft_module else 'no draft module'})"
+        rows.append((name, _job_flops(engine, request)))
         del engine, m
         gc.collect()
     final = rows[0][1]["job"]
@@ -383,8 +374,8 @@ def flops(args: argparse.Namespace) -> int:
         head,
         "",
         f"`python -m server.bench flops --frames {args.frames} --size {args.size} --steps {args.steps}`: "
-        "torch.utils.flop_counter on two real steps of each request, as the server resolves it ([draft]); a job = "
-        "prompt + steps + decode (the same on any device or dtype).",
+        "torch.utils.flop_counter on a real one-step job of each request, as the server resolves it ([draft]), and "
+        "on its prompt alone; a job = prompt + steps × step + decode (the same on any device or dtype).",
         "",
         "| run | resolves to | TFLOP/step | decode TFLOP | job TFLOP | of a final |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -396,6 +387,27 @@ def flops(args: argparse.Namespace) -> int:
         )
     _append(Path(args.out), lines)
     return 0
+
+
+def _job_flops(engine, request) -> dict:
+    """The FLOPs of `request` from a one-step job and its prompt alone: prompt + steps × step + decode. A
+    one-time cost before the loop (the RGB encoder's VAE encoding of keyframes) would be counted per step; the
+    line-art encoder has none (tested against a whole job's count)."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = engine.build_pipeline(request.modality, request.scheduler)
+    with FlopCounterMode(display=False) as counter:
+        engine.encode_prompt(pipe, request)
+    prompt = counter.get_total_flops()
+    marks: list[int] = []
+    with FlopCounterMode(display=False) as counter:
+        one = dataclasses.replace(request, steps=1)
+        engine.generate(one, on_step=lambda _s, _t: marks.append(counter.get_total_flops()))
+        total = counter.get_total_flops()
+    step, decode = marks[0] - prompt, total - marks[0]
+    return {"request": request, "step": step, "decode": decode, "job": prompt + request.steps * step + decode}
 
 
 def _build(args: argparse.Namespace):

@@ -188,3 +188,16 @@ def test_auto_plan_turns_the_levers_on_when_free_memory_is_short():
 def test_unknown_lever_settings_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         load_config(overrides={"performance": {key: value}})
+
+
+@pytest.mark.parametrize("quality", ["final", "draft"])
+def test_job_flops_from_one_step_equal_a_whole_jobs_count(engine, tiny_config, quality):
+    """`server.bench flops` counts one step and projects; the projection is a whole job's count, exactly."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from server.bench import _job_flops, _request
+
+    request = _request(tiny_config, engine.model, 8, 64, 5, quality)
+    with FlopCounterMode(display=False) as counter:
+        engine.generate(request)
+    assert _job_flops(engine, request)["job"] == counter.get_total_flops()
