@@ -218,10 +218,10 @@ def _bare_setup(copy, kind: str, width: int, height: int) -> None:
         settings = layer.freestyle_settings
         if not settings.linesets:
             settings.linesets.new("Lines")
+        style = bpy.data.linestyles.new("SparseCtrl bench lines")  # the copy's own: the scene's are left alone
+        style.color = (1.0, 1.0, 1.0)
         for lineset in settings.linesets:
-            if lineset.linestyle is None:
-                lineset.linestyle = bpy.data.linestyles.new("Lines")
-            lineset.linestyle.color = (1.0, 1.0, 1.0)
+            lineset.linestyle = style
         _image_format(r.image_settings, multilayer=False)
         return
     layer.use_pass_z = True
@@ -239,7 +239,7 @@ def time_bare(scene, kind: str, frames: list[int], width: int, height: int) -> d
     folder = Path(tempfile.mkdtemp(prefix="sparsectrl_bare_"))
     copy = scene.copy()
     copy.name = "SparseCtrl bench (bare)"
-    images_before = set(bpy.data.images)
+    images_before, styles_before = set(bpy.data.images), set(bpy.data.linestyles)
     renders = []
     try:
         _bare_setup(copy, kind, width, height)
@@ -256,6 +256,8 @@ def time_bare(scene, kind: str, frames: list[int], width: int, height: int) -> d
         bpy.data.scenes.remove(copy)
         for image in set(bpy.data.images) - images_before:
             bpy.data.images.remove(image)
+        for style in set(bpy.data.linestyles) - styles_before:
+            bpy.data.linestyles.remove(style)
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
