@@ -51,6 +51,7 @@ def _point(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .engine.models import resolve_dtype
     from .engine.performance import apply_performance
     from .engine.temporal_norm import use_joint_temporal_norm, use_per_frame_temporal_norm
     from .engine.windows import context_windows
@@ -88,7 +89,8 @@ def _point(args: argparse.Namespace) -> dict:
         counter = None
         weights = torch.cuda.memory_allocated(device)
     else:
-        counter = PeakTensorMemory(*on_device)
+        float32_as = resolve_dtype(args.count_as, device) if getattr(args, "count_as", None) else None
+        counter = PeakTensorMemory(*on_device, float32_as=float32_as)
         weights = counter.start
     if counter is not None and engine.performance.park_idle_weights == "on":
         engine.move = counter.move  # no second device here: the count moves the idle weights (IdleWeights)
@@ -120,7 +122,8 @@ def _point(args: argparse.Namespace) -> dict:
         "rss_over_loaded_mib": None if rss is None else (rss - loaded_rss) / 2**20,
         "seconds": seconds,
         "device": str(device),
-        "dtype": str(m.dtype).removeprefix("torch."),
+        "dtype": str(m.dtype).removeprefix("torch.")
+        + (f", counted as {args.count_as}" if getattr(args, "count_as", None) else ""),
         "vae_slicing": bool(m.vae.use_slicing),
         "shape": list(frames.shape),
         "step_peaks_mib": [None if peak is None else peak / 2**20 for peak, _ in marks],
@@ -186,7 +189,8 @@ def _device_name(device: str) -> str:
 def _run_point(args: argparse.Namespace, frames: int, runner: str) -> dict | None:
     """`_point` in a fresh process, so that its peak is its own."""
     cmd = [sys.executable, "-m", "server.bench", "_point", "--runner", runner, "--frames", str(frames)]
-    for flag in ("arch", "size", "steps", "device", "dtype", "vae_slicing", "data_dir", "levers", "frames_out"):
+    flags = ("arch", "size", "steps", "device", "dtype", "vae_slicing", "data_dir", "levers", "frames_out", "count_as")
+    for flag in flags:
         value = getattr(args, flag, None)
         if value:
             cmd += ["--" + flag.replace("_", "-"), str(value)]
@@ -314,7 +318,7 @@ def levers(args: argparse.Namespace) -> int:
         head,
         "",
         f"`python -m server.bench levers --frames {args.frames} --size {args.size} --steps {args.steps} --dtype "
-        f"{first['dtype']}`. Each set in "
+        f"{args.dtype}" + (f" --count-as {args.count_as}" if args.count_as else "") + "`. Each set in "
         "a fresh process. Peak allocated: "
         + ("torch.cuda.max_memory_allocated" if on_gpu else "tensor storages alive at once, counted on the CPU")
         + "; per step: the peak within each denoising step, then the decode's. FLOPs: torch.utils.flop_counter, "
@@ -768,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--levers", help="comma-separated: " + ", ".join(LEVERS) + " (the rest off)")
             p.add_argument("--flops", action="store_true", help="also count FLOPs, per step")
             p.add_argument("--frames-out", help="save the frames (.npy) to compare levers")
+            p.add_argument("--count-as", help="count float32 tensors at this dtype's size (PeakTensorMemory)")
     lv = sub.add_parser("levers", help="the memory levers side by side: peak, FLOPs, time, how far frames move")
     lv.add_argument("--arch", choices=["full", "tiny"], default="full")
     lv.add_argument("--frames", type=int, default=16)
@@ -777,6 +782,11 @@ def main(argv: list[str] | None = None) -> int:
     lv.add_argument("--dtype", default="auto")
     lv.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
     lv.add_argument("--vae-slicing", choices=["auto", "on", "off"], default="on")
+    lv.add_argument(
+        "--count-as",
+        help="with --dtype float32 on a CPU: count float32 tensors at this dtype's size (e.g. bfloat16), for a "
+        "CPU without half-precision arithmetic (server/tensor_memory.py)",
+    )
     lv.add_argument(
         "--sets",
         default="none;release;release,chunk;release,chunk,sequential;release,chunk,sequential,park",

@@ -19,10 +19,16 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 
 class PeakTensorMemory(TorchDispatchMode):
-    """Context manager: `current` and `peak` bytes of live tensor storages, the given modules' included."""
+    """Context manager: `current` and `peak` bytes of live tensor storages, the given modules' included.
 
-    def __init__(self, *modules: torch.nn.Module):
+    `float32_as`: count float32 storages at that dtype's size, to measure a half-precision job from a float32
+    run on a CPU without half-precision arithmetic (bf16 there is software-emulated, ~20× slower). It stands for
+    the half-precision job where its tensors are half precision, i.e. all but a few: the ones that stay float32
+    in such a job (the decoded frames, the time embedding) are counted at half their size."""
+
+    def __init__(self, *modules: torch.nn.Module, float32_as: torch.dtype | None = None):
         super().__init__()
+        self._scale = 1.0 if float32_as is None else torch.empty((), dtype=float32_as).element_size() / 4
         self._sizes: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.current = self.peak = self.window_peak = 0
         for module in modules:
@@ -35,6 +41,8 @@ class PeakTensorMemory(TorchDispatchMode):
         if storage in self._sizes or storage.device.type == "meta":
             return
         nbytes = storage.nbytes()
+        if tensor.dtype == torch.float32:
+            nbytes = int(nbytes * self._scale)
         self._sizes[storage] = nbytes
         self.current += nbytes
         self._rise()
@@ -57,7 +65,8 @@ class PeakTensorMemory(TorchDispatchMode):
         the weights stay where they are, so a lever that moves idle weights off a GPU (IdleWeights) is
         measured by moving them in the count."""
         sign = -1 if device.type == "cpu" else 1
-        self.current += sign * sum(t.untyped_storage().nbytes() for t in chain(module.parameters(), module.buffers()))
+        tensors = chain(module.parameters(), module.buffers())
+        self.current += sign * sum(self._sizes.get(t.untyped_storage(), 0) for t in tensors)
         self._rise()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
