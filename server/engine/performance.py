@@ -138,8 +138,9 @@ def apply_performance(model: LoadedModel, performance: Performance, compile_cach
 
 # Working memory of one denoising step beyond the weights, per latent element of the doubled (CFG) batch
 # (frames × 2 × latent height × latent width), in half precision, with feed-forward chunking and the encoder's
-# residuals released early: measured by the memory benchmark at 16×512² (BENCHMARKS.md, #18), rounded up.
-# Grows linearly with frames and pixels (attention runs in torch's memory-efficient kernels).
+# residuals released early: 93 MiB at 16×128² = 11.9 kB per latent element (`server.bench levers`, counted as
+# bf16; BENCHMARKS.md, #18), rounded up to 16 kB. Grows linearly with frames and pixels (attention runs in
+# torch's memory-efficient kernels); an estimate for "auto", not a limit.
 WORKING_BYTES_PER_LATENT = 16_000
 # Kept free beyond the estimate: kernel workspaces (cuDNN), fragmentation, the VAE decode of one frame.
 WORKING_RESERVE = 1 * GIB
