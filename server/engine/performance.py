@@ -183,9 +183,8 @@ class IdleWeights:
     back for decoding. `move(module, device)` is the move; the memory benchmark passes one that also tells its
     tensor counter, because on a CPU there is no other device to move to."""
 
-    def __init__(self, modules: list[torch.nn.Module], device: torch.device, move=None):
-        self.modules, self.device = modules, device
-        self.move = move or (lambda module, where: module.to(where))
+    def __init__(self, modules: list[torch.nn.Module], device: torch.device, move):
+        self.modules, self.device, self.move = modules, device, move
         self.parked = False
 
     def park(self) -> None:

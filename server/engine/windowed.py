@@ -94,12 +94,12 @@ def generate_windowed(
 
     # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step. (One window has
     #    weight 1 everywhere: 0 + prediction * 1 is the prediction, bit for bit.)
+    options = _Options(controlnet_conditioning_scale, guidance_scale, do_cfg, sequential_cfg, release_residuals)
     for i, t in enumerate(timesteps):
         noise_pred = torch.zeros_like(latents)
         for window in windows:
             sl = slice(window.start, window.stop)
             inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, cond[:, :, sl], mask[:, :, sl])
-            options = _Options(controlnet_conditioning_scale, guidance_scale, do_cfg, sequential_cfg, release_residuals)
             prediction = _predict(pipe, *inputs, options)
             noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
@@ -138,17 +138,15 @@ def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, opti
     if frames not in embeds_by_length:
         embeds_by_length[frames] = prompt_embeds.repeat_interleave(repeats=frames, dim=0)
     embeds = embeds_by_length[frames]
-    if options.do_cfg and options.sequential_cfg:
+    if not options.do_cfg:
+        return _denoiser(pipe, pipe.scheduler.scale_model_input(latents, t), t, embeds, cond, mask, options)
+    if options.sequential_cfg:
         scaled = pipe.scheduler.scale_model_input(latents, t)
         uncond, text = (_denoiser(pipe, scaled, t, half, cond, mask, options) for half in embeds.chunk(2))
-        return uncond + options.guidance_scale * (text - uncond)
-    model_input = torch.cat([latents] * 2) if options.do_cfg else latents
-    model_input = pipe.scheduler.scale_model_input(model_input, t)
-    noise_pred = _denoiser(pipe, model_input, t, embeds, cond, mask, options)
-    if options.do_cfg:
-        uncond, text = noise_pred.chunk(2)
-        noise_pred = uncond + options.guidance_scale * (text - uncond)
-    return noise_pred
+    else:
+        model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        uncond, text = _denoiser(pipe, model_input, t, embeds, cond, mask, options).chunk(2)
+    return uncond + options.guidance_scale * (text - uncond)
 
 
 def _denoiser(pipe, model_input, t, embeds, cond, mask, options: _Options):
