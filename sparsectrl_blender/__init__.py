@@ -1,11 +1,12 @@
 """SparseCtrl previs: render passes at keyframes, send them to the SparseCtrl server, get the preview strip.
 
 Two folders, as glTF-Blender-IO keeps blender/ and io/ apart: blender/ holds what talks to bpy (properties,
-operators, panels, preferences, passes, strips, scene_keyframes, generation); core/ the logic that imports no
-bpy (client, exr, frame_mapping, job, png, request, shutdown), tested without Blender (tests/test_architecture.py
-imports each with bpy absent). The commands at the top (batch, dataset, build, bench_passes) use both. The pass contract
-shared with the server is the sparsectrl_passes package, shipped as a wheel in the extension zip. bpy is
-imported only inside register()/unregister() here, so this package imports anywhere.
+operators, panels, preferences, passes, render_handlers, strips, scene_keyframes, generation); core/ the logic
+that imports no bpy (client, exr, frame_mapping, job, png, render_guard, request, shutdown), tested without
+Blender (tests/test_architecture.py imports each with bpy absent). The commands at the top (batch, dataset,
+build, bench_passes) use both. The pass contract shared with the server is the sparsectrl_passes package,
+shipped as a wheel in the extension zip. bpy is imported only inside register()/unregister() here, so this
+package imports anywhere.
 """
 
 
@@ -18,18 +19,24 @@ def _modules():
 def register() -> None:
     import bpy
 
+    from .blender import render_handlers
+
     preferences, properties, operators, panels = _modules()
     for module in (preferences, properties, operators, panels):
         for cls in module.CLASSES:
             bpy.utils.register_class(cls)
     properties.register()
+    render_handlers.register()
 
 
 def unregister() -> None:
     import bpy
 
+    from .blender import render_handlers
+
     preferences, properties, operators, panels = _modules()
     operators.unregister_timers()
+    render_handlers.unregister()
     properties.unregister()
     for module in (panels, operators, properties, preferences):
         for cls in reversed(module.CLASSES):

@@ -14,6 +14,7 @@ import bpy
 
 from ..core.client import Client, ServerError
 from ..core.job import JobRunner, PreparedJob
+from ..core.render_guard import GUARD
 from ..core.request import GenerationSettings
 from . import preferences
 from .properties import to_settings
@@ -80,12 +81,14 @@ def _redraw() -> None:
 
 
 def _check_connection(url: str, token: str) -> None:
+    """In a thread: inside the render guard, so a Generate's renders wait for its answer (at most 3 s)."""
     c = STATUS.connection
-    try:
-        c.health, c.error = Client(url, token=token).health(), None
-    except ServerError as e:
-        c.health, c.error = None, str(e)
-    c.checking, c.url = False, url
+    with GUARD.thread_segment():
+        try:
+            c.health, c.error = Client(url, token=token).health(), None
+        except ServerError as e:
+            c.health, c.error = None, str(e)
+        c.checking, c.url = False, url
 
 
 def _poll_connection():

@@ -25,6 +25,7 @@ import numpy as np
 from sparsectrl_passes.process import RenderBuffers, depth_image, lineart_image, shot_depth_range
 
 from ..core.exr import ExrUnsupported, read_exr_rgba
+from ..core.render_guard import GUARD
 from ..core.request import MODALITIES, identifiers
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ class PassRenderer:
         try:
             # The render operator takes its frame from the context's scene: without the override every keyframe
             # came out at the user's current frame (animation and camera keys ignored).
-            with bpy.context.temp_override(scene=self._copy):
+            # The guard: the add-on's threads run no Python during the render (core/render_guard.py).
+            with GUARD.render(), bpy.context.temp_override(scene=self._copy):
                 bpy.ops.render.render(write_still=self._copy.render.filepath != "", scene=self._copy.name)
         except RuntimeError as e:
             raise PassError(f"rendering frame {frame} failed: {e}") from None

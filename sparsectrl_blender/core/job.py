@@ -16,6 +16,7 @@ import numpy as np
 
 from .client import Client, ServerError
 from .png import encode_png
+from .render_guard import GUARD, RenderGuard
 from .request import keyframe_entries
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,21 @@ class RunnerState:
 
 class JobRunner:
     """Submit, poll and download one job; no bpy, so it can run in a thread. `state` is read by the UI.
-    `prepare` (PreparedJob.encode) finishes the body first, in the runner's thread."""
+    `prepare` (PreparedJob.encode) finishes the body first, in the runner's thread. Its Python runs inside the
+    render guard, let go of only while it sleeps between polls: a render never runs beside it (core/render_guard)."""
 
-    def __init__(self, client: Client, body: dict, poll_seconds: float = 0.25, lost_after: float = 10.0, prepare=None):
+    def __init__(
+        self,
+        client: Client,
+        body: dict,
+        poll_seconds: float = 0.25,
+        lost_after: float = 10.0,
+        prepare=None,
+        guard: RenderGuard = GUARD,
+    ):
         self.client, self.body, self.prepare = client, body, prepare
         self.poll_seconds, self.lost_after = poll_seconds, lost_after
+        self.guard = guard
         self.state = RunnerState()
         self._cancel = threading.Event()
 
@@ -107,6 +118,10 @@ class JobRunner:
         self._cancel.set()
 
     def run(self) -> RunnerState:
+        with self.guard.thread_segment():
+            return self._run()
+
+    def _run(self) -> RunnerState:
         s = self.state
         try:
             if self.prepare is not None:
@@ -131,7 +146,7 @@ class JobRunner:
                             "press Generate to resubmit.",
                             "lost",
                         ) from None
-                    time.sleep(self.poll_seconds)
+                    self.guard.pause(self.poll_seconds)
                     continue
                 s.job = job
                 s.step, s.total = job["progress"]["step"], job["progress"]["total"]
@@ -144,7 +159,7 @@ class JobRunner:
                         s.error = f"the server could not make the preview: {err.get('message', 'unknown error')}"
                     return s
                 s.phase = job["status"]
-                time.sleep(self.poll_seconds)
+                self.guard.pause(self.poll_seconds)
             s.phase = "downloading"
             s.video = self.client.video(s.job_id)
             s.phase = "done"
