@@ -39,8 +39,13 @@ SD_EXPECTED = (
 
 
 def identify(state_dict: dict[str, Any]) -> str:
-    """What a state dict holds, from its key names: sd15 | sdxl | sd2 | motion_module | sparsectrl | lora | unknown."""
+    """What a state dict holds, from its key names: sd15 | sdxl | sd2 | motion_module | sparsectrl | controlnet |
+    lora | unknown. A ControlNet (lllyasviel's control_model.* .pth, a prefixless or diffusers-layout file, a "full"
+    one with the SD UNet inside) is told from a SparseCtrl encoder, which shares its condition embedding's names,
+    by SparseCtrl's motion modules: a ControlNet has none."""
     keys = state_dict.keys()
+    if _is_controlnet(keys):
+        return "controlnet"
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return "sdxl"
     if SD_UNET_KEY in state_dict:
@@ -54,12 +59,24 @@ def identify(state_dict: dict[str, Any]) -> str:
     return "unknown"
 
 
+def _is_controlnet(keys) -> bool:
+    if any(k.startswith(("control_model.", "input_hint_block.", "zero_convs.")) for k in keys):
+        return True
+    return any(k.startswith("controlnet_cond_embedding.") for k in keys) and not any(
+        ".motion_modules." in k for k in keys
+    )
+
+
 _NAMES = {
     "sd15": "a Stable Diffusion 1.5 checkpoint (set it as [model] base)",
     "sdxl": "an SDXL checkpoint (SparseCtrl and AnimateDiff v3 need Stable Diffusion 1.5)",
     "sd2": "a Stable Diffusion 2 checkpoint (SparseCtrl and AnimateDiff v3 need Stable Diffusion 1.5)",
     "motion_module": "an AnimateDiff motion module (set it as [model] motion_adapter)",
     "sparsectrl": "a SparseCtrl encoder (set it under [model.encoders])",
+    "controlnet": (
+        "a per-frame ControlNet, not a SparseCtrl encoder (SparseCtrl's are v3_sd15_sparsectrl_*.ckpt; this server "
+        "does not run dense ControlNets yet)"
+    ),
     "lora": "a LoRA (set it as [model] domain_adapter or under [model.loras])",
     "unknown": "no weights this server knows",
 }

@@ -157,6 +157,32 @@ def test_sparsectrl_kind_is_read_from_the_file(originals):
     assert convert.sparsectrl_config_for(scribble).name == "sparsectrl_scribble"
 
 
+def test_a_controlnet_is_told_from_a_sparsectrl_encoder_and_refused_as_one(tmp_path, originals, tiny_root):
+    """A per-frame ControlNet (an artist's control_v11f1p_sd15_depth) shares SparseCtrl's condition-embedding
+    names; configured as an encoder it gets a sentence saying what it is, not a layout error."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from server.weights.checkpoint import read_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / "base" / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
+    diffusers_layout = {k: v.contiguous() for k, v in controlnet.state_dict().items()}
+    path = tmp_path / "control_v11f1p_sd15_depth.safetensors"
+    save_file(diffusers_layout, path)
+    assert convert.identify(diffusers_layout) == "controlnet"
+    # lllyasviel's .pth keys, a prefixless file, a ControlNet 1.0 "full" file with the SD UNet inside
+    lllyasviel = {"control_model.input_hint_block.0.weight": 0, "control_model.zero_convs.0.0.bias": 0}
+    assert convert.identify(lllyasviel) == "controlnet"
+    assert convert.identify({"input_hint_block.0.weight": 0, "zero_convs.0.0.weight": 0}) == "controlnet"
+    full = {"model.diffusion_model.input_blocks.0.0.weight": 0, "control_model.input_hint_block.0.weight": 0}
+    assert convert.identify(full) == "controlnet"
+    for file in ("sparsectrl_scribble", "sparsectrl_rgb"):  # the released encoders stay what they are
+        assert convert.identify(read_state_dict(originals[file])) == "sparsectrl"
+    with pytest.raises(ModelLoadError, match=r"control_v11f1p_sd15_depth.safetensors: holds a per-frame ControlNet, "):
+        load_encoder(WeightRef(str(path)), "depth", section(tmp_path), tmp_path, torch.float32)
+
+
 def test_domain_adapter_is_merged_as_animatediff_does(tmp_path, originals, reference):
     from diffusers import UNetMotionModel
 
