@@ -18,16 +18,11 @@ if TYPE_CHECKING:  # performance takes the loaded model; models.py calls pick_of
 log = logging.getLogger(__name__)
 
 
-def vae_slicing_enabled(setting: str, device: torch.device) -> bool:
-    """ "auto": on accelerators, where the VAE decode dominates peak memory; off on the CPU, where it would only
-    change the last bits of the frames versus diffusers' default batched decode."""
+def on_accelerators(setting: str, device: torch.device) -> bool:
+    """An "auto" | "on" | "off" lever that "auto" turns on for GPUs (CUDA, MPS), where memory is counted, and off
+    on the CPU, where it would only change the last bits of the frames versus diffusers' defaults (the parity
+    tests run there): VAE slicing (the decode dominates peak memory) and feed-forward chunking."""
     return setting == "on" or (setting == "auto" and device.type != "cpu")
-
-
-def feed_forward_chunking_enabled(setting: str, device: torch.device) -> bool:
-    """ "auto": on accelerators, where memory is counted; off on the CPU (tests and parity keep the whole-batch
-    feed-forward of diffusers' default)."""
-    return vae_slicing_enabled(setting, device)
 
 
 def chunk_feed_forward(*modules: torch.nn.Module) -> int:
@@ -100,7 +95,7 @@ def apply_performance(model: LoadedModel, performance: Performance, compile_cach
     """Apply the levers; returns their names for the log. `compile_cache`: where torch.compile keeps its compiled
     kernels (TORCHINDUCTOR_CACHE_DIR, unless set), so a restarted server compiles in seconds, not minutes."""
     applied = []
-    model.vae.use_slicing = vae_slicing_enabled(performance.vae_slicing, model.device)
+    model.vae.use_slicing = on_accelerators(performance.vae_slicing, model.device)
     if model.vae.use_slicing:
         applied.append("VAE slicing")
     if performance.fuse_qkv and model.has_draft_adapter:
@@ -126,7 +121,7 @@ def apply_performance(model: LoadedModel, performance: Performance, compile_cach
         applied.append(
             f"torch.compile (UNet; kernels kept in {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the temp folder')})"
         )
-    if feed_forward_chunking_enabled(performance.feed_forward_chunking, model.device):
+    if on_accelerators(performance.feed_forward_chunking, model.device):
         blocks = chunk_feed_forward(model.unet, *model.encoders.values())
         applied.append(f"feed-forward chunking ({blocks} transformer blocks, a frame at a time)")
     if model.offload != "none":

@@ -11,17 +11,17 @@ import torch
 
 from server.engine.engine import Engine
 from server.engine.models import load_model
-from server.engine.performance import vae_slicing_enabled
+from server.engine.performance import on_accelerators
 from server.request.resolve import resolve_request
 from server.video.deliver import deliver
 from tests.conftest import png_bytes, sketch
 from tests.server.test_engine import make_request
 
 
-def test_vae_slicing_is_on_for_accelerators_only_by_default():
-    assert vae_slicing_enabled("auto", torch.device("cuda")) and vae_slicing_enabled("auto", torch.device("mps"))
-    assert not vae_slicing_enabled("auto", torch.device("cpu"))
-    assert vae_slicing_enabled("on", torch.device("cpu")) and not vae_slicing_enabled("off", torch.device("cuda"))
+def test_vae_slicing_and_chunking_are_on_for_accelerators_only_by_default():
+    assert on_accelerators("auto", torch.device("cuda")) and on_accelerators("auto", torch.device("mps"))
+    assert not on_accelerators("auto", torch.device("cpu"))
+    assert on_accelerators("on", torch.device("cpu")) and not on_accelerators("off", torch.device("cuda"))
 
 
 @pytest.fixture
