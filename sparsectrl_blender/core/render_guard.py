@@ -20,7 +20,7 @@ class RenderGuard:
     """Renders and threads' segments exclude each other. A thread sleeps between polls inside its segment and
     steps aside only after waking (pause), then waits with no timeout until the renders are over: a thread that
     woke from a timed wait in the middle of a render would run Python there, and that alone crashed the bpy
-    module (measured: tests/addon/test_render_guard.py). Renders nest (our pass render and the render_pre
+    module (measured: tests/addon/test_render_guard.py). Renders nest (our pass render and the render_init
     handler it triggers both begin) and may end on another thread than they began (Blender's render job), so
     they are counted."""
 
@@ -57,7 +57,7 @@ class RenderGuard:
                 self._state.notify_all()
 
     def end_all_renders(self) -> None:
-        """A render was cancelled: its ends may never come, so the threads go on now."""
+        """The handlers are gone (the add-on disabled mid-render): the ends may never come, so the threads go on."""
         with self._state:
             self._renders = 0
             self._state.notify_all()

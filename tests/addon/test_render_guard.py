@@ -63,12 +63,12 @@ def _segment_runs(guard: RenderGuard) -> threading.Event:
     return ran
 
 
-def test_nested_renders_hold_the_threads_until_the_last_ends_and_a_cancel_frees_them():
+def test_nested_renders_hold_the_threads_until_the_last_ends_and_unregistering_frees_them():
     guard = RenderGuard()
     guard.begin_render()  # our pass render
-    guard.begin_render()  # the render_pre handler it triggers
+    guard.begin_render()  # the render_init handler it triggers
     ran = _segment_runs(guard)
-    guard.end_render()  # render_post
+    guard.end_render()  # render_complete
     assert not ran.wait(0.2)
     guard.end_render()  # our render returns
     assert ran.wait(5)
@@ -76,7 +76,7 @@ def test_nested_renders_hold_the_threads_until_the_last_ends_and_a_cancel_frees_
     assert not guard.rendering
 
     guard = RenderGuard()
-    guard.begin_render()  # an F12 render whose render_post never comes: cancelled
+    guard.begin_render()  # a render job begun under the handlers, and the add-on disabled meanwhile
     ran = _segment_runs(guard)
     assert not ran.wait(0.2)
     guard.end_all_renders()
@@ -85,9 +85,9 @@ def test_nested_renders_hold_the_threads_until_the_last_ends_and_a_cancel_frees_
 
 # The add-on registered, a thread doing small Python work in the guard (as the job runner does: segments,
 # pauses between them), while the main thread runs 20 Generates' passes (80 renders through the compositor's
-# File Output) and then 10 plain bpy.ops.render.render calls, as an artist's script would (held only by the
-# render handlers). Test handlers placed around ours record each render's span; no thread iteration may fall
-# inside one.
+# File Output), then 10 plain bpy.ops.render.render calls, as an artist's script would (held only by the
+# render handlers), and one that fails (no camera). Test handlers placed around ours record each render's
+# span; no thread iteration may fall inside one.
 _SESSION = r"""
 import json, os, threading, time
 import bpy
@@ -100,8 +100,9 @@ from tests.addon.scenes import build_shot
 scene = build_shot(start=101, end=132, markers=(101, 110, 120, 132), resolution=(128, 72))
 sparsectrl_blender.register()
 spans, ticks, stop = [], [], threading.Event()
-bpy.app.handlers.render_pre.append(lambda *a: spans.append([time.monotonic(), None]))  # after ours begins
-bpy.app.handlers.render_post.insert(0, lambda *a: spans[-1].__setitem__(1, time.monotonic()))  # before ours ends
+bpy.app.handlers.render_init.append(lambda *a: spans.append([time.monotonic(), None]))  # after ours begins
+for name in ("render_complete", "render_cancel"):  # before ours end
+    getattr(bpy.app.handlers, name).insert(0, lambda *a: spans[-1].__setitem__(1, time.monotonic()))
 
 def work():
     with GUARD.thread_segment():
@@ -120,11 +121,20 @@ passes_ticks = len(ticks)
 scene.render.engine, scene.cycles.samples = "CYCLES", 1
 for _ in range(10):
     bpy.ops.render.render()
+camera, scene.camera = scene.camera, None
+try:
+    bpy.ops.render.render()  # fails (no camera): render_cancel ends it
+except RuntimeError:
+    pass
+before_failed = len(ticks)
+time.sleep(0.3)
+after_failed = len(ticks) - before_failed
 stop.set()
 thread.join(10)
 inside = sum(1 for t in ticks for a, b in spans if b is not None and a < t < b)
 print("RESULT", json.dumps({"renders": len(spans), "open": sum(b is None for _, b in spans),
-      "ticks": len(ticks), "passes_ticks": passes_ticks, "inside": inside, "alive": thread.is_alive()}), flush=True)
+      "ticks": len(ticks), "passes_ticks": passes_ticks, "inside": inside, "alive": thread.is_alive(),
+      "after_failed": after_failed}), flush=True)
 sparsectrl_blender.unregister()
 os._exit(0)
 """
@@ -137,7 +147,8 @@ def test_blender_survives_a_thread_running_python_across_a_hundred_renders():
     assert out.returncode == 0, f"exit status {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
-    assert result["renders"] == 90 and result["open"] == 0
+    assert result["renders"] == 91 and result["open"] == 0  # the failed render's span ends at render_cancel
     assert result["inside"] == 0  # the thread never ran during a render, ours or the script's
     assert result["passes_ticks"] > 0 and result["ticks"] > result["passes_ticks"]  # it ran between them
+    assert result["after_failed"] > 0  # a failed render lets the thread go on
     assert not result["alive"]
