@@ -40,7 +40,7 @@ DEFAULT_PERFORMANCE = Performance(
     fuse_qkv=False,
     compile=False,
     offload="none",
-    offload_margin_gb=4.0,
+    offload_margin_gb=2.0,
     feed_forward_chunking="off",
     cfg_halves="auto",
     park_idle_weights="auto",
@@ -276,7 +276,17 @@ class Engine:
         frames = min(request.num_frames, self.long_video.window_length)
         cfg = request.guidance_scale > 1
         needed = working_memory(frames, request.width, request.height, self.model.dtype, cfg)
-        return plan_memory(self.performance, free_device_memory(self.device), needed)
+        free = free_device_memory(self.device)
+        plan = plan_memory(self.performance, free, needed)
+        if plan.sequential_cfg or plan.park_idle_weights:
+            log.info(
+                "memory plan: CFG halves %s, idle weights %s (%s free; the doubled batch needs ~%.1f GiB)",
+                "in turn" if plan.sequential_cfg else "together",
+                "parked" if plan.park_idle_weights else "kept",
+                "unknown" if free is None else f"{free / 2**30:.1f} GiB",
+                needed / 2**30,
+            )
+        return plan
 
     def _release(self, pipe, draft_motion: bool) -> None:
         """Give the accelerator's cached memory back before the next job (the reference scripts ran out of

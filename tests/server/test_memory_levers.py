@@ -5,6 +5,7 @@ they move), and the "auto" plan from free memory. The figures at full size are i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import weakref
 
 import numpy as np
@@ -84,6 +85,13 @@ def test_cfg_halves_one_after_the_other_run_the_denoiser_on_one_half_at_a_time(e
     assert np.abs(sequential - together).max() <= 2
     # Without guidance there is one half only: nothing changes.
     assert engine.memory_plan(make_request(guidance_scale=1.0)).sequential_cfg  # asked for; a no-op there
+
+
+def test_a_plan_that_trades_speed_for_memory_is_logged(engine, monkeypatch, caplog):
+    monkeypatch.setattr(engine, "performance", dataclasses.replace(engine.performance, cfg_halves="sequential"))
+    with caplog.at_level(logging.INFO, logger="server.engine.engine"):
+        engine.memory_plan(make_request())
+    assert "memory plan: CFG halves in turn, idle weights kept (unknown free;" in caplog.text
 
 
 def test_encoder_residuals_are_freed_before_the_up_path(engine):
