@@ -27,7 +27,15 @@ from ..request.model import GenerationRequest
 from .conditions import fit_to_size
 from .models import LoadedModel
 from .motion_modules import use_motion_modules
-from .performance import IdleWeights, MemoryPlan, apply_performance, free_device_memory, plan_memory, working_memory
+from .performance import (
+    GIB,
+    IdleWeights,
+    MemoryPlan,
+    apply_performance,
+    free_device_memory,
+    plan_memory,
+    working_memory,
+)
 from .schedulers import build_scheduler
 from .windowed import generate_windowed
 
@@ -283,8 +291,8 @@ class Engine:
                 "memory plan: CFG halves %s, idle weights %s (%s free; the doubled batch needs ~%.1f GiB)",
                 "in turn" if plan.sequential_cfg else "together",
                 "parked" if plan.park_idle_weights else "kept",
-                "unknown" if free is None else f"{free / 2**30:.1f} GiB",
-                needed / 2**30,
+                "unknown" if free is None else f"{free / GIB:.1f} GiB",
+                needed / GIB,
             )
         return plan
 
