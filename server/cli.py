@@ -78,18 +78,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _load_engine(config: Config):
-    from .engine.engine import Engine
-    from .engine.models import load_model
+    from .engine.build import build_engine
 
-    model = load_model(config.model, config.data_dir, config.performance)
-    return Engine(
-        model,
-        config.scheduler,
-        config.long_video,
-        keep_encoders_on_device=config.model.encoders_on_device,
-        performance=config.performance,
-        compile_cache=config.data_dir / "torch-compile",
-    )
+    return build_engine(config)
 
 
 def serve(config: Config) -> int:
@@ -105,21 +96,33 @@ def serve(config: Config) -> int:
             f"binding {config.server.host} lets other machines drive this GPU: set server.token in the config "
             "(or the SPARSECTRL_TOKEN environment variable) and give the same token to the add-on"
         )
-    engine = _load_engine(config)
+    cluster = config.cluster.backend == "ray"
+    engine = None if cluster else _load_engine(config)  # on a cluster, the workers load the model
     data_dir = config.data_dir
     service = JobService(config, engine, data_dir)
+    if cluster:
+        service.worker.connect()
     app = create_app(service, config, token=token)
     if token:
         log.info("API requests need 'Authorization: Bearer <token>'")
-    tiny = " -- TINY RANDOM MODEL: output is noise, for testing the pipeline only" if engine.model.tiny else ""
-    log.info(
-        "serving model %s on http://%s:%d (data dir %s)%s",
-        engine.model.name,
-        config.server.host,
-        config.server.port,
-        data_dir,
-        tiny,
-    )
+    if cluster:
+        log.info(
+            "serving on http://%s:%d (data dir %s); jobs run on the Ray cluster at %s",
+            config.server.host,
+            config.server.port,
+            data_dir,
+            config.cluster.address or "a private one started here",
+        )
+    else:
+        tiny = " -- TINY RANDOM MODEL: output is noise, for testing the pipeline only" if engine.model.tiny else ""
+        log.info(
+            "serving model %s on http://%s:%d (data dir %s)%s",
+            engine.model.name,
+            config.server.host,
+            config.server.port,
+            data_dir,
+            tiny,
+        )
     uvicorn.run(
         app, host=config.server.host, port=config.server.port, log_level=config.server.log_level, access_log=False
     )

@@ -126,6 +126,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    backend: str
+    address: str
+    gpus_per_worker: float
+    max_attempts: int
+    worker_data_dir: str
+    start_timeout_s: float
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection
     model: ModelSection
@@ -136,6 +146,7 @@ class Config:
     long_video: LongVideo
     performance: Performance
     draft: Draft
+    cluster: Cluster
 
     @property
     def data_dir(self) -> Path:
@@ -223,6 +234,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         long_video=_check_windows(_typed(LongVideo, raw["long_video"], "long_video")),
         performance=_check_performance(_typed(Performance, raw["performance"], "performance")),
         draft=_check_draft(_typed(Draft, raw["draft"], "draft"), model),
+        cluster=_check_cluster(_typed(Cluster, raw["cluster"], "cluster")),
     )
 
 
@@ -310,3 +322,16 @@ def _check_windows(long_video: LongVideo) -> LongVideo:
     if long_video.decode_chunk < 1:
         raise ConfigError("[long_video] decode_chunk must be at least 1")
     return long_video
+
+
+def _check_cluster(cluster: Cluster) -> Cluster:
+    if cluster.backend not in ("local", "ray"):
+        raise ConfigError('[cluster] backend must be "local" (this process runs the jobs) or "ray"')
+    if cluster.address.startswith("ray://"):
+        raise ConfigError(
+            "[cluster] address: ray:// (Ray Client) is not supported; run the server on a node of the cluster and "
+            'give the head\'s GCS address ("auto" or "HOST:6379", docs/cluster.md)'
+        )
+    if not (cluster.gpus_per_worker > 0 and cluster.max_attempts >= 1 and cluster.start_timeout_s > 0):
+        raise ConfigError("[cluster] needs gpus_per_worker > 0, max_attempts >= 1 and start_timeout_s > 0")
+    return cluster

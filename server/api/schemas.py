@@ -47,6 +47,9 @@ class JobOut(BaseModel):
     finished_at: float | None
     video_url: str | None = Field(description="where the MP4 is served once the job succeeded")
     owner: str | None = Field(description="who submitted it, as given in the request (null if not given)")
+    priority: int = Field(description="as given in the request (0 if not given); higher runs first")
+    attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
+    worker: str | None = Field(description="the worker that runs or ran it")
 
     @classmethod
     def of(cls, job: JobRecord) -> JobOut:
@@ -65,6 +68,9 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             video_url=f"/v1/jobs/{job.id}/video" if job.status == "succeeded" else None,
             owner=job.owner,
+            priority=job.priority,
+            attempt=job.attempt,
+            worker=job.worker,
         )
 
 
@@ -77,6 +83,16 @@ class ModelInfo(BaseModel):
     tiny: bool
 
 
+class WorkerOut(BaseModel):
+    name: str = Field(description='"local", or NODE/SLOT on a Ray cluster')
+    node: str = Field(description="the host (Ray: its node id and address)")
+    state: Literal["starting", "idle", "running", "failed"]
+    job: str | None = Field(description="the job it is running")
+    model: str | None = Field(description="the model it has loaded (null while starting)")
+    device: str | None
+    error: str | None = Field(description="why it failed to start (state failed)")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     device: str
@@ -85,8 +101,10 @@ class Health(BaseModel):
     modalities: list[Modality]
     loras: list[str] = Field(description="LoRA names a request may turn on (GET /v1/models has the details)")
     draft_motion_module: bool = Field(description='quality "draft" uses a distilled motion module')
-    queue_length: int = Field(description="jobs waiting, not counting the running one")
-    running_job: str | None
+    queue_length: int = Field(description="jobs waiting, not counting the running ones")
+    running_job: str | None = Field(description="a running job (the first worker's); `workers` has them all")
+    backend: Literal["local", "ray"] = Field(description="[cluster] backend: this process, or a Ray cluster")
+    workers: list[WorkerOut]
 
 
 class WeightEntry(BaseModel):

@@ -73,13 +73,32 @@ class JobFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
+    def write_outputs(self, job_id: str, video: bytes, frames: dict[str, bytes]) -> None:
+        """A job's results that came as bytes (from a cluster worker), written as run_job writes them: frames,
+        then the video, each under a partial name and renamed when whole, so no reader sees half a file."""
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        if frames:
+            partial = folder / ".frames.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            for name, data in frames.items():
+                if Path(name).name != name or not name.endswith(".png"):
+                    raise ValueError(f"not a frame file name: {name!r}")
+                (partial / name).write_bytes(data)
+            shutil.rmtree(self.frames(job_id), ignore_errors=True)
+            partial.rename(self.frames(job_id))
+        partial_video = folder / ".video.mp4.partial"
+        partial_video.write_bytes(video)
+        partial_video.replace(self.video(job_id))
+
     def remove_outputs(self, job_id: str) -> None:
         """Drop a job's video and frames (kept: its keyframes, to look at or resubmit)."""
         shutil.rmtree(self.frames(job_id), ignore_errors=True)
         for path in self.folder(job_id).glob("*.mp4*"):
             path.unlink(missing_ok=True)
         for path in self.folder(job_id).glob(".*.partial"):
-            path.unlink(missing_ok=True)
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)

@@ -1,4 +1,6 @@
-"""The job service the HTTP layer talks to: submit, look up, cancel, health. Owns the store and the worker."""
+"""The job service the HTTP layer talks to: submit, look up, cancel, health. Owns the store and the executor:
+the local worker thread ([cluster] backend = "local": this process holds the engine) or the Ray dispatcher
+("ray": the engines live on the cluster's GPU nodes; server/cluster/, imported only then)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..engine.engine import Engine, random_seed
 from ..request.errors import JobNotFound, RequestError
 from ..request.resolve import resolve_request
@@ -23,17 +25,36 @@ log = logging.getLogger(__name__)
 
 
 class JobService:
-    def __init__(self, config: Config, engine: Engine, data_dir: Path, progress_bar: bool = True):
-        self.config, self.engine = config, engine
-        self.store = JobStore(Path(data_dir) / "jobs.sqlite3")
+    def __init__(self, config: Config, engine: Engine | None, data_dir: Path, progress_bar: bool = True):
+        """`engine`: the loaded engine for the local backend; None with [cluster] backend = "ray"."""
+        self.config = config
+        cluster = config.cluster.backend == "ray"
+        self.store = JobStore(
+            Path(data_dir) / "jobs.sqlite3", requeue_running=config.cluster.max_attempts if cluster else 0
+        )
         self.files = JobFiles(Path(data_dir) / "jobs")
-        self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune)
+        if cluster:
+            try:
+                from ..cluster.dispatcher import RayDispatcher
+            except ImportError as e:
+                raise ConfigError(
+                    f'[cluster] backend = "ray" needs Ray on this machine ({e}): pip install -e ".[cluster]"'
+                ) from None
+
+            self.worker = RayDispatcher(config, self.store, self.files, after_job=self.prune)
+        else:
+            assert engine is not None, "the local backend runs jobs on an engine loaded here"
+            self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune)
         # Every weight the config names, as found at start (header checks only: everything is loaded already).
         self.weights = inventory(config.model)
+        for job_id in self.store.requeued_on_open:
+            log.warning("job %s was running when the server last stopped: queued again", job_id)
         for job_id in self.store.interrupted_on_open:
             log.warning("job %s was running when the server last stopped: marked failed (interrupted)", job_id)
 
     def start(self) -> None:
+        """Start the executor; with Ray, returns once a worker has loaded its model (requests are checked
+        against what it offers)."""
         self.prune()
         self.worker.start()
 
@@ -46,20 +67,23 @@ class JobService:
 
     def submit(self, body: dict[str, Any] | BaseModel) -> JobRecord:
         """Queue a request: a POST /v1/jobs body (FastAPI has validated it) or the same as a dict."""
+        model = self.worker.model
         request = resolve_request(
             body,
             self.config,
-            self.engine.modalities,
+            model.modalities,
             seed=random_seed(),
-            draft_adapter=self.engine.model.has_draft_adapter,
-            loras=self.engine.model.loras,
+            draft_adapter=model.draft_motion_module,
+            loras=model.loras,
         )
         job_id = uuid.uuid4().hex
         fields, images = request.to_record()
         # Files first: the worker may claim the job the moment its record exists.
         self.files.save_keyframes(job_id, images)
-        owner = body.get("owner") if isinstance(body, dict) else body.owner
-        record = self.store.create(job_id, fields, request.seed, self.engine.model.name, request.steps, owner=owner)
+        owner, priority = (body.get(k) if isinstance(body, dict) else getattr(body, k) for k in ("owner", "priority"))
+        record = self.store.create(
+            job_id, fields, request.seed, model.name, request.steps, owner=owner, priority=priority or 0
+        )
         self.worker.wake()
         log.info(
             "job %s queued: %s, %d frames %dx%d, %d steps, keyframes %s",
@@ -112,28 +136,31 @@ class JobService:
         return record
 
     def health(self) -> dict[str, Any]:
-        model = self.engine.model
+        model = self.worker.model
+        workers = self.worker.workers()
         return {
             "status": "ok",
-            "device": str(model.device),
-            "dtype": str(model.dtype).removeprefix("torch."),
+            "device": model.device,
+            "dtype": model.dtype,
             "model": {"name": model.name, "tiny": model.tiny},
-            "modalities": self.engine.modalities,
+            "modalities": model.modalities,
             "loras": sorted(model.loras),
-            "draft_motion_module": model.has_draft_adapter,
+            "draft_motion_module": model.draft_motion_module,
             "queue_length": self.store.queue_length(),
-            "running_job": self.worker.current_job_id,
+            "running_job": next((w["job"] for w in workers if w["job"]), None),
+            "backend": self.config.cluster.backend,
+            "workers": workers,
         }
 
     def models(self) -> dict[str, Any]:
-        model = self.engine.model
+        model = self.worker.model
         return {
             "model": {"name": model.name, "tiny": model.tiny},
-            "device": str(model.device),
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "modalities": self.engine.modalities,
+            "device": model.device,
+            "dtype": model.dtype,
+            "modalities": model.modalities,
             "loras": dict(model.loras),
-            "draft_motion_module": model.has_draft_adapter,
+            "draft_motion_module": model.draft_motion_module,
             "temporal_norm": self.config.model.temporal_norm,
             "weights": [e.to_dict() for e in self.weights],
         }

@@ -1,8 +1,15 @@
 """Job records in SQLite: one connection behind a lock, WAL, and guarded state changes.
 
 A job moves queued -> running -> succeeded | failed | cancelled, or queued -> cancelled; a finished job never
-changes again (every update names the state it expects to leave). On open, a job that was running when the
-previous process died is marked failed with code `interrupted`; queued jobs stay queued and run.
+changes again (every update names the state it expects to leave). A cluster worker lost mid-job sends its job
+back, running -> queued, for another attempt (`attempt` counts the starts, so a late result from a lost attempt
+matches nothing). On open, a job that was running when the previous process died is marked failed with code
+`interrupted`, or, when the store is opened with `requeue_running` (the Ray backend), queued again while it has
+attempts left; queued jobs stay queued and run.
+
+The queue is fair: the highest priority first, then round-robin across owners (the owner whose last job
+started longest ago, or never), then submission order; one artist's overnight batch cannot starve another's
+preview.
 
 The schema is versioned (PRAGMA user_version) and brought up to date on open by ordered MIGRATIONS; a database
 from a newer server is refused rather than misread.
@@ -50,6 +57,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 2: who submitted a job (optional; shown on the queue page)
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
     ),
+    (  # 3: the fair queue and cluster attempts
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN worker TEXT",
+        "CREATE INDEX IF NOT EXISTS jobs_owner_started ON jobs (owner, started_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -74,6 +87,9 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     owner: str | None = None
+    priority: int = 0
+    attempt: int = 0  # how many times the job was started (a lost cluster worker's job starts again)
+    worker: str | None = None  # the worker that runs or ran it
 
     @property
     def finished(self) -> bool:
@@ -81,7 +97,9 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, requeue_running: int = 0):
+        """`requeue_running`: 0 marks jobs found running as interrupted (one box: its only worker died with the
+        process); N > 0 queues them again while they were started fewer than N times (a cluster's head restart)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -91,7 +109,8 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.migrated_from = self._migrate()
-        self.interrupted_on_open = self._mark_interrupted()
+        self.requeued_on_open: list[str] = []
+        self.interrupted_on_open = self._mark_interrupted(requeue_running)
 
     def close(self) -> None:
         with self._lock:
@@ -134,8 +153,19 @@ class JobStore:
             raise
         return found
 
-    def _mark_interrupted(self) -> list[str]:
+    def _mark_interrupted(self, requeue_below: int) -> list[str]:
         with self.transaction() as db:
+            if requeue_below:
+                self.requeued_on_open = [
+                    r["id"]
+                    for r in db.execute(
+                        "SELECT id FROM jobs WHERE status = ? AND attempt < ?", (RUNNING, requeue_below)
+                    )
+                ]
+                db.execute(
+                    "UPDATE jobs SET status = ?, step = 0, worker = NULL WHERE status = ? AND attempt < ?",
+                    (QUEUED, RUNNING, requeue_below),
+                )
             ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))]
             db.execute(
                 "UPDATE jobs SET status = ?, error_code = 'interrupted', finished_at = ?, "
@@ -146,13 +176,20 @@ class JobStore:
         return ids
 
     def create(
-        self, job_id: str, request: dict[str, Any], seed: int, model: str, total: int, owner: str | None = None
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        seed: int,
+        model: str,
+        total: int,
+        owner: str | None = None,
+        priority: int = 0,
     ) -> JobRecord:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO jobs (id, status, request, seed, model, total, created_at, owner) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, QUEUED, json.dumps(request), seed, model, total, time.time(), owner),
+                "INSERT INTO jobs (id, status, request, seed, model, total, created_at, owner, priority) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, QUEUED, json.dumps(request), seed, model, total, time.time(), owner, priority),
             )
         record = self.get(job_id)
         assert record is not None
@@ -185,30 +222,64 @@ class JobStore:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
 
-    def claim_next(self) -> JobRecord | None:
-        """Move the oldest queued job to running and return it (None if the queue is empty)."""
+    def claim_next(self, worker: str | None = None) -> JobRecord | None:
+        """Move the next queued job (module docstring: priority, owners in turn, submission order) to running,
+        one attempt more, and return it (None if the queue is empty)."""
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
+            row = db.execute(
+                "SELECT id FROM jobs AS j WHERE status = ? ORDER BY priority DESC, "
+                "(SELECT MAX(o.started_at) FROM jobs AS o WHERE o.owner IS j.owner) ASC NULLS FIRST, seq LIMIT 1",
+                (QUEUED,),
+            ).fetchone()
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET status = ?, started_at = ? WHERE id = ? AND status = ?",
-                (RUNNING, time.time(), row["id"], QUEUED),
+                "UPDATE jobs SET status = ?, started_at = ?, attempt = attempt + 1, step = 0, worker = ? "
+                "WHERE id = ? AND status = ?",
+                (RUNNING, time.time(), worker, row["id"], QUEUED),
             )
         return self.get(row["id"])
 
-    def set_progress(self, job_id: str, step: int) -> None:
+    def set_progress(self, job_id: str, step: int, attempt: int | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET step = ? WHERE id = ? AND status = ?", (step, job_id, RUNNING))
+            db.execute(
+                "UPDATE jobs SET step = ? WHERE id = ? AND status = ? AND (? IS NULL OR attempt = ?)",
+                (step, job_id, RUNNING, attempt, attempt),
+            )
 
-    def finish(self, job_id: str, status: str, error_code: str | None = None, error_message: str | None = None) -> bool:
-        """Running -> a finished state. False if the job was not running (it never changes twice)."""
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Running -> a finished state. False if the job was not running (it never changes twice), or, with
+        `attempt`, is running another attempt (a lost worker's late word)."""
         assert status in FINISHED
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, finished_at = ? "
-                "WHERE id = ? AND status = ?",
-                (status, error_code, error_message, time.time(), job_id, RUNNING),
+                "WHERE id = ? AND status = ? AND (? IS NULL OR attempt = ?)",
+                (status, error_code, error_message, time.time(), job_id, RUNNING, attempt, attempt),
+            )
+        return cur.rowcount == 1
+
+    def is_current(self, job_id: str, attempt: int) -> bool:
+        """Whether `attempt` is the running attempt of the job (its result may still be accepted)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND status = ? AND attempt = ?", (job_id, RUNNING, attempt)
+            ).fetchone()
+        return row is not None
+
+    def requeue(self, job_id: str, attempt: int) -> bool:
+        """Running attempt `attempt` -> queued again (its worker was lost or stopped); False if it is not that."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = ?, step = 0, worker = NULL WHERE id = ? AND status = ? AND attempt = ?",
+                (QUEUED, job_id, RUNNING, attempt),
             )
         return cur.rowcount == 1
 
@@ -240,4 +311,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         owner=row["owner"],
+        priority=row["priority"],
+        attempt=row["attempt"],
+        worker=row["worker"],
     )

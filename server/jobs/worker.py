@@ -1,4 +1,4 @@
-"""The single worker: takes queued jobs in submission order and runs them on the engine, one at a time.
+"""The single worker: takes queued jobs in queue order (jobs/store.py) and runs them on the engine, one at a time.
 
 It runs in a thread of the server process; torch releases the GIL in its kernels, so the HTTP side keeps
 answering while a job runs. An exception fails only its job; the worker lives on.
@@ -6,42 +6,23 @@ answering while a job runs. An exception fails only its job; the worker lives on
 
 from __future__ import annotations
 
-import errno
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
 
 from tqdm import tqdm
 
-from ..engine.engine import Engine, JobCancelled, ModalityUnavailable
+from ..engine.engine import Engine, JobCancelled
 from ..request.model import GenerationRequest
 from .execute import JobOutputs, run_job
+from .failures import describe_failure
 from .files import JobFiles
+from .model_info import ModelInfo
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
-
-OOM_HINT = (
-    "out of memory: try fewer frames, a smaller width/height, or a lower-memory mode "
-    "(see docs/troubleshooting.md); the server has freed the memory and takes the next job"
-)
-
-
-DISK_FULL_HINT = "the disk holding the data dir is full: free space or lower [retention] in the config"
-
-
-def is_disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(error).lower()
-    return "out of memory" in text or "can't allocate memory" in text
 
 
 class Worker:
@@ -86,9 +67,28 @@ class Worker:
     def current_job_id(self) -> str | None:
         return self._current
 
+    @property
+    def model(self) -> ModelInfo:
+        return ModelInfo.of(self.engine.model)
+
+    def workers(self) -> list[dict]:
+        """This process's one worker, as /v1/health lists workers."""
+        model = self.model
+        return [
+            {
+                "name": "local",
+                "node": socket.gethostname(),
+                "state": "running" if self._current else "idle",
+                "job": self._current,
+                "model": model.name,
+                "device": model.device,
+                "error": None,
+            }
+        ]
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            job = self.store.claim_next()
+            job = self.store.claim_next(worker="local")
             if job is None:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
@@ -134,19 +134,14 @@ class Worker:
             else:
                 self.store.finish(job.id, CANCELLED)
                 log.info("job %s cancelled", job.id)
-        except ModalityUnavailable as e:
-            self.store.finish(job.id, FAILED, "modality_unavailable", str(e))
         except Exception as e:  # noqa: BLE001 - a job's failure must never end the worker
             self.files.remove_outputs(job.id)  # never serve a partial result
-            if is_disk_full(e):
-                self.store.finish(job.id, FAILED, "disk_full", DISK_FULL_HINT)
-                log.error("job %s: disk full while writing its results", job.id)
-            elif is_out_of_memory(e):
-                self.store.finish(job.id, FAILED, "out_of_memory", OOM_HINT)
-                log.error("job %s ran out of memory: %s", job.id, e)
-            else:
-                self.store.finish(job.id, FAILED, "generation_failed", f"{type(e).__name__}: {e}")
+            code, message = describe_failure(e)
+            self.store.finish(job.id, FAILED, code, message)
+            if code == "generation_failed":
                 log.exception("job %s failed", job.id)
+            else:
+                log.error("job %s failed: %s (%s)", job.id, code, e)
         finally:
             bar.close()
             with self._lock:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 OWNER_MAX_CHARS = 64
 OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
+PRIORITY_RANGE = (-10, 10)
 _REQUIRED = ("prompt", "modality")
 
 
@@ -66,7 +67,18 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             min_length=1,
             max_length=OWNER_MAX_CHARS,
             pattern=OWNER_PATTERN,
-            description="who submitted the job (a name, for the queue page); not checked against anything",
+            description="who submitted the job (a name, for the queue page); the queue takes owners in turn, so "
+            "one owner's many jobs cannot starve another's; not checked against anything",
+        ),
+    )
+    fields["priority"] = (
+        int | None,
+        Field(
+            None,
+            ge=PRIORITY_RANGE[0],
+            le=PRIORITY_RANGE[1],
+            description="higher runs first (default 0); e.g. -1 for an overnight farm batch, so that interactive "
+            "previews go ahead of it",
         ),
     )
     return create_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import statistics
 import time
 
@@ -16,6 +17,11 @@ pytestmark = pytest.mark.slow
 
 def test_health_reports_device_model_and_modalities(configured_server):
     health = configured_server.client.get("/v1/health").json()
+    (worker,) = health.pop("workers")
+    assert worker == {
+        "name": "local", "node": socket.gethostname(), "state": "idle", "job": None, "model": "sd15-test",
+        "device": "cpu", "error": None,
+    }  # fmt: skip
     assert health == {
         "status": "ok",
         "device": "cpu",
@@ -26,6 +32,7 @@ def test_health_reports_device_model_and_modalities(configured_server):
         "draft_motion_module": False,
         "queue_length": 0,
         "running_job": None,
+        "backend": "local",
     }
 
 

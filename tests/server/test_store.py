@@ -141,7 +141,7 @@ def test_a_database_from_before_versioning_is_upgraded_and_nothing_is_lost(tmp_p
     _unversioned_database(path)
 
     store = JobStore(path)
-    assert store.migrated_from == 0 and SCHEMA_VERSION == 2
+    assert store.migrated_from == 0 and SCHEMA_VERSION == 3
     for row in OLD_ROWS:
         job = store.get(row[0])
         expected = row
@@ -156,10 +156,11 @@ def test_a_database_from_before_versioning_is_upgraded_and_nothing_is_lost(tmp_p
         )  # fmt: skip
         assert got == expected and job.owner is None
     assert [j.id for j in store.list()] == [r[0] for r in reversed(OLD_ROWS)]  # order kept (seq)
-    # New jobs carry an owner and queue after the old queued one.
+    # New jobs carry an owner; the fair queue takes alice's first job before the old queued one, whose owner
+    # (none) has had jobs started before.
     store.create("f" * 32, {"prompt": "new"}, seed=1, model="sd15", total=4, owner="alice")
     assert store.get("f" * 32).owner == "alice"
-    assert [store.claim_next().id, store.claim_next().id] == ["e" * 32, "f" * 32]
+    assert [store.claim_next().id, store.claim_next().id] == ["f" * 32, "e" * 32]
     store.close()
 
     reopened = JobStore(path)  # already current: nothing to do, nothing changes
@@ -198,3 +199,60 @@ def test_owner_is_kept_and_optional(tmp_path):
     store.create("a" * 32, {}, seed=1, model="m", total=1, owner="Zoë (lighting)")
     store.create("b" * 32, {}, seed=1, model="m", total=1)
     assert [(j.id[0], j.owner) for j in store.list()] == [("b", None), ("a", "Zoë (lighting)")]
+
+
+def test_the_queue_takes_priority_then_owners_in_turn_then_submission_order(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for i in range(5):
+        store.create(f"a{i:031x}", {}, seed=1, model="m", total=1, owner="alice")
+    store.create("b" * 32, {}, seed=1, model="m", total=1, owner="bob")
+    order = []
+    while (job := store.claim_next()) is not None:  # one worker: each job finishes before the next is taken
+        order.append(job.id[0] + job.id[-1])
+        store.finish(job.id, SUCCEEDED)
+    assert order == ["a0", "bb", "a1", "a2", "a3", "a4"]  # bob's one job runs second, not sixth
+
+    store.create("c" * 32, {}, seed=1, model="m", total=1, owner="carol")
+    store.create("d" * 32, {}, seed=1, model="m", total=1, owner="bob", priority=5)
+    store.create("e" * 32, {}, seed=1, model="m", total=1, owner=None, priority=-1)
+    store.create("f" * 32, {}, seed=1, model="m", total=1, owner="alice")
+    claimed = [store.claim_next().id[0] for _ in range(4)]
+    assert claimed == ["d", "c", "f", "e"]  # priority first; carol never ran, alice ran last; -1 waits for all
+    assert store.get("d" * 32).priority == 5 and store.get("e" * 32).priority == -1
+
+
+def test_a_lost_attempt_is_requeued_and_its_late_word_is_ignored(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    (job_id,) = add(store, 1)
+    first = store.claim_next(worker="node-a/0")
+    assert (first.attempt, first.worker) == (1, "node-a/0")
+    store.set_progress(job_id, 3, attempt=1)
+    assert store.requeue(job_id, attempt=1)
+    assert not store.requeue(job_id, attempt=1)  # queued now: nothing to requeue
+    queued = store.get(job_id)
+    assert (queued.status, queued.step, queued.worker, queued.attempt) == (QUEUED, 0, None, 1)
+
+    second = store.claim_next(worker="node-b/0")
+    assert (second.attempt, second.worker) == (2, "node-b/0")
+    store.set_progress(job_id, 5, attempt=1)  # the lost worker's progress: ignored
+    assert not store.is_current(job_id, 1) and store.is_current(job_id, 2)
+    assert not store.finish(job_id, SUCCEEDED, attempt=1)  # the lost worker's result: ignored
+    assert store.get(job_id).status == RUNNING and store.get(job_id).step == 0
+    assert store.finish(job_id, SUCCEEDED, attempt=2)
+
+
+def test_a_cluster_head_restart_requeues_running_jobs_with_attempts_left(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(path)
+    fresh, spent, waiting = add(store, 3)
+    assert store.claim_next().id == fresh  # attempt 1 of 3
+    store._db.execute("UPDATE jobs SET attempt = 2 WHERE id = ?", (spent,))  # started twice before
+    assert store.claim_next().attempt == 3  # spent: its last attempt
+    store.close()  # the head dies with both running
+
+    reopened = JobStore(path, requeue_running=3)
+    assert reopened.requeued_on_open == [fresh] and reopened.interrupted_on_open == [spent]
+    assert (reopened.get(fresh).status, reopened.get(fresh).attempt) == (QUEUED, 1)
+    assert (reopened.get(spent).status, reopened.get(spent).error_code) == (FAILED, "interrupted")
+    assert reopened.get(waiting).status == QUEUED
+    assert reopened.claim_next().id == fresh and reopened.get(fresh).attempt == 2

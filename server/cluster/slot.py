@@ -1,0 +1,93 @@
+"""One GPU slot of a Ray cluster: an actor that loads the engine once and runs jobs through run_job.
+
+The head sends a job's record and keyframe bytes; the slot runs it into a node-local temporary folder and sends
+the MP4 and frames back as bytes (tens of MB), so nothing is written on shared paths and the head writes the
+files it serves itself. Progress is read through `progress()`, in its own concurrency group so it answers while
+a job runs; a cancel is Ray's own (`ray.cancel`), seen at the next step through `is_canceled()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ..config import Config
+from ..engine.build import build_engine
+from ..engine.engine import JobCancelled
+from ..jobs.execute import JobOutputs, run_job
+from ..jobs.failures import describe_failure
+from ..jobs.model_info import ModelInfo
+from ..request.model import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"ctl": 1})
+class GenerationSlot:
+    def __init__(self, config: Config, data_dir: str):
+        logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)-7s %(name)s: %(message)s")
+        self.data_dir = Path(data_dir).expanduser()
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, data_dir=str(self.data_dir)))
+        self.engine = build_engine(config)
+        self.info = ModelInfo.of(self.engine.model)
+        self._progress: tuple[str, int, int] | None = None
+        self.scratch = self.data_dir / "worker-outputs"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        _remove_dead_workers_scratch(self.scratch)
+
+    def ready(self) -> dict[str, Any]:
+        """What this slot offers, once its model is loaded (the head waits on this)."""
+        context = ray.get_runtime_context()
+        return {"model": self.info, "node_id": context.get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+    def run(self, job_id: str, attempt: int, fields: dict[str, Any], keyframes: dict[int, bytes]) -> dict[str, Any]:
+        """Run one job: {"video", "frames", "seconds", "seed"} or {"error": (code, message)}; a cancel raises."""
+        context = ray.get_runtime_context()
+        self._progress = (job_id, attempt, 0)
+
+        def on_step(step: int, total: int) -> None:
+            self._progress = (job_id, attempt, step)
+
+        try:
+            request = GenerationRequest.from_record(fields, keyframes.__getitem__)
+            with tempfile.TemporaryDirectory(dir=self.scratch, prefix=f"{os.getpid()}-") as tmp:
+                outputs = JobOutputs(video=Path(tmp) / "video.mp4", frames=Path(tmp) / "frames")
+                try:
+                    result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=context.is_canceled)
+                except JobCancelled:
+                    raise  # the head sees Ray's TaskCancelledError
+                except Exception as e:  # noqa: BLE001 - the job fails, the slot and its model live on
+                    code, message = describe_failure(e)
+                    if code == "generation_failed":
+                        log.exception("job %s failed", job_id)
+                    return {"error": (code, message)}
+                return {
+                    "video": outputs.video.read_bytes(),
+                    "frames": {p.name: p.read_bytes() for p in sorted(outputs.frames.glob("*.png"))},
+                    "seconds": result.seconds,
+                    "seed": result.seed,
+                }
+        finally:
+            self._progress = None
+            self.engine.release_memory()
+
+    @ray.method(concurrency_group="ctl")
+    def progress(self) -> tuple[str, int, int] | None:
+        """(job id, attempt, step) of the running job, or None."""
+        return self._progress
+
+
+def _remove_dead_workers_scratch(scratch: Path) -> None:
+    """A slot killed mid-job (its node lost) leaves its scratch folder; the next slot on the node removes it."""
+    for folder in scratch.iterdir():
+        pid = folder.name.partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and os.path.exists("/proc/self"):
+            shutil.rmtree(folder, ignore_errors=True)

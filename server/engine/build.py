@@ -1,0 +1,19 @@
+"""The engine a config describes, loaded: what `serve`, `generate` and every cluster worker start from."""
+
+from __future__ import annotations
+
+from ..config import Config
+from .engine import Engine
+from .models import load_model
+
+
+def build_engine(config: Config) -> Engine:
+    model = load_model(config.model, config.data_dir, config.performance)
+    return Engine(
+        model,
+        config.scheduler,
+        config.long_video,
+        keep_encoders_on_device=config.model.encoders_on_device,
+        performance=config.performance,
+        compile_cache=config.data_dir / "torch-compile",
+    )
