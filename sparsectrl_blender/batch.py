@@ -2,6 +2,7 @@
 
     python -m sparsectrl_blender.batch SHOT.blend --server URL [--scene NAME] [--modality lineart|depth|rgb]
         [--keyframes markers|1,24,48] [--frames N] [--prompt ...] [--passes-dir DIR] [--out OUT.blend]
+        [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
 `--`). Settings not given as flags come from the panel settings saved in the .blend, then the defaults.
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers
+from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, owner_name
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
 
@@ -116,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", help="server URL, its root (default: the one saved in the .blend, else http://127.0.0.1:8765)"
     )
     p.add_argument("--token", help="the server's token, if it has one (default: SPARSECTRL_TOKEN)")
+    p.add_argument(
+        "--owner",
+        help="who the job is from, for a shared server's fair queue (default: your login name + ' (batch)')",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="-10 to 10, higher runs first (default 0); e.g. -1 for an overnight farm run, so that artists' "
+        "previews go ahead of it",
+    )
     p.add_argument("--scene", metavar="NAME", help="the shot scene (default: the scene active when the file was saved)")
     p.add_argument(
         "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
@@ -364,6 +376,9 @@ def run(argv: list[str]) -> int:
     from .core.client import ServerError
     from .core.job import JobRunner
 
+    prepared.body["priority"] = args.priority
+    if owner := owner_name(args.owner if args.owner is not None else f"{_login()} (batch)"):
+        prepared.body["owner"] = owner
     state = JobRunner(client, prepared.body).run()
     if state.phase != "done":
         raise ServerError(state.error or f"the job ended {state.phase}")
@@ -383,6 +398,8 @@ def run(argv: list[str]) -> int:
 
 def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
     """(the shot, the result file, the shot's compression): flags and files checked before Blender reads any."""
+    if not -10 <= args.priority <= 10:
+        raise BatchError(f"--priority must be between -10 and 10 (got {args.priority})")
     for flag in ("frames", "size", "steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -403,6 +420,15 @@ def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
     out = Path(args.out).expanduser().resolve() if args.out else default_out(shot)
     check_out(out)
     return shot, out, compression
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (some containers)
+        return "farm"
 
 
 def _check_version(shot: Path, out: Path, allow_newer: bool, notes: list[str]) -> None:

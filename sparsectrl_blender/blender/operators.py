@@ -250,6 +250,8 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
 
 def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str) -> None:
     client = Client(settings.server_url, token=preferences.token())
+    if owner := preferences.owner():
+        prepared.body["owner"] = owner
     runner = JobRunner(
         client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS, prepare=prepared.encode
     )  # the PNGs are made in the job thread: Blender's UI is not held for them

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
+
 import bpy
+
+from ..core.request import owner_name
 
 # The add-on's own module (this file lives in its blender/ folder): "bl_ext.user_default.sparsectrl_previs"
 # when installed as an extension. Preferences belong to it, not to the sub-package.
@@ -18,15 +22,36 @@ class SparseCtrlPreferences(bpy.types.AddonPreferences):
         description="The server's token (server.token / SPARSECTRL_TOKEN); needed when it runs on another machine",
     )
 
+    artist: bpy.props.StringProperty(
+        name="Your name",
+        description="Sent with every job: a shared server takes artists' jobs in turn, so one artist's batch "
+        "cannot hold up another's preview; empty: your login name",
+    )
+
     def draw(self, context):
         self.layout.prop(self, "token")
         self.layout.label(text="Only needed for a server started with a token (e.g. on a shared GPU box).")
+        self.layout.prop(self, "artist")
 
 
 def token() -> str:
     """The token from the preferences; empty when none is set or the add-on was registered without them."""
     addon = bpy.context.preferences.addons.get(ADDON_ID)
     return addon.preferences.token if addon is not None and addon.preferences is not None else ""
+
+
+def owner() -> str | None:
+    """Who the jobs are from: the preferences' name, else the login name (core/request.py owner_name)."""
+    addon = bpy.context.preferences.addons.get(ADDON_ID)
+    name = addon.preferences.artist if addon is not None and addon.preferences is not None else ""
+    return owner_name(name or _login())
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (some containers)
+        return ""
 
 
 CLASSES = (SparseCtrlPreferences,)

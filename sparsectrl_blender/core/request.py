@@ -150,3 +150,13 @@ def keyframe_entries(keyframes: list[tuple[int, int, bytes]]) -> list[dict]:
         {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
         for index, output_index, png in sorted(keyframes)
     ]
+
+
+OWNER_MAX_CHARS = 64  # the server's limit (server/request/schema.py)
+
+
+def owner_name(name: str) -> str | None:
+    """The request's "owner": who submitted the job, as the server's fair queue takes owners in turn. Control
+    characters dropped, cut to the server's limit; None when nothing is left."""
+    cleaned = "".join(c for c in name if c.isprintable()).strip()[:OWNER_MAX_CHARS].strip()
+    return cleaned or None

@@ -116,3 +116,11 @@ def test_the_passes_are_encoded_in_the_job_thread_before_the_submit():
     passes = prepared.passes
     prepared.encode()  # once only: the batch encodes first, its runner then finds the body done
     assert prepared.passes is passes and prepared.encode_seconds > 0
+
+
+def test_the_owner_sent_is_printable_and_within_the_servers_limit():
+    from sparsectrl_blender.core.request import OWNER_MAX_CHARS, owner_name
+
+    assert owner_name("  Zoë (lighting)\n") == "Zoë (lighting)"
+    assert owner_name("a\x1b[31mb") == "a[31mb" and owner_name("\t\n") is None
+    assert len(owner_name("x" * 200)) == OWNER_MAX_CHARS

@@ -58,6 +58,13 @@ def all_strips(scene):
     return list(editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all)  # 4.5+ / 4.2
 
 
+def preferences_owner() -> str:
+    """The owner the panel sends: the preferences' name, else the login name (here: no preferences set)."""
+    import getpass
+
+    return getpass.getuser()
+
+
 def preview_strips(scene):
     return [s for s in all_strips(scene) if s.type == "MOVIE" and "sparsectrl" in s.keys()]
 
@@ -84,8 +91,14 @@ def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
         tmp_path / "passes",
         "--out",
         tmp_path / "out" / "shot_out.blend",
+        "--owner",
+        "farm: seq 010",
+        "--priority",
+        -1,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    assert (job["owner"], job["priority"]) == ("farm: seq 010", -1)  # the fair queue's owner and priority
     assert sorted(p.name for p in (tmp_path / "passes").iterdir()) == [
         "frame_0001.png",
         "frame_0024.png",
@@ -224,6 +237,8 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     (first,) = preview_strips(previs)
     assert ops.STATUS.message.startswith("preview added") and not ops.STATUS.message_is_error
     assert (first.frame_final_start, first.frame_final_duration) == (1, 24)
+    job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    assert job["owner"] == preferences_owner() and job["priority"] == 0  # the artist, for the fair queue
 
     props.regenerate_mode = "REPLACE"
     previs.sequence_editor.active_strip = first
