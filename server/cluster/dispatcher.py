@@ -260,9 +260,13 @@ class RayDispatcher:
             job = self.store.claim_next(worker=slot.name)
             if job is None:
                 return
-            keyframes = {
-                k["index"]: self.files.keyframe(job.id, k["index"]).read_bytes() for k in job.request["keyframes"]
-            }
+            try:
+                keyframes = {
+                    k["index"]: self.files.keyframe(job.id, k["index"]).read_bytes() for k in job.request["keyframes"]
+                }
+            except OSError as e:  # its files are gone (removed by hand): the job cannot run anywhere
+                self.store.finish(job.id, FAILED, "generation_failed", f"its keyframe images cannot be read: {e}")
+                continue
             slot.run_ref = slot.actor.run.remote(job.id, job.attempt, job.request, keyframes)
             slot.job, slot.state, slot.started = job, "running", time.monotonic()
             self._refs[slot.run_ref] = ("run", slot)
