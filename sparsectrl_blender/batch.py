@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, owner_name
+from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, login_name, owner_name
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
 
@@ -377,7 +377,7 @@ def run(argv: list[str]) -> int:
     from .core.job import JobRunner
 
     prepared.body["priority"] = args.priority
-    if owner := owner_name(args.owner if args.owner is not None else f"{_login()} (batch)"):
+    if owner := owner_name(args.owner if args.owner is not None else f"{login_name() or 'farm'} (batch)"):
         prepared.body["owner"] = owner
     state = JobRunner(client, prepared.body).run()
     if state.phase != "done":
@@ -420,15 +420,6 @@ def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
     out = Path(args.out).expanduser().resolve() if args.out else default_out(shot)
     check_out(out)
     return shot, out, compression
-
-
-def _login() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name (some containers)
-        return "farm"
 
 
 def _check_version(shot: Path, out: Path, allow_newer: bool, notes: list[str]) -> None:

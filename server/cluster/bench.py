@@ -27,12 +27,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH_CHECKS = {
-    "health_check_period_ms": 500,
-    "health_check_failure_threshold": 3,
-    "health_check_timeout_ms": 500,
-    "health_check_initial_delay_ms": 0,
-}
 
 
 def _sketch() -> str:
@@ -136,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
+    from .dispatcher import FAST_HEALTH_CHECKS
+
     folder = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
     rows: list[tuple[str, str]] = []
 
@@ -151,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": HEALTH_CHECKS},
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
     )
     try:
         before = {q.pid for q in psutil.process_iter()}

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -69,7 +70,6 @@ class _Slot:
     job: JobRecord | None = None
     run_ref: Any = None
     progress_ref: Any = None
-    started: float = 0.0
 
 
 class RayDispatcher:
@@ -85,8 +85,6 @@ class RayDispatcher:
         self._first_ready = threading.Event()
         self._model: ModelInfo | None = None
         self._thread = threading.Thread(target=self._loop, name="sparsectrl-ray-dispatcher", daemon=True)
-        self._started_ray = False
-        self.lost: list[tuple[str, float]] = []  # (job id, seconds from loss to requeue) for the benchmark
 
     # -- the job service's side -------------------------------------------------------------------------------
 
@@ -118,7 +116,7 @@ class RayDispatcher:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._started_ray or ray.is_initialized():
+        if ray.is_initialized():
             ray.shutdown()
 
     def wake(self) -> None:
@@ -134,10 +132,6 @@ class RayDispatcher:
         if self._model is None:
             raise ClusterError("no worker of the Ray cluster has loaded the model yet")
         return self._model
-
-    @property
-    def current_job_id(self) -> str | None:
-        return next((w["job"] for w in self.workers() if w["job"]), None)
 
     def workers(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -172,7 +166,6 @@ class RayDispatcher:
                 f"cannot join the Ray cluster at {self.cluster.address or '(a private one)'}: {e} "
                 "([cluster] address; start the head with `ray start --head`, docs/cluster.md)"
             ) from None
-        self._started_ray = True
 
     def _worker_data_dir(self) -> str:
         return self.cluster.worker_data_dir or str(self.config.data_dir)
@@ -181,8 +174,6 @@ class RayDispatcher:
         """The tiny model, built here before any slot would: slots of nodes sharing this machine's folder
         (tests, a one-box trial) would otherwise build it at once into the same place."""
         if self.config.model.is_tiny:
-            from pathlib import Path
-
             from ..engine.tiny import build_tiny_model
 
             build_tiny_model(Path(self._worker_data_dir()).expanduser() / "models" / "tiny")
@@ -268,7 +259,7 @@ class RayDispatcher:
                 self.store.finish(job.id, FAILED, "generation_failed", f"its keyframe images cannot be read: {e}")
                 continue
             slot.run_ref = slot.actor.run.remote(job.id, job.attempt, job.request, keyframes)
-            slot.job, slot.state, slot.started = job, "running", time.monotonic()
+            slot.job, slot.state = job, "running"
             self._refs[slot.run_ref] = ("run", slot)
             if job.cancel_requested:
                 self.request_cancel(job.id)
@@ -365,7 +356,6 @@ class RayDispatcher:
 
     def _lost(self, slot: _Slot, job: JobRecord) -> None:
         """The slot's actor or node is gone mid-job: fence it off, then another attempt, or worker_lost."""
-        lost_at = time.monotonic()
         self._drop_slot(slot)
         if job.attempt >= self.cluster.max_attempts:
             self.store.finish(
@@ -378,7 +368,6 @@ class RayDispatcher:
             )
             log.error("job %s: worker %s lost, attempts used up: failed (worker_lost)", job.id, slot.name)
         elif self.store.requeue(job.id, job.attempt):
-            self.lost.append((job.id, time.monotonic() - lost_at))
             log.warning(
                 "job %s: worker %s lost mid-job: queued again (attempt %d done)", job.id, slot.name, job.attempt
             )

@@ -35,6 +35,7 @@ class Worker:
         after_job: Callable[[], object] | None = None,
     ):
         self.engine, self.store, self.files = engine, store, files
+        self.model = ModelInfo.of(engine.model)  # what the loaded model offers: fixed once it has loaded
         self.after_job = after_job  # called after every job (the service prunes old results there)
         self.progress_bar = progress_bar
         self._wake = threading.Event()
@@ -62,14 +63,6 @@ class Worker:
         with self._lock:
             if self._current == job_id:
                 self._cancel.set()
-
-    @property
-    def current_job_id(self) -> str | None:
-        return self._current
-
-    @property
-    def model(self) -> ModelInfo:
-        return ModelInfo.of(self.engine.model)
 
     def workers(self) -> list[dict]:
         """This process's one worker, as /v1/health lists workers."""

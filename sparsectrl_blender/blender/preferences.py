@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
-
 import bpy
 
-from ..core.request import owner_name
+from ..core.request import login_name, owner_name
 
 # The add-on's own module (this file lives in its blender/ folder): "bl_ext.user_default.sparsectrl_previs"
 # when installed as an extension. Preferences belong to it, not to the sub-package.
@@ -44,14 +42,7 @@ def owner() -> str | None:
     """Who the jobs are from: the preferences' name, else the login name (core/request.py owner_name)."""
     addon = bpy.context.preferences.addons.get(ADDON_ID)
     name = addon.preferences.artist if addon is not None and addon.preferences is not None else ""
-    return owner_name(name or _login())
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name (some containers)
-        return ""
+    return owner_name(name or login_name())
 
 
 CLASSES = (SparseCtrlPreferences,)

@@ -160,3 +160,13 @@ def owner_name(name: str) -> str | None:
     characters dropped, cut to the server's limit; None when nothing is left."""
     cleaned = "".join(c for c in name if c.isprintable()).strip()[:OWNER_MAX_CHARS].strip()
     return cleaned or None
+
+
+def login_name() -> str:
+    """The user's login name, the owner when none is given; empty where there is none (some containers)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""
