@@ -363,8 +363,9 @@ def measure_generate(scene, modality: str, frames: list[int], long_side: int, re
             held = ops.STATUS.run or ops.STATUS.pending
             if held is None:
                 raise RuntimeError(f"Generate returned {result}: {ops.STATUS.message}")
-            if ops.STATUS.run is not None:
-                ops.STATUS.run.thread.join(30)  # the job thread: the dead server address fails it at once
+            if ops.STATUS.run is not None:  # the job thread: the dead server address fails it at once
+                with blender_log_hidden(), contextlib.redirect_stdout(io.StringIO()):
+                    ops.run_timers(30)
             ops.STATUS.run = ops.STATUS.pending = None
             prepared = held.prepared
             size = (prepared.body["width"], prepared.body["height"])

@@ -1,13 +1,17 @@
 """Operators: check connection, generate / regenerate, cancel, randomise seed (bpy).
 
 HTTP never runs on Blender's main thread: a worker thread talks to the server and a bpy.app.timers function
-(main thread) reads its state, updates the panel and, when the video is in, adds the strip.
+(main thread) reads its state, updates the panel and, when the video is in, adds the strip. An operator only makes
+the thread; the timer's first call starts it, once the operator has returned: a thread running Python while the
+main thread was still inside the operator's call segfaulted the bpy module (4.5.15, once in CI), as one running
+beside a render did (core/render_guard.py). Without an event loop (bpy as a module) call `run_timers()`.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from dataclasses import dataclass
 
 import bpy
@@ -30,6 +34,7 @@ class Connection:
     health: dict | None = None
     error: str | None = None
     url: str = ""
+    thread: threading.Thread | None = None  # made by the operator, started by the timer's first call
 
 
 @dataclass
@@ -88,10 +93,22 @@ def _check_connection(url: str, token: str) -> None:
             c.health, c.error = Client(url, token=token).health(), None
         except ServerError as e:
             c.health, c.error = None, str(e)
-        c.checking, c.url = False, url
+        finally:
+            c.checking, c.url = False, url
+
+
+def _started(thread: threading.Thread | None) -> bool:
+    """Start a thread the operator made (the timer's first call, after the operator returned); False if it
+    was only started now."""
+    if thread is not None and thread.ident is None:
+        thread.start()
+        return False
+    return True
 
 
 def _poll_connection():
+    if not _started(STATUS.connection.thread):
+        return POLL_SECONDS
     _redraw()
     return POLL_SECONDS if STATUS.connection.checking else None
 
@@ -101,7 +118,7 @@ def _poll_run():
     if run is None:
         return None
     state = run.runner.state
-    if run.thread.is_alive():
+    if not _started(run.thread) or run.thread.is_alive():
         _redraw()
         return POLL_SECONDS
     STATUS.run = None
@@ -141,6 +158,19 @@ def _report(message: str, error: bool) -> None:
 TIMERS = (_poll_connection, _poll_run)
 
 
+def run_timers(timeout: float = 120.0) -> None:
+    """What Blender's event loop does with the add-on's timers, for bpy as a module (scripts, tests), which has
+    none: call them until the connection check and the job are over (the strip added). TimeoutError if not."""
+    deadline = time.monotonic() + timeout
+    pending = list(TIMERS)
+    while pending:
+        pending = [timer for timer in pending if timer() is not None]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"the add-on's timers still run after {timeout:g} s: {STATUS.message}")
+        if pending:
+            time.sleep(0.02)
+
+
 class SPARSECTRL_OT_check_connection(bpy.types.Operator):
     bl_idname = "sparsectrl.check_connection"
     bl_label = "Check Connection"
@@ -148,10 +178,14 @@ class SPARSECTRL_OT_check_connection(bpy.types.Operator):
 
     def execute(self, context):
         url = context.scene.sparsectrl.server_url
+        if STATUS.connection.checking:
+            return {"CANCELLED"}  # one check at a time
         STATUS.connection.checking = True
-        threading.Thread(target=_check_connection, args=(url, preferences.token()), daemon=True).start()
+        STATUS.connection.thread = threading.Thread(
+            target=_check_connection, args=(url, preferences.token()), name="sparsectrl-check", daemon=True
+        )  # started by the timer, after this returns
         if not bpy.app.timers.is_registered(_poll_connection):
-            bpy.app.timers.register(_poll_connection, first_interval=POLL_SECONDS)
+            bpy.app.timers.register(_poll_connection, first_interval=0.0)
         return {"FINISHED"}
 
 
@@ -255,11 +289,10 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     runner = JobRunner(
         client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS, prepare=prepared.encode
     )  # the PNGs are made in the job thread: Blender's UI is not held for them
-    thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)
+    thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)  # started by the timer
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)
-    thread.start()
-    if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module) it never fires
-        bpy.app.timers.register(_poll_run, first_interval=POLL_SECONDS)
+    if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module): run_timers()
+        bpy.app.timers.register(_poll_run, first_interval=0.0)
     STATUS.say(f"sent {len(prepared.images)} {settings.modality} keyframes")
 
 

@@ -40,8 +40,7 @@ props.server_url, props.prompt, props.size, props.steps = dead, "x", 64, 1
 bpy.ops.sparsectrl.check_connection()
 for _ in range(2):
     assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
-    ops.STATUS.run.thread.join(60)
-    ops._poll_run()  # what the timer would do; the timer itself stays registered
+    ops.run_timers(60)  # what the event loop would do; the timers themselves stay registered
     print("MESSAGE", ops.STATUS.message, flush=True)
 sparsectrl_blender.unregister()
 print("TIMERS LEFT", [bpy.app.timers.is_registered(t) for t in ops.TIMERS], flush=True)

@@ -210,9 +210,8 @@ def addon():
 
 def _finish(ops):
     """Run the add-on's timer by hand (bpy as a module has no event loop to fire bpy.app.timers)."""
-    run = ops.STATUS.run
-    run.thread.join(120)
-    assert ops._poll_run() is None
+    ops.run_timers(120)
+    assert ops.STATUS.run is None
 
 
 def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_server, tmp_path, addon):
@@ -224,9 +223,8 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     props.frames_mode = "FIXED"
 
     bpy.ops.sparsectrl.check_connection()
-    deadline = time.monotonic() + 10
-    while ops.STATUS.connection.checking and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert ops.STATUS.connection.checking and ops.STATUS.connection.thread.ident is None  # started by the timer
+    ops.run_timers(10)
     assert ops.STATUS.connection.health["model"]["tiny"] is True
 
     assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
@@ -258,7 +256,9 @@ def test_panel_operators_generate_regenerate_replace_and_report_errors(tiny_serv
     runner = ops.STATUS.run.runner
     deadline = time.monotonic() + 60
     while runner.state.step < 1 and time.monotonic() < deadline:
+        ops._poll_run()  # the event loop's timer: its first call starts the job thread
         time.sleep(0.05)
+    assert runner.state.step >= 1  # running on the server
     assert bpy.ops.sparsectrl.cancel() == {"FINISHED"}
     _finish(ops)
     assert ops.STATUS.message == "cancelled" and runner.state.step < 150
@@ -289,7 +289,9 @@ def test_server_disappearing_mid_job_says_so_and_offers_to_resubmit(tmp_path, ti
     runner = ops.STATUS.run.runner
     deadline = time.monotonic() + 60
     while runner.state.step < 1 and time.monotonic() < deadline:
+        ops._poll_run()  # the event loop's timer: its first call starts the job thread
         time.sleep(0.05)
+    assert runner.state.step >= 1
     server.kill9()
     _finish(ops)
     assert ops.STATUS.message_is_error and ops.STATUS.can_resubmit

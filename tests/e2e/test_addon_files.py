@@ -338,8 +338,8 @@ def addon():
 
 
 def _finish(ops):
-    ops.STATUS.run.thread.join(120)
-    assert ops._poll_run() is None
+    ops.run_timers(120)
+    assert ops.STATUS.run is None
 
 
 def test_panel_moves_old_previews_works_from_the_previs_scene_and_asks_about_empty_passes(tiny_server, tmp_path, addon):
