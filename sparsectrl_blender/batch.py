@@ -1,18 +1,23 @@
-"""Headless batch: the panel's code path without UI.
+"""Headless batch: the panel's code path without UI, for one shot or a whole sequence.
 
-    python -m sparsectrl_blender.batch SHOT.blend --server URL [--scene NAME] [--modality lineart|depth|rgb]
-        [--keyframes markers|1,24,48] [--frames N] [--prompt ...] [--passes-dir DIR] [--out OUT.blend]
-        [--owner NAME] [--priority N]
+    python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
+        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48] [--frames N] [--prompt ...]
+        [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
 `--`). Settings not given as flags come from the panel settings saved in the .blend, then the defaults.
+
+Several shots (files named, or a shot list: sparsectrl_blender/shot_list.py) are all checked first, then each
+is opened, its passes rendered and its job submitted at once, so the server's queue holds the whole sequence;
+then each shot waits on its own job and, when that is done, its file is opened again and its result saved.
+Lines are prefixed with the shot; a shot that fails says why and the others go on.
 
 SHOT.blend is never written: the result goes to SHOT_previs.blend beside it (or --out), with the preview on
 the "<shot> previs" edit scene; the shot scene and its render settings stay as they were. A file that is
 overwritten (--out naming an existing file, or SHOT.blend itself) is first copied byte for byte to FILE.blend1
 (earlier backups move up to .blend2, .blend3, ...; none is deleted).
 The result keeps the original's compression (none, gzip or zstd).
-Exit 0 on success; otherwise one line `error: reason` and exit 1 (2 for a bad flag).
+Exit 0 when every shot succeeded; otherwise one line `error: reason` per failure and exit 1 (2 for a bad flag).
 """
 
 from __future__ import annotations
@@ -25,11 +30,18 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, login_name, owner_name
+from .shot_list import plan_shots
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
+POLL_SECONDS = 0.25  # between looks at the jobs
+POLLS_PER_SECOND = 20  # at most, over all of a sequence's jobs: 100 shots are looked at every 5 s
+# How long the server may be unreachable before the shots waiting on it fail: long enough for a head restart
+# (its running jobs are requeued, docs/cluster.md), so an overnight sequence outlives one.
+SERVER_LOST_AFTER = 120.0
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -112,7 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("shot", metavar="SHOT.blend")
+    p.add_argument("shots", nargs="*", metavar="SHOT.blend", help="one shot, or several: each gets its own job")
+    p.add_argument(
+        "--shots",
+        dest="shots_file",
+        metavar="LIST",
+        help="a shot list: one .blend per line, each with its own flags if any (e.g. sh010.blend --seed 7); "
+        "relative paths are relative to the list",
+    )
     p.add_argument(
         "--server", help="server URL, its root (default: the one saved in the .blend, else http://127.0.0.1:8765)"
     )
@@ -356,44 +375,192 @@ def save_result(out: Path, compression: str) -> list[str]:
     return notes
 
 
+@dataclasses.dataclass
+class ShotRun:
+    """One shot of the run, from its checked flags to its saved result."""
+
+    args: argparse.Namespace
+    shot: Path
+    out: Path
+    compression: str
+    notes: list[str]
+    label: str  # what its lines begin with: "" when the run has one shot, else "sh010.blend: "
+    scene_name: str = ""
+    settings: GenerationSettings | None = None
+    prepared: object = None  # core.job.PreparedJob
+    runner: object = None  # core.job.JobRunner, once submitted
+    stamp: tuple[int, int] = (0, 0)  # the shot file's (mtime_ns, size) when its passes were rendered
+    said: str = ""  # the job's phase last said
+
+    def say(self, text: str, error: bool = False) -> None:
+        stream = sys.stderr if error else sys.stdout
+        print(("error: " if error else "") + self.label + text, file=stream, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"warning: {self.label}{text}", file=sys.stderr, flush=True)
+
+
 def run(argv: list[str]) -> int:
-    """The batch's stages in order; everything that can be refused is, before anything is rendered or sent."""
-    import bpy
+    """The batch's stages in order; everything that can be refused is, before anything is rendered or sent:
+    for several shots, every file and flag first; then each shot's own checks before its passes."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.shots and not args.shots_file:
+        parser.error("name a .blend file, several, or a shot list (--shots LIST)")  # exit 2, as for any flag
+    plans = plan_shots(build_parser, args)
+    several = len(plans) > 1
+    shots = [_checked(plan, several) for plan in plans]
+    _check_distinct(shots)
+    return Sequence(shots).run()
 
-    from .blender.generation import import_result
 
-    args = build_parser().parse_args(argv)
+def _checked(args, several: bool) -> ShotRun:
     notes: list[str] = []
-    shot, out, compression = _check_arguments(args, notes)
-    open_blend(shot)
-    _check_version(shot, out, args.allow_newer, notes)
-    scene = pick_scene(args.scene)
-    settings = settings_from(args, _saved_settings(scene))
-    if not args.server:
-        settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
-    prepared, client = _prepare(scene, settings, args, notes)
+    try:
+        shot, out, compression = _check_arguments(args, notes)
+    except BatchError as e:
+        raise BatchError(f"{args.where}: {e}" if several else str(e)) from None
+    return ShotRun(args, shot, out, compression, notes, f"{args.where}: " if several else "")
 
-    from .core.client import ServerError
-    from .core.job import JobRunner
 
-    prepared.body["priority"] = args.priority
-    if owner := owner_name(args.owner if args.owner is not None else f"{login_name() or 'farm'} (batch)"):
-        prepared.body["owner"] = owner
-    state = JobRunner(client, prepared.body).run()
-    if state.phase != "done":
-        raise ServerError(state.error or f"the job ended {state.phase}")
-    # The strip's path is relative to the file as it is now (the shot); saving as OUT remaps it with the
-    # shot's own relative paths.
-    strip = import_result(scene, prepared, state, settings, blend_path=bpy.data.filepath, video_beside=str(out))
-    target = strip.id_data
-    for note in save_result(out, compression):
-        print(note, flush=True)
-    print(
-        f"strip '{strip.name}' on scene '{target.name}' channel {strip.channel}, frames {strip.frame_final_start}-"
-        f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {out}",
-        flush=True,
-    )
-    return 0
+def _check_distinct(shots: list[ShotRun]) -> None:
+    """No two shots of a run may write the same result, nor one the file another reads."""
+    inputs = {s.shot: s for s in shots}
+    outs: dict[Path, ShotRun] = {}
+    for s in shots:
+        if s.out in outs:
+            raise BatchError(
+                f"{outs[s.out].args.where} and {s.args.where} would both be saved as {s.out}: give one of them "
+                "its own --out in the shot list"
+            )
+        outs[s.out] = s
+        if s.out in inputs and inputs[s.out] is not s:
+            raise BatchError(f"{s.args.where}: its result {s.out} is another shot of this run")
+
+
+class Sequence:
+    """Every shot submitted, then each waits on its own job; one shot's failure is said and the rest go on.
+    The open file: bpy holds one; a shot's result is made in its own file, reopened if another was opened since."""
+
+    def __init__(self, shots: list[ShotRun]):
+        self.shots = shots
+        self.several = len(shots) > 1
+        self.loaded: Path | None = None  # the shot file open as read (no result added yet)
+        self.failed: list[ShotRun] = []
+
+    def run(self) -> int:
+        for shot in self.shots:
+            self._step(shot, self._submit)
+        self._wait([s for s in self.shots if s.runner is not None and s not in self.failed])
+        if not self.several:
+            return 1 if self.failed else 0
+        done = len(self.shots) - len(self.failed)
+        if self.failed:
+            names = ", ".join(s.args.where for s in self.failed)
+            print(f"error: {len(self.failed)} of {len(self.shots)} shots failed: {names}", file=sys.stderr)
+            return 1
+        print(f"{done} shots done", flush=True)
+        return 0
+
+    def _step(self, shot: ShotRun, step) -> None:
+        """One shot's step; for a run of one shot its error ends the command as before (main says it)."""
+        if not self.several:
+            try:
+                step(shot)
+            except BaseException:
+                self.failed.append(shot)
+                raise
+            return
+        try:
+            step(shot)
+        except Exception as e:  # noqa: BLE001 - said as the shot's error line; the other shots go on
+            self.failed.append(shot)
+            shot.say(error_text(e), error=True)
+
+    def _open(self, shot: ShotRun) -> None:
+        if self.loaded != shot.shot:
+            self.loaded = None
+            open_blend(shot.shot)
+            self.loaded = shot.shot
+
+    def _submit(self, shot: ShotRun) -> None:
+        from .core.job import JobRunner
+
+        args = shot.args
+        self._open(shot)
+        _check_version(shot.shot, shot.out, args.allow_newer, shot.notes)
+        stat = shot.shot.stat()
+        shot.stamp = (stat.st_mtime_ns, stat.st_size)
+        scene = pick_scene(args.scene)
+        shot.scene_name = scene.name
+        settings = settings_from(args, _saved_settings(scene))
+        if not args.server:
+            settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
+        shot.settings = settings
+        prepared, client = _prepare(scene, settings, args, shot.notes, shot.label)
+        prepared.images = {}  # sent as PNGs (prepared.passes); a sequence's frames are not held meanwhile
+        prepared.body["priority"] = args.priority
+        if owner := owner_name(args.owner if args.owner is not None else f"{login_name() or 'farm'} (batch)"):
+            prepared.body["owner"] = owner
+        shot.prepared = prepared
+        shot.runner = JobRunner(client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=SERVER_LOST_AFTER)
+        state = shot.runner.submit()
+        if state.phase == "failed":
+            from .core.client import ServerError
+
+            raise ServerError(state.error or "the job was not accepted")
+        if self.several:
+            shot.said = state.phase
+            shot.say(f"job {state.job_id} {state.phase}")
+
+    def _wait(self, waiting: list[ShotRun]) -> None:
+        while waiting:
+            for shot in list(waiting):
+                if shot.runner.poll():
+                    waiting.remove(shot)
+                    self._step(shot, self._finish)
+                elif self.several and shot.runner.state.phase != shot.said:
+                    shot.said = shot.runner.state.phase
+                    worker = shot.runner.state.job.get("worker")
+                    shot.say(f"job {shot.runner.state.job_id} {shot.said}" + (f" on {worker}" if worker else ""))
+            if waiting:
+                time.sleep(max(POLL_SECONDS, len(waiting) / POLLS_PER_SECOND))
+
+    def _finish(self, shot: ShotRun) -> None:
+        """The video in: the shot's file as read (reopened if need be), the strip added, the result saved."""
+        import bpy
+
+        from .blender.generation import import_result
+        from .core.client import ServerError
+
+        state = shot.runner.state
+        if state.phase != "done":
+            raise ServerError(state.error or f"the job ended {state.phase}")
+        if self.loaded != shot.shot:
+            stat = shot.shot.stat()
+            if (stat.st_mtime_ns, stat.st_size) != shot.stamp:
+                shot.warn(
+                    f"{shot.shot.name} was saved again since its passes were rendered: the preview shows the "
+                    "blocking as it was then, and goes into the file as it is now"
+                )
+            self._open(shot)
+        scene = bpy.data.scenes.get(shot.scene_name)
+        if scene is None:
+            raise BatchError(f"the scene {shot.scene_name!r} is no longer in {shot.shot.name}")
+        self.loaded = None  # the open file gets the result: not the shot as read any more
+        # The strip's path is relative to the file as it is now (the shot); saving as OUT remaps it with the
+        # shot's own relative paths.
+        strip = import_result(
+            scene, shot.prepared, state, shot.settings, blend_path=bpy.data.filepath, video_beside=str(shot.out)
+        )
+        state.video = None  # saved beside the result: not held while the others wait
+        target = strip.id_data
+        for note in save_result(shot.out, shot.compression):
+            shot.say(note)
+        shot.say(
+            f"strip '{strip.name}' on scene '{target.name}' channel {strip.channel}, frames {strip.frame_final_start}-"
+            f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {shot.out}"
+        )
 
 
 def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
@@ -441,7 +608,7 @@ def _check_version(shot: Path, out: Path, allow_newer: bool, notes: list[str]) -
         )
 
 
-def _prepare(scene, settings: GenerationSettings, args, notes: list[str]):
+def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label: str = ""):
     """(the passes and request, a client of the server): the target and the server checked first, the passes
     rendered, every warning said once."""
     from .blender.generation import prepare
@@ -461,18 +628,18 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str]):
     prepared, captured = _quietly(lambda: prepare(scene, settings))
     for line in captured.splitlines():
         if line.startswith(("INFO ", "WARNING ", "ERROR ")):
-            print(line, file=sys.stderr)
+            print(label + line, file=sys.stderr)
     if isinstance(prepared, Exception):
         raise prepared
     for message in [n for n in notes if n] + prepared.messages:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        print(f"warning: {label}{message}", file=sys.stderr, flush=True)
     if prepared.empty_frames and args.refuse_empty:
         raise BatchError(f"nothing sent (--refuse-empty): {prepared.empty_message}")
     prepared.encode()
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))
     print(
-        f"scene '{scene.name}': {len(prepared.passes)} {settings.modality} keyframes "
+        f"{label}scene '{scene.name}': {len(prepared.passes)} {settings.modality} keyframes "
         f"{sorted(prepared.mapping)} -> generated frames {sorted(prepared.mapping.values())} "
         f"(passes rendered in {sum(prepared.pass_seconds):.2f} s)",
         flush=True,
@@ -480,23 +647,28 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str]):
     return prepared, client
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def error_text(e: Exception) -> str:
+    """What follows `error: ` for a failure: its own message for the failures we expect, else its type too
+    (SPARSECTRL_DEBUG=1 raises it instead, for the traceback)."""
     from .blender.passes import PassError
     from .blender.scene_keyframes import KeyframeError
     from .core.client import ServerError
 
+    if isinstance(e, (ServerError, PassError, KeyframeError, ValueError, OSError, RuntimeError)):
+        return str(e)
+    if os.environ.get("SPARSECTRL_DEBUG"):
+        raise e
+    return f"unexpected {type(e).__name__}: {e} (SPARSECTRL_DEBUG=1 shows where)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return run(argv)
-    except (ServerError, PassError, KeyframeError, ValueError, OSError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - one line, as promised; SPARSECTRL_DEBUG=1 for the traceback
-        if os.environ.get("SPARSECTRL_DEBUG"):
-            raise
-        print(f"error: unexpected {type(e).__name__}: {e} (SPARSECTRL_DEBUG=1 shows where)", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - one line, as promised
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 1
 
 

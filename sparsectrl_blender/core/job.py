@@ -97,7 +97,8 @@ class RunnerState:
 class JobRunner:
     """Submit, poll and download one job; no bpy, so it can run in a thread. `state` is read by the UI.
     `prepare` (PreparedJob.encode) finishes the body first, in the runner's thread. Its Python runs inside the
-    render guard, let go of only while it sleeps between polls: a render never runs beside it (core/render_guard)."""
+    render guard, let go of only while it sleeps between polls: a render never runs beside it (core/render_guard).
+    `run` is submit, then poll until the job is over; the batch calls them itself, to wait on many jobs at once."""
 
     def __init__(
         self,
@@ -113,62 +114,83 @@ class JobRunner:
         self.guard = guard
         self.state = RunnerState()
         self._cancel = threading.Event()
+        self._unreachable_since: float | None = None
 
     def cancel(self) -> None:
         self._cancel.set()
 
+    @property
+    def over(self) -> bool:
+        return self.state.phase in ("done", "failed", "cancelled")
+
     def run(self) -> RunnerState:
         with self.guard.thread_segment():
-            return self._run()
+            self.submit()
+            while not self.poll():
+                self.guard.pause(self.poll_seconds)
+            return self.state
 
-    def _run(self) -> RunnerState:
+    def submit(self) -> RunnerState:
+        """Finish the body and send it; the state says "queued" (or "running"), or "failed" and why."""
+        return self._guarded(self._submit)
+
+    def poll(self) -> bool:
+        """One look at the job, and its video once it succeeded: True when the job is over (done, failed or
+        cancelled: the state says which), False to look again after a pause."""
+        if not self.over:
+            self._guarded(self._poll)
+        return self.over
+
+    def _guarded(self, step) -> RunnerState:
         s = self.state
         try:
-            if self.prepare is not None:
-                self.prepare()
-            accepted = self.client.submit(self.body)
-            s.job_id, s.phase = accepted["id"], accepted["status"]
-            unreachable_since = None
-            while True:
-                if self._cancel.is_set():
-                    self.client.cancel(s.job_id)
-                    self._cancel.clear()
-                try:
-                    job = self.client.job(s.job_id)
-                    unreachable_since = None
-                except ServerError as e:
-                    if e.code not in ("unreachable", "timeout"):
-                        raise
-                    unreachable_since = unreachable_since or time.monotonic()
-                    if time.monotonic() - unreachable_since > self.lost_after:
-                        raise ServerError(
-                            f"the server went away during job {s.job_id}: {e}. Start it again and "
-                            "press Generate to resubmit.",
-                            "lost",
-                        ) from None
-                    self.guard.pause(self.poll_seconds)
-                    continue
-                s.job = job
-                s.step, s.total = job["progress"]["step"], job["progress"]["total"]
-                if job["status"] == "succeeded":
-                    break
-                if job["status"] in ("failed", "cancelled"):
-                    s.phase = job["status"]
-                    if job["status"] == "failed":
-                        err = job.get("error") or {}
-                        s.error = f"the server could not make the preview: {err.get('message', 'unknown error')}"
-                    return s
-                s.phase = job["status"]
-                self.guard.pause(self.poll_seconds)
-            s.phase = "downloading"
-            s.video = self.client.video(s.job_id)
-            s.phase = "done"
+            step()
         except ServerError as e:
             s.phase, s.error, s.lost = "failed", str(e), e.code == "lost"
         except Exception as e:  # noqa: BLE001 - the UI shows a message, never a traceback
             log.exception("generation failed")
             s.phase, s.error = "failed", f"unexpected error: {type(e).__name__}: {e}"
         return s
+
+    def _submit(self) -> None:
+        s = self.state
+        if self.prepare is not None:
+            self.prepare()
+        accepted = self.client.submit(self.body)
+        s.job_id, s.phase = accepted["id"], accepted["status"]
+
+    def _poll(self) -> None:
+        s = self.state
+        if self._cancel.is_set():
+            self.client.cancel(s.job_id)
+            self._cancel.clear()
+        try:
+            job = self.client.job(s.job_id)
+            self._unreachable_since = None
+        except ServerError as e:
+            if e.code not in ("unreachable", "timeout"):
+                raise
+            self._unreachable_since = self._unreachable_since or time.monotonic()
+            if time.monotonic() - self._unreachable_since > self.lost_after:
+                raise ServerError(
+                    f"the server went away during job {s.job_id}: {e}. Start it again and press Generate to resubmit.",
+                    "lost",
+                ) from None
+            return
+        s.job = job
+        s.step, s.total = job["progress"]["step"], job["progress"]["total"]
+        if job["status"] in ("failed", "cancelled"):
+            s.phase = job["status"]
+            if job["status"] == "failed":
+                err = job.get("error") or {}
+                s.error = f"the server could not make the preview: {err.get('message', 'unknown error')}"
+            return
+        if job["status"] != "succeeded":
+            s.phase = job["status"]
+            return
+        s.phase = "downloading"
+        s.video = self.client.video(s.job_id)
+        s.phase = "done"
 
 
 def video_folder(blend_path: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -165,6 +166,74 @@ def test_batch_on_a_96_frame_shot_spans_exactly_96_frames(tiny_server, tmp_path)
     job = tiny_server.client.get(f"/v1/jobs/{meta['job_id']}").json()
     assert job["request"]["output_frames"] == 96
     assert [(k["index"], k["output_index"]) for k in job["request"]["keyframes"]] == [(0, 0), (13, 39), (31, 95)]
+
+
+def test_batch_submits_a_sequence_at_once_and_each_shot_waits_on_its_own_job(tiny_server, tmp_path):
+    """#17 item 6: a farm submits a sequence: files named and a shot list with per-shot flags; every job is
+    queued before any result is saved, each shot's result lands in its own file, one bad shot is said and the
+    others go on, and a shot saved again while its job ran is said."""
+    seq = tmp_path / "seq010"
+    seq.mkdir()
+    sh010 = save_shot(seq / "sh010.blend", start=101, end=124, markers=(101, 124))
+    build_shot(start=1, end=30, markers=(1, 15, 30))  # sh020: 29.97 fps, two scenes, the shot is "alt"
+    main = bpy.context.scene
+    main.render.fps, main.render.fps_base = 30000, 1001
+    bpy.ops.scene.new(type="FULL_COPY")  # Scene › New › Full Copy, as an artist makes a variant
+    alt = bpy.context.window.scene if bpy.context.window else bpy.data.scenes[-1]
+    alt.name = "alt"
+    alt.frame_start = 15
+    bpy.ops.wm.save_as_mainfile(filepath=str(seq / "sh 020.blend"))
+    save_shot(seq / "sh030.blend", markers=())  # no keyframes: this one fails
+    shots = seq / "shots.txt"
+    shots.write_text(
+        '# seq010, as the farm sends it\n"sh 020.blend" --scene alt --seed 5 --prompt night --out renders/sh020.blend\n'
+        "\nsh030.blend\n"
+    )
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "sparsectrl_blender.batch", str(sh010), "--shots", str(shots)]
+        + ["--server", tiny_server.url, "--frames", "8", "--size", "64", "--steps", "2", "--prompt", "day"]
+        + ["--seed", "3", "--owner", "farm seq010", "--priority", "-1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    for line in batch.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith(f"{sh010}: job "):  # sh010 is submitted: the artist saves it again meanwhile
+            stat = sh010.stat()
+            os.utime(sh010, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    stderr = batch.stderr.read()
+    assert batch.wait(120) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+
+    # Both good shots were queued before either result was saved; each line names its shot.
+    submitted = [i for i, line in enumerate(lines) if " job " in line and line.endswith(("queued", "running"))]
+    saved = [i for i, line in enumerate(lines) if ": strip '" in line]
+    assert len(submitted) == 2 and len(saved) == 2 and max(submitted) < min(saved), lines
+    assert lines[-1] != "2 shots done"
+    assert "error: shots.txt line 4: no keyframes" in stderr
+    assert stderr.strip().splitlines()[-1] == "error: 1 of 3 shots failed: shots.txt line 4"
+    assert f"warning: {sh010}: sh010.blend was saved again since its passes were rendered" in stderr
+    assert not (seq / "sh030_previs.blend").exists()
+
+    jobs = {j["request"]["seed"]: j for j in tiny_server.client.get("/v1/jobs", params={"limit": 2}).json()["jobs"]}
+    assert set(jobs) == {3, 5}
+    assert {(j["owner"], j["priority"], j["status"]) for j in jobs.values()} == {("farm seq010", -1, "succeeded")}
+    assert jobs[5]["request"]["prompt"] == "night" and jobs[3]["request"]["prompt"] == "day"
+
+    for result, shot_scene, span, fps in (
+        (seq / "sh010_previs.blend", "Scene", (101, 24), (24, 1.0)),
+        (seq / "renders" / "sh020.blend", "alt", (15, 16), (30000, 1001.0)),
+    ):
+        bpy.ops.wm.open_mainfile(filepath=str(result))
+        previs = bpy.data.scenes[f"{shot_scene} previs"]
+        (strip,) = preview_strips(previs)
+        assert (strip.frame_final_start, strip.frame_final_duration) == span
+        assert (previs.render.fps, previs.render.fps_base) == fps
+        assert Path(bpy.path.abspath(strip.filepath)).is_file()
+        assert not preview_strips(bpy.data.scenes[shot_scene])
 
 
 def test_batch_with_the_server_down_fails_with_one_line(tmp_path):
