@@ -52,8 +52,10 @@ class SimulatedCluster:
         self.nodes.remove(node)
         self.cluster.remove_node(node, allow_graceful=False)  # SIGKILL: the box is gone
 
-    def start_server(self, name: str = "server") -> ServerProcess:
-        server = ServerProcess(["--config", str(self.config)], self.folder / "data", self.folder / f"{name}.log")
+    def start_server(self, name: str = "server", port: int = 0) -> ServerProcess:
+        server = ServerProcess(
+            ["--config", str(self.config)], self.folder / "data", self.folder / f"{name}.log", port=port
+        )
         self.servers.append(server)
         return server
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -130,18 +131,36 @@ def test_a_cancel_reaches_a_running_job_within_a_step_and_the_worker_goes_on(sim
 
 
 def test_a_head_restart_runs_the_jobs_that_were_running_again_and_loses_none(simulated_cluster):
+    """And a farm's batch waiting on a job through the restart (its runner, with the batch's patience) gets
+    the video of the job's second attempt."""
+    from sparsectrl_blender import batch
+    from sparsectrl_blender.core.client import Client
+    from sparsectrl_blender.core.job import JobRunner
+
     c = simulated_cluster
     server = with_nodes(c, 2)
-    ids = [server.client.post("/v1/jobs", json=job_body(steps=40, seed=i)).json()["id"] for i in range(4)]
+    farm = JobRunner(
+        Client(server.url),
+        job_body(steps=40, seed=0),
+        poll_seconds=batch.POLL_SECONDS,
+        lost_after=batch.SERVER_LOST_AFTER,
+    )
+    assert farm.submit().phase == "queued"
+    ids = [farm.state.job_id]
+    ids += [server.client.post("/v1/jobs", json=job_body(steps=40, seed=i)).json()["id"] for i in range(1, 4)]
+    waiting = threading.Thread(target=lambda: [time.sleep(batch.POLL_SECONDS) for _ in iter(farm.poll, True)])
+    waiting.start()
     wait_until(
         lambda: server.client.get(f"/v1/jobs/{ids[0]}").json()["progress"]["step"] >= 3, what="the first job running"
     )
     server.kill9()  # the head's server dies mid-job; its workers die with it (they are its actors)
-    restarted = c.start_server("restarted")
+    restarted = c.start_server("restarted", port=server.port)
     assert "queued again" in restarted.log()
     jobs = [restarted.wait_for(job_id, timeout=180) for job_id in ids]
     assert [j["status"] for j in jobs] == ["succeeded"] * 4
     assert jobs[0]["attempt"] == 2 and jobs[3]["attempt"] == 1
+    waiting.join(60)
+    assert farm.state.phase == "done" and farm.state.video[4:8] == b"ftyp"  # an MP4
 
 
 def test_the_local_backend_runs_a_job_without_ray(tmp_path):

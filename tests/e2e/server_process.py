@@ -21,8 +21,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], data_dir: Path, log_path: Path, token: str = ""):
-        self.port = free_port()
+    def __init__(self, args: list[str], data_dir: Path, log_path: Path, token: str = "", port: int = 0):
+        self.port = port or free_port()  # a port given: a restart where clients wait at the same address
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "ab")
