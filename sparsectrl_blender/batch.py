@@ -7,7 +7,7 @@
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
 `--`). Settings not given as flags come from the panel settings saved in the .blend, then the defaults.
 
-Several shots (files named, or a shot list: sparsectrl_blender/shot_list.py) are all checked first, then each
+Several shots (files named, or a shot list: core/shot_list.py) are all checked first, then each
 is opened, its passes rendered and its job submitted at once, so the server's queue holds the whole sequence;
 then each shot waits on its own job and, when that is done, its file is opened again and its result saved.
 Lines are prefixed with the shot; a shot that fails says why and the others go on.
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, login_name, owner_name
-from .shot_list import plan_shots
+from .core.shot_list import plan_shots
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
 POLL_SECONDS = 0.25  # between looks at the jobs

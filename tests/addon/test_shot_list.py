@@ -1,4 +1,4 @@
-"""A batch run's shots (sparsectrl_blender/shot_list.py, #17 item 6): files named and a shot list, each shot
+"""A batch run's shots (sparsectrl_blender/core/shot_list.py, #17 item 6): files named and a shot list, each shot
 with its own flags; everything wrong with them is said before Blender opens any file."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparsectrl_blender import batch
-from sparsectrl_blender.shot_list import ShotListError, plan_shots
+from sparsectrl_blender.core.shot_list import ShotListError, plan_shots
 
 
 def plans(*argv):
