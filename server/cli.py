@@ -35,6 +35,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         metavar="MODALITY=WEIGHTS",
         help=f"SparseCtrl encoder for a modality ({', '.join(MODALITIES)}); repeatable",
     )
+    p.add_argument(
+        "--controlnet",
+        action="append",
+        default=[],
+        metavar="NAME=WEIGHTS",
+        help="a per-frame SD1.5 ControlNet by name, e.g. depth=control_v11f1p_sd15_depth.pth; repeatable",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", help="auto, float16, bfloat16, float32")
     p.add_argument("--data-dir", metavar="DIR", help="where jobs, videos and the tiny model are kept")
@@ -57,14 +64,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             table[key] = value
-    encoders = {}
-    for item in args.encoder:
-        modality, sep, folder = item.partition("=")
-        if not sep or not folder:
-            raise ConfigError(f"--encoder takes MODALITY=FOLDER, got {item!r}")
-        encoders[modality] = folder
-    if encoders:
-        model["encoders"] = encoders
+    named_flags = (("encoder", "encoders", "MODALITY=WEIGHTS"), ("controlnet", "controlnets", "NAME=WEIGHTS"))
+    for flag, key, takes in named_flags:
+        named = {}
+        for item in getattr(args, flag, []):
+            name, sep, weights = item.partition("=")
+            if not sep or not weights:
+                raise ConfigError(f"--{flag} takes {takes}, got {item!r}")
+            named[name] = weights
+        if named:
+            model[key] = named
     return {k: v for k, v in (("server", server), ("model", model)) if v}
 
 

@@ -56,6 +56,8 @@ class ModelSection:
     draft_motion_adapter: WeightRef | None = None
     domain_adapter: WeightRef | None = None
     encoders: dict[str, WeightRef] = field(default_factory=dict)
+    # name -> a per-frame SD1.5 ControlNet (e.g. depth = "lllyasviel/control_v11f1p_sd15_depth"); #16.
+    controlnets: dict[str, WeightRef] = field(default_factory=dict)
     loras: dict[str, WeightRef] = field(default_factory=dict)
     search: SearchFolders = field(default_factory=SearchFolders)
 
@@ -184,9 +186,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str, open_tables: 
     return out
 
 
-# Tables whose keys are free-form: encoder names per modality, LoRA names, scheduler kwargs (and, inside
+# Tables whose keys are free-form: encoder names per modality, ControlNet and LoRA names, scheduler kwargs (and, inside
 # [scheduler], a table of kwargs per scheduler name).
-_OPEN_TABLES = {"model.encoders", "model.loras", "scheduler"}
+_OPEN_TABLES = {"model.encoders", "model.controlnets", "model.loras", "scheduler"}
 
 
 def _inside(where: str, open_tables: set[str]) -> bool:
@@ -246,6 +248,11 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
             for k, v in table.pop("encoders", {}).items()
             if (ref := WeightRef.parse(v, f"model.encoders.{k}")) is not None
         }
+        controlnets = {
+            str(k): ref
+            for k, v in table.pop("controlnets", {}).items()
+            if (ref := WeightRef.parse(v, f"model.controlnets.{k}")) is not None
+        }
         loras = {
             str(k): ref
             for k, v in table.pop("loras", {}).items()
@@ -256,15 +263,23 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
     unknown = sorted(set(encoders) - set(MODALITIES))
     if unknown:
         raise ConfigError(f"[model.encoders] names unknown modalities {unknown}; known: {list(MODALITIES)}")
-    bad_names = [n for n in loras if not n.replace("-", "").replace("_", "").isalnum() or n == "domain_adapter"]
+    bad_names = [n for n in loras if not _is_name(n) or n == "domain_adapter"]
     if bad_names:
         raise ConfigError(f"[model.loras] names {bad_names}: use letters, digits, - and _ (not 'domain_adapter')")
+    bad_names = [n for n in controlnets if not _is_name(n)]
+    if bad_names:
+        raise ConfigError(f"[model.controlnets] names {bad_names}: use letters, digits, - and _ (e.g. depth)")
     search_table = table.pop("search", {})
     search = _typed(SearchFolders, {**search_table, "folders": list(search_table.get("folders", []))}, "model.search")
     model = _typed(ModelSection, table, "model")
     if model.temporal_norm not in TEMPORAL_NORMS:
         raise ConfigError(f"[model] temporal_norm must be one of {list(TEMPORAL_NORMS)}")
-    return ModelSection(**{**model.__dict__, **refs, "encoders": encoders, "loras": loras, "search": search})
+    parts = {"encoders": encoders, "controlnets": controlnets, "loras": loras, "search": search}
+    return ModelSection(**{**model.__dict__, **refs, **parts})
+
+
+def _is_name(name: str) -> bool:
+    return bool(name) and name.replace("-", "").replace("_", "").isalnum() and name.isascii()
 
 
 def _check_generation(defaults, limits: Limits):

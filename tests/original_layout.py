@@ -171,6 +171,37 @@ def ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
     return out
 
 
+def controlnet_ldm_state_dict(controlnet, prefix: str = "control_model.") -> dict[str, torch.Tensor]:
+    """A ControlNetModel's state dict in lllyasviel's layout (control_model.* in his .pth files; prefix "" for
+    the prefixless files ComfyUI and A1111 users keep): the inverse of diffusers' convert_controlnet_checkpoint."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    top = DIFFUSERS_TO_LDM_MAPPING["controlnet"]["layers"]
+    config = dict(controlnet.config, up_block_types=["UpBlock2D"] * len(controlnet.config["block_out_channels"]))
+    prefixes = {p: v for p, v in _unet_prefixes(config).items() if p.startswith(("down_blocks", "mid_block"))}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in controlnet.state_dict().items():
+        if key in top:
+            name = top[key]
+        elif key.startswith("controlnet_cond_embedding.blocks."):
+            index, rest = key.removeprefix("controlnet_cond_embedding.blocks.").split(".", 1)
+            name = f"input_hint_block.{2 * (int(index) + 1)}.{rest}"
+        elif key.startswith("controlnet_down_blocks."):
+            index, rest = key.removeprefix("controlnet_down_blocks.").split(".", 1)
+            name = f"zero_convs.{index}.0.{rest}"
+        elif key.startswith("controlnet_mid_block."):
+            name = "middle_block_out.0." + key.removeprefix("controlnet_mid_block.")
+        else:
+            found, (ldm_prefix, is_resnet) = _by_prefix(key, prefixes)
+            rest = key[len(found) :]
+            if is_resnet:
+                head, tail = rest.split(".", 1)
+                rest = f"{_RESNET_TO_LDM[head]}.{tail}"
+            name = ldm_prefix + rest
+        out[prefix + name] = value.clone().contiguous()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The whole tiny model as the files artists download
 
@@ -185,9 +216,11 @@ def write_original_files(tiny_root, out) -> dict[str, object]:
     import shutil
     from pathlib import Path
 
-    from diffusers import AutoencoderKL, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
+
+    from server.engine.tiny import build_tiny_controlnet
 
     tiny_root, out = Path(tiny_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +255,18 @@ def write_original_files(tiny_root, out) -> dict[str, object]:
         torch.save({"controlnet": animatediff_state_dict(encoder.state_dict())}, path)
         paths[f"sparsectrl_{name}"] = path
 
+    # The depth ControlNet as lllyasviel ships it (.pth, control_model.*) and as ComfyUI/A1111 users keep it
+    # (prefixless .safetensors).
+    controlnet_folder = build_tiny_controlnet(tiny_root / "controlnets" / "depth", base / "unet")
+    controlnet = ControlNetModel.from_pretrained(controlnet_folder)
+    torch.save(controlnet_ldm_state_dict(controlnet), out / "control_v11f1p_sd15_depth.pth")
+    save_file(controlnet_ldm_state_dict(controlnet, prefix=""), out / "control_v11f1p_sd15_depth_fp16.safetensors")
+    paths.update(
+        controlnet=controlnet_folder,
+        controlnet_pth=out / "control_v11f1p_sd15_depth.pth",
+        controlnet_prefixless=out / "control_v11f1p_sd15_depth_fp16.safetensors",
+    )
+
     dims = {}
     for module_name, module in unet.named_modules():
         if module_name.endswith((".attn1", ".attn2")):
@@ -239,6 +284,8 @@ def write_original_files(tiny_root, out) -> dict[str, object]:
     for modality in ("lineart", "rgb"):
         (configs / modality).mkdir()
         shutil.copy(tiny_root / "encoders" / modality / "config.json", configs / modality / "config.json")
+    (configs / "controlnet").mkdir()
+    shutil.copy(controlnet_folder / "config.json", configs / "controlnet" / "config.json")
     paths["configs"] = configs
     paths["tokenizer"] = base / "tokenizer"
     (out / "files.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))

@@ -100,6 +100,7 @@ class Health(BaseModel):
     model: ModelInfo
     modalities: list[Modality]
     loras: list[str] = Field(description="LoRA names a request may turn on (GET /v1/models has the details)")
+    controlnets: list[str] = Field(description="per-frame ControlNets loaded, by their [model.controlnets] name")
     draft_motion_module: bool = Field(description='quality "draft" uses a distilled motion module')
     queue_length: int = Field(description="jobs waiting, not counting the running ones")
     running_job: str | None = Field(description="a running job (the first worker's); `workers` has them all")
@@ -109,9 +110,10 @@ class Health(BaseModel):
 
 class WeightEntry(BaseModel):
     role: str = Field(
-        description="base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder or lora"
+        description="base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder, "
+        "controlnet or lora"
     )
-    name: str = Field(description="the modality for encoders, the LoRA's name for LoRAs, else the role")
+    name: str = Field(description="the modality for encoders, the name for ControlNets and LoRAs, else the role")
     ref: str = Field(description="as configured")
     found: bool
     path: str | None
@@ -129,6 +131,7 @@ class ModelsOut(BaseModel):
     dtype: str
     modalities: list[Modality] = Field(description="modalities with a loaded encoder")
     loras: dict[str, float] = Field(description="loaded LoRAs: name -> default scale")
+    controlnets: list[str] = Field(description="loaded per-frame ControlNets, by name")
     draft_motion_module: bool
     temporal_norm: str
     weights: list[WeightEntry] = Field(description="every weight the config names, as found at start")

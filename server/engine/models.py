@@ -1,4 +1,4 @@
-"""Loading the base model, the motion module, one condition encoder per modality and the LoRAs.
+"""Loading the base model, the motion module, one condition encoder per modality, the ControlNets and the LoRAs.
 
 Each may be a diffusers folder, an HF-cache repo id or a single file (server/weights). The base (SD1.5 UNet +
 motion adapter -> UNetMotionModel, VAE, text encoder) is loaded once; encoders are loaded at start too, so a
@@ -18,7 +18,14 @@ import torch
 from ..config import ModelSection
 from ..request.model import MODALITIES
 from ..weights.checkpoint import CheckpointError
-from ..weights.convert import CONFIGS, load_motion_module_file, load_sd15_file, load_sparsectrl_file, load_vae_file
+from ..weights.convert import (
+    CONFIGS,
+    load_controlnet_file,
+    load_motion_module_file,
+    load_sd15_file,
+    load_sparsectrl_file,
+    load_vae_file,
+)
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
 from ..weights.refs import WeightRef
@@ -59,6 +66,7 @@ class LoadedModel:
     encoders: dict[str, Any] = field(default_factory=dict)  # modality -> SparseControlNetModel
     # "final" (the one merged into unet) and, if configured, "draft": MotionAdapters kept on the CPU to swap in.
     motion_adapters: dict[str, Any] = field(default_factory=dict)
+    controlnets: dict[str, Any] = field(default_factory=dict)  # name -> ControlNetModel (per frame; #16)
     # name -> default scale of the LoRAs a request may turn on (loaded into unet/text_encoder as peft adapters).
     loras: dict[str, float] = field(default_factory=dict)
     # "none", or diffusers' "model" / "sequential" CPU offload for GPUs too small to hold it all (performance.py).
@@ -233,6 +241,13 @@ def load_encoder(ref: WeightRef, modality: str, section: ModelSection, data_dir:
     return _load_module(ref, "encoder", what, section, data_dir, dtype, SparseControlNetModel, load_sparsectrl_file)
 
 
+def load_controlnet(ref: WeightRef, name: str, section: ModelSection, data_dir: Path, dtype: torch.dtype):
+    from diffusers import ControlNetModel
+
+    what = f"ControlNet '{name}'"
+    return _load_module(ref, "controlnet", what, section, data_dir, dtype, ControlNetModel, load_controlnet_file)
+
+
 def _fits(unet2d, adapter) -> bool:
     try:
         build_motion_unet(unet2d, adapter)
@@ -250,17 +265,20 @@ class _Refs:
     motion_adapter: WeightRef
     draft_motion_adapter: WeightRef | None
     encoders: dict[str, WeightRef]
+    controlnets: dict[str, WeightRef]
 
 
 def _refs(section: ModelSection, data_dir: Path) -> _Refs:
     if section.is_tiny:
-        from .tiny import build_tiny_model
+        from .tiny import build_tiny_controlnet, build_tiny_model
 
         root = build_tiny_model(data_dir / "models" / "tiny")
         tiny_encoders = {m: WeightRef(str(root / "encoders" / m)) for m in MODALITIES}
+        depth = build_tiny_controlnet(root / "controlnets" / "depth", root / "base" / "unet")
+        controlnets = {"depth": WeightRef(str(depth))} | dict(section.controlnets)
         draft = section.draft_motion_adapter or WeightRef(str(root / "motion_adapter_draft"))
         base, adapter = WeightRef(str(root / "base")), WeightRef(str(root / "motion_adapter"))
-        return _Refs(TINY_NAME, base, adapter, draft, tiny_encoders | dict(section.encoders))
+        return _Refs(TINY_NAME, base, adapter, draft, tiny_encoders | dict(section.encoders), controlnets)
     if section.base is None:
         raise ModelLoadError("no base model configured: set [model] base in the config file (docs/weights.md)")
     _located(section.base, "base", "base model", section)  # a missing base is the first thing to say
@@ -269,7 +287,8 @@ def _refs(section: ModelSection, data_dir: Path) -> _Refs:
             "no motion adapter configured: set [model] motion_adapter (e.g. v3_sd15_mm.ckpt; docs/weights.md)"
         )
     name = section.name or Path(section.base.ref).stem or section.base.ref
-    return _Refs(name, section.base, section.motion_adapter, section.draft_motion_adapter, dict(section.encoders))
+    adapters = (section.motion_adapter, section.draft_motion_adapter)
+    return _Refs(name, section.base, *adapters, dict(section.encoders), dict(section.controlnets))
 
 
 def _motion_unet(refs: _Refs, base: dict[str, Any], section: ModelSection, data_dir: Path, dtype: torch.dtype):
@@ -309,15 +328,16 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
     encoders = {
         m: load_encoder(refs.encoders[m], m, section, data_dir, dtype).eval() for m in MODALITIES if m in refs.encoders
     }
-    if section.temporal_norm == "per_frame":
+    controlnets = {n: load_controlnet(r, n, section, data_dir, dtype).eval() for n, r in refs.controlnets.items()}
+    if section.temporal_norm == "per_frame":  # the ControlNets are per frame already: no temporal layers
         for module in (unet, *encoders.values()):
             use_per_frame_temporal_norm(module)
     for module in (base["text_encoder"], base["vae"], unet):
         module.eval().requires_grad_(False)
-    for encoder in encoders.values():
+    for encoder in (*encoders.values(), *controlnets.values()):
         encoder.requires_grad_(False)
     parts = (base["vae"], base["text_encoder"], base["tokenizer"], unet, base["scheduler_config"])
-    model = LoadedModel(refs.name, section.is_tiny, device, dtype, *parts, encoders, motion_adapters)
+    model = LoadedModel(refs.name, section.is_tiny, device, dtype, *parts, encoders, motion_adapters, controlnets)
     model.encoders_on_device = section.encoders_on_device
     if performance is not None:
         model.offload = pick_offload(model, performance)
@@ -327,12 +347,14 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
             model.vae,
             model.unet,
             *(encoders.values() if section.encoders_on_device else ()),
+            *(controlnets.values() if section.encoders_on_device else ()),
         )
         for module in on_device:
             module.to(device)
     if section.loras:
         model.loras = _load("LoRAs", data_dir, load_loras, unet, model.text_encoder, section, model.has_draft_adapter)
-    loras = f"; LoRAs: {', '.join(model.loras)}" if model.loras else ""
+    loras = f"; ControlNets: {', '.join(controlnets)}" if controlnets else ""
+    loras += f"; LoRAs: {', '.join(model.loras)}" if model.loras else ""
     seconds = time.perf_counter() - started
     log.info(
         "loaded model %s on %s (%s) in %.1f s; modalities: %s%s",

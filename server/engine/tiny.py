@@ -8,6 +8,8 @@ Layout written (the same as the real weights' folders, see docs/weights.md):
     ROOT/base/{unet,vae,text_encoder,tokenizer,scheduler}/ + model_index.json
     ROOT/motion_adapter/, ROOT/motion_adapter_draft/ (a second random one with a middle-block module, as AnimateLCM)
     ROOT/encoders/{lineart,rgb,depth}/
+    ROOT/controlnets/depth/ (a per-frame ControlNet made from the tiny UNet, as lllyasviel's are from SD1.5's;
+    built apart, with its own stamp and seed, so the parts above and their parity data never change for it)
 """
 
 from __future__ import annotations
@@ -222,3 +224,30 @@ def _tiny_encoders(tmp: Path, generator: torch.Generator) -> None:
         encoder = SparseControlNetModel(**common, **kind)
         _randomise_zero_params(encoder, generator)
         encoder.save_pretrained(tmp / "encoders" / modality)
+
+
+# Bump when the tiny ControlNet changes; apart from TINY_VERSION, whose weights it must not move.
+TINY_CONTROLNET_VERSION = "1"
+
+
+def build_tiny_controlnet(folder: Path, base_unet: Path, seed: int = 7) -> Path:
+    """A ControlNetModel initialised from the tiny base's UNet (ControlNet's own recipe), its zero convolutions
+    filled so that it steers; idempotent like build_tiny_model. Drawn under a forked RNG with its own seed."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    folder = Path(folder)
+    stamp = folder / "tiny_controlnet.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_CONTROLNET_VERSION:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_pretrained(base_unet)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
+    _randomise_zero_params(controlnet, torch.Generator().manual_seed(seed))
+    controlnet.save_pretrained(tmp)
+    (tmp / "tiny_controlnet.json").write_text(json.dumps({"version": TINY_CONTROLNET_VERSION, "seed": seed}))
+    tmp.rename(folder)
+    return folder

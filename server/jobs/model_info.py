@@ -17,6 +17,7 @@ class ModelInfo:
     modalities: list[str] = field(default_factory=list)
     loras: dict[str, float] = field(default_factory=dict)  # name -> default scale
     draft_motion_module: bool = False
+    controlnets: list[str] = field(default_factory=list)  # per-frame ControlNets by name
 
     @classmethod
     def of(cls, model) -> ModelInfo:
@@ -29,4 +30,5 @@ class ModelInfo:
             modalities=list(model.modalities),
             loras=dict(model.loras),
             draft_motion_module=model.has_draft_adapter,
+            controlnets=sorted(model.controlnets),
         )

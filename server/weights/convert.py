@@ -6,6 +6,9 @@
 - AnimateDiff v3 motion modules (`v3_sd15_mm.ckpt`, AnimateLCM's) and SparseCtrl encoders
   (`v3_sd15_sparsectrl_{scribble,rgb}.ckpt`): diffusers' AnimateDiff key mapping, via `from_single_file` with
   the configs in configs/ (scribble or RGB chosen from the file's keys).
+- Per-frame SD1.5 ControlNets (lllyasviel's `control_v11f1p_sd15_depth.pth` with control_model.* names, the
+  prefixless .safetensors ComfyUI and A1111 users keep, diffusers-layout files): diffusers' ControlNet mapping
+  with configs/controlnet_sd15 (SD1.5's ControlNet: 361 M weights).
 
 Every load is checked for completeness (a missing weight is an error, not a random one), and the result is saved
 as safetensors in diffusers layout under the data dir so that the next start skips the conversion.
@@ -74,8 +77,8 @@ _NAMES = {
     "motion_module": "an AnimateDiff motion module (set it as [model] motion_adapter)",
     "sparsectrl": "a SparseCtrl encoder (set it under [model.encoders])",
     "controlnet": (
-        "a per-frame ControlNet, not a SparseCtrl encoder (SparseCtrl's are v3_sd15_sparsectrl_*.ckpt; this server "
-        "does not run dense ControlNets yet)"
+        "a per-frame ControlNet, not a SparseCtrl encoder (SparseCtrl's are v3_sd15_sparsectrl_*.ckpt; set a "
+        "ControlNet under [model.controlnets])"
     ),
     "lora": "a LoRA (set it as [model] domain_adapter or under [model.loras])",
     "unknown": "no weights this server knows",
@@ -114,6 +117,7 @@ def _validate(cls, state_dict: dict, config: Path, subfolder: str, what: str, pa
         raise CheckpointError(
             f"{path}: its weights do not follow the layout of a {what} ({type(e).__name__}: {e})"
         ) from e
+    converted = {k: v for k, v in converted.items() if v is not None}  # ControlNet's mapping: None for missing
     missing = sorted(set(params) - set(converted))
     unexpected = sorted(set(converted) - known)
     wrong_shape = sorted(k for k in set(params) & set(converted) if tuple(converted[k].shape) != tuple(params[k]))
@@ -251,8 +255,8 @@ def load_vae_file(path: Path, dtype: torch.dtype, config: Path | None = None):
 
 
 def _load_animatediff_file(cls, kind: str, expected: str, what: str, path: Path, dtype, cache_root, config, default):
-    """An AnimateDiff-layout single file -> `cls`, through the conversion cache. `default(state_dict)` picks the
-    shipped config when `config` is None."""
+    """An AnimateDiff-layout (or ControlNet) single file -> `cls`, through the conversion cache.
+    `default(state_dict)` picks the shipped config when `config` is None."""
     folder = _cache_dir(cache_root, kind, path, Path(config) if config else CONFIGS, dtype) if cache_root else None
     if _cached(folder):
         return cls.from_pretrained(folder, torch_dtype=dtype)
@@ -314,4 +318,22 @@ def load_sparsectrl_file(path: Path, dtype: torch.dtype, cache_root: Path | None
         cache_root,
         config,
         sparsectrl_config_for,
+    )
+
+
+def load_controlnet_file(path: Path, dtype: torch.dtype, cache_root: Path | None, config: Path | None = None):
+    """`control_v11f1p_sd15_depth.pth` (or another SD1.5 ControlNet file, any of its layouts) -> ControlNetModel."""
+    from diffusers import ControlNetModel
+
+    expected = "a per-frame SD1.5 ControlNet (control_model.*, zero_convs.* or controlnet_cond_embedding.* weights)"
+    return _load_animatediff_file(
+        ControlNetModel,
+        "controlnet",
+        expected,
+        "SD1.5 ControlNet",
+        path,
+        dtype,
+        cache_root,
+        config,
+        lambda _state_dict: CONFIGS / "controlnet_sd15",
     )

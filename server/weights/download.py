@@ -71,6 +71,14 @@ DOWNLOADS = {
             'encoders.rgb = "guoyww/animatediff-sparsectrl-rgb"',
         ),
         Download(
+            "controlnet-depth",
+            "lllyasviel/control_v11f1p_sd15_depth",
+            _DIFFUSERS_MODEL,
+            "~1.4 GB",
+            "SD1.5 depth ControlNet (Blender's depth on every frame; on request, not in the default set)",
+            'controlnets.depth = "lllyasviel/control_v11f1p_sd15_depth"',
+        ),
+        Download(
             "domain-adapter",
             "guoyww/animatediff",
             ("v3_sd15_adapter.ckpt",),

@@ -26,14 +26,15 @@ ROLES = {
     "draft_motion_adapter": ("motion_adapter", "motion_module", ("config.json",)),
     "domain_adapter": ("lora", "lora", ()),
     "encoder": ("encoder", "sparsectrl", ("config.json",)),
+    "controlnet": ("controlnet", "controlnet", ("config.json",)),
     "lora": ("lora", "lora", ()),
 }
 
 
 @dataclass
 class Entry:
-    role: str  # base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder, lora
-    name: str  # the modality for encoders, the LoRA's name for LoRAs, else the role
+    role: str  # base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder, controlnet, lora
+    name: str  # the modality for encoders, the name for ControlNets and LoRAs, else the role
     ref: str  # as configured
     found: bool
     path: str | None = None
@@ -129,6 +130,7 @@ def configured(section) -> list[tuple[str, str, WeightRef]]:
         if ref is not None:
             out.append((role, role, ref))
     out += [("encoder", modality, ref) for modality, ref in section.encoders.items()]
+    out += [("controlnet", name, ref) for name, ref in section.controlnets.items()]
     out += [("lora", name, ref) for name, ref in section.loras.items()]
     return out
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-KINDS = ("base", "motion_adapter", "encoder", "lora", "tokenizer")
+KINDS = ("base", "motion_adapter", "encoder", "controlnet", "lora", "tokenizer")
 
 # Sub-folders of a ComfyUI / AUTOMATIC1111 install where each kind of weight lives.
 COMFYUI_FOLDERS = {
     "base": ["models/checkpoints"],
     "motion_adapter": ["models/animatediff_models", "custom_nodes/ComfyUI-AnimateDiff-Evolved/models"],
     "encoder": ["models/controlnet"],
+    "controlnet": ["models/controlnet"],
     "lora": ["models/loras", "models/animatediff_motion_lora"],
     "tokenizer": ["comfy"],
 }
@@ -26,6 +27,7 @@ A1111_FOLDERS = {
     "base": ["models/Stable-diffusion"],
     "motion_adapter": ["extensions/sd-webui-animatediff/model", "models/AnimateDiff"],
     "encoder": ["models/ControlNet", "extensions/sd-webui-controlnet/models"],
+    "controlnet": ["models/ControlNet", "extensions/sd-webui-controlnet/models"],
     "lora": ["models/Lora"],
     "tokenizer": [],
 }

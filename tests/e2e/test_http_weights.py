@@ -33,6 +33,8 @@ def comfy_server(tmp_path_factory, tiny_root):
         f'motion_adapter = {{ path = "v3_sd15_mm.ckpt", config = "{configs / "motion_adapter"}" }}\n'
         'domain_adapter = { path = "v3_sd15_adapter.ckpt", scale = 1.0 }\n'
         f'[model.encoders]\nrgb = {{ path = "v3_sd15_sparsectrl_rgb.ckpt", config = "{configs / "rgb"}" }}\n'
+        "[model.controlnets]\n"
+        f'depth = {{ path = "control_v11f1p_sd15_depth.pth", config = "{configs / "controlnet"}" }}\n'
         '[model.loras]\nink = { path = "inkStyle.safetensors", scale = 0.6 }\n'
         f'[model.search]\ncomfyui = "{comfy}"\n'
         "[generation]\nwidth = 64\nheight = 64\nsteps = 2\n"
@@ -54,14 +56,22 @@ def test_models_lists_every_configured_weight(comfy_server):
         ("motion_adapter", "motion_adapter"),
         ("domain_adapter", "domain_adapter"),
         ("encoder", "rgb"),
+        ("controlnet", "depth"),
         ("lora", "ink"),
     }
+    depth = by_role[("controlnet", "depth")]  # lllyasviel's .pth in ComfyUI's models/controlnet
+    assert (
+        depth["source"] == "search"
+        and depth["format"] == ".pth"
+        and depth["path"].endswith("models/controlnet/control_v11f1p_sd15_depth.pth")
+    )
+    assert models["controlnets"] == ["depth"]
     base = by_role[("base", "base")]
     assert base["found"] and base["source"] == "search" and base["format"] == ".safetensors"
     assert base["loadable"] is True and base["size_bytes"] > 0 and base["path"].endswith("tinyVision_v1.safetensors")
     assert by_role[("encoder", "rgb")]["format"] == ".ckpt"
     health = c.get("/v1/health").json()
-    assert health["loras"] == ["ink"] and health["modalities"] == ["rgb"]
+    assert health["loras"] == ["ink"] and health["modalities"] == ["rgb"] and health["controlnets"] == ["depth"]
     assert "/v1/models" in c.get("/openapi.json").json()["paths"]
 
 

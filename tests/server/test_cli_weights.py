@@ -34,6 +34,8 @@ def test_models_reports_found_missing_and_unusable_without_loading(tiny_root, tm
         'draft_motion_adapter = "AnimateLCM_sd15_t2v.ckpt"\n'
         f'[model.encoders]\nrgb = "{originals["sparsectrl_rgb"]}"\nlineart = "{tiny_root / "encoders" / "lineart"}"\n'
         f'depth = "{originals["sd15"]}"\n'
+        '[model.controlnets]\ndepth = "control_v11f1p_sd15_depth.pth"\n'
+        f'wrong = "{originals["sparsectrl_rgb"]}"\n'
         f'[model.search]\nfolders = ["{tmp_path / "files"}"]\n'
     )
     out = run("models", "--config", str(tmp_path / "server.toml"), "--json", "--deep")
@@ -49,6 +51,9 @@ def test_models_reports_found_missing_and_unusable_without_loading(tiny_root, tm
     assert entries[("encoder", "lineart")]["format"] == "diffusers folder"
     depth = entries[("encoder", "depth")]
     assert depth["loadable"] is False and depth["detail"] == "holds sd15, expected sparsectrl"
+    controlnet = entries[("controlnet", "depth")]  # found by file name in the model folders
+    assert controlnet["loadable"] is True and controlnet["source"] == "search" and controlnet["format"] == ".pth"
+    assert entries[("controlnet", "wrong")]["detail"] == "holds sparsectrl, expected controlnet"
 
     table = run("models", "--config", str(tmp_path / "server.toml"))
     assert "UNUSABLE" in table.stdout and "missing" in table.stdout and table.returncode == 1
@@ -74,3 +79,22 @@ def test_download_lists_and_refuses_unknown_names():
     assert listing.returncode == 0 and "guoyww/animatediff-sparsectrl-rgb" in listing.stdout
     unknown = run("download", "sdxl")
     assert unknown.returncode == 2 and "unknown download sdxl" in unknown.stdout
+
+
+def test_download_fetches_the_depth_controlnet_on_request_only(monkeypatch):
+    """The hub is the edge we cannot reach: snapshot_download is recorded, not run. The depth ControlNet is
+    fetched when named (#16), never by a plain `download`; the listing gives the config line that uses it."""
+    from server.weights import download as downloads
+
+    fetched = []
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo, allow_patterns: fetched.append(repo))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    said = []
+    assert downloads.download(["controlnet-depth"], say=said.append) == 0
+    assert fetched == ["lllyasviel/control_v11f1p_sd15_depth"]
+    assert downloads.DOWNLOADS["controlnet-depth"].files == ("config.json", "diffusion_pytorch_model.safetensors")
+    assert 'controlnets.depth = "lllyasviel/control_v11f1p_sd15_depth"' in "\n".join(said)
+    fetched.clear()
+    assert downloads.download([], say=said.append) == 0
+    assert "lllyasviel/control_v11f1p_sd15_depth" not in fetched and len(fetched) == 4
+    assert "   controlnet-depth" in downloads.describe()  # listed, not starred

@@ -13,7 +13,14 @@ import torch
 
 from server.config import load_config
 from server.engine import models as models_module
-from server.engine.models import ModelLoadError, load_base, load_encoder, load_model, load_motion_adapter
+from server.engine.models import (
+    ModelLoadError,
+    load_base,
+    load_controlnet,
+    load_encoder,
+    load_model,
+    load_motion_adapter,
+)
 from server.weights import convert
 from server.weights.refs import WeightRef
 from tests.original_layout import write_original_files
@@ -214,6 +221,7 @@ def comfyui_tree(root: Path, originals: dict) -> Path:
         ("animatediff_models", "motion_module"),
         ("controlnet", "sparsectrl_scribble"),
         ("controlnet", "sparsectrl_rgb"),
+        ("controlnet", "controlnet_pth"),
         ("loras", "domain_adapter"),
     ):
         (models / sub).mkdir(parents=True, exist_ok=True)
@@ -295,6 +303,105 @@ def test_repo_ids_resolve_from_the_local_hf_cache_offline(tmp_path, tiny_root, o
     assert load_base(cfg, ref, tmp_path, torch.float32)["tokenizer"].vocab_size > 0
     with pytest.raises(ModelLoadError, match=r"not found; .*Hugging Face cache \(HF_HUB_OFFLINE is set\)"):
         load_motion_adapter(WeightRef("someone/not-downloaded"), "motion adapter", cfg, tmp_path, torch.float32)
+
+
+# --- per-frame ControlNets (#16): every layout, wherever artists keep them ------------------------------------------
+
+
+def _tiny_controlnet(originals):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(originals["controlnet"])
+
+
+@pytest.mark.parametrize("which", ["controlnet_pth", "controlnet_prefixless"])
+def test_single_file_controlnets_load_every_tensor_and_are_cached(tmp_path, originals, which, caplog):
+    """lllyasviel's .pth (control_model.*, pickled: read with weights_only) and the prefixless .safetensors."""
+    ref = WeightRef(str(originals[which]), config=str(originals["configs"] / "controlnet"))
+    first = load_controlnet(ref, "depth", section(tmp_path), tmp_path, torch.float32)
+    assert_same_weights(first, _tiny_controlnet(originals))
+    assert list((tmp_path / "converted").iterdir())  # converted once, as safetensors in diffusers layout
+    with caplog.at_level(logging.INFO, logger="server.weights.convert"):
+        again = load_controlnet(ref, "depth", section(tmp_path), tmp_path, torch.float32)
+    assert_same_weights(again, first)
+    assert not any("converted" in r.getMessage() for r in caplog.records)  # from the cache this time
+
+
+def test_controlnets_are_found_where_artists_keep_them(tmp_path, originals, monkeypatch):
+    """A ComfyUI models/controlnet file, an A1111 models/ControlNet file, a diffusers folder, an HF repo id."""
+    (tmp_path / "ComfyUI" / "models" / "controlnet").mkdir(parents=True)
+    shutil.copy(originals["controlnet_pth"], tmp_path / "ComfyUI" / "models" / "controlnet")
+    (tmp_path / "webui" / "models" / "ControlNet").mkdir(parents=True)
+    shutil.copy(originals["controlnet_prefixless"], tmp_path / "webui" / "models" / "ControlNet")
+    cache = tmp_path / "hub"
+    fake_hf_cache(cache, "lllyasviel/control_v11f1p_sd15_depth", {"": originals["controlnet"]})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    search = {"comfyui": str(tmp_path / "ComfyUI"), "a1111": str(tmp_path / "webui")}
+    cfg = section(tmp_path, search=search)
+    config = str(originals["configs"] / "controlnet")
+    want = _tiny_controlnet(originals)
+    for ref in (
+        WeightRef("control_v11f1p_sd15_depth.pth", config=config),
+        WeightRef("control_v11f1p_sd15_depth_fp16.safetensors", config=config),
+        WeightRef(str(originals["controlnet"])),
+        WeightRef("lllyasviel/control_v11f1p_sd15_depth"),
+    ):
+        assert_same_weights(load_controlnet(ref, "depth", cfg, tmp_path, torch.float32), want)
+
+
+def test_controlnet_files_that_cannot_be_used_are_said(tmp_path, originals):
+    from safetensors.torch import save_file
+
+    from server.weights.checkpoint import read_state_dict
+
+    cfg, config = section(tmp_path), str(originals["configs"] / "controlnet")
+    # The tiny file against the shipped SD1.5 ControlNet config: not that architecture, and how to say so.
+    with pytest.raises(ModelLoadError, match=r"is not the SD1.5 ControlNet expected \(.*of another shape.*config"):
+        load_controlnet(WeightRef(str(originals["controlnet_pth"])), "depth", cfg, tmp_path, torch.float32)
+    # A file with a weight missing (diffusers' mapping gives None for it): named, not an AttributeError.
+    cut = read_state_dict(originals["controlnet_prefixless"])
+    del cut["zero_convs.0.0.weight"]
+    save_file(cut, tmp_path / "cut.safetensors")
+    with pytest.raises(ModelLoadError, match=r"1 weights missing \(controlnet_down_blocks.0.weight\)"):
+        load_controlnet(
+            WeightRef(str(tmp_path / "cut.safetensors"), config=config), "depth", cfg, tmp_path, torch.float32
+        )
+    # A SparseCtrl encoder set as a ControlNet, and the other way round: each says where it belongs.
+    with pytest.raises(ModelLoadError, match=r"holds a SparseCtrl encoder \(set it under \[model.encoders\]\)"):
+        load_controlnet(WeightRef(str(originals["sparsectrl_scribble"])), "depth", cfg, tmp_path, torch.float32)
+    with pytest.raises(
+        ModelLoadError, match=r"holds a per-frame ControlNet.*set a ControlNet under \[model.controlnets\]"
+    ):
+        load_encoder(WeightRef(str(originals["controlnet_pth"])), "depth", cfg, tmp_path, torch.float32)
+    with pytest.raises(ModelLoadError, match=r"ControlNet 'depth': .*not found"):
+        load_controlnet(WeightRef("control_v11p_sd15_missing.pth"), "depth", cfg, tmp_path, torch.float32)
+
+
+def test_the_tiny_model_carries_a_depth_controlnet_made_from_its_unet(engine, tiny_root):
+    """ControlNet's recipe (a copy of the UNet's encoder half, zero convolutions on top: filled here, so that it
+    steers), built beside the tiny model without moving its weights (TINY_VERSION and the parity data stay)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    (name,) = engine.model.controlnets
+    controlnet = engine.model.controlnets[name]
+    assert name == "depth" and isinstance(controlnet, ControlNetModel) and not controlnet.training
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / "base" / "unet")
+    copied = controlnet.down_blocks[0].resnets[0].conv1.weight
+    assert torch.equal(copied, unet.down_blocks[0].resnets[0].conv1.weight)
+    assert all(torch.count_nonzero(block.weight) > 0 for block in controlnet.controlnet_down_blocks)
+    assert not any(p.requires_grad for p in controlnet.parameters())
+
+
+def test_controlnet_names_in_the_config(tmp_path):
+    from server.config import ConfigError
+
+    cfg = section(tmp_path, controlnets={"depth": "a.pth", "depth-v2": {"path": "b.safetensors", "config": "c"}})
+    assert cfg.controlnets["depth"] == WeightRef("a.pth") and cfg.controlnets["depth-v2"].config == "c"
+    with pytest.raises(ConfigError, match=r"\[model.controlnets\] names \['my depth'\]"):
+        section(tmp_path, controlnets={"my depth": "a.pth"})
+    with pytest.raises(ConfigError, match=r"model.controlnets.depth' has unknown fields \['scaled'\]"):
+        section(tmp_path, controlnets={"depth": {"path": "a.pth", "scaled": 1}})
 
 
 # --- bad files: one clear error naming the file and what was expected ---------------------------------------------
