@@ -147,8 +147,9 @@ class Engine:
         self._active_modality = modality
         return encoders[modality].to(self.device)
 
-    def build_pipeline(self, modality: str, scheduler: str):
-        """diffusers' SparseCtrl pipeline around the loaded components, with this request's encoder and scheduler."""
+    def build_pipeline(self, modality: str | None, scheduler: str):
+        """diffusers' SparseCtrl pipeline around the loaded components, with this request's encoder (None: no
+        keyframes, only per-frame ControlNets steer) and scheduler."""
         from diffusers import AnimateDiffSparseControlNetPipeline
 
         m = self.model
@@ -158,7 +159,7 @@ class Engine:
             tokenizer=m.tokenizer,
             unet=m.unet,
             motion_adapter=None,  # already merged into m.unet (a UNetMotionModel)
-            controlnet=self._activate_encoder(modality),
+            controlnet=self._activate_encoder(modality) if modality is not None else None,
             scheduler=build_scheduler(scheduler, m.scheduler_config, self.scheduler_overrides),
         )
         pipe.set_progress_bar_config(disable=True)

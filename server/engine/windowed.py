@@ -11,6 +11,11 @@ scheduler, the SparseCtrl encoder and the UNet, decode_latents), changing only w
 - initial noise is shared across windows (windows.share_noise);
 - the VAE decodes in chunks of frames.
 
+Per-frame ControlNets (a depth ControlNet on every generated frame, #16) run beside the SparseCtrl encoder as
+diffusers' AnimateDiffControlNetPipeline runs one (frames folded into the batch, the same image for both CFG
+halves), each window with its own frames; their residuals and the encoder's are summed in order, as diffusers'
+MultiControlNetModel sums its nets'. Without them every operation is the SparseCtrl path's as before.
+
 It is also where the denoiser's memory is kept down ([performance], #18), for every clip, one window or many:
 the encoder's residuals are let go as the UNet adds them (exact), CFG's halves can run one after the other
 (`sequential_cfg`) and the text encoder and VAE can leave the device while the loop runs (`idle_weights`).
@@ -21,14 +26,33 @@ bit-identical to the plain pipeline call (tested).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from .performance import IdleWeights
 from .windows import context_windows, share_noise
+
+
+class DenseCondition(NamedTuple):
+    """A per-frame ControlNet with an image for every generated frame (prepare_dense_frames) and its strength."""
+
+    controlnet: Any  # diffusers ControlNetModel
+    frames: torch.Tensor  # (num_frames, 3, H, W) in [0, 1]
+    scale: float = 1.0
+
+
+def prepare_dense_frames(images: list, width: int, height: int, device, dtype, vae_scale_factor: int) -> torch.Tensor:
+    """One control image per generated frame as AnimateDiffControlNetPipeline prepares them (its VideoProcessor
+    without normalising: [0, 1]; prepare_video's permute and flatten): (frames, 3, H, W). Made contiguous, as
+    diffusers' repeat_interleave leaves it: a channels-last view runs another convolution kernel (1e-5 off)."""
+    from diffusers.video_processor import VideoProcessor
+
+    processor = VideoProcessor(vae_scale_factor=vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+    video = processor.preprocess_video(images, height=height, width=width).to(dtype=torch.float32)
+    return video.permute(0, 2, 1, 3, 4).flatten(0, 1).contiguous().to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -54,11 +78,14 @@ def generate_windowed(
     sequential_cfg: bool = False,
     idle_weights: IdleWeights | None = None,
     release_residuals: bool = True,
+    dense: Sequence[DenseCondition] = (),
 ) -> np.ndarray:
     """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np".
 
     The arguments are the pipeline's own (the prompt already encoded, as the engine does for both paths), plus
-    the windows'. A linear loop, as the pipeline's __call__ is: its numbered steps read best in one place."""
+    the windows' and the per-frame ControlNets (`dense`). No keyframes (`conditioning_frames` empty) and no
+    SparseCtrl encoder on the pipeline: only the dense conditions steer. A linear loop, as the pipeline's
+    __call__ is: its numbered steps read best in one place."""
     device = pipe._execution_device
     controlnet = pipe.controlnet
     do_cfg = guidance_scale > 1
@@ -67,11 +94,16 @@ def generate_windowed(
     if do_cfg:
         prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
 
-    # 2. Sparse conditions and mask over the whole clip, sliced per window below.
-    images = pipe.prepare_image(conditioning_frames, width, height, device, controlnet.dtype)
-    cond, mask = pipe.prepare_sparse_control_conditioning(
-        images, num_frames, controlnet_frame_indices, device, controlnet.dtype
-    )
+    # 2. Sparse conditions and mask over the whole clip, sliced per window below (none without keyframes).
+    cond = mask = None
+    if conditioning_frames:
+        images = pipe.prepare_image(conditioning_frames, width, height, device, controlnet.dtype)
+        cond, mask = pipe.prepare_sparse_control_conditioning(
+            images, num_frames, controlnet_frame_indices, device, controlnet.dtype
+        )
+    for condition in dense:
+        if condition.frames.shape[0] != num_frames:
+            raise ValueError(f"a per-frame ControlNet needs {num_frames} frames, got {condition.frames.shape[0]}")
 
     # 3. Timesteps and initial noise.
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -88,6 +120,19 @@ def generate_windowed(
         w.start: torch.tensor(w.weights, device=device, dtype=latents.dtype).view(1, 1, -1, 1, 1) for w in windows
     }
     embeds_by_length: dict[int, torch.Tensor] = {}
+    # Each window's dense frames, doubled for CFG's halves run together (the pipeline's torch.cat([video] * 2)).
+    joint_cfg = do_cfg and not sequential_cfg
+    dense_by_window = {
+        w.start: [
+            (
+                c.controlnet,
+                torch.cat([c.frames[w.start : w.stop]] * 2) if joint_cfg else c.frames[w.start : w.stop],
+                c.scale,
+            )
+            for c in dense
+        ]
+        for w in windows
+    }
 
     if idle_weights is not None:  # the prompt is encoded and the conditions prepared: idle until decoding
         idle_weights.park()
@@ -99,7 +144,8 @@ def generate_windowed(
         noise_pred = torch.zeros_like(latents)
         for window in windows:
             sl = slice(window.start, window.stop)
-            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, cond[:, :, sl], mask[:, :, sl])
+            sparse = (cond[:, :, sl], mask[:, :, sl]) if cond is not None else (None, None)
+            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, *sparse, dense_by_window[window.start])
             prediction = _predict(pipe, *inputs, options)
             noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
@@ -132,38 +178,43 @@ class _Options(NamedTuple):
     release_residuals: bool  # off only to measure what releasing saves (server.bench levers)
 
 
-def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, options: _Options):
+def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, dense, options: _Options):
     """One guided noise prediction for `latents` (one window), as the pipeline's loop body computes it."""
     frames = latents.shape[2]
     if frames not in embeds_by_length:
         embeds_by_length[frames] = prompt_embeds.repeat_interleave(repeats=frames, dim=0)
     embeds = embeds_by_length[frames]
     if not options.do_cfg:
-        return _denoiser(pipe, pipe.scheduler.scale_model_input(latents, t), t, embeds, cond, mask, options)
+        return _denoiser(pipe, pipe.scheduler.scale_model_input(latents, t), t, embeds, cond, mask, dense, options)
     if options.sequential_cfg:
         scaled = pipe.scheduler.scale_model_input(latents, t)
-        uncond, text = (_denoiser(pipe, scaled, t, half, cond, mask, options) for half in embeds.chunk(2))
+        uncond, text = (_denoiser(pipe, scaled, t, half, cond, mask, dense, options) for half in embeds.chunk(2))
     else:
         model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        uncond, text = _denoiser(pipe, model_input, t, embeds, cond, mask, options).chunk(2)
+        uncond, text = _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options).chunk(2)
     return uncond + options.guidance_scale * (text - uncond)
 
 
-def _denoiser(pipe, model_input, t, embeds, cond, mask, options: _Options):
-    """The SparseCtrl encoder, then the UNet with its residuals (released as they are added)."""
-    down, mid = pipe.controlnet(
-        model_input,
-        t,
-        encoder_hidden_states=embeds,
-        controlnet_cond=cond,
-        conditioning_mask=mask,
-        conditioning_scale=options.conditioning_scale,
-        guess_mode=False,
-        return_dict=False,
-    )
+def _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options: _Options):
+    """The SparseCtrl encoder and the per-frame ControlNets, then the UNet with their summed residuals
+    (released as they are added)."""
+    down = mid = None
+    if cond is not None:
+        down, mid = pipe.controlnet(
+            model_input,
+            t,
+            encoder_hidden_states=embeds,
+            controlnet_cond=cond,
+            conditioning_mask=mask,
+            conditioning_scale=options.conditioning_scale,
+            guess_mode=False,
+            return_dict=False,
+        )
+    if dense:
+        down, mid = _dense_residuals(model_input, t, embeds, dense, down, mid)
     # A compiled UNet gets the plain list: its graph is traced for a list, not for the consuming one.
     compiled = isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
-    residuals = _Consumed(down) if options.release_residuals and not compiled else down
+    residuals = _Consumed(down) if options.release_residuals and not compiled and down is not None else down
     del down
     return pipe.unet(
         model_input,
@@ -172,3 +223,26 @@ def _denoiser(pipe, model_input, t, embeds, cond, mask, options: _Options):
         down_block_additional_residuals=residuals,
         mid_block_additional_residual=mid,
     ).sample
+
+
+def _dense_residuals(model_input, t, embeds, dense, down, mid):
+    """Each per-frame ControlNet on this window's frames, folded into the batch as AnimateDiffControlNetPipeline
+    folds them, its residuals added to `down`/`mid` (None: the first) in order, as MultiControlNetModel adds."""
+    folded = torch.transpose(model_input, 1, 2)
+    folded = folded.reshape((-1, folded.shape[2], folded.shape[3], folded.shape[4]))
+    for controlnet, frames, scale in dense:
+        d, m = controlnet(
+            folded,
+            t,
+            encoder_hidden_states=embeds,
+            controlnet_cond=frames,
+            conditioning_scale=scale,
+            guess_mode=False,
+            return_dict=False,
+        )
+        if down is None:
+            down, mid = list(d), m
+        else:
+            down, mid = [a + b for a, b in zip(down, d, strict=True)], mid + m
+        del d, m
+    return down, mid
