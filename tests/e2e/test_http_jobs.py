@@ -29,6 +29,7 @@ def test_health_reports_device_model_and_modalities(configured_server):
         "model": {"name": "sd15-test", "tiny": False},
         "modalities": ["lineart", "rgb"],
         "loras": [],
+        "controlnets": [],
         "draft_motion_module": False,
         "queue_length": 0,
         "running_job": None,
