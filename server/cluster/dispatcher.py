@@ -171,12 +171,12 @@ class RayDispatcher:
         return self.cluster.worker_data_dir or str(self.config.data_dir)
 
     def _prepare_worker_data(self) -> None:
-        """The tiny model, built here before any slot would: slots of nodes sharing this machine's folder
-        (tests, a one-box trial) would otherwise build it at once into the same place."""
+        """The tiny model and its ControlNet, built here before any slot would: slots of nodes sharing this
+        machine's folder (tests, a one-box trial) would otherwise all build them at once."""
         if self.config.model.is_tiny:
-            from ..engine.tiny import build_tiny_model
+            from ..engine.tiny import build_tiny_all
 
-            build_tiny_model(Path(self._worker_data_dir()).expanduser() / "models" / "tiny")
+            build_tiny_all(Path(self._worker_data_dir()).expanduser() / "models" / "tiny")
 
     # -- the loop ---------------------------------------------------------------------------------------------
 

@@ -270,12 +270,11 @@ class _Refs:
 
 def _refs(section: ModelSection, data_dir: Path) -> _Refs:
     if section.is_tiny:
-        from .tiny import build_tiny_controlnet, build_tiny_model
+        from .tiny import build_tiny_all
 
-        root = build_tiny_model(data_dir / "models" / "tiny")
+        root = build_tiny_all(data_dir / "models" / "tiny")
         tiny_encoders = {m: WeightRef(str(root / "encoders" / m)) for m in MODALITIES}
-        depth = build_tiny_controlnet(root / "controlnets" / "depth", root / "base" / "unet")
-        controlnets = {"depth": WeightRef(str(depth))} | dict(section.controlnets)
+        controlnets = {"depth": WeightRef(str(root / "controlnets" / "depth"))} | dict(section.controlnets)
         draft = section.draft_motion_adapter or WeightRef(str(root / "motion_adapter_draft"))
         base, adapter = WeightRef(str(root / "base")), WeightRef(str(root / "motion_adapter"))
         return _Refs(TINY_NAME, base, adapter, draft, tiny_encoders | dict(section.encoders), controlnets)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -60,6 +61,31 @@ def write_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+def _up_to_date(stamp: Path, version: str) -> bool:
+    try:
+        return json.loads(stamp.read_text()).get("version") == version
+    except (OSError, ValueError):
+        return False
+
+
+def _build_folder(folder: Path) -> Path:
+    """A fresh temporary folder beside `folder`, unique to this build: two processes building the same tiny
+    parts at once (Ray slots of nodes sharing one data folder) must never write into or delete each other's."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
+
+
+def _publish(tmp: Path, folder: Path, stamp_name: str, version: str) -> None:
+    """Rename a finished build into place. When another process published the same build first, its folder is
+    as good as ours: ours is dropped."""
+    try:
+        tmp.rename(folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _up_to_date(folder / stamp_name, version):
+            raise
+
+
 def _randomise_zero_params(module: torch.nn.Module, generator: torch.Generator) -> None:
     """ControlNet-style zero-initialised layers make a random model ignore its conditions; fill them."""
     with torch.no_grad():
@@ -74,14 +100,10 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
     The parts are drawn in a fixed order from the seeded RNGs (base, motion modules, encoders): the weights,
     and so the parity data that depends on them, stay what TINY_VERSION says."""
     root = Path(root)
-    stamp = root / "tiny_model.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_VERSION:
+    if _up_to_date(root / "tiny_model.json", TINY_VERSION):
         return root
-    if root.exists():
-        shutil.rmtree(root)
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp = _build_folder(root)
     log.info("building the tiny random-weight model in %s", root)
 
     generator = torch.Generator().manual_seed(seed)
@@ -89,7 +111,7 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
     _tiny_motion_modules(tmp, generator, seed)
     _tiny_encoders(tmp, generator)
     (tmp / "tiny_model.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
-    tmp.rename(root)
+    _publish(tmp, root, "tiny_model.json", TINY_VERSION)
     return root
 
 
@@ -236,12 +258,10 @@ def build_tiny_controlnet(folder: Path, base_unet: Path, seed: int = 7) -> Path:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     folder = Path(folder)
-    stamp = folder / "tiny_controlnet.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("version") == TINY_CONTROLNET_VERSION:
+    if _up_to_date(folder / "tiny_controlnet.json", TINY_CONTROLNET_VERSION):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _build_folder(folder)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_pretrained(base_unet)
@@ -249,5 +269,12 @@ def build_tiny_controlnet(folder: Path, base_unet: Path, seed: int = 7) -> Path:
     _randomise_zero_params(controlnet, torch.Generator().manual_seed(seed))
     controlnet.save_pretrained(tmp)
     (tmp / "tiny_controlnet.json").write_text(json.dumps({"version": TINY_CONTROLNET_VERSION, "seed": seed}))
-    tmp.rename(folder)
+    _publish(tmp, folder, "tiny_controlnet.json", TINY_CONTROLNET_VERSION)
     return folder
+
+
+def build_tiny_all(root: Path) -> Path:
+    """The tiny model and its depth ControlNet: everything `--model tiny` loads."""
+    root = build_tiny_model(root)
+    build_tiny_controlnet(root / "controlnets" / "depth", root / "base" / "unet")
+    return root
