@@ -34,6 +34,7 @@ from ..config import Config, ConfigError
 from ..jobs.files import JobFiles
 from ..jobs.model_info import ModelInfo
 from ..jobs.store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
+from ..request.model import image_paths
 from .slot import GenerationSlot
 
 log = logging.getLogger(__name__)
@@ -252,13 +253,11 @@ class RayDispatcher:
             if job is None:
                 return
             try:
-                keyframes = {
-                    k["index"]: self.files.keyframe(job.id, k["index"]).read_bytes() for k in job.request["keyframes"]
-                }
+                images = {path: self.files.read_image(job.id, path) for path in image_paths(job.request)}
             except OSError as e:  # its files are gone (removed by hand): the job cannot run anywhere
-                self.store.finish(job.id, FAILED, "generation_failed", f"its keyframe images cannot be read: {e}")
+                self.store.finish(job.id, FAILED, "generation_failed", f"its condition images cannot be read: {e}")
                 continue
-            slot.run_ref = slot.actor.run.remote(job.id, job.attempt, job.request, keyframes)
+            slot.run_ref = slot.actor.run.remote(job.id, job.attempt, job.request, images)
             slot.job, slot.state = job, "running"
             self._refs[slot.run_ref] = ("run", slot)
             if job.cancel_requested:

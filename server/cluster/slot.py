@@ -48,7 +48,7 @@ class GenerationSlot:
         context = ray.get_runtime_context()
         return {"model": self.info, "node_id": context.get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    def run(self, job_id: str, attempt: int, fields: dict[str, Any], keyframes: dict[int, bytes]) -> dict[str, Any]:
+    def run(self, job_id: str, attempt: int, fields: dict[str, Any], images: dict[str, bytes]) -> dict[str, Any]:
         """Run one job: {"video", "frames", "seconds", "seed"} or {"error": (code, message)}; a cancel raises."""
         context = ray.get_runtime_context()
         self._progress = (job_id, attempt, 0)
@@ -57,7 +57,7 @@ class GenerationSlot:
             self._progress = (job_id, attempt, step)
 
         try:
-            request = GenerationRequest.from_record(fields, keyframes.__getitem__)
+            request = GenerationRequest.from_record(fields, images.__getitem__)
             with tempfile.TemporaryDirectory(dir=self.scratch, prefix=f"{os.getpid()}-") as tmp:
                 outputs = JobOutputs(video=Path(tmp) / "video.mp4", frames=Path(tmp) / "frames")
                 try:

@@ -37,7 +37,7 @@ from .performance import (
     working_memory,
 )
 from .schedulers import build_scheduler
-from .windowed import generate_windowed
+from .windowed import DenseCondition, generate_windowed, prepare_dense_frames
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +191,10 @@ class Engine:
         draft_motion = request.quality == "draft" and self.model.has_draft_adapter
         pipe = self._pipeline_for(request, draft_motion)
 
-        # 2. Keyframes in index order, each fitted to the generation size.
+        # 2. Keyframes in index order, each fitted to the generation size; so are the per-frame ControlNets' images.
         keyframes = sorted(request.keyframes, key=lambda k: k.index)
         images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
+        dense = self._dense_conditions(pipe, request)
 
         # 3. Progress and cancellation between denoising steps.
         def step_end(step: int) -> None:
@@ -204,12 +205,27 @@ class Engine:
 
         # 4. Prompt, denoising and decoding (5. memory given back, whatever happened).
         try:
-            frames = to_uint8(self._denoise(pipe, request, images, [k.index for k in keyframes], step_end))
+            frames = to_uint8(self._denoise(pipe, request, images, [k.index for k in keyframes], dense, step_end))
         finally:
-            self._release(pipe, draft_motion)
+            self._release(pipe, draft_motion, [c.controlnet for c in dense])
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
+
+    def _dense_conditions(self, pipe, request: GenerationRequest) -> list[DenseCondition]:
+        """The request's per-frame ControlNets on the device, each with its frames fitted and prepared as
+        AnimateDiffControlNetPipeline prepares them; a group covering every frame runs as diffusers' does."""
+        conditions = []
+        for group in request.controlnets:
+            controlnet = self.model.controlnets[group.name].to(self.device)
+            fitted = [fit_to_size(f.image, request.width, request.height) for f in group.frames]
+            frames = prepare_dense_frames(
+                fitted, request.width, request.height, self.device, controlnet.dtype, pipe.vae_scale_factor
+            )
+            indices = tuple(f.index for f in group.frames)
+            every = indices == tuple(range(request.num_frames))
+            conditions.append(DenseCondition(controlnet, frames, group.strength, None if every else indices))
+        return conditions
 
     def _pipeline_for(self, request: GenerationRequest, draft_motion: bool):
         """The pipeline for `request`; a draft's motion module is copied into the UNet's motion layers for the
@@ -217,7 +233,7 @@ class Engine:
         if draft_motion:
             use_motion_modules(self.model.unet, self.model.motion_adapters["draft"])
         try:
-            pipe = self.build_pipeline(request.modality, request.scheduler)
+            pipe = self.build_pipeline(request.modality if request.keyframes else None, request.scheduler)
             self._use_loras(pipe, request.loras)
             if self.model.offload == "model":
                 pipe.enable_model_cpu_offload(device=self.device)
@@ -239,7 +255,9 @@ class Engine:
         embed = lambda text: clip_skip_embeddings(pipe, text, request.clip_skip)  # noqa: E731
         return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
-    def _denoise(self, pipe, request: GenerationRequest, images: list, indices: list[int], step_end) -> np.ndarray:
+    def _denoise(
+        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, step_end
+    ) -> np.ndarray:
         """Float frames in [0, 1] from the pipeline's own steps (windowed.py: one context window is diffusers'
         call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives the
         request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
@@ -272,6 +290,7 @@ class Engine:
                     sequential_cfg=plan.sequential_cfg,
                     idle_weights=idle,
                     release_residuals=self.release_residuals,
+                    dense=dense,
                 )
             finally:
                 if idle is not None:
@@ -297,14 +316,19 @@ class Engine:
             )
         return plan
 
-    def _release(self, pipe, draft_motion: bool) -> None:
+    def _release(self, pipe, draft_motion: bool, controlnets: list = ()) -> None:
         """Give the accelerator's cached memory back before the next job (the reference scripts ran out of
-        memory on the second one); with offload, every model back on the CPU with its hooks off; the final
-        motion module back after a draft. The full gc pass (~0.2 s) runs in the worker after the job."""
+        memory on the second one); with offload, every model back on the CPU with its hooks off; the per-frame
+        ControlNets back on the CPU unless encoders stay on the device; the final motion module back after a
+        draft. The full gc pass (~0.2 s) runs in the worker after the job."""
         if self.model.offload != "none":
             pipe.remove_all_hooks()
             for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
-                module.to("cpu")
+                if module is not None:
+                    module.to("cpu")
+        if self.model.offload != "none" or not self.keep_encoders_on_device:
+            for controlnet in controlnets:
+                controlnet.to("cpu")
         if draft_motion:
             use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
         self.empty_cache()

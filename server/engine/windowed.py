@@ -37,11 +37,13 @@ from .windows import context_windows, share_noise
 
 
 class DenseCondition(NamedTuple):
-    """A per-frame ControlNet with an image for every generated frame (prepare_dense_frames) and its strength."""
+    """A per-frame ControlNet with its images (prepare_dense_frames) and strength: an image for every generated
+    frame, or for the frames `indices` names (the others get nothing from it: its residuals there are zero)."""
 
     controlnet: Any  # diffusers ControlNetModel
-    frames: torch.Tensor  # (num_frames, 3, H, W) in [0, 1]
+    frames: torch.Tensor  # (num_frames or len(indices), 3, H, W) in [0, 1]
     scale: float = 1.0
+    indices: tuple[int, ...] | None = None  # None: every frame, in order
 
 
 def prepare_dense_frames(images: list, width: int, height: int, device, dtype, vae_scale_factor: int) -> torch.Tensor:
@@ -102,8 +104,9 @@ def generate_windowed(
             images, num_frames, controlnet_frame_indices, device, controlnet.dtype
         )
     for condition in dense:
-        if condition.frames.shape[0] != num_frames:
-            raise ValueError(f"a per-frame ControlNet needs {num_frames} frames, got {condition.frames.shape[0]}")
+        expected = num_frames if condition.indices is None else len(condition.indices)
+        if condition.frames.shape[0] != expected or not all(0 <= i < num_frames for i in condition.indices or ()):
+            raise ValueError(f"a per-frame ControlNet needs {expected} frames, got {condition.frames.shape[0]}")
 
     # 3. Timesteps and initial noise.
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -120,19 +123,8 @@ def generate_windowed(
         w.start: torch.tensor(w.weights, device=device, dtype=latents.dtype).view(1, 1, -1, 1, 1) for w in windows
     }
     embeds_by_length: dict[int, torch.Tensor] = {}
-    # Each window's dense frames, doubled for CFG's halves run together (the pipeline's torch.cat([video] * 2)).
     joint_cfg = do_cfg and not sequential_cfg
-    dense_by_window = {
-        w.start: [
-            (
-                c.controlnet,
-                torch.cat([c.frames[w.start : w.stop]] * 2) if joint_cfg else c.frames[w.start : w.stop],
-                c.scale,
-            )
-            for c in dense
-        ]
-        for w in windows
-    }
+    dense_by_window = {w.start: _window_dense(dense, w.start, w.stop, joint_cfg) for w in windows}
 
     if idle_weights is not None:  # the prompt is encoded and the conditions prepared: idle until decoding
         idle_weights.park()
@@ -158,6 +150,23 @@ def generate_windowed(
     chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, num_frames, decode_chunk)]
     video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
     return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+
+def _window_dense(dense: Sequence[DenseCondition], start: int, stop: int, joint_cfg: bool) -> list[tuple]:
+    """A window's dense conditions: (controlnet, its frames in the window, scale, their positions in the window or
+    None for all), the frames doubled for CFG's halves run together (the pipeline's torch.cat([video] * 2)).
+    A subset's ControlNet with no frame in the window is left out of it."""
+    chosen = []
+    for c in dense:
+        if c.indices is None:
+            frames, present = c.frames[start:stop], None
+        else:
+            rows = [j for j, i in enumerate(c.indices) if start <= i < stop]
+            if not rows:
+                continue
+            frames, present = c.frames[rows], tuple(c.indices[j] - start for j in rows)
+        chosen.append((c.controlnet, torch.cat([frames] * 2) if joint_cfg else frames, c.scale, present))
+    return chosen
 
 
 class _Consumed(list):
@@ -227,22 +236,35 @@ def _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options: _Options
 
 def _dense_residuals(model_input, t, embeds, dense, down, mid):
     """Each per-frame ControlNet on this window's frames, folded into the batch as AnimateDiffControlNetPipeline
-    folds them, its residuals added to `down`/`mid` (None: the first) in order, as MultiControlNetModel adds."""
+    folds them, its residuals added to `down`/`mid` (None: the first) in order, as MultiControlNetModel adds.
+    A subset runs on its frames' rows only (a 2D ControlNet sees each frame alone) and is zero elsewhere."""
     folded = torch.transpose(model_input, 1, 2)
     folded = folded.reshape((-1, folded.shape[2], folded.shape[3], folded.shape[4]))
-    for controlnet, frames, scale in dense:
+    for controlnet, frames, scale, present in dense:
+        rows = None
+        if present is not None:
+            length = model_input.shape[2]
+            halves = folded.shape[0] // length
+            rows = torch.tensor([h * length + p for h in range(halves) for p in present], device=folded.device)
         d, m = controlnet(
-            folded,
+            folded if rows is None else folded[rows],
             t,
-            encoder_hidden_states=embeds,
+            encoder_hidden_states=embeds if rows is None else embeds[rows],
             controlnet_cond=frames,
             conditioning_scale=scale,
             guess_mode=False,
             return_dict=False,
         )
+        if rows is not None:
+            d, m = [_scattered(x, rows, folded.shape[0]) for x in d], _scattered(m, rows, folded.shape[0])
         if down is None:
             down, mid = list(d), m
         else:
             down, mid = [a + b for a, b in zip(down, d, strict=True)], mid + m
         del d, m
     return down, mid
+
+
+def _scattered(residual: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """A subset's residual at its rows of the whole folded batch, zero at the others."""
+    return residual.new_zeros((batch, *residual.shape[1:])).index_copy_(0, rows, residual)

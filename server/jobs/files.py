@@ -29,8 +29,15 @@ class JobFiles:
             raise ValueError(f"not a job id: {job_id!r}")
         return self.root / job_id
 
-    def keyframe(self, job_id: str, index: int) -> Path:
-        return self.folder(job_id) / "keyframes" / f"{index:04d}.png"
+    def image(self, job_id: str, path: str) -> Path:
+        """A condition image of the job (its relative path as request.model.image_paths names it)."""
+        relative = Path(path)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"not a path inside a job's folder: {path!r}")
+        return self.folder(job_id) / relative
+
+    def read_image(self, job_id: str, path: str) -> bytes:
+        return self.image(job_id, path).read_bytes()
 
     def video(self, job_id: str) -> Path:
         return self.folder(job_id) / "video.mp4"
@@ -67,9 +74,10 @@ class JobFiles:
         shutil.rmtree(folder, ignore_errors=True)
         return freed
 
-    def save_keyframes(self, job_id: str, pngs: dict[int, bytes]) -> None:
-        for index, data in pngs.items():
-            path = self.keyframe(job_id, index)
+    def save_images(self, job_id: str, pngs: dict[str, bytes]) -> None:
+        """The request's condition images, by their relative paths (GenerationRequest.to_record)."""
+        for relative, data in pngs.items():
+            path = self.image(job_id, relative)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 

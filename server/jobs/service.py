@@ -75,25 +75,27 @@ class JobService:
             seed=random_seed(),
             draft_adapter=model.draft_motion_module,
             loras=model.loras,
+            controlnets=model.controlnets,
         )
         job_id = uuid.uuid4().hex
         fields, images = request.to_record()
         # Files first: the worker may claim the job the moment its record exists.
-        self.files.save_keyframes(job_id, images)
+        self.files.save_images(job_id, images)
         owner, priority = (body.get(k) if isinstance(body, dict) else getattr(body, k) for k in ("owner", "priority"))
         record = self.store.create(
             job_id, fields, request.seed, model.name, request.steps, owner=owner, priority=priority or 0
         )
         self.worker.wake()
         log.info(
-            "job %s queued: %s, %d frames %dx%d, %d steps, keyframes %s",
+            "job %s queued: %s, %d frames %dx%d, %d steps, keyframes %s, controlnets %s",
             job_id,
-            request.modality,
+            request.modality or "no keyframes",
             request.num_frames,
             request.width,
             request.height,
             request.steps,
             [k.index for k in request.keyframes],
+            [f"{g.name} x{len(g.frames)}" for g in request.controlnets],
         )
         return record
 

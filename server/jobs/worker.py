@@ -111,9 +111,7 @@ class Worker:
             bar.update(step - bar.n)
 
         try:
-            request = GenerationRequest.from_record(
-                job.request, lambda index: self.files.keyframe(job.id, index).read_bytes()
-            )
+            request = GenerationRequest.from_record(job.request, lambda path: self.files.read_image(job.id, path))
             outputs = JobOutputs(video=self.files.video(job.id), frames=self.files.frames(job.id))
             result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=self._cancel.is_set)
             self.store.finish(job.id, SUCCEEDED)

@@ -4,8 +4,9 @@
 carries its API description and limits in `api(...)`; schema.py builds the POST /v1/jobs body from them and
 config.py the [generation] defaults table, so a new request field is written once, here (docs/architecture.md).
 
-The record form (`to_record` / `from_record`) is what the job store keeps: the fields as JSON, the keyframe
-images as the encoded bytes that came in (PNG; other formats normalised to PNG once).
+The record form (`to_record` / `from_record`) is what the job store keeps: the fields as JSON, the condition
+images as the encoded bytes that came in (PNG; other formats normalised to PNG once), each under the relative
+path `image_paths` names (keyframes/0003.png, controlnets/0/0003.png), so that every runner finds them alike.
 """
 
 from __future__ import annotations
@@ -66,12 +67,45 @@ class Keyframe:
 
 
 @dataclass(frozen=True)
+class DenseGroup:
+    """Images for a per-frame ControlNet (e.g. Blender's depth at every generated frame), with its strength.
+
+    `frames` are in index order: one per generated frame, or a subset (the ControlNet adds nothing to the
+    others). `name` is a configured ControlNet ([model.controlnets]), never a path."""
+
+    name: str
+    strength: float
+    frames: tuple[Keyframe, ...]
+
+
+def keyframe_path(index: int) -> str:
+    return f"keyframes/{index:04d}.png"
+
+
+def dense_frame_path(group: int, index: int) -> str:
+    return f"controlnets/{group}/{index:04d}.png"
+
+
+def image_paths(fields: dict[str, Any]) -> list[str]:
+    """The images a request record refers to, as relative paths in its job's folder."""
+    paths = [keyframe_path(k["index"]) for k in fields.get("keyframes", ())]
+    for g, group in enumerate(fields.get("controlnets", ())):
+        paths += [dense_frame_path(g, index) for index in group["frames"]]
+    return paths
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str = field(metadata=api("what the clip shows", max_length="max_prompt_chars"))
     negative_prompt: str = field(
         metadata=api("what it should not show", default_from_config=True, max_length="max_prompt_chars")
     )
-    modality: str = field(metadata=api("the keyframes' kind: a configured SparseCtrl encoder", choices=MODALITIES))
+    modality: str = field(
+        metadata=api(
+            "the keyframes' kind: a configured SparseCtrl encoder (needed with keyframes; '' in a job without)",
+            choices=MODALITIES,
+        )
+    )
     num_frames: int = field(metadata=api("frames the model generates", default_from_config=True, ge=1, le="max_frames"))
     width: int = field(
         metadata=api("generated width in pixels", default_from_config=True, ge="min_size", le="max_size", multiple_of=8)
@@ -92,6 +126,7 @@ class GenerationRequest:
     scheduler: str = field(metadata=api("the sampler", default_from_config=True, choices=SCHEDULER_NAMES))
     fps: int = field(metadata=api("frame rate of the MP4", default_from_config=True, ge=1, le="max_fps"))
     keyframes: list[Keyframe] = field(default_factory=list)  # the API's shape is schema.py's KeyframeIn
+    controlnets: tuple[DenseGroup, ...] = ()  # per-frame ControlNets; the API's shape is schema.py's ControlNetIn
     # Frames in the delivered clip after retiming; 0: num_frames (no retiming).
     output_frames: int = field(
         default=0,
@@ -124,23 +159,40 @@ class GenerationRequest:
     def delivered_frames(self) -> int:
         return self.output_frames or self.num_frames
 
-    def to_record(self) -> tuple[dict[str, Any], dict[int, bytes]]:
-        """(the fields as stored and echoed by the API, keyframes without their images; the images' bytes)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "keyframes"}
+    def to_record(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """(the fields as stored and echoed by the API, conditions without their images; the images' bytes by
+        their path in the job's folder, image_paths)."""
+        images = {"keyframes", "controlnets"}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in images}
         fields["keyframes"] = [{"index": k.index, "output_index": k.output_index} for k in self.keyframes]
+        fields["controlnets"] = [
+            {"name": g.name, "strength": g.strength, "frames": [f.index for f in g.frames]} for g in self.controlnets
+        ]
         fields["output_frames"] = self.delivered_frames
         fields["loras"] = [list(pair) for pair in self.loras]
-        return fields, {k.index: k.data for k in self.keyframes}
+        data = {keyframe_path(k.index): k.data for k in self.keyframes}
+        for n, group in enumerate(self.controlnets):
+            data |= {dense_frame_path(n, f.index): f.data for f in group.frames}
+        return fields, data
 
     @classmethod
-    def from_record(cls, fields: dict[str, Any], read_image: Callable[[int], bytes]) -> GenerationRequest:
-        """The request a record holds; `read_image(index)` gives a keyframe's bytes. Fields a record from an
-        older release lacks take their defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in fields.items() if k in known and k != "keyframes"}
+    def from_record(cls, fields: dict[str, Any], read_image: Callable[[str], bytes]) -> GenerationRequest:
+        """The request a record holds; `read_image(path)` gives an image's bytes (paths as image_paths names
+        them). Fields a record from an older release lacks take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"keyframes", "controlnets"}
+        values = {k: v for k, v in fields.items() if k in known}
         values["loras"] = tuple((name, scale) for name, scale in values.get("loras", ()))
-        keyframes = [Keyframe(k["index"], read_image(k["index"]), k.get("output_index")) for k in fields["keyframes"]]
-        return cls(**values, keyframes=keyframes)
+        keyframes = [
+            Keyframe(k["index"], read_image(keyframe_path(k["index"])), k.get("output_index"))
+            for k in fields["keyframes"]
+        ]
+        controlnets = tuple(
+            DenseGroup(
+                g["name"], g["strength"], tuple(Keyframe(i, read_image(dense_frame_path(n, i))) for i in g["frames"])
+            )
+            for n, g in enumerate(fields.get("controlnets", ()))
+        )
+        return cls(**values, keyframes=keyframes, controlnets=controlnets)
 
 
 def api_fields() -> dict[str, dataclasses.Field]:

@@ -1,6 +1,7 @@
 """The server's policy for a checked request body: defaults from the config, keyframe images decoded once,
 drafts and LoRAs resolved. Limits are schema.py's (checked once, there); what is checked here needs the
-other fields or the loaded model: keyframe indices against the clip, modalities and LoRAs the server has.
+other fields or the loaded model: keyframe and dense frame indices against the clip, the modalities, LoRAs
+and ControlNets the server has.
 Shared by the HTTP API and the `generate` CLI; imports neither FastAPI nor torch.
 """
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 from ..config import Config
 from .errors import RequestError
 from .images import ImageError, decode_image
-from .model import GenerationRequest, Keyframe, api_fields, configurable_fields
+from .model import DenseGroup, GenerationRequest, Keyframe, api_fields, configurable_fields
 from .schema import parse_body
 
 
@@ -28,17 +29,13 @@ def resolve_request(
     seed: int,
     draft_adapter: bool = False,
     loras: dict[str, float] | None = None,
+    controlnets: list[str] | None = None,
 ) -> GenerationRequest:
     """Check `fields` (schema.py; an already validated body passes as it is), apply the config's defaults,
-    decode the keyframes. `seed` is used when none is given. `loras`: the configured LoRAs a request may name
-    (name -> default scale); never a path."""
+    decode the images. `seed` is used when none is given. `loras`: the configured LoRAs a request may name
+    (name -> default scale); `controlnets`: the configured ControlNets' names; never paths."""
     body = parse_body(fields, config.limits)
-    if body.modality not in modalities:
-        raise RequestError(
-            "modality_unavailable",
-            f"no condition encoder is configured for modality '{body.modality}' on this server; "
-            f"available: {', '.join(modalities) if modalities else 'none'}",
-        )
+    _check_conditions(body, modalities)
     values = {name: getattr(body, name) for name in api_fields()}
     for name in configurable_fields():
         if values[name] is None:
@@ -46,9 +43,11 @@ def resolve_request(
     values["seed"] = seed if values["seed"] is None else values["seed"]
     values["output_frames"] = values["output_frames"] or 0
     values["quality"] = values["quality"] or "final"
+    values["modality"] = values["modality"] or ""
     values["keyframes"] = _keyframes(
         body, values["num_frames"], values["output_frames"], config.limits.max_image_pixels
     )
+    values["controlnets"] = _controlnets(body, values["num_frames"], config.limits.max_image_pixels, controlnets or [])
     values["loras"] = _loras([(lora.name, lora.scale) for lora in body.loras or ()], loras or {})
     request = GenerationRequest(**values)
     if request.quality == "draft":
@@ -56,8 +55,30 @@ def resolve_request(
     return request
 
 
+def _check_conditions(body: BaseModel, modalities: list[str]) -> None:
+    """Something steers the clip (keyframes, per-frame ControlNets or both); keyframes come with a modality the
+    server has."""
+    if not body.keyframes and not body.controlnets:
+        raise RequestError(
+            "invalid_request",
+            "nothing conditions the clip: send keyframes (with a modality) or controlnets (per-frame images)",
+        )
+    if not body.keyframes:
+        return
+    if body.modality is None:
+        raise RequestError("invalid_request", "modality: the keyframes' kind is needed with keyframes")
+    if body.modality not in modalities:
+        raise RequestError(
+            "modality_unavailable",
+            f"no condition encoder is configured for modality '{body.modality}' on this server; "
+            f"available: {', '.join(modalities) if modalities else 'none'}",
+        )
+
+
 def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels: int) -> list[Keyframe]:
     """The keyframes in index order, each image decoded (and so checked) once; indices checked against the clip."""
+    if not body.keyframes:
+        return []
     if len(body.keyframes) > num_frames:
         raise RequestError(
             "invalid_request", f"{len(body.keyframes)} keyframes for {num_frames} frames: at most one per frame"
@@ -76,7 +97,7 @@ def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels:
             raise RequestError(
                 "invalid_request", f"keyframe {index}: output_index {output_index} is outside 0..{output_frames - 1}"
             )
-        data, image = _decode(kf.image, index, max_pixels)
+        data, image = _decode(kf.image, f"keyframe {index}", max_pixels)
         keyframes.append(Keyframe(index, data, output_index, image))
     pinned = [k for k in keyframes if k.output_index is not None]
     for a, b in zip(pinned, pinned[1:], strict=False):
@@ -89,18 +110,53 @@ def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels:
     return keyframes
 
 
-def _decode(text: str, index: int, max_pixels: int):
+def _controlnets(body: BaseModel, num_frames: int, max_pixels: int, available: list[str]) -> tuple[DenseGroup, ...]:
+    """Each per-frame ControlNet group: a configured name, once; its frames in index order, inside the clip,
+    one per index, each image decoded (and so checked) once. Sizes are fitted later, as keyframes' are."""
+    groups, seen = [], set()
+    for group in body.controlnets or ():
+        if group.name not in available:
+            raise RequestError(
+                "unknown_controlnet",
+                f"no ControlNet named {group.name!r} is configured on this server; available: "
+                f"{', '.join(sorted(available)) if available else 'none'} ([model.controlnets]; GET /v1/models)",
+            )
+        if group.name in seen:
+            raise RequestError("invalid_request", f"ControlNet {group.name!r} is named twice")
+        seen.add(group.name)
+        what = f"ControlNet {group.name!r}"
+        indices = sorted(f.index for f in group.frames)
+        if len(indices) > num_frames:
+            raise RequestError(
+                "invalid_request", f"{what}: {len(indices)} frames for a {num_frames}-frame clip: at most one per frame"
+            )
+        if indices[-1] >= num_frames:
+            raise RequestError(
+                "invalid_request", f"{what}: frame index {indices[-1]} is outside the clip's 0..{num_frames - 1}"
+            )
+        if twice := sorted({i for i in indices if indices.count(i) > 1}):
+            raise RequestError("invalid_request", f"{what}: two frames have index {twice[0]}")
+        frames = []
+        for f in sorted(group.frames, key=lambda f: f.index):
+            data, image = _decode(f.image, f"{what} frame {f.index}", max_pixels)
+            frames.append(Keyframe(f.index, data, None, image))
+        strength = 1.0 if group.strength is None else float(group.strength)
+        groups.append(DenseGroup(group.name, strength, tuple(frames)))
+    return tuple(groups)
+
+
+def _decode(text: str, what: str, max_pixels: int):
     """(the bytes the record keeps: PNG as sent, other formats as PNG; the decoded RGB image)."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError("invalid_image", f"keyframe {index}: image is not valid base64") from None
+        raise RequestError("invalid_image", f"{what}: image is not valid base64") from None
     try:
         image = decode_image(data, max_pixels)
     except ImageError as e:
-        raise RequestError("invalid_image", f"keyframe {index}: {e}") from None
+        raise RequestError("invalid_image", f"{what}: {e}") from None
     if not data.startswith(b"\x89PNG"):
         buf = io.BytesIO()
         image.save(buf, format="PNG")

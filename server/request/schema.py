@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 OWNER_MAX_CHARS = 64
 OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
 PRIORITY_RANGE = (-10, 10)
-_REQUIRED = ("prompt", "modality")
+_REQUIRED = ("prompt",)
+CONTROLNETS_MAX = 4  # per-frame ControlNet groups in one job
 
 
 def _field(name: str, annotation: Any, meta: dict[str, Any], limits: Limits) -> tuple[Any, Any]:
@@ -54,11 +55,43 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             None, ge=LORA_SCALE[0], le=LORA_SCALE[1], description="strength; omitted: the configured default"
         )
 
+    class DenseFrameIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        index: int = Field(ge=0, le=limits.max_frames - 1, description="0-based generated frame it conditions")
+        image: str = Field(min_length=1, description="base64-encoded PNG (JPEG and WebP are accepted too)")
+
+    class ControlNetIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        name: str = Field(
+            min_length=1, max_length=64, description="a ControlNet name from GET /v1/models (never a path)"
+        )
+        strength: float | None = Field(
+            None, ge=0, le=limits.max_conditioning_scale, description="its conditioning scale; omitted: 1.0"
+        )
+        frames: list[DenseFrameIn] = Field(
+            min_length=1,
+            max_length=limits.max_frames,
+            description="one image per generated frame (indices 0..num_frames-1), or a subset of the frames; "
+            "the others get nothing from this ControlNet",
+        )
+
     hints = get_type_hints(GenerationRequest)
     fields: dict[str, Any] = {
         name: _field(name, hints[name], f.metadata["api"], limits) for name, f in api_fields().items()
     }
-    fields["keyframes"] = (list[KeyframeIn], Field(min_length=1, max_length=limits.max_frames))
+    fields["keyframes"] = (
+        list[KeyframeIn] | None,
+        Field(None, max_length=limits.max_frames, description="sparse SparseCtrl keyframes (with modality)"),
+    )
+    fields["controlnets"] = (
+        list[ControlNetIn] | None,
+        Field(
+            None,
+            max_length=CONTROLNETS_MAX,
+            description="per-frame ControlNets (e.g. depth at every frame), beside or instead of the keyframes; "
+            "residuals are summed",
+        ),
+    )
     fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
     fields["owner"] = (
         str | None,
@@ -106,16 +139,26 @@ def parse_body(fields: dict[str, Any] | BaseModel, limits: Limits) -> BaseModel:
         return fields
     fields = dict(fields)
     if isinstance(fields.get("keyframes"), list):
-        fields["keyframes"] = [
-            {**k, "image": base64.b64encode(k["image"]).decode("ascii")}
-            if isinstance(k, dict) and isinstance(k.get("image"), bytes)
-            else k
-            for k in fields["keyframes"]
+        fields["keyframes"] = _encoded(fields["keyframes"])
+    if isinstance(fields.get("controlnets"), list):
+        fields["controlnets"] = [
+            {**g, "frames": _encoded(g["frames"])} if isinstance(g, dict) and isinstance(g.get("frames"), list) else g
+            for g in fields["controlnets"]
         ]
     try:
         return body_model(limits).model_validate(fields)
     except ValidationError as e:
         raise RequestError("invalid_request", describe(e.errors())) from None
+
+
+def _encoded(images: list) -> list:
+    """Raw image bytes (a file the CLI read) as the base64 text the body carries."""
+    return [
+        {**k, "image": base64.b64encode(k["image"]).decode("ascii")}
+        if isinstance(k, dict) and isinstance(k.get("image"), bytes)
+        else k
+        for k in images
+    ]
 
 
 def describe(errors: list[dict]) -> str:

@@ -1,7 +1,6 @@
-"""Per-frame ControlNets beside SparseCtrl (#16 item 2, engine level): a depth ControlNet on every generated
-frame equals diffusers' own AnimateDiffControlNetPipeline on the same tiny weights, bit for bit; mixed with
-SparseCtrl keyframes and across context windows it runs and steers. (Requests and the API are the next step:
-docs/plans/depth-controlnet.md.)"""
+"""Per-frame ControlNets beside SparseCtrl (#16 item 2): a depth-only job (a request's controlnets, no
+keyframes) equals diffusers' own AnimateDiffControlNetPipeline on the same tiny weights, bit for bit; mixed with
+SparseCtrl keyframes, on a subset of the frames and across context windows it runs and steers."""
 
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ import torch
 from PIL import Image
 
 from server.engine.engine import to_uint8
-from server.engine.windowed import DenseCondition, generate_windowed, prepare_dense_frames
+from server.engine.windowed import DenseCondition, _dense_residuals, generate_windowed, prepare_dense_frames
+from server.request.model import DenseGroup, Keyframe
 from tests.server.test_engine import make_request
 
 
@@ -27,6 +27,13 @@ def depth_frames(count: int, size: int = 64, shift: int = 0) -> list[Image.Image
         depth[16:44, x : x + 20] = 230  # the box
         frames.append(Image.fromarray(np.repeat(depth[:, :, None], 3, axis=2)))
     return frames
+
+
+def with_depth(request, images, indices=None, strength=1.0):
+    """The request with a depth group: `images` at `indices` (default: every frame)."""
+    indices = range(len(images)) if indices is None else indices
+    frames = tuple(Keyframe.of_image(i, img) for i, img in zip(indices, images, strict=True))
+    return dataclasses.replace(request, controlnets=(DenseGroup("depth", strength, frames),))
 
 
 def ours(engine, request, images, *, dense_scale=1.0, window_length=16, sparse=False, depth=None, halves=False):
@@ -104,10 +111,11 @@ def bare_controlnet_pipeline(tiny_root, tiny_config, request, images) -> np.ndar
 
 
 def test_a_depth_controlnet_job_equals_diffusers_animatediff_controlnet_pipeline(engine, tiny_root, tiny_config):
-    request = make_request(keyframes=[])
+    request = make_request(keyframes=[], modality="")
     images = depth_frames(request.num_frames)
-    frames = ours(engine, request, images)
+    frames = engine.generate(with_depth(request, images)).frames
     np.testing.assert_array_equal(frames, bare_controlnet_pipeline(tiny_root, tiny_config, request, images))
+    np.testing.assert_array_equal(frames, ours(engine, request, images))
     # The depth steers: another motion of the box, or no strength, is another clip.
     assert not np.array_equal(frames, ours(engine, request, images, depth=depth_frames(request.num_frames, shift=20)))
     assert not np.array_equal(frames, ours(engine, request, images, dense_scale=0.0))
@@ -135,3 +143,41 @@ def test_a_dense_condition_must_cover_every_frame(engine):
     request = make_request(keyframes=[])
     with pytest.raises(ValueError, match="needs 8 frames, got 5"):
         ours(engine, request, depth_frames(5))
+
+
+def test_a_mixed_job_of_requests_runs_windowed_with_depth_on_every_frame_or_on_some(engine):
+    request = make_request(steps=2)  # line-art keyframes at 0 and 7
+    images = depth_frames(request.num_frames)
+    mixed = engine.generate(with_depth(request, images)).frames
+    np.testing.assert_array_equal(mixed, ours(engine, request, images, sparse=True))
+    weaker = engine.generate(with_depth(request, images, strength=0.3)).frames
+    assert not np.array_equal(mixed, weaker)
+    # Depth on some frames only: not the every-frame clip, and not the keyframes alone.
+    some = engine.generate(with_depth(request, images[2:5], indices=[2, 3, 4])).frames
+    assert not np.array_equal(some, mixed) and not np.array_equal(some, engine.generate(request).frames)
+
+    # 24 frames in the engine's context windows; depth on frames 0..9 only: the last window has none of it.
+    long = dataclasses.replace(request, num_frames=24, keyframes=[Keyframe.of_image(0, images[0])])
+    assert engine.long_video.window_length < 24
+    clip = engine.generate(with_depth(long, depth_frames(10), indices=range(10))).frames
+    assert clip.shape == (24, 64, 64, 3) and clip.std() > 0
+    assert engine.generate(with_depth(long, depth_frames(24))).frames.shape == (24, 64, 64, 3)
+
+
+def test_a_subset_adds_its_controlnet_at_its_frames_and_nothing_elsewhere(engine):
+    """The rows of a subset's residuals are the every-frame run's rows at its frames, and zero at the others."""
+    controlnet = engine.model.controlnets["depth"]
+    torch.manual_seed(0)
+    latents = torch.randn(2, 4, 3, 8, 8)  # CFG's halves, three frames
+    embeds = torch.randn(6, 77, controlnet.config.cross_attention_dim)
+    frames = prepare_dense_frames(depth_frames(3), 64, 64, "cpu", torch.float32, 8)
+    t = torch.tensor(500)
+    full_down, full_mid = _dense_residuals(
+        latents, t, embeds, [(controlnet, torch.cat([frames] * 2), 1.0, None)], None, None
+    )
+    one = torch.cat([frames[1:2]] * 2)
+    down, mid = _dense_residuals(latents, t, embeds, [(controlnet, one, 1.0, (1,))], None, None)
+    rows, others = [1, 4], [0, 2, 3, 5]  # frame 1 of each half
+    for sub, full in zip([*down, mid], [*full_down, full_mid], strict=True):
+        torch.testing.assert_close(sub[rows], full[rows], rtol=1e-5, atol=1e-6)
+        assert not sub[others].any()

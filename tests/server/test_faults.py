@@ -104,7 +104,7 @@ def test_disk_full_while_writing_fails_the_job_and_serves_no_partial_file(servic
     folder = service.files.folder(job_id)
     assert not service.files.video(job_id).exists() and not service.files.frames(job_id).exists()
     assert not list(folder.glob("*.partial")) and not list(folder.glob(".*.partial"))
-    assert service.files.keyframe(job_id, 0).exists()  # the inputs are kept
+    assert service.files.image(job_id, "keyframes/0000.png").exists()  # the inputs are kept
 
     monkeypatch.setattr(execute_module, "write_mp4", real)
     assert wait(service, service.submit(fields()).id).status == "succeeded"

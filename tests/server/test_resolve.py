@@ -12,7 +12,7 @@ import pytest
 from server.api.errors import status_of
 from server.config import load_config
 from server.request.errors import RequestError
-from server.request.model import GenerationRequest
+from server.request.model import GenerationRequest, image_paths
 from server.request.resolve import resolve_request
 from tests.conftest import png_bytes, sketch
 
@@ -59,7 +59,7 @@ def test_keyframes_are_sorted_and_stored_as_png():
     jpeg = resolve_request(
         body(keyframes=[{"index": 0, "image": base64.b64encode(buf.getvalue()).decode()}]), CONFIG, ALL, 1
     )
-    assert jpeg.to_record()[1][0].startswith(b"\x89PNG")  # other formats become PNG, once
+    assert jpeg.to_record()[1]["keyframes/0000.png"].startswith(b"\x89PNG")  # other formats become PNG, once
 
 
 def test_the_record_form_gives_back_the_same_request():
@@ -113,3 +113,76 @@ def test_modality_without_encoder_names_what_is_available():
     with pytest.raises(RequestError, match="available: lineart, rgb") as e:
         resolve_request(body(modality="depth"), CONFIG, ["lineart", "rgb"], seed=1)
     assert e.value.code == "modality_unavailable"
+
+
+# -- per-frame ControlNets (#16) ---------------------------------------------------------------------------------
+
+
+def depth_group(indices, name="depth", **changes):
+    return {"name": name, "frames": [{"index": i, "image": IMG} for i in indices], **changes}
+
+
+def test_a_depth_only_job_needs_no_modality_and_keeps_its_frames_in_order():
+    fields = body(num_frames=4, controlnets=[depth_group([3, 1, 0, 2], strength=0.6)])
+    del fields["keyframes"], fields["modality"]
+    r = resolve_request(fields, CONFIG, ALL, seed=1, controlnets=["depth"])
+    assert r.modality == "" and r.keyframes == []
+    ((group,),) = [r.controlnets]
+    assert (group.name, group.strength, [f.index for f in group.frames]) == ("depth", 0.6, [0, 1, 2, 3])
+    record, images = r.to_record()
+    assert record["controlnets"] == [{"name": "depth", "strength": 0.6, "frames": [0, 1, 2, 3]}]
+    assert sorted(images) == [f"controlnets/0/000{i}.png" for i in range(4)] == image_paths(record)
+    back = GenerationRequest.from_record(json.loads(json.dumps(record)), images.__getitem__)
+    assert back.controlnets[0].frames[2].image.tobytes() == group.frames[2].image.tobytes()
+    assert back.to_record() == (record, images)
+    # Strength omitted: 1.0; with keyframes too, both are kept.
+    mixed = resolve_request(
+        body(num_frames=4, controlnets=[depth_group([0, 2])]), CONFIG, ALL, 1, controlnets=["depth"]
+    )
+    assert mixed.controlnets[0].strength == 1.0 and [k.index for k in mixed.keyframes] == [0]
+
+
+def test_an_unknown_controlnet_is_refused_listing_the_configured_ones():
+    with pytest.raises(RequestError, match=r"'normal'.*available: depth, lineart_dense") as e:
+        resolve_request(
+            body(controlnets=[depth_group([0], name="normal")]), CONFIG, ALL, 1, controlnets=["lineart_dense", "depth"]
+        )
+    assert e.value.code == "unknown_controlnet" and status_of(e.value.code) == 422
+    with pytest.raises(RequestError, match="available: none"):
+        resolve_request(body(controlnets=[depth_group([0])]), CONFIG, ALL, 1)
+
+
+DENSE_BAD = [
+    ("index past the clip", [depth_group([0, 8])], "frame index 8 is outside the clip's 0..7"),
+    ("an index twice", [depth_group([1, 1])], "two frames have index 1"),
+    ("more frames than the clip", [depth_group(list(range(8)) + [0])], "9 frames for a 8-frame clip"),
+    ("a name twice", [depth_group([0]), depth_group([1])], "'depth' is named twice"),
+    ("no frames", [depth_group([])], "controlnets.0.frames"),
+    ("negative strength", [depth_group([0], strength=-1)], "controlnets.0.strength"),
+    ("a path for a name", [depth_group([0], name="/models/depth.pth")], "no ControlNet named"),
+]
+
+
+@pytest.mark.parametrize("groups, says", [(g, s) for _, g, s in DENSE_BAD], ids=[n for n, _, _ in DENSE_BAD])
+def test_dense_frames_that_do_not_fit_the_clip_are_refused_saying_which(groups, says):
+    with pytest.raises(RequestError) as e:
+        resolve_request(body(num_frames=8, controlnets=groups), CONFIG, ALL, 1, controlnets=["depth"])
+    assert says in e.value.message and status_of(e.value.code) == 422
+
+
+def test_a_job_with_nothing_to_steer_it_or_keyframes_without_modality_is_refused():
+    bare = body()
+    del bare["keyframes"]
+    with pytest.raises(RequestError, match="send keyframes .* or controlnets"):
+        resolve_request(bare, CONFIG, ALL, 1, controlnets=["depth"])
+    no_modality = body()
+    del no_modality["modality"]
+    with pytest.raises(RequestError, match="modality: the keyframes' kind is needed"):
+        resolve_request(no_modality, CONFIG, ALL, 1)
+
+
+def test_a_bad_dense_image_names_its_controlnet_and_frame():
+    group = {"name": "depth", "frames": [{"index": 0, "image": IMG}, {"index": 3, "image": "%%%"}]}
+    with pytest.raises(RequestError, match="ControlNet 'depth' frame 3: image is not valid base64") as e:
+        resolve_request(body(controlnets=[group]), CONFIG, ALL, 1, controlnets=["depth"])
+    assert e.value.code == "invalid_image"
