@@ -1,7 +1,8 @@
 """Headless batch: the panel's code path without UI, for one shot or a whole sequence.
 
     python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
-        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48] [--frames N] [--prompt ...]
+        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48|none] [--frames N]
+        [--depth-every-frame [--depth-strength S]] [--prompt ...]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
@@ -115,6 +116,8 @@ def _saved_settings(scene) -> dict:
         names = identifiers(choices)
         if isinstance(out.get(key), int):
             out[key] = names[out[key]] if 0 <= out[key] < len(names) else names[0]
+    if "depth_every_frame" in out:  # a BoolProperty is saved as 0 or 1
+        out["depth_every_frame"] = bool(out["depth_every_frame"])
     return out
 
 
@@ -152,7 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
     )
     p.add_argument("--modality", choices=identifiers(MODALITIES))
-    p.add_argument("--keyframes", help="'markers' (default), 'camera', 'every:N', or a list like 1,24,48")
+    p.add_argument(
+        "--keyframes",
+        help="'markers' (default), 'camera', 'every:N', a list like 1,24,48, or 'none' (with --depth-every-frame)",
+    )
+    p.add_argument(
+        "--depth-every-frame",
+        action=argparse.BooleanOptionalAction,
+        help="render depth at every generated frame for the server's depth ControlNet (docs/weights.md), beside "
+        "the keyframes or alone (--keyframes none); default: as saved in the .blend",
+    )
+    p.add_argument("--depth-strength", type=float, help="the depth ControlNet's strength (default 1.0)")
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
@@ -179,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+KEYFRAME_FORMS = "markers, camera, every:N, none or a list like 1,24,48"
+
+
 def parse_keyframes(spec: str) -> dict:
     """--keyframes as panel settings; BatchError with the accepted forms for anything else."""
     text = spec.strip().lower()
@@ -186,6 +202,8 @@ def parse_keyframes(spec: str) -> dict:
         return {"keyframe_source": "MARKERS"}
     if text == "camera":
         return {"keyframe_source": "CAMERA_KEYS"}
+    if text == "none":
+        return {"keyframe_source": "NONE"}
     if text.startswith("every:") or text.startswith("every"):
         n = text.partition(":")[2].strip()
         if not n.isdigit() or int(n) < 1:
@@ -196,9 +214,9 @@ def parse_keyframes(spec: str) -> dict:
     try:
         frames = parse_frame_list(spec)
     except ValueError as e:
-        raise BatchError(f"--keyframes {spec}: {e}; use markers, camera, every:N or a list like 1,24,48") from None
+        raise BatchError(f"--keyframes {spec}: {e}; use {KEYFRAME_FORMS}") from None
     if not frames:
-        raise BatchError("--keyframes is empty; use markers, camera, every:N or a list like 1,24,48")
+        raise BatchError(f"--keyframes is empty; use {KEYFRAME_FORMS}")
     return {"keyframe_source": "LIST", "frame_list": spec}
 
 
@@ -215,6 +233,8 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "preview_scene": getattr(args, "preview_scene", None),
+        "depth_every_frame": getattr(args, "depth_every_frame", None),
+        "depth_strength": getattr(args, "depth_strength", None),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "draft", False):
@@ -615,15 +635,14 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
     from .blender.strips import check_target
     from .core.client import Client, ServerError
     from .core.job import write_passes
+    from .core.request import unavailable
 
     check_target(scene, settings.preview_scene)  # a target that cannot be: said before rendering
     notes.extend(missing_files())
     client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
     health = client.health()
-    if settings.modality not in health["modalities"]:
-        raise ServerError(
-            f"the server has no {settings.modality} encoder; it offers: {', '.join(health['modalities']) or 'none'}"
-        )
+    if why := unavailable(settings, health):
+        raise ServerError(why)
     # Blender's own render log repeats per keyframe (a missing texture: one line per render); ours is kept.
     prepared, captured = _quietly(lambda: prepare(scene, settings))
     for line in captured.splitlines():
@@ -638,10 +657,19 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
     prepared.encode()
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))
+    sent = []
+    if prepared.mapping:
+        sent.append(
+            f"{len(prepared.passes)} {settings.modality} keyframes {sorted(prepared.mapping)} -> generated frames "
+            f"{sorted(prepared.mapping.values())}"
+        )
+    if prepared.dense_frames:
+        sent.append(
+            f"depth at {len(prepared.dense_frames)} generated frames (timeline {prepared.dense_frames[0]}-"
+            f"{prepared.dense_frames[-1]})"
+        )
     print(
-        f"{label}scene '{scene.name}': {len(prepared.passes)} {settings.modality} keyframes "
-        f"{sorted(prepared.mapping)} -> generated frames {sorted(prepared.mapping.values())} "
-        f"(passes rendered in {sum(prepared.pass_seconds):.2f} s)",
+        f"{label}scene '{scene.name}': {' and '.join(sent)} (passes rendered in {sum(prepared.pass_seconds):.2f} s)",
         flush=True,
     )
     return prepared, client

@@ -9,9 +9,17 @@ import os
 import time
 from pathlib import Path
 
-from ..core.frame_mapping import generated_frame_count, map_keyframes
+from ..core.frame_mapping import MappedKeyframes, generated_frame_count, generated_timeline_frames, map_keyframes
 from ..core.job import PreparedJob, RunnerState, is_empty_pass, save_video
-from ..core.request import MAX_GENERATED_FRAMES, MAX_SIZE, MIN_SIZE, GenerationSettings, generation_size, job_body
+from ..core.request import (
+    MAX_GENERATED_FRAMES,
+    MAX_SIZE,
+    MIN_SIZE,
+    GenerationSettings,
+    generation_size,
+    job_body,
+    uses_keyframes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +40,42 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     fps = r.fps / r.fps_base
     body = job_body(settings, num_frames, width, height, max(1, round(fps)), end - start + 1, [])
     frames = list(mapped.indices)
+    # Depth every frame: where each generated frame plays (its keyframes' frames among them, pinned).
+    dense_frames = []
+    if settings.depth_every_frame:
+        dense_frames = generated_timeline_frames(start, end, num_frames, mapped.indices)
     stages = {"keyframes": time.perf_counter() - started}
     renderer = PassRenderer(scene, width, height)
-    with renderer:
-        images = renderer.render(settings.modality, frames)
+    images, dense = {}, {}
+    with renderer:  # one scene copy for the keyframes and the depth at every frame
+        if dense_frames:  # normalised once over the shot's frames, as depth keyframes are
+            dense = renderer.render("depth", sorted(set(dense_frames)))
+        if frames and settings.modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
+            images = {frame: dense[frame] for frame in frames}
+        elif frames:
+            images = renderer.render(settings.modality, frames)
         seconds = list(renderer.seconds_per_keyframe)
     stages.update(renderer.stage_seconds)
     started = time.perf_counter()
     empty = sorted(f for f, img in images.items() if is_empty_pass(img))
+    empty_dense = sorted(f for f, img in dense.items() if is_empty_pass(img))
     stages["empty check"] = time.perf_counter() - started
     prepared = PreparedJob(body, start, end, mapped.indices, images, messages, seconds, empty, stages)
+    prepared.dense_frames, prepared.dense_images = dense_frames, dense
+    prepared.dense_strength = settings.depth_strength
     if empty:
         messages.append(prepared.empty_message)
+    if empty_dense:
+        messages.append(
+            f"the depth pass is empty at frame{'s' if len(empty_dense) > 1 else ''} {_frame_list(empty_dense)}: "
+            "nothing of the scene is in view there"
+        )
     return prepared
+
+
+def _frame_list(frames: list[int], most: int = 8) -> str:
+    shown = ", ".join(map(str, frames[:most]))
+    return shown + (f" and {len(frames) - most} more" if len(frames) > most else "")
 
 
 def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
@@ -71,6 +102,8 @@ def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
                 f"{settings.num_frames} generated frames is more than the model's {MAX_GENERATED_FRAMES}: "
                 f"generating {num_frames} (the server retimes them to the shot's {shot_frames} frames)"
             )
+    if not uses_keyframes(settings):  # Keyframes: None (job_body says so unless depth every frame is on)
+        return start, end, num_frames, MappedKeyframes({})
     mapped = map_keyframes(keyframe_frames(scene, settings), start, end, num_frames)
     if not mapped.indices:
         raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
@@ -122,7 +155,8 @@ def import_result(
         "prompt": prepared.body["prompt"],
         "negative_prompt": prepared.body.get("negative_prompt") or "",
         "seed": job.get("seed", prepared.body["seed"]),
-        "modality": prepared.body["modality"],
+        "modality": prepared.body["modality"] or "",
+        "depth_every_frame": bool(prepared.dense_frames),
         "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},
         "model": job.get("model", ""),
         "job_id": state.job_id,

@@ -19,7 +19,7 @@ import bpy
 from ..core.client import Client, ServerError
 from ..core.job import JobRunner, PreparedJob
 from ..core.render_guard import GUARD
-from ..core.request import GenerationSettings
+from ..core.request import GenerationSettings, unavailable
 from . import preferences
 from .properties import to_settings
 
@@ -247,11 +247,9 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
                     if scene is not None and replace is None:
                         replace = active_preview_strip(scene, shot)
         health = STATUS.connection.health
-        if health is not None and props.modality not in health["modalities"]:
-            return self._fail(
-                f"the server has no {props.modality} encoder (available: {', '.join(health['modalities']) or 'none'})"
-            )
         settings = to_settings(props)
+        if health is not None and (why := unavailable(settings, health)):  # said before anything is rendered
+            return self._fail(why)
         try:
             prepared = prepare(shot, settings)
         except (KeyframeError, PassError, ValueError) as e:
@@ -293,7 +291,10 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)
     if not bpy.app.timers.is_registered(_poll_run):  # without an event loop (bpy module): run_timers()
         bpy.app.timers.register(_poll_run, first_interval=0.0)
-    STATUS.say(f"sent {len(prepared.images)} {settings.modality} keyframes")
+    sent = [f"{len(prepared.images)} {settings.modality} keyframes"] if prepared.images else []
+    if prepared.dense_frames:
+        sent.append(f"depth at {len(prepared.dense_frames)} frames")
+    STATUS.say("sent " + " and ".join(sent))
 
 
 class SPARSECTRL_OT_cancel(bpy.types.Operator):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.request import MODALITY_LABELS, generation_size
+from ..core.request import MODALITY_LABELS, generation_size, unavailable, uses_keyframes
 from .operators import STATUS
 
 
@@ -37,6 +37,8 @@ def _draw_connection(layout, props) -> None:
         box.label(text="Modalities: " + (", ".join(MODALITY_LABELS[m] for m in c.health["modalities"]) or "none"))
         if c.health.get("loras"):  # servers before LoRAs did not say
             box.label(text="LoRAs: " + ", ".join(c.health["loras"]))
+        if c.health.get("controlnets"):  # per-frame ControlNets (servers before them did not say)
+            box.label(text="ControlNets: " + ", ".join(c.health["controlnets"]))
     elif c.error:
         box.label(text=c.error, icon="ERROR")
     else:
@@ -47,15 +49,18 @@ def _draw_prompt(layout, props) -> None:
     col = layout.column()
     col.prop(props, "prompt")
     col.prop(props, "negative_prompt")
-    col.prop(props, "modality")
+    sub = col.column()
+    sub.active = uses_keyframes(props)  # the keyframes' kind: unused with Keyframes: None
+    sub.prop(props, "modality")
+    row = col.row(align=True)
+    row.prop(props, "depth_every_frame")
+    sub = row.row()
+    sub.active = props.depth_every_frame
+    sub.prop(props, "depth_strength", text="Strength")
     health = STATUS.connection.health
-    if health is not None and props.modality not in health["modalities"]:
-        why = (
-            "none was released; train one (docs/training.md) and configure it on the server"
-            if props.modality == "depth"
-            else "not configured on the server"
-        )
-        col.label(text=f"{MODALITY_LABELS[props.modality]} unavailable: {why}", icon="ERROR")
+    if health is not None and (why := unavailable(props, health)):
+        for i, line in enumerate(why.split("; ")):  # a label does not wrap: one clause a line
+            col.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
 
 
 def _draw_shot(layout, context, scene, props) -> None:

@@ -174,8 +174,9 @@ class PassRenderer:
         buffers = []
         self.orthographic = []
         for frame in frames:
-            out_dir = self._dir / f"frame_{frame:05d}"
-            out_dir.mkdir()
+            # A folder of its own per render: one frame may be rendered twice in one copy (a line-art keyframe
+            # and its depth every frame).
+            out_dir = Path(tempfile.mkdtemp(prefix=f"frame_{frame:05d}_", dir=self._dir))
             node = _file_output(tree, render_layers, out_dir, sockets)
             self._render(frame)
             camera = scene.camera  # markers bound to cameras switch it on frame_set

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..core.request import (
     FRAMES_MODES,
@@ -56,6 +56,22 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=_DEFAULTS.steps, min=1, max=150)
     guidance_scale: FloatProperty(name="Guidance", default=_DEFAULTS.guidance_scale, min=0.0, max=30.0)
     conditioning_scale: FloatProperty(name="Condition strength", default=_DEFAULTS.conditioning_scale, min=0.0, max=4.0)
+    depth_every_frame: BoolProperty(
+        name="Depth every frame",
+        default=_DEFAULTS.depth_every_frame,
+        description=(
+            "Render the scene's depth at every generated frame and steer each frame with it through the server's "
+            "depth ControlNet: the preview follows the camera and the blocking. With the keyframes, or alone "
+            "(Keyframes: None)"
+        ),
+    )
+    depth_strength: FloatProperty(
+        name="Depth strength",
+        default=_DEFAULTS.depth_strength,
+        min=0.0,
+        max=4.0,
+        description="The depth ControlNet's conditioning scale",
+    )
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
     quality: EnumProperty(name="Quality", items=QUALITIES, default=_DEFAULTS.quality)
     loras: StringProperty(

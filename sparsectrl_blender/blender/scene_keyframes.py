@@ -33,6 +33,8 @@ def _camera_fcurves(camera):
 def keyframe_frames(scene, settings: GenerationSettings) -> list[int]:
     """The timeline frames to condition on, from the chosen source (before mapping to the shot)."""
     source = settings.keyframe_source
+    if source == "NONE":  # no keyframes: Depth every frame alone
+        return []
     start, end = shot_range(scene, settings)
     if source == "MARKERS":
         frames = [m.frame for m in scene.timeline_markers]

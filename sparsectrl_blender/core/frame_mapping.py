@@ -48,6 +48,30 @@ def map_keyframes(frames: list[int], start: int, end: int, num_frames: int) -> M
     return MappedKeyframes(indices, messages)
 
 
+def generated_timeline_frames(start: int, end: int, num_frames: int, keyframes: dict[int, int]) -> list[int]:
+    """The timeline frame each generated frame is shown at, index by index: where the server's retiming
+    (server/video/retime.py) puts it. The clip's ends are the shot's ends and each keyframe (timeline frame ->
+    generated index) is pinned to its own frame; between these the positions are linear, rounded to the nearest
+    whole frame. What a per-frame pass (depth every frame) is rendered at, so that the preview's frame i was
+    steered by the scene as it is where frame i plays."""
+    if num_frames == 1:
+        return [start]
+    points = {0: 0, num_frames - 1: end - start}
+    for frame, index in keyframes.items():
+        points[index] = frame - start
+    xs = sorted(points)
+    frames = []
+    for i in range(num_frames):
+        right = next(k for k, x in enumerate(xs) if x >= i)
+        if xs[right] == i:
+            position = float(points[i])
+        else:
+            x0, x1 = xs[right - 1], xs[right]
+            position = points[x0] + (points[x1] - points[x0]) * (i - x0) / (x1 - x0)
+        frames.append(start + int(position + 0.5))
+    return frames
+
+
 def parse_frame_list(text: str) -> list[int]:
     """'1, 24, 48' or '1 24 48' -> [1, 24, 48]; a clear ValueError for anything else."""
     frames = []

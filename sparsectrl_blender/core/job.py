@@ -17,7 +17,7 @@ import numpy as np
 from .client import Client, ServerError
 from .png import encode_png
 from .render_guard import GUARD, RenderGuard
-from .request import keyframe_entries
+from .request import dense_entries, keyframe_entries
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,15 @@ class PreparedJob:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
     encode_seconds: float = 0.0  # what encode() took, wherever it ran
+    # Depth every frame: the timeline frame of each generated frame (index order), and the depth pass at each.
+    dense_frames: list[int] = field(default_factory=list)
+    dense_images: dict[int, np.ndarray] = field(default_factory=dict)  # timeline frame -> uint8 (h, w, 3)
+    dense_strength: float = 1.0
+    dense_passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""
-        if self.passes:
+        if self.passes or self.dense_passes:
             return
         started = time.perf_counter()
         self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
@@ -51,6 +56,10 @@ class PreparedJob:
         # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
         keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in self.passes.items()]
         self.body["keyframes"] = keyframe_entries(keyframes)
+        if self.dense_frames:  # each timeline frame's PNG made once (more generated frames than shot frames)
+            self.dense_passes = {frame: encode_png(image) for frame, image in self.dense_images.items()}
+            frames = [(i, self.dense_passes[frame]) for i, frame in enumerate(self.dense_frames)]
+            self.body["controlnets"] = dense_entries(self.dense_strength, frames)
         self.encode_seconds = time.perf_counter() - started
 
     @property
@@ -58,7 +67,7 @@ class PreparedJob:
         if not self.empty_frames:
             return ""
         frames = ", ".join(map(str, self.empty_frames))
-        modality = self.body.get("modality", "")
+        modality = self.body.get("modality") or ""
         return (
             f"the {modality} pass is empty at keyframe{'s' if len(self.empty_frames) > 1 else ''} {frames}: "
             "nothing of the scene is in view (camera pointing at the sky or away, an orthographic camera framing "
@@ -77,6 +86,10 @@ def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
     paths = []
     for frame, png in prepared.passes.items():
         path = folder / f"frame_{frame:04d}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    for frame, png in prepared.dense_passes.items():
+        path = folder / f"depth_{frame:04d}.png"
         path.write_bytes(png)
         paths.append(path)
     return paths

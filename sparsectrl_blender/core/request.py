@@ -19,6 +19,8 @@ KEYFRAME_SOURCES = (
     ("CAMERA_KEYS", "Camera keyframes", "Keyframes of the active camera"),
     ("EVERY_N", "Every N frames", "Evenly spaced, plus the last frame"),
     ("LIST", "List", "Frame numbers typed in"),
+    # Last: a .blend saves the choice as its index, so new choices go at the end.
+    ("NONE", "None", "No keyframes: the structure comes from Depth every frame alone"),
 )
 SHOT_RANGES = (("SCENE", "Scene range", "Scene start to end"), ("PREVIEW", "Preview range", "The preview range"))
 FRAMES_MODES = (
@@ -48,6 +50,8 @@ def identifiers(choices) -> tuple[str, ...]:
 
 
 MODALITY_LABELS = {identifier: label for identifier, label, _ in MODALITIES}
+# The per-frame ControlNet "Depth every frame" asks the server for (a name in its [model.controlnets]).
+DEPTH_CONTROLNET = "depth"
 # The server's default limits.max_frames; a server configured lower answers with a clear error.
 MAX_GENERATED_FRAMES = 256
 # The long side of the generated video: the panel's limits (the model's latents need at least 64 px).
@@ -62,7 +66,7 @@ class GenerationSettings:
     prompt: str = ""
     negative_prompt: str = ""
     modality: str = "lineart"
-    keyframe_source: str = "MARKERS"  # MARKERS, SELECTED_MARKERS, CAMERA_KEYS, EVERY_N, LIST
+    keyframe_source: str = "MARKERS"  # MARKERS, SELECTED_MARKERS, CAMERA_KEYS, EVERY_N, LIST, NONE
     every_n: int = 12
     frame_list: str = ""
     shot_range: str = "SCENE"  # SCENE or PREVIEW
@@ -73,6 +77,10 @@ class GenerationSettings:
     steps: int = 25
     guidance_scale: float = 8.5  # the official SparseCtrl demos (server/defaults.toml)
     conditioning_scale: float = 1.0
+    # Blender's depth at every generated frame, through the server's "depth" ControlNet (a public SD1.5 depth
+    # ControlNet: docs/weights.md), beside the keyframes or, with keyframe_source NONE, instead of them.
+    depth_every_frame: bool = False
+    depth_strength: float = 1.0
     seed: int = 0
     quality: str = "final"  # "draft": the server generates smaller with fewer steps, for quick iteration
     loras: str = ""  # "ink:0.7, toon": LoRA names the server has configured (GET /v1/models), optional scales
@@ -125,10 +133,14 @@ def job_body(
     in once the passes are PNGs."""
     if not settings.prompt.strip():
         raise ValueError("write a prompt first: it says what the preview should look like")
+    if settings.keyframe_source == "NONE" and not settings.depth_every_frame:
+        raise ValueError(
+            "nothing steers the preview: choose where the keyframes come from, or turn on Depth every frame"
+        )
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
-        "modality": settings.modality,
+        "modality": settings.modality if uses_keyframes(settings) else None,
         "num_frames": num_frames,
         "width": width,
         "height": height,
@@ -150,6 +162,42 @@ def keyframe_entries(keyframes: list[tuple[int, int, bytes]]) -> list[dict]:
         {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
         for index, output_index, png in sorted(keyframes)
     ]
+
+
+def dense_entries(strength: float, frames: list[tuple[int, bytes]]) -> list[dict]:
+    """The body's "controlnets" for Depth every frame: one group, (generated index, PNG bytes) per frame."""
+    if not frames:
+        return []
+    return [
+        {
+            "name": DEPTH_CONTROLNET,
+            "strength": round(strength, 4),  # a panel FloatProperty is single precision: 0.8 is 0.800000011920929
+            "frames": [{"index": i, "image": base64.b64encode(png).decode("ascii")} for i, png in sorted(frames)],
+        }
+    ]
+
+
+def uses_keyframes(settings: GenerationSettings) -> bool:
+    return settings.keyframe_source != "NONE"
+
+
+def unavailable(settings: GenerationSettings, health: dict) -> str | None:
+    """Why the server (its GET /v1/health) cannot run these settings, as a sentence; None when it can."""
+    if uses_keyframes(settings) and settings.modality not in health["modalities"]:
+        available = ", ".join(health["modalities"]) or "none"
+        why = f"{MODALITY_LABELS.get(settings.modality, settings.modality)} keyframes unavailable: the server has "
+        why += f"no {settings.modality} encoder (it has: {available})"
+        if settings.modality == "depth":
+            why += "; none was released: train one (docs/training.md), or use Depth every frame"
+        return why
+    # Servers from before per-frame ControlNets do not list them: they have none.
+    if settings.depth_every_frame and DEPTH_CONTROLNET not in health.get("controlnets", []):
+        available = ", ".join(health.get("controlnets", [])) or "none"
+        return (
+            f"Depth every frame unavailable: the server has no '{DEPTH_CONTROLNET}' ControlNet (it has: "
+            f"{available}); add one under [model.controlnets] (docs/weights.md)"
+        )
+    return None
 
 
 OWNER_MAX_CHARS = 64  # the server's limit (server/request/schema.py)

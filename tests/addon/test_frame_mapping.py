@@ -7,6 +7,7 @@ import pytest
 from sparsectrl_blender.core.frame_mapping import (
     every_n,
     generated_frame_count,
+    generated_timeline_frames,
     map_keyframes,
     parse_frame_list,
     timeline_to_index,
@@ -67,3 +68,26 @@ def test_generated_frames_follow_the_motion_rate():
     assert generated_frame_count(2400, 24, 8, 256) == 256  # capped at the server's limit
     assert generated_frame_count(5, 24, 8, 256) == 2  # at least two
     assert generated_frame_count(1, 24, 8, 256) == 1  # a one-frame shot
+
+
+def test_each_generated_frame_plays_where_the_servers_retiming_shows_it():
+    """Depth every frame renders generated frame i at the timeline frame whose delivered frame shows it: the
+    inverse of server/video/retime.py's timing, keyframes pinned to their own frames."""
+    np = pytest.importorskip("numpy")
+    from server.video.retime import timing
+
+    for start, end, n, frames in ((1001, 1096, 16, [1001, 1030, 1096]), (1, 48, 16, []), (5, 80, 24, [40])):
+        mapped = map_keyframes(frames, start, end, n).indices
+        timeline = generated_timeline_frames(start, end, n, mapped)
+        assert len(timeline) == n and timeline[0] == start and timeline[-1] == end
+        assert timeline == sorted(timeline)  # timeline order
+        for frame, index in mapped.items():
+            assert timeline[index] == frame  # a keyframe's depth is rendered at the keyframe
+        shown = timing(n, end - start + 1, [(f - start, i) for f, i in mapped.items()])
+        slope = np.max(np.diff(shown))  # generated frames per timeline frame, at most
+        for i, frame in enumerate(timeline):
+            assert abs(shown[frame - start] - i) <= slope / 2 + 1e-9, (i, frame)
+    assert generated_timeline_frames(1, 48, 16, {}) == [1 + round(i * 47 / 15 + 1e-9) for i in range(16)]
+    assert generated_timeline_frames(10, 10, 1, {}) == [10]
+    # More generated frames than the shot has (Fixed): neighbours share a timeline frame, in order.
+    assert generated_timeline_frames(1, 4, 8, {}) == [1, 1, 2, 2, 3, 3, 4, 4]

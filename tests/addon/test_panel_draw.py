@@ -94,9 +94,19 @@ def test_the_panel_in_each_state(addon):
     connected = draw(panels)
     assert ("label", "Connected: sd15") in connected and ("label", "Modalities: Line art, RGB") in connected
     assert ("label", "LoRAs: ink, toon") in connected
-    assert any(
-        e[0] == "label" and e[1].startswith("Depth unavailable: none was released; train one") for e in connected
-    )
+    assert ("label", "Depth keyframes unavailable: the server has no depth encoder (it has: lineart, rgb)") in connected
+    assert ("label", "none was released: train one (docs/training.md), or use Depth every frame") in connected
+
+    # Depth every frame alone (Keyframes: None) on a server without a depth ControlNet: said, not the encoder.
+    props.keyframe_source, props.depth_every_frame = "NONE", True
+    alone = draw(panels)
+    assert {"depth_every_frame", "depth_strength"} <= {e[1] for e in alone if e[0] == "prop"}
+    assert ("label", "Depth every frame unavailable: the server has no 'depth' ControlNet (it has: none)") in alone
+    assert not any("keyframes unavailable" in e[1] for e in alone if e[0] == "label")
+    ops.STATUS.connection.health["controlnets"] = ["depth"]
+    ready = draw(panels)
+    assert ("label", "ControlNets: depth") in ready and not any("unavailable" in e[1] for e in ready if e[0] == "label")
+    props.keyframe_source, props.depth_every_frame = "MARKERS", False
 
     ops.STATUS.can_resubmit = True
     assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)

@@ -9,7 +9,7 @@ import pytest
 
 from sparsectrl_blender.core.client import Client, ServerError
 from sparsectrl_blender.core.png import encode_png
-from sparsectrl_blender.core.request import GenerationSettings, generation_size, job_body
+from sparsectrl_blender.core.request import GenerationSettings, generation_size, job_body, unavailable
 
 
 def test_generation_size_keeps_the_scene_aspect_in_multiples_of_8():
@@ -37,6 +37,30 @@ def test_job_body_matches_the_api_contract():
     assert body["output_frames"] == 48 and body["quality"] == "final" and body["loras"] is None
     with pytest.raises(ValueError, match="write a prompt"):
         job_body(GenerationSettings(prompt="  "), 16, 64, 64, 8, 16, [(0, 0, png)])
+
+
+def test_depth_every_frame_with_or_without_keyframes():
+    """Keyframes: None sends no modality (the server needs one only with keyframes) and needs depth every frame;
+    what the server lacks is one sentence, said before anything is rendered."""
+    alone = GenerationSettings(prompt="a fox", keyframe_source="NONE", depth_every_frame=True, depth_strength=0.6)
+    body = job_body(alone, 16, 64, 64, 24, 48, [])
+    assert body["modality"] is None and body["keyframes"] == [] and "controlnets" not in body
+    with pytest.raises(ValueError, match="nothing steers the preview"):
+        job_body(GenerationSettings(prompt="a fox", keyframe_source="NONE"), 16, 64, 64, 24, 48, [])
+    assert job_body(GenerationSettings(prompt="a fox", depth_every_frame=True), 16, 64, 64, 24, 48, [])["modality"] == (
+        "lineart"
+    )
+
+    health = {"modalities": ["lineart", "rgb"], "controlnets": ["depth"]}
+    assert unavailable(alone, health) is None
+    depth_keyframes_off = GenerationSettings(modality="depth", keyframe_source="NONE", depth_every_frame=True)
+    assert unavailable(depth_keyframes_off, health) is None
+    assert "no depth encoder" in unavailable(GenerationSettings(modality="depth"), health)
+    old_server = {"modalities": ["lineart", "rgb"]}  # from before per-frame ControlNets: lists none
+    assert unavailable(alone, old_server) == (
+        "Depth every frame unavailable: the server has no 'depth' ControlNet (it has: none); add one under "
+        "[model.controlnets] (docs/weights.md)"
+    )
 
 
 def test_loras_field_turns_into_the_api_list():
@@ -73,10 +97,11 @@ class _Server:
     """A client stand-in that records what was submitted and finishes the job at once."""
 
     def __init__(self):
-        self.submitted = []
+        self.submitted, self.bodies = [], []
 
     def submit(self, body):
         self.submitted.append([dict(k) for k in body["keyframes"]])
+        self.bodies.append(dict(body))
         return {"id": "job-1", "status": "queued"}
 
     def job(self, job_id):
@@ -113,9 +138,37 @@ def test_the_passes_are_encoded_in_the_job_thread_before_the_submit():
         png = base64.b64decode(entry["image"])
         assert png == prepared.passes[frame]
         np.testing.assert_array_equal(np.asarray(Image.open(__import__("io").BytesIO(png))), images[frame])
+    assert "controlnets" not in server.bodies[0]
     passes = prepared.passes
     prepared.encode()  # once only: the batch encodes first, its runner then finds the body done
     assert prepared.passes is passes and prepared.encode_seconds > 0
+
+
+def test_depth_every_frame_is_one_controlnet_group_with_a_frame_per_generated_index():
+    """Each generated frame gets the depth rendered at its timeline frame; a timeline frame two generated frames
+    share (more generated frames than the shot has) is encoded once and sent for both."""
+    import numpy as np
+    from PIL import Image
+
+    from sparsectrl_blender.core.job import JobRunner, PreparedJob
+
+    settings = GenerationSettings(prompt="a fox", keyframe_source="NONE", depth_every_frame=True)
+    body = job_body(settings, 6, 16, 8, 24, 4, [])
+    prepared = PreparedJob(body, 1, 4, {}, {}, [], [0.1] * 4)
+    prepared.dense_frames = [1, 1, 2, 3, 3, 4]
+    prepared.dense_images = {f: np.full((8, 16, 3), 40 * f, np.uint8) for f in (1, 2, 3, 4)}
+    prepared.dense_strength = 0.7
+    server = _Server()
+    runner = JobRunner(server, prepared.body, poll_seconds=0, prepare=prepared.encode)
+    assert runner.run().phase == "done"
+    (group,) = server.bodies[0]["controlnets"]
+    assert group["name"] == "depth" and group["strength"] == 0.7 and server.bodies[0]["keyframes"] == []
+    assert [f["index"] for f in group["frames"]] == list(range(6))
+    for entry, frame in zip(group["frames"], prepared.dense_frames, strict=True):
+        png = base64.b64decode(entry["image"])
+        assert png == prepared.dense_passes[frame]
+        np.testing.assert_array_equal(np.asarray(Image.open(__import__("io").BytesIO(png))), 40 * frame)
+    assert sorted(prepared.dense_passes) == [1, 2, 3, 4]
 
 
 def test_the_owner_sent_is_printable_and_within_the_servers_limit():

@@ -25,6 +25,7 @@ class ServerProcess:
         self.port = port or free_port()  # a port given: a restart where clients wait at the same address
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.data_dir = Path(data_dir)  # the job folders: data_dir/jobs/<id>/ (server/jobs/files.py)
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [server_python(), "-m", "server", *args, "--port", str(self.port), "--data-dir", str(data_dir)],

@@ -236,6 +236,88 @@ def test_batch_submits_a_sequence_at_once_and_each_shot_waits_on_its_own_job(tin
         assert not preview_strips(bpy.data.scenes[shot_scene])
 
 
+def _depth_shot(path: Path) -> Path:
+    """A messy shot for depth every frame: starts at 1001, 29.97 fps, non-square pixels, the near cube moving
+    left to right across the view (so each frame's depth tells where on the timeline it was rendered)."""
+    scene = build_shot(start=1001, end=1060, markers=(1001, 1030))
+    scene.render.fps, scene.render.fps_base = 30, 1.001
+    scene.render.pixel_aspect_x = 1.25
+    near = bpy.data.objects["near"]
+    for frame, x in ((1001, -1.6), (1060, 1.6)):
+        near.location.x = x
+        near.keyframe_insert("location", frame=frame)
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    return path
+
+
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server, tmp_path):
+    """#16 item 4/6: the depth pass at every generated frame of a real .blend, each rendered where that frame
+    plays on the timeline, reaches the server's depth ControlNet in timeline order; alone (Keyframes: None) and
+    beside line-art keyframes, which stay pinned to their frames."""
+    from sparsectrl_blender.core.frame_mapping import generated_timeline_frames
+
+    shot = _depth_shot(tmp_path / "shot.blend")
+    original = shot.read_bytes()
+    common = ("--server", tiny_server.url, "--frames", 8, "--size", 128, "--steps", 2, "--prompt", "a lane at dusk")
+    out = run_batch(shot, *common, "--keyframes", "none", "--depth-every-frame", "--passes-dir", tmp_path / "alone")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "depth at 8 generated frames (timeline 1001-1060)" in out.stdout
+    assert shot.read_bytes() == original
+    timeline = generated_timeline_frames(1001, 1060, 8, {})
+    job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    request = job["request"]
+    assert job["status"] == "succeeded" and request["keyframes"] == [] and request["modality"] == ""
+    (group,) = request["controlnets"]
+    assert group["name"] == "depth" and group["strength"] == 1.0 and group["frames"] == list(range(8))
+    folder = tiny_server.data_dir / "jobs" / job["id"] / "controlnets" / "0"
+    received = [_png(folder / f"{i:04d}.png") for i in range(8)]
+    for i, frame in enumerate(timeline):  # frame i is the depth rendered at its timeline frame
+        np.testing.assert_array_equal(received[i], _png(tmp_path / "alone" / f"depth_{frame:04d}.png"))
+    assert received[0].shape == (64, 128, 3)  # 1920x1080 at pixel aspect 1.25 is 2400:1080: 128x58, short side 64
+    # In timeline order: the near cube (the brightest: near = white) moves left to right frame by frame.
+    centres = []
+    for image in received:
+        grey = image[..., 0].astype(float)
+        columns = np.nonzero(grey >= grey.max() - 8)[1]
+        centres.append(columns.mean())
+    assert centres == sorted(centres) and centres[-1] - centres[0] > 30, centres
+
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot_previs.blend"))
+    (strip,) = preview_strips(bpy.data.scenes["Scene previs"])
+    meta = json.loads(strip["sparsectrl"])
+    assert meta["depth_every_frame"] is True and meta["keyframes"] == {} and meta["modality"] == ""
+    assert (strip.frame_final_start, strip.frame_final_duration) == (1001, 60)
+
+    mixed = ("--keyframes", "markers", "--modality", "lineart", "--depth-every-frame", "--depth-strength", 0.5)
+    out = run_batch(shot, *common, *mixed, "--passes-dir", tmp_path / "mixed", "--out", tmp_path / "mixed.blend")
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    request = job["request"]
+    assert job["status"] == "succeeded" and request["modality"] == "lineart"
+    keyframes = {k["index"]: k["output_index"] for k in request["keyframes"]}
+    assert keyframes == {0: 0, 4: 29}  # 1001 and 1030 on 8 generated frames
+    (group,) = request["controlnets"]
+    assert group["strength"] == 0.5 and group["frames"] == list(range(8))
+    timeline = generated_timeline_frames(1001, 1060, 8, {1001: 0, 1030: 4})
+    assert timeline[4] == 1030  # the keyframe's depth is the keyframe's frame
+    folder = tiny_server.data_dir / "jobs" / job["id"] / "controlnets" / "0"
+    for i, frame in enumerate(timeline):
+        np.testing.assert_array_equal(
+            _png(folder / f"{i:04d}.png"), _png(tmp_path / "mixed" / f"depth_{frame:04d}.png")
+        )
+    assert sorted(p.name for p in (tmp_path / "mixed").glob("frame_*.png")) == ["frame_1001.png", "frame_1030.png"]
+
+    out = run_batch(shot, *common, "--keyframes", "none", "--no-depth-every-frame")
+    assert out.returncode == 1 and "error: nothing steers the preview" in out.stderr
+    assert shot.read_bytes() == original
+
+
 def test_batch_with_the_server_down_fails_with_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -439,3 +521,35 @@ def test_panel_in_an_artists_edit_of_two_shots(tiny_server, tmp_path, addon):
         bpy.ops.sparsectrl.generate()
     assert "already holds the previs of the shot 'B'" in ops.STATUS.message
     assert len(tiny_server.client.get("/v1/jobs").json()["jobs"]) == jobs_before + 1
+
+
+def test_panel_generates_from_depth_every_frame_alone(tiny_server, tmp_path, addon):
+    """The panel's Depth every frame with Keyframes: None: checked against the server's health first (a server
+    without a depth ControlNet is said before anything renders), then one depth pass per generated frame."""
+    ops = addon
+    build_shot(start=1, end=24, markers=())
+    scene = bpy.context.scene
+    props = scene.sparsectrl
+    props.server_url, props.prompt, props.size, props.steps = tiny_server.url, "x", 128, 2
+    props.frames_mode, props.num_frames = "FIXED", 6
+    props.keyframe_source, props.depth_every_frame, props.depth_strength = "NONE", True, 0.8
+
+    bpy.ops.sparsectrl.check_connection()
+    ops.run_timers(10)
+    assert "depth" in ops.STATUS.connection.health["controlnets"]
+    without = {**ops.STATUS.connection.health, "controlnets": []}
+    ops.STATUS.connection.health, health = without, ops.STATUS.connection.health
+    with pytest.raises(RuntimeError, match="Depth every frame unavailable: the server has no 'depth' ControlNet"):
+        bpy.ops.sparsectrl.generate()  # an operator's error report is an exception in bpy as a module
+    assert ops.STATUS.message_is_error and ops.STATUS.run is None
+    ops.STATUS.connection.health = health
+
+    assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
+    assert ops.STATUS.message == "sent depth at 6 frames"
+    _finish(ops)
+    assert ops.STATUS.message.startswith("preview added") and not ops.STATUS.message_is_error
+    job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    (group,) = job["request"]["controlnets"]
+    assert job["request"]["keyframes"] == [] and group["frames"] == list(range(6)) and group["strength"] == 0.8
+    (strip,) = preview_strips(bpy.data.scenes["Scene previs"])
+    assert json.loads(strip["sparsectrl"])["depth_every_frame"] is True
