@@ -1,7 +1,7 @@
 """The Blender side's speed: seconds per keyframe pass against a bare render, and the UI block per Generate.
 
     python -m sparsectrl_blender.bench_passes [SHOT.blend] [--scene NAME] [--frames 4] [--size 512x288]
-        [--repeats 3] [--generate lineart] [--out BENCHMARKS.md]
+        [--repeats 3] [--generate lineart] [--depth-every-frame N] [--out BENCHMARKS.md]
 
 For each pass (depth, line art, RGB) at `--frames` keyframes spread over the shot:
 
@@ -19,6 +19,8 @@ For each pass (depth, line art, RGB) at `--frames` keyframes spread over the sho
 Then the panel's Generate operator (bpy.ops.sparsectrl.generate, the add-on registered; the job goes to a server
 address nothing answers, which the job thread finds out after the operator returned) is timed from call to
 return: how long a Generate blocks Blender's UI, with its main-thread stages (PreparedJob.stage_seconds).
+With `--depth-every-frame N`, a second Generate is timed the same way with Depth every frame alone (Keyframes:
+None, N generated frames): the depth pass at every generated frame, its cost per frame.
 
 Without SHOT.blend it builds a scene with the traits of real shots: start frame 101, 29.97 fps, non-square
 pixels (1440x1080 at 4:3 pixel aspect, 16:9 on screen), a 400 m floor seen at a grazing angle, a wall with a
@@ -339,9 +341,12 @@ def _dead_server() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def measure_generate(scene, modality: str, frames: list[int], long_side: int, repeats: int) -> dict:
+def measure_generate(
+    scene, modality: str, frames: list[int], long_side: int, repeats: int, depth_frames: int = 0
+) -> dict:
     """The panel's Generate operator, timed from call to return (the main thread: what blocks the UI), once
-    cold and `repeats` times warm; each run's stages from its PreparedJob."""
+    cold and `repeats` times warm; each run's stages from its PreparedJob. `depth_frames`: Depth every frame
+    alone (no keyframes) at that many generated frames instead."""
     import bpy
 
     from . import register, unregister
@@ -353,6 +358,9 @@ def measure_generate(scene, modality: str, frames: list[int], long_side: int, re
         props.server_url, props.prompt, props.modality, props.size = _dead_server(), "benchmark", modality, long_side
         props.keyframe_source, props.frame_list = "LIST", ", ".join(map(str, frames))
         props.shot_range, props.frames_mode = "SCENE", "AUTO"
+        props.depth_every_frame = bool(depth_frames)
+        if depth_frames:
+            props.keyframe_source, props.frames_mode, props.num_frames = "NONE", "FIXED", depth_frames
         runs = []
         for _ in range(repeats + 1):
             with blender_log_hidden(), contextlib.redirect_stdout(io.StringIO()):
@@ -383,6 +391,7 @@ def measure_generate(scene, modality: str, frames: list[int], long_side: int, re
         "size": middle["size"],
         "frames": frames,
         "encode": middle["encode"],
+        "depth_frames": len(prepared.dense_frames),
     }
 
 
@@ -404,7 +413,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def section(args, scene_label: str, frames, size, passes: dict, generate: dict | None, command: str) -> list[str]:
+def section(
+    args, scene_label: str, frames, size, passes: dict, generate: dict | None, command: str, depth: dict | None = None
+) -> list[str]:
     import bpy
 
     width, height = size
@@ -423,7 +434,30 @@ def section(args, scene_label: str, frames, size, passes: dict, generate: dict |
         "0.5, other work shared the CPU; ours and bare run interleaved, so it weighs on both.",
         "",
     ]
-    return lines + _passes_lines(passes) + (_generate_lines(args, generate) if generate else [])
+    lines += _passes_lines(passes) + (_generate_lines(args, generate) if generate else [])
+    return lines + (_depth_every_frame_lines(args, depth, passes) if depth else [])
+
+
+def _depth_every_frame_lines(args, depth: dict, passes: dict) -> list[str]:
+    n, (gw, gh) = depth["depth_frames"], depth["size"]
+    per_frame = depth["total"] / n
+    lines = [
+        "",
+        f"Depth every frame ({n} generated frames at {gw}×{gh}, no keyframes): the Generate operator blocks "
+        f"Blender's UI for {depth['total']:.2f} s (median of {args.repeats} warm; cold {depth['cold']:.2f} s), "
+        f"**{per_frame:.3f} s per generated frame**, all main-thread stages included"
+        + (f"; a depth keyframe above costs {passes['depth']['ours']:.3f} s." if "depth" in passes else "."),
+        "",
+        "| stage | seconds | per frame |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {stage} | {s:.3f} | {s / n:.3f} |" for stage, s in depth["stages"].items()]
+    if depth.get("encode"):
+        lines += [
+            "",
+            f"Off the main thread: the {n} depth PNGs and the request {depth['encode']:.3f} s (the job thread).",
+        ]
+    return lines
 
 
 def _passes_lines(passes: dict) -> list[str]:
@@ -510,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="warm rounds per measurement (the median is reported)")
     p.add_argument("--passes", default="depth,lineart,rgb,freestyle", help="which passes (freestyle: the reference)")
     p.add_argument("--generate", default="lineart", help="the modality of the timed Generate ('none': skip it)")
+    p.add_argument(
+        "--depth-every-frame",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time a Generate with Depth every frame alone at N generated frames (0: skip)",
+    )
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the file the section is appended to")
     return p
 
@@ -535,6 +576,8 @@ def run(argv: list[str]) -> int:
     size = parse_size(args.size)
     if args.frames < 1 or args.repeats < 1:
         raise ValueError("--frames and --repeats must be at least 1")
+    if args.depth_every_frame < 0:
+        raise ValueError("--depth-every-frame must be a number of generated frames (0: skip)")
     kinds = [FREESTYLE if k.strip() == "freestyle" else k.strip() for k in args.passes.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in (*MODALITY_ORDER, FREESTYLE)]
     if unknown or (args.generate != "none" and args.generate not in MODALITY_ORDER):
@@ -551,9 +594,13 @@ def run(argv: list[str]) -> int:
     if args.generate != "none":
         generate = measure_generate(scene, args.generate, frames, max(size), args.repeats)
         print(f"Generate ({args.generate}): the UI is blocked {generate['total']:.2f} s", flush=True)
+    depth = None
+    if args.depth_every_frame:
+        depth = measure_generate(scene, "depth", frames, max(size), args.repeats, depth_frames=args.depth_every_frame)
+        print(f"Depth every frame: {depth['total'] / depth['depth_frames']:.3f} s per generated frame", flush=True)
     args.load = load_before, os.getloadavg()[0]
     command = "python -m sparsectrl_blender.bench_passes " + shlex.join(argv)
-    lines = section(args, label, frames, size, passes, generate, command.strip())
+    lines = section(args, label, frames, size, passes, generate, command.strip(), depth)
     print("\n".join(lines))
     append_section(Path(args.out), lines)
     return 0

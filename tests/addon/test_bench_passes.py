@@ -23,7 +23,7 @@ NUMBER = r"\d+\.\d{3}"
 
 def test_the_benchmark_command_writes_a_section(tmp_path):
     out = tmp_path / "BENCH.md"
-    args = ["--frames", "1", "--size", "64x36", "--repeats", "1", "--out", str(out)]
+    args = ["--frames", "1", "--size", "64x36", "--repeats", "1", "--depth-every-frame", "3", "--out", str(out)]
     run = subprocess.run(
         [sys.executable, "-m", "sparsectrl_blender.bench_passes", *args],
         cwd=ROOT,
@@ -54,6 +54,14 @@ def test_the_benchmark_command_writes_a_section(tmp_path):
     stages = re.findall(rf"^\| ([a-z_ ()]+) \| ({NUMBER}) \| \d+ % \|$", text, re.M)
     assert {"render", "scene copy", "cleanup", "operator (rest)"} <= {name for name, _ in stages}
     assert "png" not in {name for name, _ in stages}  # made in the job thread, not while the UI waits
+    depth = re.search(
+        rf"^Depth every frame \(3 generated frames at 64×64, no keyframes\): .* \*\*({NUMBER}) s per generated frame",
+        text,
+        re.M,
+    )
+    assert depth and float(depth.group(1)) > 0
+    per_frame = re.findall(rf"^\| ([a-z_ ()]+) \| ({NUMBER}) \| ({NUMBER}) \|$", text, re.M)
+    assert {"render", "scene copy"} <= {name for name, _, _ in per_frame}
 
 
 def test_the_prompt_is_checked_before_anything_is_rendered(monkeypatch):
