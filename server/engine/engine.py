@@ -37,7 +37,7 @@ from .performance import (
     working_memory,
 )
 from .schedulers import build_scheduler
-from .windowed import DenseCondition, generate_windowed, prepare_dense_frames
+from .windowed import DenseCondition, generate_windowed, keyframe_frame_scales, prepare_dense_frames
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,9 @@ class Engine:
         keyframes = sorted(request.keyframes, key=lambda k: k.index)
         images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
         dense = self._dense_conditions(pipe, request)
+        strengths = [k.strength for k in keyframes]
+        indices = [k.index for k in keyframes]
+        scales = keyframe_frame_scales(indices, strengths, request.num_frames, request.conditioning_scale)
 
         # 3. Progress and cancellation between denoising steps.
         def step_end(step: int) -> None:
@@ -205,7 +208,7 @@ class Engine:
 
         # 4. Prompt, denoising and decoding (5. memory given back, whatever happened).
         try:
-            frames = to_uint8(self._denoise(pipe, request, images, [k.index for k in keyframes], dense, step_end))
+            frames = to_uint8(self._denoise(pipe, request, images, indices, dense, step_end, scales))
         finally:
             self._release(pipe, draft_motion, [c.controlnet for c in dense])
 
@@ -224,7 +227,8 @@ class Engine:
             )
             indices = tuple(f.index for f in group.frames)
             every = indices == tuple(range(request.num_frames))
-            conditions.append(DenseCondition(controlnet, frames, group.strength, None if every else indices))
+            guidance = (group.guidance_start, group.guidance_end)
+            conditions.append(DenseCondition(controlnet, frames, group.strength, None if every else indices, guidance))
         return conditions
 
     def _pipeline_for(self, request: GenerationRequest, draft_motion: bool):
@@ -256,7 +260,7 @@ class Engine:
         return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
     def _denoise(
-        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, step_end
+        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, step_end, scales=None
     ) -> np.ndarray:
         """Float frames in [0, 1] from the pipeline's own steps (windowed.py: one context window is diffusers'
         call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives the
@@ -291,6 +295,8 @@ class Engine:
                     idle_weights=idle,
                     release_residuals=self.release_residuals,
                     dense=dense,
+                    keyframe_scales=scales,
+                    keyframe_guidance=(request.keyframe_guidance_start, request.keyframe_guidance_end),
                 )
             finally:
                 if idle is not None:

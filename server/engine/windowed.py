@@ -35,15 +35,41 @@ import torch
 from .performance import IdleWeights
 from .windows import context_windows, share_noise
 
+FULL_WINDOW = (0.0, 1.0)  # a guidance window over the whole denoising: every step steered
+
 
 class DenseCondition(NamedTuple):
     """A per-frame ControlNet with its images (prepare_dense_frames) and strength: an image for every generated
-    frame, or for the frames `indices` names (the others get nothing from it: its residuals there are zero)."""
+    frame, or for the frames `indices` names (the others get nothing from it: its residuals there are zero).
+    `guidance`: the (start, end) fractions of the steps it runs in (diffusers' control_guidance_start/end)."""
 
     controlnet: Any  # diffusers ControlNetModel
     frames: torch.Tensor  # (num_frames or len(indices), 3, H, W) in [0, 1]
     scale: float = 1.0
     indices: tuple[int, ...] | None = None  # None: every frame, in order
+    guidance: tuple[float, float] = FULL_WINDOW
+
+
+def guided(step: int, steps: int, window: tuple[float, float]) -> bool:
+    """Whether a condition steers denoising step `step` of `steps`: diffusers' controlnet_keep, which is 0 where
+    step/steps < start or (step+1)/steps > end. Out of its window it is not run at all (diffusers runs it at
+    scale 0 and adds the zeros: the same sums)."""
+    start, end = window
+    return not (step / steps < start or (step + 1) / steps > end)
+
+
+def keyframe_frame_scales(
+    indices: Sequence[int], strengths: Sequence[float], num_frames: int, conditioning_scale: float
+) -> list[float] | None:
+    """Per-frame scales of the SparseCtrl encoder's residuals from per-keyframe strengths: conditioning_scale
+    times the strengths interpolated linearly between keyframes by frame index, the nearest keyframe's beyond
+    the first and the last (the encoder's temporal layers spread each keyframe over its neighbours, so its
+    strength goes with it). None when every strength is 1: the plain scalar scale, bit for bit as before."""
+    if all(s == 1.0 for s in strengths):
+        return None
+    pairs = sorted(zip(indices, strengths, strict=True))
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    return [conditioning_scale * float(np.interp(f, xs, ys)) for f in range(num_frames)]
 
 
 def prepare_dense_frames(images: list, width: int, height: int, device, dtype, vae_scale_factor: int) -> torch.Tensor:
@@ -81,13 +107,17 @@ def generate_windowed(
     idle_weights: IdleWeights | None = None,
     release_residuals: bool = True,
     dense: Sequence[DenseCondition] = (),
+    keyframe_scales: Sequence[float] | None = None,
+    keyframe_guidance: tuple[float, float] = FULL_WINDOW,
 ) -> np.ndarray:
     """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np".
 
     The arguments are the pipeline's own (the prompt already encoded, as the engine does for both paths), plus
     the windows' and the per-frame ControlNets (`dense`). No keyframes (`conditioning_frames` empty) and no
-    SparseCtrl encoder on the pipeline: only the dense conditions steer. A linear loop, as the pipeline's
-    __call__ is: its numbered steps read best in one place."""
+    SparseCtrl encoder on the pipeline: only the dense conditions steer. `keyframe_scales`: the encoder's scale
+    per frame (keyframe_frame_scales; None: `controlnet_conditioning_scale` everywhere), `keyframe_guidance`:
+    the steps the keyframes steer. A linear loop, as the pipeline's __call__ is: its numbered steps read best
+    in one place."""
     device = pipe._execution_device
     controlnet = pipe.controlnet
     do_cfg = guidance_scale > 1
@@ -125,20 +155,27 @@ def generate_windowed(
     embeds_by_length: dict[int, torch.Tensor] = {}
     joint_cfg = do_cfg and not sequential_cfg
     dense_by_window = {w.start: _window_dense(dense, w.start, w.stop, joint_cfg) for w in windows}
+    options = _Options(controlnet_conditioning_scale, guidance_scale, do_cfg, sequential_cfg, release_residuals)
+    options_by_window = {w.start: options for w in windows}
+    if keyframe_scales is not None and cond is not None:  # per-frame scales, each window its slice
+        scales = torch.tensor(keyframe_scales, device=device, dtype=controlnet.dtype)
+        options_by_window = {w.start: options._replace(conditioning_scale=scales[w.start : w.stop]) for w in windows}
 
     if idle_weights is not None:  # the prompt is encoded and the conditions prepared: idle until decoding
         idle_weights.park()
 
     # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step. (One window has
     #    weight 1 everywhere: 0 + prediction * 1 is the prediction, bit for bit.)
-    options = _Options(controlnet_conditioning_scale, guidance_scale, do_cfg, sequential_cfg, release_residuals)
+    steps = len(timesteps)
     for i, t in enumerate(timesteps):
         noise_pred = torch.zeros_like(latents)
+        sparse_on = cond is not None and guided(i, steps, keyframe_guidance)
         for window in windows:
             sl = slice(window.start, window.stop)
-            sparse = (cond[:, :, sl], mask[:, :, sl]) if cond is not None else (None, None)
-            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, *sparse, dense_by_window[window.start])
-            prediction = _predict(pipe, *inputs, options)
+            sparse = (cond[:, :, sl], mask[:, :, sl]) if sparse_on else (None, None)
+            steering = [d for d in dense_by_window[window.start] if guided(i, steps, d[4])]
+            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, *sparse, steering)
+            prediction = _predict(pipe, *inputs, options_by_window[window.start])
             noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
         if on_step_end is not None:
@@ -154,7 +191,8 @@ def generate_windowed(
 
 def _window_dense(dense: Sequence[DenseCondition], start: int, stop: int, joint_cfg: bool) -> list[tuple]:
     """A window's dense conditions: (controlnet, its frames in the window, scale, their positions in the window or
-    None for all), the frames doubled for CFG's halves run together (the pipeline's torch.cat([video] * 2)).
+    None for all, guidance window), the frames doubled for CFG's halves run together (the pipeline's
+    torch.cat([video] * 2)).
     A subset's ControlNet with no frame in the window is left out of it."""
     chosen = []
     for c in dense:
@@ -165,7 +203,7 @@ def _window_dense(dense: Sequence[DenseCondition], start: int, stop: int, joint_
             if not rows:
                 continue
             frames, present = c.frames[rows], tuple(c.indices[j] - start for j in rows)
-        chosen.append((c.controlnet, torch.cat([frames] * 2) if joint_cfg else frames, c.scale, present))
+        chosen.append((c.controlnet, torch.cat([frames] * 2) if joint_cfg else frames, c.scale, present, c.guidance))
     return chosen
 
 
@@ -180,7 +218,7 @@ class _Consumed(list):
 
 
 class _Options(NamedTuple):
-    conditioning_scale: float
+    conditioning_scale: float | torch.Tensor  # a tensor: one scale per frame of the window (keyframe strengths)
     guidance_scale: float
     do_cfg: bool
     sequential_cfg: bool  # CFG's negative and positive halves one after the other: half the activations
@@ -209,13 +247,16 @@ def _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options: _Options
     (released as they are added)."""
     down = mid = None
     if cond is not None:
+        scale = options.conditioning_scale
+        if isinstance(scale, torch.Tensor):  # per frame: the encoder's rows are batch-major (b * frames + f)
+            scale = scale.repeat(model_input.shape[0]).view(-1, 1, 1, 1)
         down, mid = pipe.controlnet(
             model_input,
             t,
             encoder_hidden_states=embeds,
             controlnet_cond=cond,
             conditioning_mask=mask,
-            conditioning_scale=options.conditioning_scale,
+            conditioning_scale=scale,
             guess_mode=False,
             return_dict=False,
         )
@@ -240,7 +281,7 @@ def _dense_residuals(model_input, t, embeds, dense, down, mid):
     A subset runs on its frames' rows only (a 2D ControlNet sees each frame alone) and is zero elsewhere."""
     folded = torch.transpose(model_input, 1, 2)
     folded = folded.reshape((-1, folded.shape[2], folded.shape[3], folded.shape[4]))
-    for controlnet, frames, scale, present in dense:
+    for controlnet, frames, scale, present, _ in dense:
         rows = None
         if present is not None:
             length = model_input.shape[2]

@@ -49,6 +49,8 @@ class Keyframe:
     data: bytes = b""
     output_index: int | None = None  # where this keyframe must land in the retimed output (None: no anchor)
     decoded: Image.Image | None = field(default=None, repr=False, compare=False)
+    # Times conditioning_scale at this keyframe's frame; between keyframes interpolated (engine/conditions.py).
+    strength: float = 1.0
 
     @cached_property
     def image(self) -> Image.Image:
@@ -59,11 +61,13 @@ class Keyframe:
             return to_rgb(img)
 
     @classmethod
-    def of_image(cls, index: int, image: Image.Image, output_index: int | None = None) -> Keyframe:
+    def of_image(
+        cls, index: int, image: Image.Image, output_index: int | None = None, strength: float = 1.0
+    ) -> Keyframe:
         """A keyframe from a decoded image (tests, benchmarks): its record bytes are the image as PNG."""
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        return cls(index, buf.getvalue(), output_index, image)
+        return cls(index, buf.getvalue(), output_index, image, strength)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class DenseGroup:
     name: str
     strength: float
     frames: tuple[Keyframe, ...]
+    # The part of the denoising it steers, as fractions of the steps (diffusers' control_guidance_start/end).
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
 
 
 def keyframe_path(index: int) -> str:
@@ -126,6 +133,24 @@ class GenerationRequest:
     scheduler: str = field(metadata=api("the sampler", default_from_config=True, choices=SCHEDULER_NAMES))
     fps: int = field(metadata=api("frame rate of the MP4", default_from_config=True, ge=1, le="max_fps"))
     keyframes: list[Keyframe] = field(default_factory=list)  # the API's shape is schema.py's KeyframeIn
+    keyframe_guidance_start: float = field(
+        default=0.0,
+        metadata=api(
+            "the fraction of the denoising steps before the keyframes start to steer (diffusers' "
+            "control_guidance_start; ComfyUI's start percent)",
+            ge=0,
+            le=1,
+        ),
+    )
+    keyframe_guidance_end: float = field(
+        default=1.0,
+        metadata=api(
+            "the fraction of the denoising steps after which the keyframes stop steering (diffusers' "
+            "control_guidance_end); a scribble encoder's stock-footage look goes at 0.2-0.4",
+            ge=0,
+            le=1,
+        ),
+    )
     controlnets: tuple[DenseGroup, ...] = ()  # per-frame ControlNets; the API's shape is schema.py's ControlNetIn
     # Frames in the delivered clip after retiming; 0: num_frames (no retiming).
     output_frames: int = field(
@@ -164,9 +189,18 @@ class GenerationRequest:
         their path in the job's folder, image_paths)."""
         images = {"keyframes", "controlnets"}
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in images}
-        fields["keyframes"] = [{"index": k.index, "output_index": k.output_index} for k in self.keyframes]
+        fields["keyframes"] = [
+            {"index": k.index, "output_index": k.output_index, "strength": k.strength} for k in self.keyframes
+        ]
         fields["controlnets"] = [
-            {"name": g.name, "strength": g.strength, "frames": [f.index for f in g.frames]} for g in self.controlnets
+            {
+                "name": g.name,
+                "strength": g.strength,
+                "frames": [f.index for f in g.frames],
+                "guidance_start": g.guidance_start,
+                "guidance_end": g.guidance_end,
+            }
+            for g in self.controlnets
         ]
         fields["output_frames"] = self.delivered_frames
         fields["loras"] = [list(pair) for pair in self.loras]
@@ -183,12 +217,21 @@ class GenerationRequest:
         values = {k: v for k, v in fields.items() if k in known}
         values["loras"] = tuple((name, scale) for name, scale in values.get("loras", ()))
         keyframes = [
-            Keyframe(k["index"], read_image(keyframe_path(k["index"])), k.get("output_index"))
+            Keyframe(
+                k["index"],
+                read_image(keyframe_path(k["index"])),
+                k.get("output_index"),
+                strength=k.get("strength", 1.0),
+            )
             for k in fields["keyframes"]
         ]
         controlnets = tuple(
             DenseGroup(
-                g["name"], g["strength"], tuple(Keyframe(i, read_image(dense_frame_path(n, i))) for i in g["frames"])
+                g["name"],
+                g["strength"],
+                tuple(Keyframe(i, read_image(dense_frame_path(n, i))) for i in g["frames"]),
+                g.get("guidance_start", 0.0),
+                g.get("guidance_end", 1.0),
             )
             for n, g in enumerate(fields.get("controlnets", ()))
         )

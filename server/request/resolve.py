@@ -44,6 +44,10 @@ def resolve_request(
     values["output_frames"] = values["output_frames"] or 0
     values["quality"] = values["quality"] or "final"
     values["modality"] = values["modality"] or ""
+    for name in ("keyframe_guidance_start", "keyframe_guidance_end"):  # omitted: the whole denoising
+        if values[name] is None:
+            values[name] = GenerationRequest.__dataclass_fields__[name].default
+    _check_window("keyframes", values["keyframe_guidance_start"], values["keyframe_guidance_end"])
     values["keyframes"] = _keyframes(
         body, values["num_frames"], values["output_frames"], config.limits.max_image_pixels
     )
@@ -98,7 +102,8 @@ def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels:
                 "invalid_request", f"keyframe {index}: output_index {output_index} is outside 0..{output_frames - 1}"
             )
         data, image = _decode(kf.image, f"keyframe {index}", max_pixels)
-        keyframes.append(Keyframe(index, data, output_index, image))
+        strength = 1.0 if kf.strength is None else float(kf.strength)
+        keyframes.append(Keyframe(index, data, output_index, image, strength))
     pinned = [k for k in keyframes if k.output_index is not None]
     for a, b in zip(pinned, pinned[1:], strict=False):
         if b.output_index <= a.output_index:
@@ -141,8 +146,21 @@ def _controlnets(body: BaseModel, num_frames: int, max_pixels: int, available: l
             data, image = _decode(f.image, f"{what} frame {f.index}", max_pixels)
             frames.append(Keyframe(f.index, data, None, image))
         strength = 1.0 if group.strength is None else float(group.strength)
-        groups.append(DenseGroup(group.name, strength, tuple(frames)))
+        start = 0.0 if group.guidance_start is None else float(group.guidance_start)
+        end = 1.0 if group.guidance_end is None else float(group.guidance_end)
+        _check_window(what, start, end)
+        groups.append(DenseGroup(group.name, strength, tuple(frames), start, end))
     return tuple(groups)
+
+
+def _check_window(what: str, start: float, end: float) -> None:
+    """A guidance window steers some of the steps: start before end (diffusers refuses the same)."""
+    if start >= end:
+        raise RequestError(
+            "invalid_request",
+            f"{what}: guidance start {start:g} must be below guidance end {end:g} (fractions of the denoising "
+            "steps: 0 = the first, 1 = the last)",
+        )
 
 
 def _decode(text: str, what: str, max_pixels: int):

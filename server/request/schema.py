@@ -47,6 +47,13 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             le=limits.max_output_frames - 1,
             description="with output_frames: the delivered frame that must show this keyframe's generated frame",
         )
+        strength: float | None = Field(
+            None,
+            ge=0,
+            le=limits.max_conditioning_scale,
+            description="times conditioning_scale at this keyframe's frame, interpolated between keyframes; "
+            "omitted: 1.0",
+        )
 
     class LoraIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -73,6 +80,12 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             max_length=limits.max_frames,
             description="one image per generated frame (indices 0..num_frames-1), or a subset of the frames; "
             "the others get nothing from this ControlNet",
+        )
+        guidance_start: float | None = Field(
+            None, ge=0, le=1, description="the fraction of the steps before it starts to steer; omitted: 0"
+        )
+        guidance_end: float | None = Field(
+            None, ge=0, le=1, description="the fraction of the steps after which it stops steering; omitted: 1"
         )
 
     hints = get_type_hints(GenerationRequest)

@@ -115,7 +115,14 @@ def test_depth_on_every_frame_from_lllyasviels_pth_alone_and_beside_an_rgb_keyfr
         assert r.status_code == 202, r.text
         jobs[name] = comfy_server.wait_for(r.json()["id"])
         assert jobs[name]["status"] == "succeeded", jobs[name]
-        assert jobs[name]["request"]["controlnets"] == [{"name": "depth", "strength": 0.8, "frames": list(range(8))}]
+        (group,) = jobs[name]["request"]["controlnets"]
+        assert group == {
+            "name": "depth",
+            "strength": 0.8,
+            "frames": list(range(8)),
+            "guidance_start": 0.0,
+            "guidance_end": 1.0,
+        }
     assert jobs["alone"]["request"]["modality"] == "" and jobs["alone"]["request"]["keyframes"] == []
     clips = []
     for job in jobs.values():

@@ -72,7 +72,7 @@ def ours(engine, request, images, *, dense_scale=1.0, window_length=16, sparse=F
     return to_uint8(out)
 
 
-def bare_controlnet_pipeline(tiny_root, tiny_config, request, images) -> np.ndarray:
+def bare_controlnet_pipeline(tiny_root, tiny_config, request, images, **pipe_kwargs) -> np.ndarray:
     """What a user gets from diffusers' AnimateDiffControlNetPipeline on the same folders (with the official
     per-frame normalisation in the motion modules, as every job here has; a ControlNet has no temporal layers)."""
     from diffusers import AnimateDiffControlNetPipeline, ControlNetModel, DDIMScheduler, MotionAdapter
@@ -106,6 +106,7 @@ def bare_controlnet_pipeline(tiny_root, tiny_config, request, images) -> np.ndar
         controlnet_conditioning_scale=1.0,
         generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="np",
+        **pipe_kwargs,
     )
     return to_uint8(out.frames[0])
 
@@ -173,10 +174,10 @@ def test_a_subset_adds_its_controlnet_at_its_frames_and_nothing_elsewhere(engine
     frames = prepare_dense_frames(depth_frames(3), 64, 64, "cpu", torch.float32, 8)
     t = torch.tensor(500)
     full_down, full_mid = _dense_residuals(
-        latents, t, embeds, [(controlnet, torch.cat([frames] * 2), 1.0, None)], None, None
+        latents, t, embeds, [(controlnet, torch.cat([frames] * 2), 1.0, None, (0.0, 1.0))], None, None
     )
     one = torch.cat([frames[1:2]] * 2)
-    down, mid = _dense_residuals(latents, t, embeds, [(controlnet, one, 1.0, (1,))], None, None)
+    down, mid = _dense_residuals(latents, t, embeds, [(controlnet, one, 1.0, (1,), (0.0, 1.0))], None, None)
     rows, others = [1, 4], [0, 2, 3, 5]  # frame 1 of each half
     for sub, full in zip([*down, mid], [*full_down, full_mid], strict=True):
         torch.testing.assert_close(sub[rows], full[rows], rtol=1e-5, atol=1e-6)

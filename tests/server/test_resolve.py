@@ -43,7 +43,8 @@ def test_defaults_come_from_the_config_and_the_seed_is_kept():
     )
     assert r.negative_prompt == g.negative_prompt and r.seed == 77
     echo, _ = r.to_record()
-    assert echo["keyframes"] == [{"index": 0, "output_index": None}] and echo["seed"] == 77
+    assert echo["keyframes"] == [{"index": 0, "output_index": None, "strength": 1.0}] and echo["seed"] == 77
+    assert (echo["keyframe_guidance_start"], echo["keyframe_guidance_end"]) == (0.0, 1.0)  # the whole denoising
     assert echo["output_frames"] == g.num_frames
     assert resolve_request(body(seed=5), CONFIG, ALL, seed=77).seed == 5
 
@@ -130,7 +131,9 @@ def test_a_depth_only_job_needs_no_modality_and_keeps_its_frames_in_order():
     ((group,),) = [r.controlnets]
     assert (group.name, group.strength, [f.index for f in group.frames]) == ("depth", 0.6, [0, 1, 2, 3])
     record, images = r.to_record()
-    assert record["controlnets"] == [{"name": "depth", "strength": 0.6, "frames": [0, 1, 2, 3]}]
+    assert record["controlnets"] == [
+        {"name": "depth", "strength": 0.6, "frames": [0, 1, 2, 3], "guidance_start": 0.0, "guidance_end": 1.0}
+    ]
     assert sorted(images) == [f"controlnets/0/000{i}.png" for i in range(4)] == image_paths(record)
     back = GenerationRequest.from_record(json.loads(json.dumps(record)), images.__getitem__)
     assert back.controlnets[0].frames[2].image.tobytes() == group.frames[2].image.tobytes()
@@ -186,3 +189,71 @@ def test_a_bad_dense_image_names_its_controlnet_and_frame():
     with pytest.raises(RequestError, match="ControlNet 'depth' frame 3: image is not valid base64") as e:
         resolve_request(body(controlnets=[group]), CONFIG, ALL, 1, controlnets=["depth"])
     assert e.value.code == "invalid_image"
+
+
+# -- per-keyframe strength and guidance windows (#16 item 3) -------------------------------------------------------
+
+
+def test_keyframe_strengths_and_guidance_windows_are_kept_and_echoed():
+    keyframes = [{"index": 0, "image": IMG, "strength": 0.5}, {"index": 7, "image": IMG}]
+    fields = body(
+        num_frames=8,
+        keyframes=keyframes,
+        keyframe_guidance_end=0.3,
+        controlnets=[depth_group(range(8), guidance_start=0.1, guidance_end=0.8)],
+    )
+    r = resolve_request(fields, CONFIG, ALL, 1, controlnets=["depth"])
+    assert [k.strength for k in r.keyframes] == [0.5, 1.0]
+    assert (r.keyframe_guidance_start, r.keyframe_guidance_end) == (0.0, 0.3)
+    assert (r.controlnets[0].guidance_start, r.controlnets[0].guidance_end) == (0.1, 0.8)
+    record, images = r.to_record()
+    assert [k["strength"] for k in record["keyframes"]] == [0.5, 1.0] and record["keyframe_guidance_end"] == 0.3
+    back = GenerationRequest.from_record(json.loads(json.dumps(record)), images.__getitem__)
+    assert back.to_record() == (record, images)
+    # A record from before these fields: every strength 1, every window the whole denoising.
+    older = json.loads(json.dumps(record))
+    for key in ("keyframe_guidance_start", "keyframe_guidance_end"):
+        del older[key]
+    for k in older["keyframes"]:
+        del k["strength"]
+    del older["controlnets"][0]["guidance_start"], older["controlnets"][0]["guidance_end"]
+    old = GenerationRequest.from_record(older, images.__getitem__)
+    assert [k.strength for k in old.keyframes] == [1.0, 1.0] and old.keyframe_guidance_end == 1.0
+    assert (old.controlnets[0].guidance_start, old.controlnets[0].guidance_end) == (0.0, 1.0)
+
+
+WINDOW_BAD = [
+    (
+        "keyframes start after end",
+        {"keyframe_guidance_start": 0.6, "keyframe_guidance_end": 0.4},
+        "keyframes: guidance start 0.6 must be below guidance end 0.4",
+    ),
+    ("keyframes end above 1", {"keyframe_guidance_end": 1.5}, "keyframe_guidance_end"),
+    (
+        "a group's empty window",
+        {"controlnets": [depth_group([0], guidance_start=0.5, guidance_end=0.5)]},
+        "ControlNet 'depth': guidance start 0.5 must be below",
+    ),
+    (
+        "a group's negative start",
+        {"controlnets": [depth_group([0], guidance_start=-0.1)]},
+        "controlnets.0.guidance_start",
+    ),
+    (
+        "a keyframe's negative strength",
+        {"keyframes": [{"index": 0, "image": IMG, "strength": -1}]},
+        "keyframes.0.strength",
+    ),
+    (
+        "a keyframe's strength too high",
+        {"keyframes": [{"index": 0, "image": IMG, "strength": 9}]},
+        "keyframes.0.strength",
+    ),
+]
+
+
+@pytest.mark.parametrize("changes, says", [(c, s) for _, c, s in WINDOW_BAD], ids=[n for n, _, _ in WINDOW_BAD])
+def test_bad_strengths_and_guidance_windows_are_refused_saying_which(changes, says):
+    with pytest.raises(RequestError) as e:
+        resolve_request(body(num_frames=8, **changes), CONFIG, ALL, 1, controlnets=["depth"])
+    assert says in e.value.message and status_of(e.value.code) == 422
