@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, login_name, owner_name
+from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, login_name, owner_name, parse_window
 from .core.shot_list import plan_shots
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
@@ -166,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the keyframes or alone (--keyframes none); default: as saved in the .blend",
     )
     p.add_argument("--depth-strength", type=float, help="the depth ControlNet's strength (default 1.0)")
+    p.add_argument(
+        "--keyframe-strengths",
+        metavar="FRAME:S,...",
+        help="strengths of single keyframes by timeline frame, e.g. 1001:0.5,1040:1.2 (others 1)",
+    )
+    p.add_argument(
+        "--keyframe-guidance",
+        metavar="START:END",
+        help="the part of the denoising the keyframes steer, fractions of the steps (default 0:1; line art: "
+        "an end of 0.2-0.4 avoids the scribble encoder's stock-footage watermark)",
+    )
+    p.add_argument("--depth-guidance", metavar="START:END", help="the part of the denoising the depth steers")
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
@@ -247,6 +259,14 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         values["shot_range"] = "PREVIEW"
     if args.keyframes:
         values.update(parse_keyframes(args.keyframes))
+    if getattr(args, "keyframe_strengths", None) is not None:
+        values["keyframe_strengths"] = args.keyframe_strengths
+    for flag, what in (("keyframe_guidance", "keyframe"), ("depth_guidance", "depth")):
+        if (text := getattr(args, flag, None)) is not None:
+            try:
+                values[f"{flag}_start"], values[f"{flag}_end"] = parse_window(text, what)
+            except ValueError as e:
+                raise BatchError(f"--{flag.replace('_', '-')}: {e}") from None
     return GenerationSettings(**values)
 
 

@@ -18,6 +18,7 @@ from ..core.request import (
     GenerationSettings,
     generation_size,
     job_body,
+    parse_keyframe_strengths,
     uses_keyframes,
 )
 
@@ -63,6 +64,8 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     prepared = PreparedJob(body, start, end, mapped.indices, images, messages, seconds, empty, stages)
     prepared.dense_frames, prepared.dense_images = dense_frames, dense
     prepared.dense_strength = settings.depth_strength
+    prepared.dense_guidance = (settings.depth_guidance_start, settings.depth_guidance_end)
+    prepared.strengths = _strengths(settings, mapped.indices, messages)
     if empty:
         messages.append(prepared.empty_message)
     if empty_dense:
@@ -71,6 +74,21 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
             "nothing of the scene is in view there"
         )
     return prepared
+
+
+def _strengths(settings: GenerationSettings, keyframes: dict[int, int], messages: list[str]) -> dict[int, float]:
+    """The keyframes' strengths other than 1, by timeline frame; strengths for frames that are not keyframes
+    are said and left out."""
+    if not uses_keyframes(settings):
+        return {}
+    strengths = parse_keyframe_strengths(settings.keyframe_strengths)
+    stray = sorted(set(strengths) - set(keyframes))
+    if stray:
+        messages.append(
+            f"keyframe strengths for frame{'s' if len(stray) > 1 else ''} {_frame_list(stray)} left out: "
+            f"not keyframes of this shot (they are {_frame_list(sorted(keyframes))})"
+        )
+    return {frame: s for frame, s in strengths.items() if frame in keyframes and s != 1.0}
 
 
 def _frame_list(frames: list[int], most: int = 8) -> str:
@@ -157,6 +175,9 @@ def import_result(
         "seed": job.get("seed", prepared.body["seed"]),
         "modality": prepared.body["modality"] or "",
         "depth_every_frame": bool(prepared.dense_frames),
+        "keyframe_strengths": {str(frame): s for frame, s in prepared.strengths.items()},
+        "keyframe_guidance": [settings.keyframe_guidance_start, settings.keyframe_guidance_end],
+        "depth_guidance": list(prepared.dense_guidance),
         "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},
         "model": job.get("model", ""),
         "job_id": state.job_id,

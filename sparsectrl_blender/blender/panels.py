@@ -57,6 +57,11 @@ def _draw_prompt(layout, props) -> None:
     sub = row.row()
     sub.active = props.depth_every_frame
     sub.prop(props, "depth_strength", text="Strength")
+    row = col.row(align=True)  # the depth's guidance window
+    row.active = props.depth_every_frame
+    row.label(text="Depth steps")
+    row.prop(props, "depth_guidance_start")
+    row.prop(props, "depth_guidance_end")
     health = STATUS.connection.health
     if health is not None and (why := unavailable(props, health)):
         for i, line in enumerate(why.split("; ")):  # a label does not wrap: one clause a line
@@ -76,6 +81,13 @@ def _draw_shot(layout, context, scene, props) -> None:
         col.prop(props, "every_n")
     elif props.keyframe_source == "LIST":
         col.prop(props, "frame_list")
+    sub = col.column(align=True)
+    sub.active = uses_keyframes(props)
+    sub.prop(props, "keyframe_strengths")
+    row = sub.row(align=True)  # the keyframes' guidance window: line art's end at 0.2-0.4 (docs/api.md)
+    row.label(text="Keyframe steps")
+    row.prop(props, "keyframe_guidance_start")
+    row.prop(props, "keyframe_guidance_end")
     col.prop(props, "shot_range")
 
 

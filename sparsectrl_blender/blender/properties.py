@@ -72,6 +72,49 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         max=4.0,
         description="The depth ControlNet's conditioning scale",
     )
+    keyframe_strengths: StringProperty(
+        name="Strengths",
+        default=_DEFAULTS.keyframe_strengths,
+        description=(
+            "Strength of single keyframes, by timeline frame: 1001:0.5, 1040:1.2 (others 1; between keyframes "
+            "the strength is interpolated)"
+        ),
+    )
+    keyframe_guidance_start: FloatProperty(
+        name="Start",
+        default=_DEFAULTS.keyframe_guidance_start,
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+        description="The part of the denoising before the keyframes start to steer",
+    )
+    keyframe_guidance_end: FloatProperty(
+        name="End",
+        default=_DEFAULTS.keyframe_guidance_end,
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+        description=(
+            "The part of the denoising after which the keyframes stop steering. Line art: 0.2-0.4 keeps the "
+            "layout and avoids the scribble encoder's stock-footage watermark"
+        ),
+    )
+    depth_guidance_start: FloatProperty(
+        name="Start",
+        default=_DEFAULTS.depth_guidance_start,
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+        description="The part of the denoising before the depth starts to steer",
+    )
+    depth_guidance_end: FloatProperty(
+        name="End",
+        default=_DEFAULTS.depth_guidance_end,
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+        description="The part of the denoising after which the depth stops steering",
+    )
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
     quality: EnumProperty(name="Quality", items=QUALITIES, default=_DEFAULTS.quality)
     loras: StringProperty(

@@ -45,6 +45,8 @@ class PreparedJob:
     dense_images: dict[int, np.ndarray] = field(default_factory=dict)  # timeline frame -> uint8 (h, w, 3)
     dense_strength: float = 1.0
     dense_passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
+    dense_guidance: tuple[float, float] = (0.0, 1.0)
+    strengths: dict[int, float] = field(default_factory=dict)  # keyframe's timeline frame -> strength (not 1)
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""
@@ -55,11 +57,12 @@ class PreparedJob:
         # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
         # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
         keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in self.passes.items()]
-        self.body["keyframes"] = keyframe_entries(keyframes)
+        by_index = {self.mapping[frame]: strength for frame, strength in self.strengths.items()}
+        self.body["keyframes"] = keyframe_entries(keyframes, by_index)
         if self.dense_frames:  # each timeline frame's PNG made once (more generated frames than shot frames)
             self.dense_passes = {frame: encode_png(image) for frame, image in self.dense_images.items()}
             frames = [(i, self.dense_passes[frame]) for i, frame in enumerate(self.dense_frames)]
-            self.body["controlnets"] = dense_entries(self.dense_strength, frames)
+            self.body["controlnets"] = dense_entries(self.dense_strength, frames, self.dense_guidance)
         self.encode_seconds = time.perf_counter() - started
 
     @property

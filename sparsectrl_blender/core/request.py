@@ -81,6 +81,13 @@ class GenerationSettings:
     # ControlNet: docs/weights.md), beside the keyframes or, with keyframe_source NONE, instead of them.
     depth_every_frame: bool = False
     depth_strength: float = 1.0
+    # Finer control (docs/api.md): strengths of single keyframes by timeline frame ("1001:0.5, 1040:1.2"), and
+    # the part of the denoising the keyframes and the depth steer, as fractions of the steps.
+    keyframe_strengths: str = ""
+    keyframe_guidance_start: float = 0.0
+    keyframe_guidance_end: float = 1.0
+    depth_guidance_start: float = 0.0
+    depth_guidance_end: float = 1.0
     seed: int = 0
     quality: str = "final"  # "draft": the server generates smaller with fewer steps, for quick iteration
     loras: str = ""  # "ink:0.7, toon": LoRA names the server has configured (GET /v1/models), optional scales
@@ -104,6 +111,54 @@ def parse_loras(text: str) -> list[dict]:
             raise ValueError(f"LoRA {item!r}: the name is missing")
         out.append({"name": name, "scale": value})
     return out
+
+
+STRENGTH_RANGE = (0.0, 4.0)  # the server's default max_conditioning_scale
+
+
+def parse_keyframe_strengths(text: str) -> dict[int, float]:
+    """ "1001:0.5, 1040:1.2" -> {1001: 0.5, 1040: 1.2} (timeline frame -> strength); a clear ValueError naming
+    the entry for anything else."""
+    out: dict[int, float] = {}
+    for item in text.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        frame, sep, value = (part.strip() for part in item.partition(":"))
+        try:
+            number, strength = int(frame), float(value)
+        except ValueError:
+            raise ValueError(f"keyframe strength {item!r}: write FRAME:STRENGTH, e.g. 1001:0.5") from None
+        if not sep or not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
+            raise ValueError(
+                f"keyframe strength {item!r}: the strength must be {STRENGTH_RANGE[0]:g} to {STRENGTH_RANGE[1]:g}"
+            )
+        if number in out:
+            raise ValueError(f"keyframe strengths name frame {number} twice")
+        out[number] = strength
+    return out
+
+
+def check_window(what: str, start: float, end: float) -> None:
+    """A guidance window (fractions of the denoising steps) the server takes: 0 <= start < end <= 1."""
+    if not 0.0 <= start < end <= 1.0:
+        raise ValueError(
+            f"{what} guidance: start {start:g} and end {end:g} must be fractions of the steps with start below end "
+            "(0 = the first step, 1 = the last)"
+        )
+
+
+def parse_window(text: str, what: str) -> tuple[float, float]:
+    """ "0:0.3" -> (0.0, 0.3); a clear ValueError for anything else."""
+    start, sep, end = text.partition(":")
+    try:
+        window = float(start), float(end)
+    except ValueError:
+        raise ValueError(f"{what} guidance {text!r}: write START:END, e.g. 0:0.3") from None
+    if not sep:
+        raise ValueError(f"{what} guidance {text!r}: write START:END, e.g. 0:0.3")
+    check_window(what, *window)
+    return window
 
 
 def generation_size(scene_width: float, scene_height: float, long_side: int) -> tuple[int, int]:
@@ -137,6 +192,15 @@ def job_body(
         raise ValueError(
             "nothing steers the preview: choose where the keyframes come from, or turn on Depth every frame"
         )
+    extra = {}
+    if uses_keyframes(settings):
+        parse_keyframe_strengths(settings.keyframe_strengths)  # said before anything is rendered
+        window = (settings.keyframe_guidance_start, settings.keyframe_guidance_end)
+        check_window("keyframe", *window)
+        if window != (0.0, 1.0):  # sent only when set: servers before guidance windows take the body as before
+            extra = {"keyframe_guidance_start": _fraction(window[0]), "keyframe_guidance_end": _fraction(window[1])}
+    if settings.depth_every_frame:
+        check_window("depth", settings.depth_guidance_start, settings.depth_guidance_end)
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
@@ -153,28 +217,41 @@ def job_body(
         "quality": settings.quality,
         "loras": parse_loras(settings.loras) or None,
         "keyframes": keyframe_entries(keyframes),
+        **extra,
     }
 
 
-def keyframe_entries(keyframes: list[tuple[int, int, bytes]]) -> list[dict]:
-    """The body's "keyframes": (generated index, output index, PNG bytes) each, in index order."""
-    return [
-        {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
-        for index, output_index, png in sorted(keyframes)
-    ]
+def _fraction(value: float) -> float:
+    return round(value, 4)  # a panel FloatProperty is single precision: 0.8 is 0.800000011920929
 
 
-def dense_entries(strength: float, frames: list[tuple[int, bytes]]) -> list[dict]:
-    """The body's "controlnets" for Depth every frame: one group, (generated index, PNG bytes) per frame."""
+def keyframe_entries(keyframes: list[tuple[int, int, bytes]], strengths: dict[int, float] | None = None) -> list[dict]:
+    """The body's "keyframes": (generated index, output index, PNG bytes) each, in index order; `strengths` by
+    generated index, sent only where not 1 (servers before per-keyframe strength take the body as before)."""
+    entries = []
+    for index, output_index, png in sorted(keyframes):
+        entry = {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
+        if (strengths or {}).get(index, 1.0) != 1.0:
+            entry["strength"] = _fraction(strengths[index])
+        entries.append(entry)
+    return entries
+
+
+def dense_entries(
+    strength: float, frames: list[tuple[int, bytes]], guidance: tuple[float, float] = (0.0, 1.0)
+) -> list[dict]:
+    """The body's "controlnets" for Depth every frame: one group, (generated index, PNG bytes) per frame; its
+    guidance window sent only when set."""
     if not frames:
         return []
-    return [
-        {
-            "name": DEPTH_CONTROLNET,
-            "strength": round(strength, 4),  # a panel FloatProperty is single precision: 0.8 is 0.800000011920929
-            "frames": [{"index": i, "image": base64.b64encode(png).decode("ascii")} for i, png in sorted(frames)],
-        }
-    ]
+    group = {
+        "name": DEPTH_CONTROLNET,
+        "strength": _fraction(strength),
+        "frames": [{"index": i, "image": base64.b64encode(png).decode("ascii")} for i, png in sorted(frames)],
+    }
+    if tuple(guidance) != (0.0, 1.0):
+        group["guidance_start"], group["guidance_end"] = _fraction(guidance[0]), _fraction(guidance[1])
+    return [group]
 
 
 def uses_keyframes(settings: GenerationSettings) -> bool:

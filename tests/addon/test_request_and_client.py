@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import socket
 
 import pytest
 
 from sparsectrl_blender.core.client import Client, ServerError
 from sparsectrl_blender.core.png import encode_png
-from sparsectrl_blender.core.request import GenerationSettings, generation_size, job_body, unavailable
+from sparsectrl_blender.core.request import (
+    GenerationSettings,
+    generation_size,
+    job_body,
+    parse_keyframe_strengths,
+    parse_window,
+    unavailable,
+)
 
 
 def test_generation_size_keeps_the_scene_aspect_in_multiples_of_8():
@@ -61,6 +69,43 @@ def test_depth_every_frame_with_or_without_keyframes():
         "Depth every frame unavailable: the server has no 'depth' ControlNet (it has: none); add one under "
         "[model.controlnets] (docs/weights.md)"
     )
+
+
+def test_keyframe_strengths_and_guidance_windows_in_the_body():
+    """Strength per keyframe and the guidance windows (#16 item 3): said before rendering when malformed, sent
+    only when set (a server from before them takes the body as it did)."""
+    assert parse_keyframe_strengths(" 1001:0.5, 1040 : 1.2 ;") == {1001: 0.5, 1040: 1.2}
+    assert parse_keyframe_strengths("") == {}
+    for bad, says in (("1001=0.5", "write FRAME:STRENGTH"), ("1001:9", "0 to 4"), ("1:1, 1:2", "frame 1 twice")):
+        with pytest.raises(ValueError, match=says):
+            parse_keyframe_strengths(bad)
+    assert parse_window("0:0.3", "keyframe") == (0.0, 0.3)
+    for bad in ("0.3", "a:b", "0.5:0.5", "0:1.5"):
+        with pytest.raises(ValueError, match="keyframe guidance"):
+            parse_window(bad, "keyframe")
+
+    png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    plain = job_body(GenerationSettings(prompt="a fox"), 16, 64, 64, 24, 48, [(0, 0, png)])
+    assert "keyframe_guidance_end" not in plain and "strength" not in plain["keyframes"][0]
+    windowed = GenerationSettings(prompt="a fox", keyframe_guidance_end=0.30000001192092896)  # a panel float
+    body = job_body(windowed, 16, 64, 64, 24, 48, [])
+    assert (body["keyframe_guidance_start"], body["keyframe_guidance_end"]) == (0.0, 0.3)
+    with pytest.raises(ValueError, match="keyframe guidance: start 0.5 and end 0.2"):
+        job_body(
+            GenerationSettings(prompt="a fox", keyframe_guidance_start=0.5, keyframe_guidance_end=0.2),
+            16,
+            64,
+            64,
+            24,
+            48,
+            [],
+        )
+    with pytest.raises(ValueError, match="keyframe strength '1001=2'"):
+        job_body(GenerationSettings(prompt="a fox", keyframe_strengths="1001=2"), 16, 64, 64, 24, 48, [])
+    alone = GenerationSettings(prompt="a fox", keyframe_source="NONE", depth_every_frame=True, keyframe_strengths="x")
+    assert "keyframe_guidance_end" not in job_body(alone, 16, 64, 64, 24, 48, [])  # keyframe settings unused
+    with pytest.raises(ValueError, match="depth guidance"):
+        job_body(dataclasses.replace(alone, depth_guidance_start=1.0), 16, 64, 64, 24, 48, [])
 
 
 def test_loras_field_turns_into_the_api_list():
@@ -126,6 +171,7 @@ def test_the_passes_are_encoded_in_the_job_thread_before_the_submit():
     body = job_body(GenerationSettings(prompt="a fox"), 16, 16, 8, 30, 60, [])
     assert body["keyframes"] == []
     prepared = PreparedJob(body, 101, 160, {101: 0, 130: 8}, images, [], [0.1, 0.1])
+    prepared.strengths = {130: 0.5}  # by timeline frame: sent at the keyframe's generated index
     server = _Server()
     runner = JobRunner(server, prepared.body, poll_seconds=0, prepare=prepared.encode)
     thread = threading.Thread(target=runner.run)
@@ -134,6 +180,7 @@ def test_the_passes_are_encoded_in_the_job_thread_before_the_submit():
     assert runner.state.phase == "done" and runner.state.video == b"mp4"
     (sent,) = server.submitted
     assert [(k["index"], k["output_index"]) for k in sent] == [(0, 0), (8, 29)]
+    assert [k.get("strength") for k in sent] == [None, 0.5]
     for entry, frame in zip(sent, (101, 130), strict=True):
         png = base64.b64decode(entry["image"])
         assert png == prepared.passes[frame]
@@ -155,6 +202,7 @@ def test_depth_every_frame_is_one_controlnet_group_with_a_frame_per_generated_in
     settings = GenerationSettings(prompt="a fox", keyframe_source="NONE", depth_every_frame=True)
     body = job_body(settings, 6, 16, 8, 24, 4, [])
     prepared = PreparedJob(body, 1, 4, {}, {}, [], [0.1] * 4)
+    prepared.dense_guidance = (0.0, 0.8)
     prepared.dense_frames = [1, 1, 2, 3, 3, 4]
     prepared.dense_images = {f: np.full((8, 16, 3), 40 * f, np.uint8) for f in (1, 2, 3, 4)}
     prepared.dense_strength = 0.7
@@ -163,6 +211,7 @@ def test_depth_every_frame_is_one_controlnet_group_with_a_frame_per_generated_in
     assert runner.run().phase == "done"
     (group,) = server.bodies[0]["controlnets"]
     assert group["name"] == "depth" and group["strength"] == 0.7 and server.bodies[0]["keyframes"] == []
+    assert (group["guidance_start"], group["guidance_end"]) == (0.0, 0.8)
     assert [f["index"] for f in group["frames"]] == list(range(6))
     for entry, frame in zip(group["frames"], prepared.dense_frames, strict=True):
         png = base64.b64decode(entry["image"])

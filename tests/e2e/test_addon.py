@@ -295,15 +295,18 @@ def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server
     assert (strip.frame_final_start, strip.frame_final_duration) == (1001, 60)
 
     mixed = ("--keyframes", "markers", "--modality", "lineart", "--depth-every-frame", "--depth-strength", 0.5)
+    mixed += ("--keyframe-strengths", "1030:0.6", "--keyframe-guidance", "0:0.3", "--depth-guidance", "0:0.8")
     out = run_batch(shot, *common, *mixed, "--passes-dir", tmp_path / "mixed", "--out", tmp_path / "mixed.blend")
     assert out.returncode == 0, out.stderr[-2000:]
     job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
     request = job["request"]
     assert job["status"] == "succeeded" and request["modality"] == "lineart"
-    keyframes = {k["index"]: k["output_index"] for k in request["keyframes"]}
-    assert keyframes == {0: 0, 4: 29}  # 1001 and 1030 on 8 generated frames
+    keyframes = {k["index"]: (k["output_index"], k["strength"]) for k in request["keyframes"]}
+    assert keyframes == {0: (0, 1.0), 4: (29, 0.6)}  # 1001 and 1030 on 8 generated frames
+    assert (request["keyframe_guidance_start"], request["keyframe_guidance_end"]) == (0.0, 0.3)
     (group,) = request["controlnets"]
     assert group["strength"] == 0.5 and group["frames"] == list(range(8))
+    assert (group["guidance_start"], group["guidance_end"]) == (0.0, 0.8)
     timeline = generated_timeline_frames(1001, 1060, 8, {1001: 0, 1030: 4})
     assert timeline[4] == 1030  # the keyframe's depth is the keyframe's frame
     folder = tiny_server.data_dir / "jobs" / job["id"] / "controlnets" / "0"
@@ -315,6 +318,10 @@ def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server
 
     out = run_batch(shot, *common, "--keyframes", "none", "--no-depth-every-frame")
     assert out.returncode == 1 and "error: nothing steers the preview" in out.stderr
+    out = run_batch(shot, *common, "--keyframe-guidance", "0.5:0.2")
+    assert out.returncode == 1 and "error: --keyframe-guidance: keyframe guidance: start 0.5 and end 0.2" in out.stderr
+    out = run_batch(shot, *common, "--keyframe-strengths", "1030=2")
+    assert out.returncode == 1 and "error: keyframe strength '1030=2': write FRAME:STRENGTH" in out.stderr
     assert shot.read_bytes() == original
 
 
