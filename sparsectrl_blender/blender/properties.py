@@ -18,6 +18,18 @@ from ..core.request import (
 _DEFAULTS = GenerationSettings()
 
 
+def _fraction_of_steps(field: str, name: str, what: str):
+    """A guidance window's start or end: a fraction of the denoising steps (docs/api.md)."""
+    return FloatProperty(
+        name=name,
+        default=getattr(_DEFAULTS, field),
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+        description=f"The part of the denoising {what}",
+    )
+
+
 class SparseCtrlSettings(bpy.types.PropertyGroup):
     server_url: StringProperty(
         name="Server", default=_DEFAULTS.server_url, description="URL of the SparseCtrl server (python -m server)"
@@ -80,41 +92,17 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
             "the strength is interpolated)"
         ),
     )
-    keyframe_guidance_start: FloatProperty(
-        name="Start",
-        default=_DEFAULTS.keyframe_guidance_start,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-        description="The part of the denoising before the keyframes start to steer",
+    keyframe_guidance_start: _fraction_of_steps(
+        "keyframe_guidance_start", "Start", "before the keyframes start to steer"
     )
-    keyframe_guidance_end: FloatProperty(
-        name="End",
-        default=_DEFAULTS.keyframe_guidance_end,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-        description=(
-            "The part of the denoising after which the keyframes stop steering. Line art: 0.2-0.4 keeps the "
-            "layout and avoids the scribble encoder's stock-footage watermark"
-        ),
+    keyframe_guidance_end: _fraction_of_steps(
+        "keyframe_guidance_end",
+        "End",
+        "after which the keyframes stop steering. Line art: 0.2-0.4 keeps the layout and avoids the scribble "
+        "encoder's stock-footage watermark",
     )
-    depth_guidance_start: FloatProperty(
-        name="Start",
-        default=_DEFAULTS.depth_guidance_start,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-        description="The part of the denoising before the depth starts to steer",
-    )
-    depth_guidance_end: FloatProperty(
-        name="End",
-        default=_DEFAULTS.depth_guidance_end,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-        description="The part of the denoising after which the depth stops steering",
-    )
+    depth_guidance_start: _fraction_of_steps("depth_guidance_start", "Start", "before the depth starts to steer")
+    depth_guidance_end: _fraction_of_steps("depth_guidance_end", "End", "after which the depth stops steering")
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
     quality: EnumProperty(name="Quality", items=QUALITIES, default=_DEFAULTS.quality)
     loras: StringProperty(
