@@ -60,7 +60,9 @@ def _point(args: argparse.Namespace) -> dict:
     config, engine = _build(args)
     device, m = engine.device, engine.model
     n = args.frames
-    request = _request(config, m, n, args.size, args.steps)
+    request = _request(config, m, n, args.size, args.steps, depth=getattr(args, "depth", False))
+    if request.controlnets and args.runner == "diffusers":
+        raise SystemExit("error: --depth compares with no bare diffusers call (it has no SparseCtrl + ControlNet)")
     denoisers = [m.unet, *m.encoders.values()]
     if args.runner == "diffusers":
         for module in denoisers:
@@ -75,6 +77,8 @@ def _point(args: argparse.Namespace) -> dict:
         engine.performance = performance
         engine.release_residuals = args.levers is None or "release" in args.levers.split(",")
         m.encoders[request.modality].to(device)  # where the engine puts it, so that the weights count it
+        for controlnet in m.controlnets.values():
+            controlnet.to(device)
 
         def run():
             return engine.generate(request, on_step=lambda step, total: marks.append(_mark(counter, flops))).frames
@@ -83,7 +87,7 @@ def _point(args: argparse.Namespace) -> dict:
     loaded_rss = psutil.Process().memory_info().rss
     # Building the model has its own peak; the job's peak is measured from here (Linux resets VmHWM).
     peak_reset = _reset_peak_rss()
-    on_device = [m.unet, m.vae, m.text_encoder, m.encoders[request.modality]]
+    on_device = [m.unet, m.vae, m.text_encoder, m.encoders[request.modality], *m.controlnets.values()]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         counter = None
@@ -196,6 +200,8 @@ def _run_point(args: argparse.Namespace, frames: int, runner: str) -> dict | Non
             cmd += ["--" + flag.replace("_", "-"), str(value)]
     if getattr(args, "flops", False):
         cmd.append("--flops")
+    if getattr(args, "depth", False):
+        cmd.append("--depth")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
@@ -312,13 +318,17 @@ def levers(args: argparse.Namespace) -> int:
         f"diffusers {diffusers.__version__} · memory levers · {args.arch}-size architecture, {args.frames}×"
         f"{args.size}², {args.steps} step(s), {first['dtype']}, CFG on, VAE slicing "
         f"{'on' if first['vae_slicing'] else 'off'}"
+        + (", line-art keyframes + depth ControlNet on every frame" if args.depth else "")
     )
     lines = [
         "",
         head,
         "",
         f"`python -m server.bench levers --frames {args.frames} --size {args.size} --steps {args.steps} --dtype "
-        f"{args.dtype}" + (f" --count-as {args.count_as}" if args.count_as else "") + "`. Each set in "
+        f"{args.dtype}"
+        + (f" --count-as {args.count_as}" if args.count_as else "")
+        + (" --depth" if args.depth else "")
+        + "`. Each set in "
         "a fresh process. Peak allocated: "
         + ("torch.cuda.max_memory_allocated" if on_gpu else "tensor storages alive at once, counted on the CPU")
         + "; per step: the peak within each denoising step, then the decode's. FLOPs: torch.utils.flop_counter, "
@@ -428,15 +438,18 @@ def _build(args: argparse.Namespace):
     if args.arch == "full":
         from .engine.full_size import build_full_size_model
 
-        model = build_full_size_model(device, dtype, draft=getattr(args, "quality", "final") == "draft")
+        model = build_full_size_model(
+            device, dtype, draft=getattr(args, "quality", "final") == "draft", depth=getattr(args, "depth", False)
+        )
     else:
         model = load_model(config.model, config.data_dir)
     return config, Engine(model, config.scheduler, config.long_video)
 
 
-def _request(config, model, frames: int, size: int, steps: int, quality: str = "final"):
+def _request(config, model, frames: int, size: int, steps: int, quality: str = "final", depth: bool = False):
     """The benchmark's request, through the server's own request resolution (a draft gets the draft's size,
-    steps, scheduler and guidance from [draft], as a real draft request would)."""
+    steps, scheduler and guidance from [draft], as a real draft request would). `depth`: also a depth map on
+    every frame for the model's depth ControlNet (#16: Blender's depth beside line-art keyframes)."""
     import io
 
     from PIL import Image, ImageDraw
@@ -459,7 +472,23 @@ def _request(config, model, frames: int, size: int, steps: int, quality: str = "
         "quality": quality,
         "keyframes": [{"index": 0, "image": png.getvalue()}, {"index": frames - 1, "image": png.getvalue()}],
     }
-    return resolve_request(fields, config, model.modalities, seed=0, draft_adapter=model.has_draft_adapter)
+    if depth:
+        if "depth" not in model.controlnets:
+            raise SystemExit("error: --depth needs a ControlNet named depth ([model.controlnets]; --arch full has one)")
+        depth_map = Image.linear_gradient("L").resize((size, size)).convert("RGB")  # near = white at the bottom
+        frame = io.BytesIO()
+        depth_map.save(frame, format="PNG")
+        fields["controlnets"] = [
+            {"name": "depth", "frames": [{"index": i, "image": frame.getvalue()} for i in range(frames)]}
+        ]
+    return resolve_request(
+        fields,
+        config,
+        model.modalities,
+        seed=0,
+        draft_adapter=model.has_draft_adapter,
+        controlnets=list(model.controlnets),
+    )
 
 
 def _describe(request) -> str:
@@ -773,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--flops", action="store_true", help="also count FLOPs, per step")
             p.add_argument("--frames-out", help="save the frames (.npy) to compare levers")
             p.add_argument("--count-as", help="count float32 tensors at this dtype's size (PeakTensorMemory)")
+            p.add_argument("--depth", action="store_true", help="a depth ControlNet on every frame too")
     lv = sub.add_parser("levers", help="the memory levers side by side: peak, FLOPs, time, how far frames move")
     lv.add_argument("--arch", choices=["full", "tiny"], default="full")
     lv.add_argument("--frames", type=int, default=16)
@@ -791,6 +821,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sets",
         default="none;release;release,chunk;release,chunk,sequential;release,chunk,sequential,park",
         help="lever sets separated by ';', each compared with the first",
+    )
+    lv.add_argument(
+        "--depth",
+        action="store_true",
+        help="the job also has a depth ControlNet on every frame (#16; --arch full: SD1.5's ControlNet architecture)",
     )
     lv.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     fl = sub.add_parser("flops", help="FLOPs of a final and of each kind of draft at the same shot")

@@ -1,8 +1,8 @@
 """The full-size architecture with random weights, built in memory, for benchmarks.
 
 Stable Diffusion 1.5 (UNet, VAE, CLIP ViT-L/14 text encoder), the AnimateDiff v3 motion module and a
-SparseCtrl scribble encoder, with the configurations of the released weights: speed and memory are those of
-the real model; the output is noise. Nothing is downloaded or written to disk.
+SparseCtrl scribble encoder (and, asked for, an SD1.5 depth ControlNet), with the configurations of the released
+weights: speed and memory are those of the real model; the output is noise. Nothing is downloaded or written to disk.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def build_full_size_parts(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def build_full_size_model(
-    device: torch.device, dtype: torch.dtype, modality: str = "lineart", draft: bool = False
+    device: torch.device, dtype: torch.dtype, modality: str = "lineart", draft: bool = False, depth: bool = False
 ) -> LoadedModel:
-    """`draft`: also a draft motion module shaped as AnimateLCM's (v3's layout plus a middle-block module)."""
-    from diffusers import DDIMScheduler, MotionAdapter, SparseControlNetModel
+    """`draft`: also a draft motion module shaped as AnimateLCM's (v3's layout plus a middle-block module);
+    `depth`: also a per-frame ControlNet named "depth" with SD1.5 ControlNet's architecture (lllyasviel's)."""
+    from diffusers import ControlNetModel, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
     from ..weights.convert import CONFIGS
     from .motion_modules import build_motion_unet
@@ -62,7 +63,11 @@ def build_full_size_model(
     config = CONFIGS / ("sparsectrl_rgb" if modality == "rgb" else "sparsectrl_scribble")
     encoder = SparseControlNetModel.from_config(SparseControlNetModel.load_config(config))
     text_encoder, vae = parts["text_encoder"], parts["vae"]
-    for module in (text_encoder, vae, unet, encoder):
+    controlnets = {}
+    if depth:
+        config = ControlNetModel.load_config(CONFIGS / "controlnet_sd15")
+        controlnets["depth"] = ControlNetModel.from_config(config)
+    for module in (text_encoder, vae, unet, encoder, *controlnets.values()):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return LoadedModel(
         FULL_NAME,
@@ -76,4 +81,5 @@ def build_full_size_model(
         dict(DDIMScheduler.load_config(CONFIGS / "sd15" / "scheduler")),
         {modality: encoder},
         {name: adapter.to(dtype) for name, adapter in adapters.items()},
+        controlnets=controlnets,
     )
