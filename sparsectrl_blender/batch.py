@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="strengths of single keyframes by timeline frame, e.g. 1001:0.5,1040:1.2 (others 1)",
     )
     p.add_argument(
+        "--keyframe-images",
+        metavar="FRAME:PATH,...",
+        help="image files as keyframes at timeline frames (a storyboard panel, a painting: the look with "
+        "--modality rgb), e.g. 1001://boards/010.png; // is beside the .blend",
+    )
+    p.add_argument(
         "--keyframe-guidance",
         metavar="START:END",
         help="the part of the denoising the keyframes steer, fractions of the steps (default 0:1; line art: "
@@ -259,8 +265,9 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         values["shot_range"] = "PREVIEW"
     if args.keyframes:
         values.update(parse_keyframes(args.keyframes))
-    if getattr(args, "keyframe_strengths", None) is not None:
-        values["keyframe_strengths"] = args.keyframe_strengths
+    for flag in ("keyframe_strengths", "keyframe_images"):
+        if getattr(args, flag, None) is not None:
+            values[flag] = getattr(args, flag)
     for flag, what in (("keyframe_guidance", "keyframe"), ("depth_guidance", "depth")):
         if (text := getattr(args, flag, None)) is not None:
             try:

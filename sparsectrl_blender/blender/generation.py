@@ -18,6 +18,7 @@ from ..core.request import (
     GenerationSettings,
     generation_size,
     job_body,
+    parse_keyframe_images,
     parse_keyframe_strengths,
     uses_keyframes,
 )
@@ -48,15 +49,24 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     stages = {"keyframes": time.perf_counter() - started}
     renderer = PassRenderer(scene, width, height)
     images, dense = {}, {}
+    files = {f: path for f, path in parse_keyframe_images(settings.keyframe_images).items() if f in mapped.indices}
+    rendered = [frame for frame in frames if frame not in files]  # a file's keyframe is not rendered
     with renderer:  # one scene copy for the keyframes and the depth at every frame
         if dense_frames:  # normalised once over the shot's frames, as depth keyframes are
             dense = renderer.render("depth", sorted(set(dense_frames)))
-        if frames and settings.modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
-            images = {frame: dense[frame] for frame in frames}
-        elif frames:
-            images = renderer.render(settings.modality, frames)
+        if rendered and settings.modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
+            images = {frame: dense[frame] for frame in rendered}
+        elif rendered:
+            images = renderer.render(settings.modality, rendered)
         seconds = list(renderer.seconds_per_keyframe)
     stages.update(renderer.stage_seconds)
+    if files:
+        from .keyframe_images import keyframe_image
+
+        started = time.perf_counter()
+        images |= {frame: keyframe_image(path, frame, width, height) for frame, path in files.items()}
+        images = dict(sorted(images.items()))
+        stages["image files"] = time.perf_counter() - started
     started = time.perf_counter()
     empty = sorted(f for f, img in images.items() if is_empty_pass(img))
     empty_dense = sorted(f for f, img in dense.items() if is_empty_pass(img))
@@ -98,7 +108,7 @@ def _frame_list(frames: list[int], most: int = 8) -> str:
 
 def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
     """(shot start, shot end, generated frames, the keyframes mapped onto them)."""
-    from .scene_keyframes import keyframe_frames, shot_range
+    from .scene_keyframes import KeyframeError, keyframe_frames, shot_range
 
     if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
         messages.append(
@@ -122,7 +132,12 @@ def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
             )
     if not uses_keyframes(settings):  # Keyframes: None (job_body says so unless depth every frame is on)
         return start, end, num_frames, MappedKeyframes({})
-    mapped = map_keyframes(keyframe_frames(scene, settings), start, end, num_frames)
+    chosen = keyframe_frames(scene, settings) if settings.keyframe_source != "NONE" else []
+    try:
+        files = parse_keyframe_images(settings.keyframe_images)
+    except ValueError as e:
+        raise KeyframeError(str(e)) from None
+    mapped = map_keyframes(sorted(set(chosen) | set(files)), start, end, num_frames)
     if not mapped.indices:
         raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
     messages.extend(mapped.messages)
@@ -176,6 +191,7 @@ def import_result(
         "modality": prepared.body["modality"] or "",
         "depth_every_frame": bool(prepared.dense_frames),
         "keyframe_strengths": {str(frame): s for frame, s in prepared.strengths.items()},
+        "keyframe_images": {str(f): p for f, p in parse_keyframe_images(settings.keyframe_images).items()},
         "keyframe_guidance": [settings.keyframe_guidance_start, settings.keyframe_guidance_end],
         "depth_guidance": list(prepared.dense_guidance),
         "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},

@@ -81,6 +81,7 @@ def _draw_shot(layout, context, scene, props) -> None:
         col.prop(props, "every_n")
     elif props.keyframe_source == "LIST":
         col.prop(props, "frame_list")
+    col.prop(props, "keyframe_images")  # image files as keyframes, with any source (None: only them)
     sub = col.column(align=True)
     sub.active = uses_keyframes(props)
     sub.prop(props, "keyframe_strengths")

@@ -92,6 +92,15 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
             "the strength is interpolated)"
         ),
     )
+    keyframe_images: StringProperty(
+        name="Images",
+        default=_DEFAULTS.keyframe_images,
+        description=(
+            "Image files as keyframes at timeline frames, in place of a render there: 1001: //boards/010.png, "
+            "1040: //art/key.jpg (// is beside the .blend). A storyboard panel or concept painting gives the look "
+            "with RGB; a sketch for Line art must be white lines on black"
+        ),
+    )
     keyframe_guidance_start: _fraction_of_steps(
         "keyframe_guidance_start", "Start", "before the keyframes start to steer"
     )

@@ -84,6 +84,9 @@ class GenerationSettings:
     # Finer control (docs/api.md): strengths of single keyframes by timeline frame ("1001:0.5, 1040:1.2"), and
     # the part of the denoising the keyframes and the depth steer, as fractions of the steps.
     keyframe_strengths: str = ""
+    # Image files as keyframes at timeline frames ("1001: //boards/010.png"): a storyboard panel or a concept
+    # painting as the look (RGB), a drawn sketch (Line art: white lines on black), in place of a render there.
+    keyframe_images: str = ""
     keyframe_guidance_start: float = 0.0
     keyframe_guidance_end: float = 1.0
     depth_guidance_start: float = 0.0
@@ -188,13 +191,14 @@ def job_body(
     in once the passes are PNGs."""
     if not settings.prompt.strip():
         raise ValueError("write a prompt first: it says what the preview should look like")
-    if settings.keyframe_source == "NONE" and not settings.depth_every_frame:
+    if not uses_keyframes(settings) and not settings.depth_every_frame:
         raise ValueError(
             "nothing steers the preview: choose where the keyframes come from, or turn on Depth every frame"
         )
     extra = {}
     if uses_keyframes(settings):
         parse_keyframe_strengths(settings.keyframe_strengths)  # said before anything is rendered
+        parse_keyframe_images(settings.keyframe_images)
         window = (settings.keyframe_guidance_start, settings.keyframe_guidance_end)
         check_window("keyframe", *window)
         if window != (0.0, 1.0):  # sent only when set: servers before guidance windows take the body as before
@@ -255,7 +259,30 @@ def dense_entries(
 
 
 def uses_keyframes(settings: GenerationSettings) -> bool:
-    return settings.keyframe_source != "NONE"
+    """Keyframes from the scene (any source but None) or from image files."""
+    return settings.keyframe_source != "NONE" or bool(settings.keyframe_images.strip())
+
+
+def parse_keyframe_images(text: str) -> dict[int, str]:
+    """ "1001: //boards/010.png, 1040: /art/key.jpg" -> {1001: "//boards/010.png", 1040: "/art/key.jpg"}
+    (timeline frame -> path as written; "//" is Blender's relative to the .blend). Entries are separated by
+    commas or new lines; a clear ValueError naming the entry for anything else."""
+    out: dict[int, str] = {}
+    for item in text.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        frame, sep, path = (part.strip() for part in item.partition(":"))
+        try:
+            number = int(frame)
+        except ValueError:
+            number = None
+        if number is None or not sep or not path:
+            raise ValueError(f"keyframe image {item!r}: write FRAME: PATH, e.g. 1001: //boards/010.png")
+        if number in out:
+            raise ValueError(f"keyframe images name frame {number} twice")
+        out[number] = path
+    return out
 
 
 def unavailable(settings: GenerationSettings, health: dict) -> str | None:

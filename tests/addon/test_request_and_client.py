@@ -14,6 +14,7 @@ from sparsectrl_blender.core.request import (
     GenerationSettings,
     generation_size,
     job_body,
+    parse_keyframe_images,
     parse_keyframe_strengths,
     parse_window,
     unavailable,
@@ -106,6 +107,19 @@ def test_keyframe_strengths_and_guidance_windows_in_the_body():
     assert "keyframe_guidance_end" not in job_body(alone, 16, 64, 64, 24, 48, [])  # keyframe settings unused
     with pytest.raises(ValueError, match="depth guidance"):
         job_body(dataclasses.replace(alone, depth_guidance_start=1.0), 16, 64, 64, 24, 48, [])
+
+
+def test_keyframe_images_are_frames_with_paths():
+    assert parse_keyframe_images("1001: //boards/010.png,\n 1040:C:\\art\\key.jpg") == {
+        1001: "//boards/010.png",
+        1040: "C:\\art\\key.jpg",  # a Windows path keeps its drive's colon
+    }
+    for bad, says in (("//a.png", "write FRAME: PATH"), ("10:", "write FRAME: PATH"), ("1:a, 1:b", "frame 1 twice")):
+        with pytest.raises(ValueError, match=says):
+            parse_keyframe_images(bad)
+    # Images alone are keyframes: the modality goes with them.
+    only = GenerationSettings(prompt="a fox", keyframe_source="NONE", keyframe_images="1: a.png", modality="rgb")
+    assert job_body(only, 16, 64, 64, 24, 48, [])["modality"] == "rgb"
 
 
 def test_loras_field_turns_into_the_api_list():

@@ -325,6 +325,37 @@ def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server
     assert shot.read_bytes() == original
 
 
+def test_batch_takes_an_image_file_as_the_rgb_look_beside_depth_every_frame(tiny_server, tmp_path):
+    """#16 item 4: a concept painting placed at a timeline frame is the RGB keyframe (fitted to the generation
+    size as the server fits keyframes: scaled to cover, centre-cropped), the depth every frame the structure."""
+    from PIL import Image
+
+    shot = _depth_shot(tmp_path / "shot.blend")
+    painting = np.zeros((200, 300, 3), np.uint8)
+    painting[:, :150] = (220, 30, 20)  # red left half, blue right half
+    painting[:, 150:] = (20, 40, 210)
+    (tmp_path / "art").mkdir()
+    Image.fromarray(painting).save(tmp_path / "art" / "key.png")
+    common = ("--server", tiny_server.url, "--frames", 8, "--size", 128, "--steps", 2, "--prompt", "a lane at dusk")
+    look = ("--modality", "rgb", "--keyframes", "none", "--keyframe-images", "1030: //art/key.png")
+    out = run_batch(shot, *common, *look, "--depth-every-frame", "--passes-dir", tmp_path / "passes")
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    request = job["request"]
+    assert job["status"] == "succeeded" and request["modality"] == "rgb"
+    assert [(k["index"], k["output_index"]) for k in request["keyframes"]] == [(4, 29)]  # frame 1030 of 1001-1060
+    assert request["controlnets"][0]["frames"] == list(range(8))
+    sent = _png(tiny_server.data_dir / "jobs" / job["id"] / "keyframes" / "0004.png")
+    np.testing.assert_array_equal(sent, _png(tmp_path / "passes" / "frame_1030.png"))
+    assert sent.shape == (64, 128, 3)  # 300x200 scaled to cover 128x64 (128x86), centre-cropped
+    assert tuple(sent[32, 10]) == (220, 30, 20) and tuple(sent[32, 118]) == (20, 40, 210)
+
+    out = run_batch(shot, *common, "--modality", "rgb", "--keyframes", "none", "--keyframe-images", "1030: //nope.png")
+    assert out.returncode == 1 and "error: keyframe image for frame 1030: no file" in out.stderr
+    out = run_batch(shot, *common, "--keyframe-images", "1030 //art/key.png")
+    assert out.returncode == 1 and "error: keyframe image '1030 //art/key.png': write FRAME: PATH" in out.stderr
+
+
 def test_batch_with_the_server_down_fails_with_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

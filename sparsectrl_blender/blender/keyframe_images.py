@@ -1,0 +1,45 @@
+"""Image files as keyframes (bpy): a storyboard panel or a concept painting placed at a timeline frame, read
+through Blender (every format it opens) and fitted to the generation size as the server fits keyframes: scaled
+to cover it, then centre-cropped (docs/api.md). The file is only read; nothing of it stays in the .blend."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from .scene_keyframes import KeyframeError
+
+
+def keyframe_image(path_text: str, frame: int, width: int, height: int) -> np.ndarray:
+    """The image at `path_text` ("//" relative to the .blend) as uint8 (height, width, 3); KeyframeError naming
+    the frame and the file when it cannot be read."""
+    path = Path(bpy.path.abspath(path_text))
+    if not path.is_file():
+        raise KeyframeError(f"keyframe image for frame {frame}: no file {path}")
+    try:
+        image = bpy.data.images.load(str(path), check_existing=False)
+    except RuntimeError as e:
+        raise KeyframeError(f"keyframe image for frame {frame}: cannot read {path} ({e})") from None
+    try:
+        image.colorspace_settings.name = "Non-Color"  # the file's own values, as a PNG viewer shows them
+        w, h = image.size
+        if w == 0 or h == 0:
+            raise KeyframeError(f"keyframe image for frame {frame}: {path} is not an image Blender can read")
+        scale = max(width / w, height / h)
+        covering = max(width, math.ceil(w * scale)), max(height, math.ceil(h * scale))
+        if covering != (w, h):
+            image.scale(*covering)
+        cw, ch = image.size
+        pixels = np.empty(cw * ch * image.channels, np.float32)
+        image.pixels.foreach_get(pixels)
+        pixels = np.flipud(pixels.reshape(ch, cw, image.channels))
+    finally:
+        bpy.data.images.remove(image)
+    rgb = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)
+    if pixels.shape[2] == 4:  # transparent is black, as the server takes transparent pixels
+        rgb = rgb * pixels[:, :, 3:4]
+    left, top = (cw - width) // 2, (ch - height) // 2
+    return np.round(np.clip(rgb[top : top + height, left : left + width], 0, 1) * 255).astype(np.uint8)
