@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..request.model import guided
 from .performance import IdleWeights
 from .windows import context_windows, share_noise
 
@@ -48,14 +49,6 @@ class DenseCondition(NamedTuple):
     scale: float = 1.0
     indices: tuple[int, ...] | None = None  # None: every frame, in order
     guidance: tuple[float, float] = FULL_WINDOW
-
-
-def guided(step: int, steps: int, window: tuple[float, float]) -> bool:
-    """Whether a condition steers denoising step `step` of `steps`: diffusers' controlnet_keep, which is 0 where
-    step/steps < start or (step+1)/steps > end. Out of its window it is not run at all (diffusers runs it at
-    scale 0 and adds the zeros: the same sums)."""
-    start, end = window
-    return not (step / steps < start or (step + 1) / steps > end)
 
 
 def keyframe_frame_scales(

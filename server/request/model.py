@@ -49,7 +49,7 @@ class Keyframe:
     data: bytes = b""
     output_index: int | None = None  # where this keyframe must land in the retimed output (None: no anchor)
     decoded: Image.Image | None = field(default=None, repr=False, compare=False)
-    # Times conditioning_scale at this keyframe's frame; between keyframes interpolated (engine/conditions.py).
+    # Times conditioning_scale at this keyframe's frame; between keyframes interpolated (engine/windowed.py).
     strength: float = 1.0
 
     @cached_property
@@ -83,6 +83,14 @@ class DenseGroup:
     # The part of the denoising it steers, as fractions of the steps (diffusers' control_guidance_start/end).
     guidance_start: float = 0.0
     guidance_end: float = 1.0
+
+
+def guided(step: int, steps: int, window: tuple[float, float]) -> bool:
+    """Whether a condition steers denoising step `step` of `steps`: diffusers' controlnet_keep, which is 0 where
+    step/steps < start or (step+1)/steps > end. Out of its window it is not run at all (diffusers runs it at
+    scale 0 and adds the zeros: the same sums)."""
+    start, end = window
+    return not (step / steps < start or (step + 1) / steps > end)
 
 
 def keyframe_path(index: int) -> str:

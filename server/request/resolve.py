@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from ..config import Config
 from .errors import RequestError
 from .images import ImageError, decode_image
-from .model import DenseGroup, GenerationRequest, Keyframe, api_fields, configurable_fields
+from .model import DenseGroup, GenerationRequest, Keyframe, api_fields, configurable_fields, guided
 from .schema import parse_body
 
 
@@ -56,7 +56,24 @@ def resolve_request(
     request = GenerationRequest(**values)
     if request.quality == "draft":
         request = _draft(request, config, draft_adapter, loras or {})
+    _check_steered(request)
     return request
+
+
+def _check_steered(request: GenerationRequest) -> None:
+    """Every guidance window holds at least one of the steps the job runs (a draft's included): a window between
+    two steps would silently leave its condition out."""
+    windows = (
+        [("keyframes", (request.keyframe_guidance_start, request.keyframe_guidance_end))] if request.keyframes else []
+    )
+    windows += [(f"ControlNet {g.name!r}", (g.guidance_start, g.guidance_end)) for g in request.controlnets]
+    for what, window in windows:
+        if not any(guided(i, request.steps, window) for i in range(request.steps)):
+            raise RequestError(
+                "invalid_request",
+                f"{what}: the guidance window {window[0]:g}-{window[1]:g} steers none of the job's {request.steps} "
+                f"steps (step i of n is steered when i/n >= start and (i+1)/n <= end): widen it or add steps",
+            )
 
 
 def _check_conditions(body: BaseModel, modalities: list[str]) -> None:

@@ -24,7 +24,9 @@ def keyframe_image(path_text: str, frame: int, width: int, height: int) -> np.nd
     except RuntimeError as e:
         raise KeyframeError(f"keyframe image for frame {frame}: cannot read {path} ({e})") from None
     try:
-        image.colorspace_settings.name = "Non-Color"  # the file's own values, as a PNG viewer shows them
+        # The file's own values, as a PNG viewer shows them; is_data works under any OCIO config (a studio's ACES
+        # config may have no "Non-Color").
+        image.colorspace_settings.is_data = True
         w, h = image.size
         if w == 0 or h == 0:
             raise KeyframeError(f"keyframe image for frame {frame}: {path} is not an image Blender can read")
@@ -36,6 +38,8 @@ def keyframe_image(path_text: str, frame: int, width: int, height: int) -> np.nd
         pixels = np.empty(cw * ch * image.channels, np.float32)
         image.pixels.foreach_get(pixels)
         pixels = np.flipud(pixels.reshape(ch, cw, image.channels))
+    except (RuntimeError, TypeError, ValueError) as e:  # a movie or a file without a pixel buffer
+        raise KeyframeError(f"keyframe image for frame {frame}: cannot read {path} as an image ({e})") from None
     finally:
         bpy.data.images.remove(image)
     rgb = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)

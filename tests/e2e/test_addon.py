@@ -295,7 +295,7 @@ def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server
     assert (strip.frame_final_start, strip.frame_final_duration) == (1001, 60)
 
     mixed = ("--keyframes", "markers", "--modality", "lineart", "--depth-every-frame", "--depth-strength", 0.5)
-    mixed += ("--keyframe-strengths", "1030:0.6", "--keyframe-guidance", "0:0.3", "--depth-guidance", "0:0.8")
+    mixed += ("--keyframe-strengths", "1030:0.6", "--keyframe-guidance", "0:0.5", "--depth-guidance", "0:0.8")
     out = run_batch(shot, *common, *mixed, "--passes-dir", tmp_path / "mixed", "--out", tmp_path / "mixed.blend")
     assert out.returncode == 0, out.stderr[-2000:]
     job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
@@ -303,7 +303,7 @@ def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server
     assert job["status"] == "succeeded" and request["modality"] == "lineart"
     keyframes = {k["index"]: (k["output_index"], k["strength"]) for k in request["keyframes"]}
     assert keyframes == {0: (0, 1.0), 4: (29, 0.6)}  # 1001 and 1030 on 8 generated frames
-    assert (request["keyframe_guidance_start"], request["keyframe_guidance_end"]) == (0.0, 0.3)
+    assert (request["keyframe_guidance_start"], request["keyframe_guidance_end"]) == (0.0, 0.5)  # 2 steps: 1
     (group,) = request["controlnets"]
     assert group["strength"] == 0.5 and group["frames"] == list(range(8))
     assert (group["guidance_start"], group["guidance_end"]) == (0.0, 0.8)

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from server.engine.windowed import guided, keyframe_frame_scales
+from server.engine.windowed import guided, keyframe_frame_scales  # guided: request.model's, used there
 from server.request.model import Keyframe
 from tests.conftest import sketch
 from tests.server.test_dense_controlnet import bare_controlnet_pipeline, depth_frames, with_depth

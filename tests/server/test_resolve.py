@@ -257,3 +257,13 @@ def test_bad_strengths_and_guidance_windows_are_refused_saying_which(changes, sa
     with pytest.raises(RequestError) as e:
         resolve_request(body(num_frames=8, **changes), CONFIG, ALL, 1, controlnets=["depth"])
     assert says in e.value.message and status_of(e.value.code) == 422
+
+
+def test_a_guidance_window_that_steers_no_step_is_refused():
+    """4 steps (a draft with a draft motion module runs 4): an end of 0.2 holds no step; 0.25 holds the first."""
+    with pytest.raises(RequestError, match="keyframes: the guidance window 0-0.2 steers none of the job's 4 steps"):
+        resolve_request(body(steps=4, keyframe_guidance_end=0.2), CONFIG, ALL, 1)
+    assert resolve_request(body(steps=4, keyframe_guidance_end=0.25), CONFIG, ALL, 1).keyframe_guidance_end == 0.25
+    group = depth_group([0], guidance_start=0.3, guidance_end=0.4)
+    with pytest.raises(RequestError, match="ControlNet 'depth': the guidance window 0.3-0.4 steers none"):
+        resolve_request(body(steps=4, controlnets=[group]), CONFIG, ALL, 1, controlnets=["depth"])
