@@ -1,4 +1,4 @@
-"""Timeline frames <-> generated frames. Pure Python: imports without Blender.
+"""Timeline frames <-> generated frames. Pure Python and numpy: imports without Blender.
 
 The shot's N timeline frames [start, end] map linearly onto the n generated frames: timeline frame f goes to
 generated index round((f - start) * n / N), the last one at most. The server retimes the n frames back to N
@@ -11,6 +11,8 @@ left out with a message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,8 @@ def generated_timeline_frames(start: int, end: int, num_frames: int, keyframes: 
     for frame, index in keyframes.items():
         points[index] = frame - start
     xs = sorted(points)
-    frames = []
-    for i in range(num_frames):
-        right = next(k for k, x in enumerate(xs) if x >= i)
-        if xs[right] == i:
-            position = float(points[i])
-        else:
-            x0, x1 = xs[right - 1], xs[right]
-            position = points[x0] + (points[x1] - points[x0]) * (i - x0) / (x1 - x0)
-        frames.append(start + int(position + 0.5))
-    return frames
+    positions = np.interp(np.arange(num_frames), xs, [points[x] for x in xs])
+    return [start + int(p + 0.5) for p in positions]
 
 
 def parse_frame_list(text: str) -> list[int]:
