@@ -37,7 +37,13 @@ from .performance import (
     working_memory,
 )
 from .schedulers import build_scheduler
-from .windowed import DenseCondition, generate_windowed, keyframe_frame_scales, prepare_dense_frames
+from .windowed import (
+    DenseCondition,
+    SparseCondition,
+    generate_windowed,
+    keyframe_frame_scales,
+    prepare_dense_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +197,15 @@ class Engine:
         draft_motion = request.quality == "draft" and self.model.has_draft_adapter
         pipe = self._pipeline_for(request, draft_motion)
 
-        # 2. Keyframes in index order, each fitted to the generation size; so are the per-frame ControlNets' images.
-        keyframes = sorted(request.keyframes, key=lambda k: k.index)
+        # 2. Keyframes in index order, each fitted to the generation size; so are the per-frame ControlNets' images
+        #    and further SparseCtrl encoders' keyframes.
+        keyframes = request.keyframes_for(request.modality)
         images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
-        dense = self._dense_conditions(pipe, request)
-        strengths = [k.strength for k in keyframes]
         indices = [k.index for k in keyframes]
-        scales = keyframe_frame_scales(indices, strengths, request.num_frames, request.conditioning_scale)
+        scale, guidance = request.keyframe_settings(request.modality)
+        scales = keyframe_frame_scales(indices, [k.strength for k in keyframes], request.num_frames, scale)
+        sparse = self._further_encoders(request)
+        dense = self._dense_conditions(pipe, request)
 
         # 3. Progress and cancellation between denoising steps.
         def step_end(step: int) -> None:
@@ -208,12 +216,38 @@ class Engine:
 
         # 4. Prompt, denoising and decoding (5. memory given back, whatever happened).
         try:
-            frames = to_uint8(self._denoise(pipe, request, images, indices, dense, step_end, scales))
+            keyframe_args = dict(keyframe_scales=scales, keyframe_guidance=guidance, sparse=sparse)
+            frames = to_uint8(self._denoise(pipe, request, images, indices, dense, step_end, **keyframe_args))
         finally:
-            self._release(pipe, draft_motion, [c.controlnet for c in dense])
+            self._release(pipe, draft_motion, [c.controlnet for c in dense] + [c.encoder for c in sparse])
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
+
+    def _further_encoders(self, request: GenerationRequest) -> list[SparseCondition]:
+        """Keyframes of modalities other than the request's, each for its SparseCtrl encoder on the device (for
+        the job, as the per-frame ControlNets are), with its strength and guidance window."""
+        conditions = []
+        for modality in request.keyframe_modalities():
+            if modality == request.modality:
+                continue
+            if modality not in self.model.encoders:
+                raise ModalityUnavailable(modality, self.modalities)
+            keyframes = request.keyframes_for(modality)
+            scale, guidance = request.keyframe_settings(modality)
+            indices = [k.index for k in keyframes]
+            strengths = [k.strength for k in keyframes]
+            conditions.append(
+                SparseCondition(
+                    self.model.encoders[modality].to(self.device),
+                    [fit_to_size(k.image, request.width, request.height) for k in keyframes],
+                    indices,
+                    scale,
+                    keyframe_frame_scales(indices, strengths, request.num_frames, scale),
+                    guidance,
+                )
+            )
+        return conditions
 
     def _dense_conditions(self, pipe, request: GenerationRequest) -> list[DenseCondition]:
         """The request's per-frame ControlNets on the device, each with its frames fitted and prepared as
@@ -237,7 +271,9 @@ class Engine:
         if draft_motion:
             use_motion_modules(self.model.unet, self.model.motion_adapters["draft"])
         try:
-            pipe = self.build_pipeline(request.modality if request.keyframes else None, request.scheduler)
+            pipe = self.build_pipeline(
+                request.modality if request.keyframes_for(request.modality) else None, request.scheduler
+            )
             self._use_loras(pipe, request.loras)
             if self.model.offload == "model":
                 pipe.enable_model_cpu_offload(device=self.device)
@@ -260,12 +296,12 @@ class Engine:
         return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
     def _denoise(
-        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, step_end, scales=None
+        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, step_end, **keyframes
     ) -> np.ndarray:
         """Float frames in [0, 1] from the pipeline's own steps (windowed.py: one context window is diffusers'
         call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives the
         request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
-        samples from it."""
+        samples from it. `keyframes`: generate_windowed's keyframe_scales, keyframe_guidance and sparse."""
         lv = self.long_video
         plan = self.memory_plan(request)
         idle = IdleWeights([pipe.text_encoder, pipe.vae], self.device, self.move) if plan.park_idle_weights else None
@@ -295,8 +331,7 @@ class Engine:
                     idle_weights=idle,
                     release_residuals=self.release_residuals,
                     dense=dense,
-                    keyframe_scales=scales,
-                    keyframe_guidance=(request.keyframe_guidance_start, request.keyframe_guidance_end),
+                    **keyframes,
                 )
             finally:
                 if idle is not None:

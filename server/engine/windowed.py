@@ -15,6 +15,9 @@ Per-frame ControlNets (a depth ControlNet on every generated frame, #16) run bes
 diffusers' AnimateDiffControlNetPipeline runs one (frames folded into the batch, the same image for both CFG
 halves), each window with its own frames; their residuals and the encoder's are summed in order, as diffusers'
 MultiControlNetModel sums its nets'. Without them every operation is the SparseCtrl path's as before.
+Further SparseCtrl encoders (`sparse`: an RGB look at frame 0 beside line art at 0, 8 and 15) run after the
+pipeline's own, each with its own keyframes, mask, scale and guidance window, prepared with the pipeline's own
+prepare_image / prepare_sparse_control_conditioning, and summed the same way.
 
 It is also where the denoiser's memory is kept down ([performance], #18), for every clip, one window or many:
 the encoder's residuals are let go as the UNet adds them (exact), CFG's halves can run one after the other
@@ -48,6 +51,18 @@ class DenseCondition(NamedTuple):
     frames: torch.Tensor  # (num_frames or len(indices), 3, H, W) in [0, 1]
     scale: float = 1.0
     indices: tuple[int, ...] | None = None  # None: every frame, in order
+    guidance: tuple[float, float] = FULL_WINDOW
+
+
+class SparseCondition(NamedTuple):
+    """Keyframes for a further SparseCtrl encoder of the job: the fitted images in index order, their indices,
+    the encoder's scale (or one per frame: keyframe_frame_scales) and the steps it steers."""
+
+    encoder: Any  # diffusers SparseControlNetModel
+    images: list  # PIL images, fitted to the generation size, in index order
+    indices: list[int]
+    scale: float = 1.0
+    frame_scales: Sequence[float] | None = None
     guidance: tuple[float, float] = FULL_WINDOW
 
 
@@ -102,6 +117,7 @@ def generate_windowed(
     dense: Sequence[DenseCondition] = (),
     keyframe_scales: Sequence[float] | None = None,
     keyframe_guidance: tuple[float, float] = FULL_WINDOW,
+    sparse: Sequence[SparseCondition] = (),
 ) -> np.ndarray:
     """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np".
 
@@ -109,8 +125,8 @@ def generate_windowed(
     the windows' and the per-frame ControlNets (`dense`). No keyframes (`conditioning_frames` empty) and no
     SparseCtrl encoder on the pipeline: only the dense conditions steer. `keyframe_scales`: the encoder's scale
     per frame (keyframe_frame_scales; None: `controlnet_conditioning_scale` everywhere), `keyframe_guidance`:
-    the steps the keyframes steer. A linear loop, as the pipeline's __call__ is: its numbered steps read best
-    in one place."""
+    the steps the keyframes steer; `sparse`: further SparseCtrl encoders' keyframes, after the pipeline's. A
+    linear loop, as the pipeline's __call__ is: its numbered steps read best in one place."""
     device = pipe._execution_device
     controlnet = pipe.controlnet
     do_cfg = guidance_scale > 1
@@ -119,13 +135,17 @@ def generate_windowed(
     if do_cfg:
         prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
 
-    # 2. Sparse conditions and mask over the whole clip, sliced per window below (none without keyframes).
-    cond = mask = None
+    # 2. Sparse conditions and mask over the whole clip, sliced per window below (none without keyframes): the
+    #    pipeline's encoder first, then any further ones (as `pipe`, so that prepare_image uses their embedding).
+    keyframes = []  # (encoder, cond, mask, scale or per-frame scales, guidance window)
     if conditioning_frames:
-        images = pipe.prepare_image(conditioning_frames, width, height, device, controlnet.dtype)
-        cond, mask = pipe.prepare_sparse_control_conditioning(
-            images, num_frames, controlnet_frame_indices, device, controlnet.dtype
-        )
+        own = SparseCondition(
+            controlnet, conditioning_frames, controlnet_frame_indices, controlnet_conditioning_scale,
+            keyframe_scales, keyframe_guidance,
+        )  # fmt: skip
+        keyframes.append(_prepared_keyframes(pipe, own, num_frames, width, height, device))
+    for c in sparse:
+        keyframes.append(_prepared_keyframes(_WithEncoder(pipe, c.encoder), c, num_frames, width, height, device))
     for condition in dense:
         expected = num_frames if condition.indices is None else len(condition.indices)
         if condition.frames.shape[0] != expected or not all(0 <= i < num_frames for i in condition.indices or ()):
@@ -148,11 +168,14 @@ def generate_windowed(
     embeds_by_length: dict[int, torch.Tensor] = {}
     joint_cfg = do_cfg and not sequential_cfg
     dense_by_window = {w.start: _window_dense(dense, w.start, w.stop, joint_cfg) for w in windows}
-    options = _Options(controlnet_conditioning_scale, guidance_scale, do_cfg, sequential_cfg, release_residuals)
-    options_by_window = {w.start: options for w in windows}
-    if keyframe_scales is not None and cond is not None:  # per-frame scales, each window its slice
-        scales = torch.tensor(keyframe_scales, device=device, dtype=controlnet.dtype)
-        options_by_window = {w.start: options._replace(conditioning_scale=scales[w.start : w.stop]) for w in windows}
+    options = _Options(guidance_scale, do_cfg, sequential_cfg, release_residuals)
+    keyframes_by_window = {
+        w.start: [
+            (enc, cond[:, :, w.start : w.stop], mask[:, :, w.start : w.stop], _window_scale(scale, w), guidance)
+            for enc, cond, mask, scale, guidance in keyframes
+        ]
+        for w in windows
+    }
 
     if idle_weights is not None:  # the prompt is encoded and the conditions prepared: idle until decoding
         idle_weights.park()
@@ -162,13 +185,12 @@ def generate_windowed(
     steps = len(timesteps)
     for i, t in enumerate(timesteps):
         noise_pred = torch.zeros_like(latents)
-        sparse_on = cond is not None and guided(i, steps, keyframe_guidance)
         for window in windows:
             sl = slice(window.start, window.stop)
-            sparse = (cond[:, :, sl], mask[:, :, sl]) if sparse_on else (None, None)
+            sparse_steering = [k[:4] for k in keyframes_by_window[window.start] if guided(i, steps, k[4])]
             steering = [d for d in dense_by_window[window.start] if guided(i, steps, d[4])]
-            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, *sparse, steering)
-            prediction = _predict(pipe, *inputs, options_by_window[window.start])
+            inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, sparse_steering, steering)
+            prediction = _predict(pipe, *inputs, options)
             noise_pred[:, :, sl] += prediction * weights[window.start]
         latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
         if on_step_end is not None:
@@ -180,6 +202,35 @@ def generate_windowed(
     chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, num_frames, decode_chunk)]
     video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
     return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+
+class _WithEncoder:
+    """The pipeline with another SparseCtrl encoder in its place, for prepare_image (which reads
+    self.controlnet: an RGB encoder's keyframes are VAE latents, a scribble encoder's are pixels)."""
+
+    def __init__(self, pipe, encoder):
+        self._pipe, self.controlnet = pipe, encoder
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def prepare_image(self, *args):
+        return type(self._pipe).prepare_image(self, *args)
+
+
+def _prepared_keyframes(pipe, c: SparseCondition, num_frames: int, width: int, height: int, device) -> tuple:
+    """(encoder, cond, mask, scale, guidance) over the whole clip, as the pipeline prepares its keyframes; the
+    per-frame scales as a tensor in the encoder's dtype."""
+    images = pipe.prepare_image(c.images, width, height, device, c.encoder.dtype)
+    cond, mask = pipe.prepare_sparse_control_conditioning(images, num_frames, c.indices, device, c.encoder.dtype)
+    scale = c.scale
+    if c.frame_scales is not None:
+        scale = torch.tensor(c.frame_scales, device=device, dtype=c.encoder.dtype)
+    return c.encoder, cond, mask, scale, c.guidance
+
+
+def _window_scale(scale, window):
+    return scale[window.start : window.stop] if isinstance(scale, torch.Tensor) else scale
 
 
 def _window_dense(dense: Sequence[DenseCondition], start: int, stop: int, joint_cfg: bool) -> list[tuple]:
@@ -211,39 +262,37 @@ class _Consumed(list):
 
 
 class _Options(NamedTuple):
-    conditioning_scale: float | torch.Tensor  # a tensor: one scale per frame of the window (keyframe strengths)
     guidance_scale: float
     do_cfg: bool
     sequential_cfg: bool  # CFG's negative and positive halves one after the other: half the activations
     release_residuals: bool  # off only to measure what releasing saves (server.bench levers)
 
 
-def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, cond, mask, dense, options: _Options):
+def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, keyframes, dense, options: _Options):
     """One guided noise prediction for `latents` (one window), as the pipeline's loop body computes it."""
     frames = latents.shape[2]
     if frames not in embeds_by_length:
         embeds_by_length[frames] = prompt_embeds.repeat_interleave(repeats=frames, dim=0)
     embeds = embeds_by_length[frames]
     if not options.do_cfg:
-        return _denoiser(pipe, pipe.scheduler.scale_model_input(latents, t), t, embeds, cond, mask, dense, options)
+        return _denoiser(pipe, pipe.scheduler.scale_model_input(latents, t), t, embeds, keyframes, dense, options)
     if options.sequential_cfg:
         scaled = pipe.scheduler.scale_model_input(latents, t)
-        uncond, text = (_denoiser(pipe, scaled, t, half, cond, mask, dense, options) for half in embeds.chunk(2))
+        uncond, text = (_denoiser(pipe, scaled, t, half, keyframes, dense, options) for half in embeds.chunk(2))
     else:
         model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        uncond, text = _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options).chunk(2)
+        uncond, text = _denoiser(pipe, model_input, t, embeds, keyframes, dense, options).chunk(2)
     return uncond + options.guidance_scale * (text - uncond)
 
 
-def _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options: _Options):
-    """The SparseCtrl encoder and the per-frame ControlNets, then the UNet with their summed residuals
-    (released as they are added)."""
+def _denoiser(pipe, model_input, t, embeds, keyframes, dense, options: _Options):
+    """The SparseCtrl encoders (`keyframes`: (encoder, cond, mask, scale) each, the pipeline's first) and the
+    per-frame ControlNets, then the UNet with their summed residuals (released as they are added)."""
     down = mid = None
-    if cond is not None:
-        scale = options.conditioning_scale
+    for encoder, cond, mask, scale in keyframes:
         if isinstance(scale, torch.Tensor):  # per frame: the encoder's rows are batch-major (b * frames + f)
             scale = scale.repeat(model_input.shape[0]).view(-1, 1, 1, 1)
-        down, mid = pipe.controlnet(
+        d, m = encoder(
             model_input,
             t,
             encoder_hidden_states=embeds,
@@ -253,6 +302,8 @@ def _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options: _Options
             guess_mode=False,
             return_dict=False,
         )
+        down, mid = _summed(down, mid, d, m)
+        del d, m
     if dense:
         down, mid = _dense_residuals(model_input, t, embeds, dense, down, mid)
     # A compiled UNet gets the plain list: its graph is traced for a list, not for the consuming one.
@@ -266,6 +317,13 @@ def _denoiser(pipe, model_input, t, embeds, cond, mask, dense, options: _Options
         down_block_additional_residuals=residuals,
         mid_block_additional_residual=mid,
     ).sample
+
+
+def _summed(down, mid, d, m):
+    """Residuals added in order, as MultiControlNetModel adds its nets' (None: the first, as it came)."""
+    if down is None:
+        return d, m
+    return [a + b for a, b in zip(down, d, strict=True)], mid + m
 
 
 def _dense_residuals(model_input, t, embeds, dense, down, mid):
@@ -291,10 +349,7 @@ def _dense_residuals(model_input, t, embeds, dense, down, mid):
         )
         if rows is not None:
             d, m = [_scattered(x, rows, folded.shape[0]) for x in d], _scattered(m, rows, folded.shape[0])
-        if down is None:
-            down, mid = list(d), m
-        else:
-            down, mid = [a + b for a, b in zip(down, d, strict=True)], mid + m
+        down, mid = _summed(down, mid, list(d) if down is None else d, m)
         del d, m
     return down, mid
 

@@ -6,7 +6,8 @@ config.py the [generation] defaults table, so a new request field is written onc
 
 The record form (`to_record` / `from_record`) is what the job store keeps: the fields as JSON, the condition
 images as the encoded bytes that came in (PNG; other formats normalised to PNG once), each under the relative
-path `image_paths` names (keyframes/0003.png, controlnets/0/0003.png), so that every runner finds them alike.
+path `image_paths` names (keyframes/0003.png; a further encoder's keyframes/rgb/0003.png; controlnets/0/0003.png),
+so that every runner finds them alike.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Keyframe:
     decoded: Image.Image | None = field(default=None, repr=False, compare=False)
     # Times conditioning_scale at this keyframe's frame; between keyframes interpolated (engine/windowed.py).
     strength: float = 1.0
+    # The SparseCtrl encoder it is for: "" is the request's `modality`; another names a further encoder of the
+    # same job (an RGB look at frame 0 beside line art at 0, 8 and 15), whose residuals are summed with its.
+    modality: str = ""
 
     @cached_property
     def image(self) -> Image.Image:
@@ -62,12 +66,23 @@ class Keyframe:
 
     @classmethod
     def of_image(
-        cls, index: int, image: Image.Image, output_index: int | None = None, strength: float = 1.0
+        cls, index: int, image: Image.Image, output_index: int | None = None, strength: float = 1.0, modality=""
     ) -> Keyframe:
         """A keyframe from a decoded image (tests, benchmarks): its record bytes are the image as PNG."""
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        return cls(index, buf.getvalue(), output_index, image, strength)
+        return cls(index, buf.getvalue(), output_index, image, strength, modality)
+
+
+@dataclass(frozen=True)
+class KeyframeGroup:
+    """The strength and guidance window of one SparseCtrl encoder's keyframes, where they differ from the
+    request's conditioning_scale and keyframe_guidance_start/end (which every other encoder takes)."""
+
+    modality: str
+    strength: float
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,8 +108,9 @@ def guided(step: int, steps: int, window: tuple[float, float]) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
-def keyframe_path(index: int) -> str:
-    return f"keyframes/{index:04d}.png"
+def keyframe_path(index: int, modality: str = "") -> str:
+    """The request's own encoder's keyframes as before; a further encoder's in a folder of its modality's."""
+    return f"keyframes/{modality + '/' if modality else ''}{index:04d}.png"
 
 
 def dense_frame_path(group: int, index: int) -> str:
@@ -103,7 +119,7 @@ def dense_frame_path(group: int, index: int) -> str:
 
 def image_paths(fields: dict[str, Any]) -> list[str]:
     """The images a request record refers to, as relative paths in its job's folder."""
-    paths = [keyframe_path(k["index"]) for k in fields.get("keyframes", ())]
+    paths = [keyframe_path(k["index"], k.get("modality", "")) for k in fields.get("keyframes", ())]
     for g, group in enumerate(fields.get("controlnets", ())):
         paths += [dense_frame_path(g, index) for index in group["frames"]]
     return paths
@@ -117,7 +133,8 @@ class GenerationRequest:
     )
     modality: str = field(
         metadata=api(
-            "the keyframes' kind: a configured SparseCtrl encoder (needed with keyframes; '' in a job without)",
+            "the keyframes' kind: a configured SparseCtrl encoder (needed with keyframes; '' in a job without); "
+            "a keyframe naming another modality goes to that encoder too",
             choices=MODALITIES,
         )
     )
@@ -159,6 +176,8 @@ class GenerationRequest:
             le=1,
         ),
     )
+    # Strength and guidance window per SparseCtrl encoder, where not the request's; schema.py's KeyframeGroupIn.
+    keyframe_groups: tuple[KeyframeGroup, ...] = ()
     controlnets: tuple[DenseGroup, ...] = ()  # per-frame ControlNets; the API's shape is schema.py's ControlNetIn
     # Frames in the delivered clip after retiming; 0: num_frames (no retiming).
     output_frames: int = field(
@@ -192,14 +211,38 @@ class GenerationRequest:
     def delivered_frames(self) -> int:
         return self.output_frames or self.num_frames
 
+    def keyframe_modalities(self) -> list[str]:
+        """The SparseCtrl encoders the keyframes need: the request's modality first (its residuals are added
+        first, as before), then the others in MODALITIES order."""
+        named = {k.modality for k in self.keyframes if k.modality}
+        return ([self.modality] if any(not k.modality for k in self.keyframes) else []) + [
+            m for m in MODALITIES if m in named
+        ]
+
+    def keyframe_settings(self, modality: str) -> tuple[float, tuple[float, float]]:
+        """(conditioning scale, guidance window) of one encoder's keyframes: its keyframe_groups entry, else the
+        request's conditioning_scale and keyframe_guidance_start/end."""
+        for group in self.keyframe_groups:
+            if group.modality == modality:
+                return group.strength, (group.guidance_start, group.guidance_end)
+        return self.conditioning_scale, (self.keyframe_guidance_start, self.keyframe_guidance_end)
+
+    def keyframes_for(self, modality: str) -> list[Keyframe]:
+        """One encoder's keyframes, in index order (the request's own modality: those naming none)."""
+        own = "" if modality == self.modality else modality
+        return sorted((k for k in self.keyframes if k.modality == own), key=lambda k: k.index)
+
     def to_record(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """(the fields as stored and echoed by the API, conditions without their images; the images' bytes by
         their path in the job's folder, image_paths)."""
-        images = {"keyframes", "controlnets"}
+        images = {"keyframes", "controlnets", "keyframe_groups"}
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in images}
         fields["keyframes"] = [
-            {"index": k.index, "output_index": k.output_index, "strength": k.strength} for k in self.keyframes
+            {"index": k.index, "output_index": k.output_index, "strength": k.strength}
+            | ({"modality": k.modality} if k.modality else {})
+            for k in self.keyframes
         ]
+        fields["keyframe_groups"] = [dataclasses.asdict(g) for g in self.keyframe_groups]
         fields["controlnets"] = [
             {
                 "name": g.name,
@@ -212,7 +255,7 @@ class GenerationRequest:
         ]
         fields["output_frames"] = self.delivered_frames
         fields["loras"] = [list(pair) for pair in self.loras]
-        data = {keyframe_path(k.index): k.data for k in self.keyframes}
+        data = {keyframe_path(k.index, k.modality): k.data for k in self.keyframes}
         for n, group in enumerate(self.controlnets):
             data |= {dense_frame_path(n, f.index): f.data for f in group.frames}
         return fields, data
@@ -221,18 +264,20 @@ class GenerationRequest:
     def from_record(cls, fields: dict[str, Any], read_image: Callable[[str], bytes]) -> GenerationRequest:
         """The request a record holds; `read_image(path)` gives an image's bytes (paths as image_paths names
         them). Fields a record from an older release lacks take their defaults."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"keyframes", "controlnets"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"keyframes", "controlnets", "keyframe_groups"}
         values = {k: v for k, v in fields.items() if k in known}
         values["loras"] = tuple((name, scale) for name, scale in values.get("loras", ()))
         keyframes = [
             Keyframe(
                 k["index"],
-                read_image(keyframe_path(k["index"])),
+                read_image(keyframe_path(k["index"], k.get("modality", ""))),
                 k.get("output_index"),
                 strength=k.get("strength", 1.0),
+                modality=k.get("modality", ""),
             )
             for k in fields["keyframes"]
         ]
+        groups = tuple(KeyframeGroup(**g) for g in fields.get("keyframe_groups", ()))
         controlnets = tuple(
             DenseGroup(
                 g["name"],
@@ -243,7 +288,7 @@ class GenerationRequest:
             )
             for n, g in enumerate(fields.get("controlnets", ()))
         )
-        return cls(**values, keyframes=keyframes, controlnets=controlnets)
+        return cls(**values, keyframes=keyframes, keyframe_groups=groups, controlnets=controlnets)
 
 
 def api_fields() -> dict[str, dataclasses.Field]:

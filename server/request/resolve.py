@@ -18,7 +18,16 @@ from pydantic import BaseModel
 from ..config import Config
 from .errors import RequestError
 from .images import ImageError, decode_image
-from .model import DenseGroup, GenerationRequest, Keyframe, api_fields, configurable_fields, guided
+from .model import (
+    MODALITIES,
+    DenseGroup,
+    GenerationRequest,
+    Keyframe,
+    KeyframeGroup,
+    api_fields,
+    configurable_fields,
+    guided,
+)
 from .schema import parse_body
 
 
@@ -51,6 +60,7 @@ def resolve_request(
     values["keyframes"] = _keyframes(
         body, values["num_frames"], values["output_frames"], config.limits.max_image_pixels
     )
+    values["keyframe_groups"] = _keyframe_groups(body, values)
     values["controlnets"] = _controlnets(body, values["num_frames"], config.limits.max_image_pixels, controlnets or [])
     values["loras"] = _loras([(lora.name, lora.scale) for lora in body.loras or ()], loras or {})
     request = GenerationRequest(**values)
@@ -63,9 +73,11 @@ def resolve_request(
 def _check_steered(request: GenerationRequest) -> None:
     """Every guidance window holds at least one of the steps the job runs (a draft's included): a window between
     two steps would silently leave its condition out."""
-    windows = (
-        [("keyframes", (request.keyframe_guidance_start, request.keyframe_guidance_end))] if request.keyframes else []
-    )
+    several = len(request.keyframe_modalities()) > 1
+    windows = [
+        (f"{m} keyframes" if several else "keyframes", request.keyframe_settings(m)[1])
+        for m in request.keyframe_modalities()
+    ]
     windows += [(f"ControlNet {g.name!r}", (g.guidance_start, g.guidance_end)) for g in request.controlnets]
     for what, window in windows:
         if not any(guided(i, request.steps, window) for i in range(request.steps)):
@@ -85,51 +97,89 @@ def _check_conditions(body: BaseModel, modalities: list[str]) -> None:
             "nothing conditions the clip: send keyframes (with a modality) or controlnets (per-frame images)",
         )
     if not body.keyframes:
+        if body.keyframe_groups:
+            raise RequestError("invalid_request", "keyframe_groups: the job has no keyframes")
         return
     if body.modality is None:
         raise RequestError("invalid_request", "modality: the keyframes' kind is needed with keyframes")
-    if body.modality not in modalities:
-        raise RequestError(
-            "modality_unavailable",
-            f"no condition encoder is configured for modality '{body.modality}' on this server; "
-            f"available: {', '.join(modalities) if modalities else 'none'}",
-        )
+    used = sorted({k.modality or body.modality for k in body.keyframes}, key=MODALITIES.index)
+    for modality in used:
+        if modality not in modalities:
+            raise RequestError(
+                "modality_unavailable",
+                f"no condition encoder is configured for modality '{modality}' on this server; "
+                f"available: {', '.join(modalities) if modalities else 'none'}",
+            )
+    named = [g.modality for g in body.keyframe_groups or ()]
+    for modality in named:
+        if named.count(modality) > 1:
+            raise RequestError("invalid_request", f"keyframe_groups: modality '{modality}' is named twice")
+        if modality not in used:
+            raise RequestError(
+                "invalid_request",
+                f"keyframe_groups: no keyframe is of modality '{modality}' (the keyframes': {', '.join(used)})",
+            )
 
 
 def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels: int) -> list[Keyframe]:
-    """The keyframes in index order, each image decoded (and so checked) once; indices checked against the clip."""
+    """The keyframes in index order (then modality), each image decoded (and so checked) once; indices checked
+    against the clip, once per encoder. A frame with keyframes of two modalities is one frame of the output: its
+    output_index values agree."""
     if not body.keyframes:
         return []
-    if len(body.keyframes) > num_frames:
-        raise RequestError(
-            "invalid_request", f"{len(body.keyframes)} keyframes for {num_frames} frames: at most one per frame"
-        )
-    keyframes, seen = [], set()
-    for kf in sorted(body.keyframes, key=lambda k: k.index):
-        index, output_index = kf.index, kf.output_index
+    keyframes, seen, anchors = [], set(), {}
+    order = lambda k: (k.index, MODALITIES.index(k.modality or body.modality))  # noqa: E731
+    for kf in sorted(body.keyframes, key=order):
+        index, output_index, modality = kf.index, kf.output_index, kf.modality or body.modality
+        what = f"keyframe {index}" + (f" ({modality})" if modality != body.modality else "")
         if index >= num_frames:
-            raise RequestError("invalid_request", f"keyframe index {index} is outside 0..{num_frames - 1}")
-        if index in seen:
-            raise RequestError("invalid_request", f"two keyframes have index {index}")
-        seen.add(index)
+            raise RequestError(
+                "invalid_request", f"{what.replace('keyframe', 'keyframe index', 1)} is outside 0..{num_frames - 1}"
+            )
+        if (index, modality) in seen:
+            several = any((k.modality or body.modality) != body.modality for k in body.keyframes)
+            raise RequestError(
+                "invalid_request", f"two keyframes have index {index}" + (f" for {modality}" if several else "")
+            )
+        seen.add((index, modality))
         if output_index is not None and not output_frames:
-            raise RequestError("invalid_request", f"keyframe {index} has an output_index but no output_frames")
+            raise RequestError("invalid_request", f"{what} has an output_index but no output_frames")
         if output_index is not None and output_index >= output_frames:
             raise RequestError(
-                "invalid_request", f"keyframe {index}: output_index {output_index} is outside 0..{output_frames - 1}"
+                "invalid_request", f"{what}: output_index {output_index} is outside 0..{output_frames - 1}"
             )
-        data, image = _decode(kf.image, f"keyframe {index}", max_pixels)
-        strength = 1.0 if kf.strength is None else float(kf.strength)
-        keyframes.append(Keyframe(index, data, output_index, image, strength))
-    pinned = [k for k in keyframes if k.output_index is not None]
-    for a, b in zip(pinned, pinned[1:], strict=False):
-        if b.output_index <= a.output_index:
+        if output_index is not None and anchors.setdefault(index, output_index) != output_index:
             raise RequestError(
                 "invalid_request",
-                f"keyframes {a.index} and {b.index} are in one order but their output_index values in the other "
+                f"keyframes at index {index} have output_index {anchors[index]} and {output_index}: one generated "
+                "frame lands on one output frame",
+            )
+        data, image = _decode(kf.image, what, max_pixels)
+        strength = 1.0 if kf.strength is None else float(kf.strength)
+        own = "" if modality == body.modality else modality
+        keyframes.append(Keyframe(index, data, output_index, image, strength, own))
+    pinned = sorted(anchors.items())
+    for (a, out_a), (b, out_b) in zip(pinned, pinned[1:], strict=False):
+        if out_b <= out_a:
+            raise RequestError(
+                "invalid_request",
+                f"keyframes {a} and {b} are in one order but their output_index values in the other "
                 "(or equal): the clip cannot run backwards",
             )
     return keyframes
+
+
+def _keyframe_groups(body: BaseModel, values: dict[str, Any]) -> tuple[KeyframeGroup, ...]:
+    """Each keyframe_groups entry with its omitted values taken from the request's (conditioning_scale,
+    keyframe_guidance_start/end), its window checked."""
+    groups = []
+    for g in body.keyframe_groups or ():
+        strength = values["conditioning_scale"] if g.strength is None else float(g.strength)
+        start = values["keyframe_guidance_start"] if g.guidance_start is None else float(g.guidance_start)
+        end = values["keyframe_guidance_end"] if g.guidance_end is None else float(g.guidance_end)
+        _check_window(f"{g.modality} keyframes", start, end)
+        groups.append(KeyframeGroup(g.modality, strength, start, end))
+    return tuple(groups)
 
 
 def _controlnets(body: BaseModel, num_frames: int, max_pixels: int, available: list[str]) -> tuple[DenseGroup, ...]:

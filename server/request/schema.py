@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import RequestError
-from .model import LORA_SCALE, GenerationRequest, api_fields
+from .model import LORA_SCALE, MODALITIES, GenerationRequest, api_fields
 
 if TYPE_CHECKING:
     from ..config import Limits
@@ -53,6 +53,34 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             le=limits.max_conditioning_scale,
             description="times conditioning_scale at this keyframe's frame, interpolated between keyframes; "
             "omitted: 1.0",
+        )
+        modality: Literal[MODALITIES] | None = Field(  # type: ignore[valid-type]
+            None,
+            description="the SparseCtrl encoder this keyframe is for; omitted: the request's modality. Keyframes "
+            "of several modalities in one job (an RGB look at frame 0, line art at 0, 8 and 15) each go to their "
+            "encoder, and the residuals are summed",
+        )
+
+    class KeyframeGroupIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        modality: Literal[MODALITIES] = Field(description="the keyframes' modality these settings are for")  # type: ignore[valid-type]
+        strength: float | None = Field(
+            None,
+            ge=0,
+            le=limits.max_conditioning_scale,
+            description="the encoder's conditioning scale; omitted: conditioning_scale",
+        )
+        guidance_start: float | None = Field(
+            None,
+            ge=0,
+            le=1,
+            description="the fraction of the steps before it starts to steer; omitted: keyframe_guidance_start",
+        )
+        guidance_end: float | None = Field(
+            None,
+            ge=0,
+            le=1,
+            description="the fraction of the steps after which it stops; omitted: keyframe_guidance_end",
         )
 
     class LoraIn(BaseModel):
@@ -95,6 +123,15 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
     fields["keyframes"] = (
         list[KeyframeIn] | None,
         Field(None, max_length=limits.max_frames, description="sparse SparseCtrl keyframes (with modality)"),
+    )
+    fields["keyframe_groups"] = (
+        list[KeyframeGroupIn] | None,
+        Field(
+            None,
+            max_length=len(MODALITIES),
+            description="a strength and guidance window per SparseCtrl encoder, when a job's keyframes are of "
+            "several modalities; a modality not listed takes conditioning_scale and keyframe_guidance_start/end",
+        ),
     )
     fields["controlnets"] = (
         list[ControlNetIn] | None,

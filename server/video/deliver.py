@@ -18,7 +18,8 @@ def deliver(frames: np.ndarray, request: GenerationRequest) -> np.ndarray:
     if request.output_width and (request.output_width, request.output_height) != (request.width, request.height):
         size = (request.output_width, request.output_height)
         frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in frames])
-    anchors = [(k.output_index, k.index) for k in request.keyframes if k.output_index is not None]
+    # One anchor per generated frame (keyframes of two encoders at one frame agree: request/resolve.py).
+    anchors = sorted({(k.output_index, k.index) for k in request.keyframes if k.output_index is not None})
     if request.delivered_frames != request.num_frames or anchors:
         frames = retime(frames, timing(request.num_frames, request.delivered_frames, anchors))
     return frames
