@@ -154,13 +154,16 @@ def generate(config: Config, args: argparse.Namespace) -> int:
 
     keyframes = []
     for item in args.keyframe:
-        index, sep, path = item.partition(":")
+        head, _, rest = item.partition(":")
+        modality = head if head in MODALITIES else None  # rgb:0:look.png: a keyframe for another encoder
+        index, sep, path = (rest if modality else item).partition(":")
         if not sep or not index.isdigit():
-            raise ConfigError(f"--keyframe takes INDEX:IMAGE, got {item!r}")
+            raise ConfigError(f"--keyframe takes INDEX:IMAGE or MODALITY:INDEX:IMAGE, got {item!r}")
         try:
-            keyframes.append({"index": int(index), "image": Path(path).read_bytes()})
+            keyframe = {"index": int(index), "image": Path(path).read_bytes()}
         except OSError as e:
             raise ConfigError(f"cannot read keyframe image {path}: {e.strerror}") from None
+        keyframes.append(keyframe | ({"modality": modality} if modality else {}))
     fields = {
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
@@ -230,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="INDEX:IMAGE",
-        help="condition image for generated frame INDEX (0-based); repeatable",
+        help="condition image for generated frame INDEX (0-based); repeatable; MODALITY:INDEX:IMAGE (e.g. "
+        "rgb:0:look.png) sends it to that modality's encoder beside --modality's",
     )
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt")

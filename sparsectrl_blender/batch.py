@@ -2,7 +2,8 @@
 
     python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
         [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48|none] [--frames N]
-        [--depth-every-frame [--depth-strength S]] [--prompt ...]
+        [--depth-every-frame [--depth-strength S]] [--keyframe-images FRAME:PATH,... [--keyframe-images-as rgb]]
+        [--prompt ...]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
@@ -174,8 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keyframe-images",
         metavar="FRAME:PATH,...",
-        help="image files as keyframes at timeline frames (a storyboard panel, a painting: the look with "
-        "--modality rgb), e.g. 1001://boards/010.png; // is beside the .blend",
+        help="image files as keyframes at timeline frames (a storyboard panel, a painting: the look), e.g. "
+        "1001://boards/010.png; // is beside the .blend",
+    )
+    p.add_argument(
+        "--keyframe-images-as",
+        choices=identifiers(MODALITIES),
+        help="the encoder the image files go to (default rgb): another kind than --modality runs beside the "
+        "rendered keyframes, the same kind replaces the render at its frame",
+    )
+    p.add_argument(
+        "--keyframe-images-strength", type=float, help="that encoder's strength, beside the renders (default 1.0)"
     )
     p.add_argument(
         "--keyframe-guidance",
@@ -253,6 +263,8 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "preview_scene": getattr(args, "preview_scene", None),
         "depth_every_frame": getattr(args, "depth_every_frame", None),
         "depth_strength": getattr(args, "depth_strength", None),
+        "keyframe_images_as": getattr(args, "keyframe_images_as", None),
+        "keyframe_images_strength": getattr(args, "keyframe_images_strength", None),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "draft", False):
@@ -687,8 +699,12 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
     sent = []
     if prepared.mapping:
         sent.append(
-            f"{len(prepared.passes)} {settings.modality} keyframes {sorted(prepared.mapping)} -> generated frames "
-            f"{sorted(prepared.mapping.values())}"
+            f"{len(prepared.passes)} {prepared.body['modality']} keyframes {sorted(prepared.mapping)} -> generated "
+            f"frames {sorted(prepared.mapping.values())}"
+        )
+    if prepared.image_passes:  # image files as their own group, beside the renders
+        sent.append(
+            f"{len(prepared.image_passes)} {prepared.image_modality} keyframe images {sorted(prepared.image_passes)}"
         )
     if prepared.dense_frames:
         sent.append(

@@ -16,8 +16,11 @@ from ..core.request import (
     MAX_SIZE,
     MIN_SIZE,
     GenerationSettings,
+    fraction,
     generation_size,
+    images_modality,
     job_body,
+    keyframe_modality,
     parse_keyframe_images,
     parse_keyframe_strengths,
     uses_keyframes,
@@ -36,7 +39,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
 
     started = time.perf_counter()
     messages: list[str] = []
-    start, end, num_frames, mapped = _keyframes(scene, settings, messages)
+    start, end, num_frames, mapped, scene_frames = _keyframes(scene, settings, messages)
     width, height = _size(scene, settings, messages)
     r = scene.render
     fps = r.fps / r.fps_base
@@ -50,25 +53,36 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     renderer = PassRenderer(scene, width, height)
     images, dense = {}, {}
     files = {f: path for f, path in parse_keyframe_images(settings.keyframe_images).items() if f in mapped.indices}
-    rendered = [frame for frame in frames if frame not in files]  # a file's keyframe is not rendered
+    if files:  # a missing file is said before anything renders
+        from .keyframe_images import check_keyframe_files
+
+        check_keyframe_files(files)
+    separate = images_modality(settings)  # the images go to their own encoder, beside the renders
+    modality = keyframe_modality(settings)
+    # A file's keyframe is not rendered, unless the images are their own group (then the renders are the scene's
+    # keyframes, and a frame may have both: the look and the line art).
+    rendered = [f for f in frames if (f in scene_frames if separate else f not in files)]
     with renderer:  # one scene copy for the keyframes and the depth at every frame
         if dense_frames:  # normalised once over the shot's frames, as depth keyframes are
             dense = renderer.render("depth", sorted(set(dense_frames)))
-        if rendered and settings.modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
+        if rendered and modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
             images = {frame: dense[frame] for frame in rendered}
         elif rendered:
-            images = renderer.render(settings.modality, rendered)
+            images = renderer.render(modality, rendered)
         seconds = list(renderer.seconds_per_keyframe)
     stages.update(renderer.stage_seconds)
+    looks = {}
     if files:
         from .keyframe_images import keyframe_image
 
         started = time.perf_counter()
-        images |= {frame: keyframe_image(path, frame, width, height) for frame, path in files.items()}
-        images = dict(sorted(images.items()))
+        looks = {frame: keyframe_image(path, frame, width, height) for frame, path in files.items()}
+        if not separate:
+            images = dict(sorted((images | looks).items()))
         stages["image files"] = time.perf_counter() - started
     started = time.perf_counter()
-    empty = sorted(f for f, img in images.items() if is_empty_pass(img))
+    empty = sorted(f for f, img in images.items() if is_empty_pass(img) and f not in files)  # renders only
+    flat = sorted(f for f, img in looks.items() if is_empty_pass(img))
     empty_dense = sorted(f for f, img in dense.items() if is_empty_pass(img))
     stages["empty check"] = time.perf_counter() - started
     prepared = PreparedJob(body, start, end, mapped.indices, images, messages, seconds, empty, stages)
@@ -76,8 +90,16 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     prepared.dense_strength = settings.depth_strength
     prepared.dense_guidance = (settings.depth_guidance_start, settings.depth_guidance_end)
     prepared.strengths = _strengths(settings, mapped.indices, messages)
+    prepared.image_files = files
+    if separate:
+        prepared.image_modality, prepared.image_keyframes = separate, looks
     if empty:
         messages.append(prepared.empty_message)
+    if flat:
+        messages.append(
+            f"the keyframe image{'s' if len(flat) > 1 else ''} at frame{'s' if len(flat) > 1 else ''} "
+            f"{_frame_list(flat)} {'are' if len(flat) > 1 else 'is'} one flat colour: it steers only the colour"
+        )
     if empty_dense:
         messages.append(
             f"the depth pass is empty at frame{'s' if len(empty_dense) > 1 else ''} {_frame_list(empty_dense)}: "
@@ -107,7 +129,8 @@ def _frame_list(frames: list[int], most: int = 8) -> str:
 
 
 def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
-    """(shot start, shot end, generated frames, the keyframes mapped onto them)."""
+    """(shot start, shot end, generated frames, the keyframes mapped onto them, the timeline frames of those
+    chosen from the scene: markers, camera keys, ... rather than image files only)."""
     from .scene_keyframes import KeyframeError, keyframe_frames, shot_range
 
     if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
@@ -131,7 +154,7 @@ def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
                 f"generating {num_frames} (the server retimes them to the shot's {shot_frames} frames)"
             )
     if not uses_keyframes(settings):  # Keyframes: None (job_body says so unless depth every frame is on)
-        return start, end, num_frames, MappedKeyframes({})
+        return start, end, num_frames, MappedKeyframes({}), set()
     chosen = keyframe_frames(scene, settings) if settings.keyframe_source != "NONE" else []
     try:
         files = parse_keyframe_images(settings.keyframe_images)
@@ -141,7 +164,7 @@ def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
     if not mapped.indices:
         raise ValueError("no keyframes inside the shot: " + "; ".join(mapped.messages))
     messages.extend(mapped.messages)
-    return start, end, num_frames, mapped
+    return start, end, num_frames, mapped, set(chosen) & set(mapped.indices)
 
 
 def _size(scene, settings: GenerationSettings, messages: list[str]) -> tuple[int, int]:
@@ -191,9 +214,10 @@ def import_result(
         "modality": prepared.body["modality"] or "",
         "depth_every_frame": bool(prepared.dense_frames),
         "keyframe_strengths": {str(frame): s for frame, s in prepared.strengths.items()},
-        "keyframe_images": {str(f): p for f, p in parse_keyframe_images(settings.keyframe_images).items()},
-        "keyframe_guidance": [settings.keyframe_guidance_start, settings.keyframe_guidance_end],
-        "depth_guidance": list(prepared.dense_guidance),
+        "keyframe_images": {str(f): p for f, p in prepared.image_files.items()},  # those used
+        "keyframe_images_as": prepared.image_modality or (prepared.body["modality"] if prepared.image_files else ""),
+        "keyframe_guidance": [fraction(v) for v in (settings.keyframe_guidance_start, settings.keyframe_guidance_end)],
+        "depth_guidance": [fraction(v) for v in prepared.dense_guidance],
         "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},
         "model": job.get("model", ""),
         "job_id": state.job_id,

@@ -13,12 +13,28 @@ import numpy as np
 from .scene_keyframes import KeyframeError
 
 
-def keyframe_image(path_text: str, frame: int, width: int, height: int) -> np.ndarray:
-    """The image at `path_text` ("//" relative to the .blend) as uint8 (height, width, 3); KeyframeError naming
-    the frame and the file when it cannot be read."""
+def check_keyframe_files(files: dict[int, str]) -> None:
+    """Every file is there (before anything renders); KeyframeError naming the first frame whose file is not."""
+    for frame, path_text in sorted(files.items()):
+        _path(path_text, frame)
+
+
+def _path(path_text: str, frame: int) -> Path:
+    if path_text.startswith("//") and not bpy.data.filepath:
+        raise KeyframeError(
+            f"keyframe image for frame {frame}: {path_text} is relative to the .blend, which is not saved yet: "
+            "save it first, or give the full path"
+        )
     path = Path(bpy.path.abspath(path_text))
     if not path.is_file():
         raise KeyframeError(f"keyframe image for frame {frame}: no file {path}")
+    return path
+
+
+def keyframe_image(path_text: str, frame: int, width: int, height: int) -> np.ndarray:
+    """The image at `path_text` ("//" relative to the .blend) as uint8 (height, width, 3); KeyframeError naming
+    the frame and the file when it cannot be read."""
+    path = _path(path_text, frame)
     try:
         image = bpy.data.images.load(str(path), check_existing=False)
     except RuntimeError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.request import MODALITY_LABELS, generation_size, unavailable, uses_keyframes
+from ..core.request import MODALITY_LABELS, generation_size, images_modality, unavailable, uses_keyframes
 from .operators import STATUS
 
 
@@ -82,6 +82,12 @@ def _draw_shot(layout, context, scene, props) -> None:
     elif props.keyframe_source == "LIST":
         col.prop(props, "frame_list")
     col.prop(props, "keyframe_images")  # image files as keyframes, with any source (None: only them)
+    if props.keyframe_images.strip():
+        row = col.row(align=True)
+        row.prop(props, "keyframe_images_as", text="As")
+        sub = row.row(align=True)
+        sub.active = images_modality(props) is not None  # their own encoder, beside the renders'
+        sub.prop(props, "keyframe_images_strength", text="Strength")
     sub = col.column(align=True)
     sub.active = uses_keyframes(props)
     sub.prop(props, "keyframe_strengths")

@@ -96,10 +96,27 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         name="Images",
         default=_DEFAULTS.keyframe_images,
         description=(
-            "Image files as keyframes at timeline frames, in place of a render there: 1001: //boards/010.png, "
-            "1040: //art/key.jpg (// is beside the .blend). A storyboard panel or concept painting gives the look "
-            "with RGB; a sketch for Line art must be white lines on black"
+            "Image files as keyframes at timeline frames: 1001: //boards/010.png, 1040: //art/key.jpg (// is "
+            "beside the .blend). As RGB, a storyboard panel or concept painting gives the look beside the rendered "
+            "keyframes; as the Condition's kind, it replaces the render there (a sketch for Line art: white lines "
+            "on black)"
         ),
+    )
+    keyframe_images_as: EnumProperty(
+        name="Images as",
+        items=MODALITIES,
+        default=_DEFAULTS.keyframe_images_as,
+        description=(
+            "The encoder the image files go to: another kind than the Condition's runs beside the rendered "
+            "keyframes (an RGB look with line-art structure); the same kind replaces the render at its frame"
+        ),
+    )
+    keyframe_images_strength: FloatProperty(
+        name="Image strength",
+        default=_DEFAULTS.keyframe_images_strength,
+        min=0.0,
+        max=4.0,
+        description="The images' encoder's conditioning scale, when it runs beside the rendered keyframes'",
     )
     keyframe_guidance_start: _fraction_of_steps(
         "keyframe_guidance_start", "Start", "before the keyframes start to steer"

@@ -47,10 +47,16 @@ class PreparedJob:
     dense_passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
     dense_guidance: tuple[float, float] = (0.0, 1.0)
     strengths: dict[int, float] = field(default_factory=dict)  # keyframe's timeline frame -> strength (not 1)
+    # Image files as keyframes: those used (timeline frame -> path as written); when they are their own group (an
+    # RGB look beside line-art renders), its modality and the images, sent beside the passes.
+    image_files: dict[int, str] = field(default_factory=dict)
+    image_modality: str = ""
+    image_keyframes: dict[int, np.ndarray] = field(default_factory=dict)  # timeline frame -> uint8 (h, w, 3)
+    image_passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""
-        if self.passes or self.dense_passes:
+        if self.passes or self.dense_passes or self.image_passes:
             return
         started = time.perf_counter()
         self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
@@ -59,6 +65,10 @@ class PreparedJob:
         keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in self.passes.items()]
         by_index = {self.mapping[frame]: strength for frame, strength in self.strengths.items()}
         self.body["keyframes"] = keyframe_entries(keyframes, by_index)
+        if self.image_keyframes:
+            self.image_passes = {frame: encode_png(image) for frame, image in self.image_keyframes.items()}
+            looks = [(self.mapping[frame], frame - self.start, png) for frame, png in self.image_passes.items()]
+            self.body["keyframes"] += keyframe_entries(looks, by_index, self.image_modality)
         if self.dense_frames:  # each timeline frame's PNG made once (more generated frames than shot frames)
             self.dense_passes = {frame: encode_png(image) for frame, image in self.dense_images.items()}
             frames = [(i, self.dense_passes[frame]) for i, frame in enumerate(self.dense_frames)]
@@ -89,6 +99,10 @@ def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
     paths = []
     for frame, png in prepared.passes.items():
         path = folder / f"frame_{frame:04d}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    for frame, png in prepared.image_passes.items():  # image files as their own group: named by its modality
+        path = folder / f"{prepared.image_modality}_{frame:04d}.png"
         path.write_bytes(png)
         paths.append(path)
     for frame, png in prepared.dense_passes.items():

@@ -38,6 +38,7 @@ REGENERATE_MODES = (
 # The saved settings' enum fields, by GenerationSettings field name.
 ENUMS = {
     "modality": MODALITIES,
+    "keyframe_images_as": MODALITIES,
     "keyframe_source": KEYFRAME_SOURCES,
     "shot_range": SHOT_RANGES,
     "frames_mode": FRAMES_MODES,
@@ -87,6 +88,10 @@ class GenerationSettings:
     # Image files as keyframes at timeline frames ("1001: //boards/010.png"): a storyboard panel or a concept
     # painting as the look (RGB), a drawn sketch (Line art: white lines on black), in place of a render there.
     keyframe_images: str = ""
+    # What the image files are: the look (RGB, the default) goes to the server's RGB encoder beside the rendered
+    # keyframes (both at a frame that has both); the same kind as the renders replaces the render at its frame.
+    keyframe_images_as: str = "rgb"
+    keyframe_images_strength: float = 1.0  # that encoder's conditioning scale, when the images are their own
     keyframe_guidance_start: float = 0.0
     keyframe_guidance_end: float = 1.0
     depth_guidance_start: float = 0.0
@@ -202,13 +207,17 @@ def job_body(
         window = (settings.keyframe_guidance_start, settings.keyframe_guidance_end)
         check_window("keyframe", *window)
         if window != (0.0, 1.0):  # sent only when set: servers before guidance windows take the body as before
-            extra = {"keyframe_guidance_start": _fraction(window[0]), "keyframe_guidance_end": _fraction(window[1])}
+            extra = {"keyframe_guidance_start": fraction(window[0]), "keyframe_guidance_end": fraction(window[1])}
     if settings.depth_every_frame:
         check_window("depth", settings.depth_guidance_start, settings.depth_guidance_end)
+    if images_modality(settings):  # the images' own encoder beside the renders' (docs/api.md keyframe_groups)
+        extra["keyframe_groups"] = [
+            {"modality": images_modality(settings), "strength": fraction(settings.keyframe_images_strength)}
+        ]
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
-        "modality": settings.modality if uses_keyframes(settings) else None,
+        "modality": keyframe_modality(settings),
         "num_frames": num_frames,
         "width": width,
         "height": height,
@@ -225,18 +234,23 @@ def job_body(
     }
 
 
-def _fraction(value: float) -> float:
+def fraction(value: float) -> float:
     return round(value, 4)  # a panel FloatProperty is single precision: 0.8 is 0.800000011920929
 
 
-def keyframe_entries(keyframes: list[tuple[int, int, bytes]], strengths: dict[int, float] | None = None) -> list[dict]:
+def keyframe_entries(
+    keyframes: list[tuple[int, int, bytes]], strengths: dict[int, float] | None = None, modality: str = ""
+) -> list[dict]:
     """The body's "keyframes": (generated index, output index, PNG bytes) each, in index order; `strengths` by
-    generated index, sent only where not 1 (servers before per-keyframe strength take the body as before)."""
+    generated index, sent only where not 1 (servers before per-keyframe strength take the body as before);
+    `modality`: keyframes for another encoder than the request's modality (image files as the look)."""
     entries = []
     for index, output_index, png in sorted(keyframes):
         entry = {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
+        if modality:
+            entry["modality"] = modality
         if (strengths or {}).get(index, 1.0) != 1.0:
-            entry["strength"] = _fraction(strengths[index])
+            entry["strength"] = fraction(strengths[index])
         entries.append(entry)
     return entries
 
@@ -250,17 +264,32 @@ def dense_entries(
         return []
     group = {
         "name": DEPTH_CONTROLNET,
-        "strength": _fraction(strength),
+        "strength": fraction(strength),
         "frames": [{"index": i, "image": base64.b64encode(png).decode("ascii")} for i, png in sorted(frames)],
     }
     if tuple(guidance) != (0.0, 1.0):
-        group["guidance_start"], group["guidance_end"] = _fraction(guidance[0]), _fraction(guidance[1])
+        group["guidance_start"], group["guidance_end"] = fraction(guidance[0]), fraction(guidance[1])
     return [group]
 
 
 def uses_keyframes(settings: GenerationSettings) -> bool:
     """Keyframes from the scene (any source but None) or from image files."""
     return settings.keyframe_source != "NONE" or bool(settings.keyframe_images.strip())
+
+
+def keyframe_modality(settings: GenerationSettings) -> str | None:
+    """The request's modality: the rendered keyframes' (the Condition), or the images' when they are the only
+    keyframes (Keyframes: None); None without keyframes."""
+    if settings.keyframe_source != "NONE":
+        return settings.modality
+    return settings.keyframe_images_as if settings.keyframe_images.strip() else None
+
+
+def images_modality(settings: GenerationSettings) -> str | None:
+    """The modality of the image files' own group of keyframes, when they go to another encoder than the rendered
+    keyframes' (an RGB painting beside line art); None when they replace the renders at their frames."""
+    separate = settings.keyframe_source != "NONE" and settings.keyframe_images_as != settings.modality
+    return settings.keyframe_images_as if separate and settings.keyframe_images.strip() else None
 
 
 def parse_keyframe_images(text: str) -> dict[int, str]:
@@ -287,11 +316,13 @@ def parse_keyframe_images(text: str) -> dict[int, str]:
 
 def unavailable(settings: GenerationSettings, health: dict) -> str | None:
     """Why the server (its GET /v1/health) cannot run these settings, as a sentence; None when it can."""
-    if uses_keyframes(settings) and settings.modality not in health["modalities"]:
+    for modality, what in ((keyframe_modality(settings), "keyframes"), (images_modality(settings), "keyframe images")):
+        if modality is None or modality in health["modalities"]:
+            continue
         available = ", ".join(health["modalities"]) or "none"
-        why = f"{MODALITY_LABELS.get(settings.modality, settings.modality)} keyframes unavailable: the server has "
-        why += f"no {settings.modality} encoder (it has: {available})"
-        if settings.modality == "depth":
+        why = f"{MODALITY_LABELS.get(modality, modality)} {what} unavailable: the server has "
+        why += f"no {modality} encoder (it has: {available})"
+        if modality == "depth":
             why += "; none was released: train one (docs/training.md), or use Depth every frame"
         return why
     # Servers from before per-frame ControlNets do not list them: they have none.

@@ -107,6 +107,12 @@ def test_the_panel_in_each_state(addon):
     ready = draw(panels)
     assert ("label", "ControlNets: depth") in ready and not any("unavailable" in e[1] for e in ready if e[0] == "label")
     props.keyframe_source, props.depth_every_frame = "MARKERS", False
+    # Image files: what they are for (Images as) and, beside the renders, their own strength.
+    assert "keyframe_images_as" not in {e[1] for e in ready if e[0] == "prop"}
+    props.modality, props.keyframe_images = "lineart", "1001: //boards/010.png"
+    images = {e[1] for e in draw(panels) if e[0] == "prop"}
+    assert {"keyframe_images_as", "keyframe_images_strength"} <= images
+    props.keyframe_images = ""
 
     ops.STATUS.can_resubmit = True
     assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)

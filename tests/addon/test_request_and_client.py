@@ -13,7 +13,10 @@ from sparsectrl_blender.core.png import encode_png
 from sparsectrl_blender.core.request import (
     GenerationSettings,
     generation_size,
+    images_modality,
     job_body,
+    keyframe_entries,
+    keyframe_modality,
     parse_keyframe_images,
     parse_keyframe_strengths,
     parse_window,
@@ -120,6 +123,28 @@ def test_keyframe_images_are_frames_with_paths():
     # Images alone are keyframes: the modality goes with them.
     only = GenerationSettings(prompt="a fox", keyframe_source="NONE", keyframe_images="1: a.png", modality="rgb")
     assert job_body(only, 16, 64, 64, 24, 48, [])["modality"] == "rgb"
+
+
+def test_image_files_as_the_look_beside_rendered_keyframes():
+    """#16 item 2: images of another kind than the Condition's are their own group (an RGB look beside line
+    art), sent with their modality and strength; the same kind replaces the renders, as before."""
+    beside = GenerationSettings(prompt="a fox", keyframe_images="1: look.png", keyframe_images_strength=0.7)
+    assert (keyframe_modality(beside), images_modality(beside)) == ("lineart", "rgb")  # Images as: RGB by default
+    body = job_body(beside, 16, 64, 64, 24, 48, [])
+    assert body["modality"] == "lineart" and body["keyframe_groups"] == [{"modality": "rgb", "strength": 0.7}]
+    replacing = dataclasses.replace(beside, keyframe_images_as="lineart")
+    assert images_modality(replacing) is None and "keyframe_groups" not in job_body(replacing, 16, 64, 64, 24, 48, [])
+    alone = dataclasses.replace(beside, keyframe_source="NONE")  # images alone: their kind is the request's
+    assert (keyframe_modality(alone), images_modality(alone)) == ("rgb", None)
+    assert images_modality(dataclasses.replace(beside, keyframe_images=" ")) is None
+    png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    (entry,) = keyframe_entries([(3, 10, png)], {3: 0.5}, "rgb")
+    assert (entry["index"], entry["output_index"], entry["strength"], entry["modality"]) == (3, 10, 0.5, "rgb")
+    health = {"modalities": ["lineart"], "controlnets": []}
+    assert unavailable(beside, health) == (
+        "RGB keyframe images unavailable: the server has no rgb encoder (it has: lineart)"
+    )
+    assert unavailable(replacing, health) is None
 
 
 def test_loras_field_turns_into_the_api_list():

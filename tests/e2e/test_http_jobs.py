@@ -126,6 +126,39 @@ def test_a_64_frame_job_in_context_windows_retimed_to_96(configured_server, tmp_
     assert r.status_code == 422 and "cannot run backwards" in r.json()["error"]["message"]
 
 
+def test_an_rgb_look_beside_line_art_keyframes_runs_and_is_kept(configured_server):
+    """Keyframes of two modalities in one job (#16 item 2): each stored under its path, echoed with its group."""
+    c = configured_server.client
+    look = {**keyframe(0, 4), "modality": "rgb", "strength": 0.7}
+    body = job_body(
+        steps=2,
+        keyframes=[keyframe(0), keyframe(8, 5), keyframe(15, 10), look],
+        keyframe_groups=[{"modality": "rgb", "strength": 0.8, "guidance_end": 0.5}],
+    )
+    job = configured_server.wait_for(c.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "succeeded", job
+    echoed = job["request"]
+    assert [(k["index"], k.get("modality", "")) for k in echoed["keyframes"]] == [
+        (0, ""),
+        (0, "rgb"),
+        (8, ""),
+        (15, ""),
+    ]
+    assert echoed["keyframe_groups"] == [
+        {"modality": "rgb", "strength": 0.8, "guidance_start": 0.0, "guidance_end": 0.5}
+    ]
+    folder = configured_server.data_dir / "jobs" / job["id"] / "keyframes"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == [
+        "0000.png",
+        "0008.png",
+        "0015.png",
+        "rgb/0000.png",
+    ]
+    r = c.post("/v1/jobs", json=job_body(keyframes=[keyframe(0), {**keyframe(3), "modality": "depth"}]))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "modality_unavailable"
+    assert "'depth'" in r.json()["error"]["message"] and "lineart, rgb" in r.json()["error"]["message"]
+
+
 def test_a_draft_is_delivered_at_the_size_asked(configured_server, tmp_path):
     c = configured_server.client
     job = c.post("/v1/jobs", json=job_body(width=128, height=96, steps=20, quality="draft")).json()["id"]

@@ -32,6 +32,8 @@ def test_generate_writes_the_clip_and_frames(data_dir_with_tiny, tmp_path):
         f"0:{tmp_path / 'a.png'}",
         "--keyframe",
         f"7:{tmp_path / 'b.png'}",
+        "--keyframe",  # an RGB look beside the line art (the tiny model has both encoders)
+        f"rgb:0:{tmp_path / 'b.png'}",
         "--frames",
         "8",
         "--prompt",
@@ -86,6 +88,7 @@ def test_generate_from_a_config_file(tiny_root, tmp_path):
         (["--model", "/nonexistent/sd15"], "base model: /nonexistent/sd15: no such file or folder"),
         (["--model", "tiny", "--modality", "lineart", "--frames", "4"], "keyframe index 9 is outside 0..3"),
         (["--model", "tiny", "--keyframe", "x:y.png"], "--keyframe takes INDEX:IMAGE"),
+        (["--model", "tiny", "--keyframe", "rgb:y.png"], "--keyframe takes INDEX:IMAGE or MODALITY:INDEX:IMAGE"),
     ],
 )
 def test_generate_errors_are_one_line(data_dir_with_tiny, tmp_path, args, message):
