@@ -220,12 +220,12 @@ class _WithEncoder:
 
 def _prepared_keyframes(pipe, c: SparseCondition, num_frames: int, width: int, height: int, device) -> tuple:
     """(encoder, cond, mask, scale, guidance) over the whole clip, as the pipeline prepares its keyframes; the
-    per-frame scales as a tensor in the encoder's dtype."""
+    per-frame scales as a float32 tensor."""
     images = pipe.prepare_image(c.images, width, height, device, c.encoder.dtype)
     cond, mask = pipe.prepare_sparse_control_conditioning(images, num_frames, c.indices, device, c.encoder.dtype)
     scale = c.scale
-    if c.frame_scales is not None:
-        scale = torch.tensor(c.frame_scales, device=device, dtype=c.encoder.dtype)
+    if c.frame_scales is not None:  # float32 whatever the encoder's dtype (_denoiser)
+        scale = torch.tensor(c.frame_scales, device=device, dtype=torch.float32)
     return c.encoder, cond, mask, scale, c.guidance
 
 
@@ -290,8 +290,9 @@ def _denoiser(pipe, model_input, t, embeds, keyframes, dense, options: _Options)
     per-frame ControlNets, then the UNet with their summed residuals (released as they are added)."""
     down = mid = None
     for encoder, cond, mask, scale in keyframes:
+        frame_scales = None
         if isinstance(scale, torch.Tensor):  # per frame: the encoder's rows are batch-major (b * frames + f)
-            scale = scale.repeat(model_input.shape[0]).view(-1, 1, 1, 1)
+            frame_scales, scale = scale.repeat(model_input.shape[0]).view(-1, 1, 1, 1), 1.0
         d, m = encoder(
             model_input,
             t,
@@ -302,6 +303,8 @@ def _denoiser(pipe, model_input, t, embeds, keyframes, dense, options: _Options)
             guess_mode=False,
             return_dict=False,
         )
+        if frame_scales is not None:  # times the float32 scales, as a Python scale is applied: 0.9 stays 0.9 in bf16
+            d, m = [(r * frame_scales).to(r.dtype) for r in d], (m * frame_scales).to(m.dtype)
         down, mid = _summed(down, mid, d, m)
         del d, m
     if dense:

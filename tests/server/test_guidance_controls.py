@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from server.engine.windowed import guided, keyframe_frame_scales  # guided: request.model's, used there
 from server.request.model import Keyframe
@@ -90,3 +91,23 @@ def test_a_keyframe_guidance_window_steers_only_its_steps(engine):
     np.testing.assert_array_equal(none, engine.generate(dataclasses.replace(request, conditioning_scale=0.0)).frames)
     early = engine.generate(dataclasses.replace(request, keyframe_guidance_end=0.5)).frames
     assert not np.array_equal(early, plain) and not np.array_equal(early, none)
+
+
+def test_per_frame_scales_are_applied_in_float32_in_a_bf16_job(tiny_config, tiny_root):
+    """In half precision, uniform strengths of 0.9 equal conditioning_scale 0.9 bit for bit: the per-frame scales
+    multiply the residuals in float32, as a Python scale does (a bf16 tensor of 0.9 would be 0.8984)."""
+    from server.config import load_config
+    from server.engine.engine import Engine
+    from server.engine.models import load_model
+
+    data_dir = str(tiny_root.parent.parent)
+    config = load_config(overrides={"model": {"base": "tiny", "dtype": "bfloat16"}, "server": {"data_dir": data_dir}})
+    engine = Engine(load_model(config.model, config.data_dir), config.scheduler, config.long_video)
+    assert engine.model.dtype == torch.bfloat16
+    request = make_request(steps=2, width=32, height=32, num_frames=4)
+    request = dataclasses.replace(
+        request, keyframes=[dataclasses.replace(k, index=k.index // 2) for k in keyframes(1, 1)]
+    )
+    scalar = engine.generate(dataclasses.replace(request, conditioning_scale=0.9)).frames
+    per_frame = [dataclasses.replace(k, strength=0.9) for k in request.keyframes]
+    np.testing.assert_array_equal(engine.generate(dataclasses.replace(request, keyframes=per_frame)).frames, scalar)
