@@ -205,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt")
     p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
     p.add_argument("--passes-dir", metavar="DIR", help="write the passes sent, as frame_NNNN.png")
-    p.add_argument("--refuse-empty", action="store_true", help="stop (exit 1) when a keyframe's pass is empty")
+    p.add_argument(
+        "--refuse-empty",
+        action="store_true",
+        help="stop (exit 1) when a keyframe's pass (or a depth every frame pass) is empty",
+    )
     p.add_argument(
         "--allow-newer",
         action="store_true",
@@ -691,8 +695,8 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
         raise prepared
     for message in [n for n in notes if n] + prepared.messages:
         print(f"warning: {label}{message}", file=sys.stderr, flush=True)
-    if prepared.empty_frames and args.refuse_empty:
-        raise BatchError(f"nothing sent (--refuse-empty): {prepared.empty_message}")
+    if (prepared.empty_frames or prepared.empty_dense_frames) and args.refuse_empty:
+        raise BatchError(f"nothing sent (--refuse-empty): {prepared.empty_message or prepared.empty_dense_message}")
     prepared.encode()
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))

@@ -100,11 +100,9 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
             f"the keyframe image{'s' if len(flat) > 1 else ''} at frame{'s' if len(flat) > 1 else ''} "
             f"{_frame_list(flat)} {'are' if len(flat) > 1 else 'is'} one flat colour: it steers only the colour"
         )
+    prepared.empty_dense_frames = empty_dense
     if empty_dense:
-        messages.append(
-            f"the depth pass is empty at frame{'s' if len(empty_dense) > 1 else ''} {_frame_list(empty_dense)}: "
-            "nothing of the scene is in view there"
-        )
+        messages.append(prepared.empty_dense_message)
     return prepared
 
 

@@ -46,6 +46,7 @@ class PreparedJob:
     dense_strength: float = 1.0
     dense_passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
     dense_guidance: tuple[float, float] = (0.0, 1.0)
+    empty_dense_frames: list[int] = field(default_factory=list)  # timeline frames whose depth shows nothing
     strengths: dict[int, float] = field(default_factory=dict)  # keyframe's timeline frame -> strength (not 1)
     # Image files as keyframes: those used (timeline frame -> path as written); when they are their own group (an
     # RGB look beside line-art renders), its modality and the images, sent beside the passes.
@@ -85,6 +86,17 @@ class PreparedJob:
             f"the {modality} pass is empty at keyframe{'s' if len(self.empty_frames) > 1 else ''} {frames}: "
             "nothing of the scene is in view (camera pointing at the sky or away, an orthographic camera framing "
             "nothing, no geometry), so the model gets no guidance there"
+        )
+
+    @property
+    def empty_dense_message(self) -> str:
+        if not self.empty_dense_frames:
+            return ""
+        frames, most = self.empty_dense_frames, 8
+        shown = ", ".join(map(str, frames[:most])) + (f" and {len(frames) - most} more" if len(frames) > most else "")
+        return (
+            f"the depth pass is empty at frame{'s' if len(frames) > 1 else ''} {shown}: nothing of the scene is in "
+            "view there"
         )
 
 

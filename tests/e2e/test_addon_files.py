@@ -316,6 +316,14 @@ def test_empty_passes_are_named_once_and_refused_on_request(tiny_server, tmp_pat
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(f"error: nothing sent (--refuse-empty): the {modality} pass is empty at {frames}:")
         assert sum(line.startswith("warning: the") and "pass is empty" in line for line in out.stderr.splitlines()) == 1
+    # Depth every frame over a scene with nothing in view: refused too, naming the timeline frames.
+    out = run_batch(
+        shot, "--server", tiny_server.url, "--scene", "Void", *FAST, "--keyframes", "none", "--depth-every-frame",
+        "--frames", 4, "--refuse-empty",
+    )  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: nothing sent (--refuse-empty): the depth pass is empty at frames 1, "), last
     assert tiny_server.client.get("/v1/jobs").json() == jobs_before
 
     out = run_batch(shot, "--server", tiny_server.url, "--scene", "Sky", *FAST)  # without the flag: said, sent
