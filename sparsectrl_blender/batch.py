@@ -185,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         "rendered keyframes, the same kind replaces the render at its frame",
     )
     p.add_argument(
-        "--keyframe-images-strength", type=float, help="that encoder's strength, beside the renders (default 1.0)"
+        "--rgb-look",
+        choices=("none", "first", "every"),
+        help="a quick RGB render at the first or every keyframe for the RGB encoder, beside the --modality "
+        "keyframes (line art or depth: the structure; this: the look)",
+    )
+    p.add_argument(
+        "--look-strength", type=float, help="the RGB encoder's strength for the look beside the keyframes (1.0)"
     )
     p.add_argument(
         "--keyframe-guidance",
@@ -268,7 +274,8 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "depth_every_frame": getattr(args, "depth_every_frame", None),
         "depth_strength": getattr(args, "depth_strength", None),
         "keyframe_images_as": getattr(args, "keyframe_images_as", None),
-        "keyframe_images_strength": getattr(args, "keyframe_images_strength", None),
+        "look_strength": getattr(args, "look_strength", None),
+        "rgb_look": args.rgb_look.upper() if getattr(args, "rgb_look", None) else None,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "draft", False):
@@ -706,10 +713,8 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
             f"{len(prepared.passes)} {prepared.body['modality']} keyframes {sorted(prepared.mapping)} -> generated "
             f"frames {sorted(prepared.mapping.values())}"
         )
-    if prepared.image_passes:  # image files as their own group, beside the renders
-        sent.append(
-            f"{len(prepared.image_passes)} {prepared.image_modality} keyframe images {sorted(prepared.image_passes)}"
-        )
+    for modality, passes in prepared.further_passes.items():  # the look's group, beside the keyframes
+        sent.append(f"{len(passes)} {modality} keyframes {sorted(passes)} beside them")
     if prepared.dense_frames:
         sent.append(
             f"depth at {len(prepared.dense_frames)} generated frames (timeline {prepared.dense_frames[0]}-"

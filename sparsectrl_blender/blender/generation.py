@@ -23,6 +23,7 @@ from ..core.request import (
     keyframe_modality,
     parse_keyframe_images,
     parse_keyframe_strengths,
+    rgb_look,
     uses_keyframes,
 )
 
@@ -62,6 +63,9 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     # A file's keyframe is not rendered, unless the images are their own group (then the renders are the scene's
     # keyframes, and a frame may have both: the look and the line art).
     rendered = [f for f in frames if (f in scene_frames if separate else f not in files)]
+    # The look from a render: RGB at the first or every scene keyframe, but where an image file As RGB is the look.
+    look_frames = sorted(scene_frames)[: 1 if settings.rgb_look == "FIRST" else None] if rgb_look(settings) else []
+    look_frames = [f for f in look_frames if not (separate == "rgb" and f in files)]
     with renderer:  # one scene copy for the keyframes and the depth at every frame
         if dense_frames:  # normalised once over the shot's frames, as depth keyframes are
             dense = renderer.render("depth", sorted(set(dense_frames)))
@@ -69,6 +73,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
             images = {frame: dense[frame] for frame in rendered}
         elif rendered:
             images = renderer.render(modality, rendered)
+        further = {"rgb": renderer.render("rgb", look_frames)} if look_frames else {}
         seconds = list(renderer.seconds_per_keyframe)
     stages.update(renderer.stage_seconds)
     looks = {}
@@ -91,8 +96,9 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     prepared.dense_guidance = (settings.depth_guidance_start, settings.depth_guidance_end)
     prepared.strengths = _strengths(settings, mapped.indices, messages)
     prepared.image_files = files
-    if separate:
-        prepared.image_modality, prepared.image_keyframes = separate, looks
+    if separate:  # the image files are their own group (or join the rendered look's)
+        further[separate] = dict(sorted((further.get(separate, {}) | looks).items()))
+    prepared.further = further
     if empty:
         messages.append(prepared.empty_message)
     if flat:
@@ -213,7 +219,8 @@ def import_result(
         "depth_every_frame": bool(prepared.dense_frames),
         "keyframe_strengths": {str(frame): s for frame, s in prepared.strengths.items()},
         "keyframe_images": {str(f): p for f, p in prepared.image_files.items()},  # those used
-        "keyframe_images_as": prepared.image_modality or (prepared.body["modality"] if prepared.image_files else ""),
+        "keyframe_images_as": (images_modality(settings) or prepared.body["modality"]) if prepared.image_files else "",
+        "rgb_look": settings.rgb_look if rgb_look(settings) else "NONE",
         "keyframe_guidance": [fraction(v) for v in (settings.keyframe_guidance_start, settings.keyframe_guidance_end)],
         "depth_guidance": [fraction(v) for v in prepared.dense_guidance],
         "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},

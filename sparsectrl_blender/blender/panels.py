@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.request import MODALITY_LABELS, generation_size, images_modality, unavailable, uses_keyframes
+from ..core.request import MODALITY_LABELS, further_modalities, generation_size, unavailable, uses_keyframes
 from .operators import STATUS
 
 
@@ -83,11 +83,14 @@ def _draw_shot(layout, context, scene, props) -> None:
         col.prop(props, "frame_list")
     col.prop(props, "keyframe_images")  # image files as keyframes, with any source (None: only them)
     if props.keyframe_images.strip():
-        row = col.row(align=True)
-        row.prop(props, "keyframe_images_as", text="As")
-        sub = row.row(align=True)
-        sub.active = images_modality(props) is not None  # their own encoder, beside the renders'
-        sub.prop(props, "keyframe_images_strength", text="Strength")
+        col.prop(props, "keyframe_images_as", text="As")
+    row = col.row(align=True)  # the look beside the structure: an RGB render, image files As RGB
+    sub = row.row(align=True)
+    sub.active = props.keyframe_source != "NONE" and props.modality != "rgb"
+    sub.prop(props, "rgb_look", text="Look")
+    sub = row.row(align=True)
+    sub.active = "rgb" in further_modalities(props)
+    sub.prop(props, "look_strength", text="Strength")
     sub = col.column(align=True)
     sub.active = uses_keyframes(props)
     sub.prop(props, "keyframe_strengths")

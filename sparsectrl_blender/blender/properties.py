@@ -11,6 +11,7 @@ from ..core.request import (
     MODALITIES,
     QUALITIES,
     REGENERATE_MODES,
+    RGB_LOOKS,
     SHOT_RANGES,
     GenerationSettings,
 )
@@ -111,12 +112,23 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
             "keyframes (an RGB look with line-art structure); the same kind replaces the render at its frame"
         ),
     )
-    keyframe_images_strength: FloatProperty(
-        name="Image strength",
-        default=_DEFAULTS.keyframe_images_strength,
+    rgb_look: EnumProperty(
+        name="RGB look",
+        items=RGB_LOOKS,
+        default=_DEFAULTS.rgb_look,
+        description=(
+            "A quick RGB render (Workbench: the blocking's colours and shading) at the first or every keyframe "
+            "for the server's RGB encoder, beside the Line art or Depth keyframes: structure from those, look "
+            "from this"
+        ),
+    )
+    look_strength: FloatProperty(
+        name="Look strength",
+        default=_DEFAULTS.look_strength,
         min=0.0,
         max=4.0,
-        description="The images' encoder's conditioning scale, when it runs beside the rendered keyframes'",
+        description="The RGB encoder's conditioning scale for the look (a render, or image files As RGB) beside "
+        "the Condition's keyframes",
     )
     keyframe_guidance_start: _fraction_of_steps(
         "keyframe_guidance_start", "Start", "before the keyframes start to steer"

@@ -48,16 +48,16 @@ class PreparedJob:
     dense_guidance: tuple[float, float] = (0.0, 1.0)
     empty_dense_frames: list[int] = field(default_factory=list)  # timeline frames whose depth shows nothing
     strengths: dict[int, float] = field(default_factory=dict)  # keyframe's timeline frame -> strength (not 1)
-    # Image files as keyframes: those used (timeline frame -> path as written); when they are their own group (an
-    # RGB look beside line-art renders), its modality and the images, sent beside the passes.
+    # Image files as keyframes: those used (timeline frame -> path as written).
     image_files: dict[int, str] = field(default_factory=dict)
-    image_modality: str = ""
-    image_keyframes: dict[int, np.ndarray] = field(default_factory=dict)  # timeline frame -> uint8 (h, w, 3)
-    image_passes: dict[int, bytes] = field(default_factory=dict)  # timeline frame -> PNG sent (by encode())
+    # Keyframes for encoders beside the request's modality (the RGB look: a render or image files), by modality:
+    # timeline frame -> uint8 (h, w, 3); and as the PNGs sent (by encode()).
+    further: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    further_passes: dict[str, dict[int, bytes]] = field(default_factory=dict)
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""
-        if self.passes or self.dense_passes or self.image_passes:
+        if self.passes or self.dense_passes or self.further_passes:
             return
         started = time.perf_counter()
         self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
@@ -66,10 +66,10 @@ class PreparedJob:
         keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in self.passes.items()]
         by_index = {self.mapping[frame]: strength for frame, strength in self.strengths.items()}
         self.body["keyframes"] = keyframe_entries(keyframes, by_index)
-        if self.image_keyframes:
-            self.image_passes = {frame: encode_png(image) for frame, image in self.image_keyframes.items()}
-            looks = [(self.mapping[frame], frame - self.start, png) for frame, png in self.image_passes.items()]
-            self.body["keyframes"] += keyframe_entries(looks, by_index, self.image_modality)
+        for modality, images in self.further.items():
+            self.further_passes[modality] = {frame: encode_png(image) for frame, image in images.items()}
+            looks = [(self.mapping[f], f - self.start, png) for f, png in self.further_passes[modality].items()]
+            self.body["keyframes"] += keyframe_entries(looks, by_index, modality)
         if self.dense_frames:  # each timeline frame's PNG made once (more generated frames than shot frames)
             self.dense_passes = {frame: encode_png(image) for frame, image in self.dense_images.items()}
             frames = [(i, self.dense_passes[frame]) for i, frame in enumerate(self.dense_frames)]
@@ -113,10 +113,11 @@ def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
         path = folder / f"frame_{frame:04d}.png"
         path.write_bytes(png)
         paths.append(path)
-    for frame, png in prepared.image_passes.items():  # image files as their own group: named by its modality
-        path = folder / f"{prepared.image_modality}_{frame:04d}.png"
-        path.write_bytes(png)
-        paths.append(path)
+    for modality, passes in prepared.further_passes.items():  # the look's keyframes: named by their modality
+        for frame, png in passes.items():
+            path = folder / f"{modality}_{frame:04d}.png"
+            path.write_bytes(png)
+            paths.append(path)
     for frame, png in prepared.dense_passes.items():
         path = folder / f"depth_{frame:04d}.png"
         path.write_bytes(png)

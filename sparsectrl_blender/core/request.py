@@ -22,6 +22,16 @@ KEYFRAME_SOURCES = (
     # Last: a .blend saves the choice as its index, so new choices go at the end.
     ("NONE", "None", "No keyframes: the structure comes from Depth every frame alone"),
 )
+RGB_LOOKS = (
+    ("NONE", "None", "No render for the look: the prompt's (and any image files')"),
+    (
+        "FIRST",
+        "First keyframe",
+        "A quick RGB render of the first keyframe for the RGB encoder, beside the Condition's keyframes: the "
+        "blocking's colours and shading set the look",
+    ),
+    ("EVERY", "Every keyframe", "A quick RGB render at every keyframe, beside the Condition's"),
+)
 SHOT_RANGES = (("SCENE", "Scene range", "Scene start to end"), ("PREVIEW", "Preview range", "The preview range"))
 FRAMES_MODES = (
     ("AUTO", "Motion rate", "A number of frames per second of shot"),
@@ -39,6 +49,7 @@ REGENERATE_MODES = (
 ENUMS = {
     "modality": MODALITIES,
     "keyframe_images_as": MODALITIES,
+    "rgb_look": RGB_LOOKS,
     "keyframe_source": KEYFRAME_SOURCES,
     "shot_range": SHOT_RANGES,
     "frames_mode": FRAMES_MODES,
@@ -91,7 +102,11 @@ class GenerationSettings:
     # What the image files are: the look (RGB, the default) goes to the server's RGB encoder beside the rendered
     # keyframes (both at a frame that has both); the same kind as the renders replaces the render at its frame.
     keyframe_images_as: str = "rgb"
-    keyframe_images_strength: float = 1.0  # that encoder's conditioning scale, when the images are their own
+    # The look from a render: an RGB keyframe (Workbench) at the first or every keyframe beside the Condition's
+    # (Line art or Depth structure), for the server's RGB encoder; look_strength is that encoder's scale (image
+    # files As RGB beside the renders take it too).
+    rgb_look: str = "NONE"  # NONE, FIRST, EVERY
+    look_strength: float = 1.0
     keyframe_guidance_start: float = 0.0
     keyframe_guidance_end: float = 1.0
     depth_guidance_start: float = 0.0
@@ -210,10 +225,8 @@ def job_body(
             extra = {"keyframe_guidance_start": fraction(window[0]), "keyframe_guidance_end": fraction(window[1])}
     if settings.depth_every_frame:
         check_window("depth", settings.depth_guidance_start, settings.depth_guidance_end)
-    if images_modality(settings):  # the images' own encoder beside the renders' (docs/api.md keyframe_groups)
-        extra["keyframe_groups"] = [
-            {"modality": images_modality(settings), "strength": fraction(settings.keyframe_images_strength)}
-        ]
+    if "rgb" in further_modalities(settings):  # the look's encoder beside the renders' (docs/api.md keyframe_groups)
+        extra["keyframe_groups"] = [{"modality": "rgb", "strength": fraction(settings.look_strength)}]
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
@@ -292,6 +305,19 @@ def images_modality(settings: GenerationSettings) -> str | None:
     return settings.keyframe_images_as if separate and settings.keyframe_images.strip() else None
 
 
+def rgb_look(settings: GenerationSettings) -> bool:
+    """An RGB render as the look beside the Condition's keyframes (Line art or Depth: the structure)."""
+    return settings.rgb_look != "NONE" and settings.keyframe_source != "NONE" and settings.modality != "rgb"
+
+
+def further_modalities(settings: GenerationSettings) -> list[str]:
+    """The SparseCtrl encoders beside the request's modality: RGB for the look (a render, image files As RGB),
+    and the image files' kind when it is another."""
+    out = ["rgb"] if rgb_look(settings) else []
+    images = images_modality(settings)
+    return out + ([images] if images and images not in out else [])
+
+
 def parse_keyframe_images(text: str) -> dict[int, str]:
     """ "1001: //boards/010.png, 1040: /art/key.jpg" -> {1001: "//boards/010.png", 1040: "/art/key.jpg"}
     (timeline frame -> path as written; "//" is Blender's relative to the .blend). Entries are separated by
@@ -316,7 +342,11 @@ def parse_keyframe_images(text: str) -> dict[int, str]:
 
 def unavailable(settings: GenerationSettings, health: dict) -> str | None:
     """Why the server (its GET /v1/health) cannot run these settings, as a sentence; None when it can."""
-    for modality, what in ((keyframe_modality(settings), "keyframes"), (images_modality(settings), "keyframe images")):
+    needed = [(keyframe_modality(settings), "keyframes")]
+    needed += [
+        (m, "keyframe images" if m == images_modality(settings) else "look") for m in further_modalities(settings)
+    ]
+    for modality, what in needed:
         if modality is None or modality in health["modalities"]:
             continue
         available = ", ".join(health["modalities"]) or "none"

@@ -107,12 +107,14 @@ def test_the_panel_in_each_state(addon):
     ready = draw(panels)
     assert ("label", "ControlNets: depth") in ready and not any("unavailable" in e[1] for e in ready if e[0] == "label")
     props.keyframe_source, props.depth_every_frame = "MARKERS", False
-    # Image files: what they are for (Images as) and, beside the renders, their own strength.
-    assert "keyframe_images_as" not in {e[1] for e in ready if e[0] == "prop"}
+    # The look beside the structure (an RGB render, or image files As RGB) and its strength; what files are for.
+    shown = {e[1] for e in ready if e[0] == "prop"}
+    assert {"rgb_look", "look_strength"} <= shown and "keyframe_images_as" not in shown
     props.modality, props.keyframe_images = "lineart", "1001: //boards/010.png"
-    images = {e[1] for e in draw(panels) if e[0] == "prop"}
-    assert {"keyframe_images_as", "keyframe_images_strength"} <= images
-    props.keyframe_images = ""
+    assert "keyframe_images_as" in {e[1] for e in draw(panels) if e[0] == "prop"}
+    props.keyframe_images, props.rgb_look = "", "FIRST"
+    assert ("label", "RGB look unavailable: the server has no rgb encoder (it has: lineart)") not in draw(panels)
+    props.rgb_look = "NONE"
 
     ops.STATUS.can_resubmit = True
     assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)

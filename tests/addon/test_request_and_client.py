@@ -12,6 +12,7 @@ from sparsectrl_blender.core.client import Client, ServerError
 from sparsectrl_blender.core.png import encode_png
 from sparsectrl_blender.core.request import (
     GenerationSettings,
+    further_modalities,
     generation_size,
     images_modality,
     job_body,
@@ -20,6 +21,7 @@ from sparsectrl_blender.core.request import (
     parse_keyframe_images,
     parse_keyframe_strengths,
     parse_window,
+    rgb_look,
     unavailable,
 )
 
@@ -128,7 +130,7 @@ def test_keyframe_images_are_frames_with_paths():
 def test_image_files_as_the_look_beside_rendered_keyframes():
     """#16 item 2: images of another kind than the Condition's are their own group (an RGB look beside line
     art), sent with their modality and strength; the same kind replaces the renders, as before."""
-    beside = GenerationSettings(prompt="a fox", keyframe_images="1: look.png", keyframe_images_strength=0.7)
+    beside = GenerationSettings(prompt="a fox", keyframe_images="1: look.png", look_strength=0.7)
     assert (keyframe_modality(beside), images_modality(beside)) == ("lineart", "rgb")  # Images as: RGB by default
     body = job_body(beside, 16, 64, 64, 24, 48, [])
     assert body["modality"] == "lineart" and body["keyframe_groups"] == [{"modality": "rgb", "strength": 0.7}]
@@ -145,6 +147,15 @@ def test_image_files_as_the_look_beside_rendered_keyframes():
         "RGB keyframe images unavailable: the server has no rgb encoder (it has: lineart)"
     )
     assert unavailable(replacing, health) is None
+    # The look from a render (RGB look): the RGB encoder beside the line art, sharing the look's strength.
+    look = GenerationSettings(prompt="a fox", rgb_look="FIRST", look_strength=0.6)
+    assert rgb_look(look) and further_modalities(look) == ["rgb"]
+    assert job_body(look, 16, 64, 64, 24, 48, [])["keyframe_groups"] == [{"modality": "rgb", "strength": 0.6}]
+    assert unavailable(look, health) == "RGB look unavailable: the server has no rgb encoder (it has: lineart)"
+    both = dataclasses.replace(look, keyframe_images="1: a.png", keyframe_images_as="depth")
+    assert further_modalities(both) == ["rgb", "depth"]
+    for off in (dict(modality="rgb"), dict(keyframe_source="NONE"), dict(rgb_look="NONE")):
+        assert not rgb_look(dataclasses.replace(look, **off))  # RGB keyframes already, none, or off
 
 
 def test_loras_field_turns_into_the_api_list():

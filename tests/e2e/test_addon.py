@@ -350,17 +350,20 @@ def test_batch_takes_an_image_file_as_the_rgb_look_beside_depth_every_frame(tiny
     assert sent.shape == (64, 128, 3)  # 300x200 scaled to cover 128x64 (128x86), centre-cropped
     assert tuple(sent[32, 10]) == (220, 30, 20) and tuple(sent[32, 118]) == (20, 40, 210)
 
-    # The look beside line-art keyframes (#16 item 2): the markers 1001 and 1030 rendered as line art, the painting
-    # at 1030 to the RGB encoder (Images as: RGB, the default) at the same generated frame, with its strength.
+    # The look beside line-art keyframes (#16 items 2 and 4): the markers 1001 and 1030 rendered as line art, and
+    # the RGB encoder's keyframes beside them: the painting at 1030 (Images As: RGB, the default), a quick RGB
+    # render at 1001 (RGB look: every keyframe, but where a painting is the look), with the look's strength.
     beside = ("--modality", "lineart", "--keyframes", "markers", "--keyframe-images", "1030: //art/key.png")
-    out = run_batch(shot, *common, *beside, "--keyframe-images-strength", 0.7, "--passes-dir", tmp_path / "beside")
+    out = run_batch(
+        shot, *common, *beside, "--rgb-look", "every", "--look-strength", 0.7, "--passes-dir", tmp_path / "beside"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "2 lineart keyframes [1001, 1030]" in out.stdout and "1 rgb keyframe images [1030]" in out.stdout
+    assert "2 lineart keyframes [1001, 1030]" in out.stdout and "2 rgb keyframes [1001, 1030] beside them" in out.stdout
     job = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
     request = job["request"]
     assert job["status"] == "succeeded" and request["modality"] == "lineart"
     keyframes = sorted((k["index"], k.get("modality", ""), k["output_index"]) for k in request["keyframes"])
-    assert keyframes == [(0, "", 0), (4, "", 29), (4, "rgb", 29)]
+    assert keyframes == [(0, "", 0), (0, "rgb", 0), (4, "", 29), (4, "rgb", 29)]
     assert request["keyframe_groups"] == [
         {"modality": "rgb", "strength": 0.7, "guidance_start": 0.0, "guidance_end": 1.0}
     ]
@@ -370,6 +373,10 @@ def test_batch_takes_an_image_file_as_the_rgb_look_beside_depth_every_frame(tiny
     line_art = _png(stored / "0004.png")
     np.testing.assert_array_equal(line_art, _png(tmp_path / "beside" / "frame_1030.png"))
     assert line_art.shape == sent.shape and not np.array_equal(line_art, sent)  # the render, not the painting
+    shaded = _png(stored / "rgb" / "0000.png")  # the quick RGB render of 1001: shades, not white lines on black
+    np.testing.assert_array_equal(shaded, _png(tmp_path / "beside" / "rgb_1001.png"))
+    assert shaded.shape == line_art.shape and len(np.unique(shaded.reshape(-1, 3), axis=0)) > 8
+    assert not np.array_equal(shaded, _png(stored / "0000.png"))
 
     out = run_batch(shot, *common, "--modality", "rgb", "--keyframes", "none", "--keyframe-images", "1030: //nope.png")
     assert out.returncode == 1 and "error: keyframe image for frame 1030: no file" in out.stderr
