@@ -180,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--keyframe-images-as",
-        choices=identifiers(MODALITIES),
-        help="the encoder the image files go to (default rgb): another kind than --modality runs beside the "
-        "rendered keyframes, the same kind replaces the render at its frame",
+        choices=("condition", *identifiers(MODALITIES)),
+        help="what the image files are: condition (default: --modality's kind, each in place of the render at its "
+        "frame), or rgb (the look) / lineart / depth, on that encoder beside the rendered keyframes",
     )
     p.add_argument(
         "--rgb-look",
@@ -273,7 +273,9 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "preview_scene": getattr(args, "preview_scene", None),
         "depth_every_frame": getattr(args, "depth_every_frame", None),
         "depth_strength": getattr(args, "depth_strength", None),
-        "keyframe_images_as": getattr(args, "keyframe_images_as", None),
+        "keyframe_images_as": {"condition": "CONDITION"}.get(args.keyframe_images_as, args.keyframe_images_as)
+        if getattr(args, "keyframe_images_as", None)
+        else None,
         "look_strength": getattr(args, "look_strength", None),
         "rgb_look": args.rgb_look.upper() if getattr(args, "rgb_look", None) else None,
     }

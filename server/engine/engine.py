@@ -204,8 +204,7 @@ class Engine:
         indices = [k.index for k in keyframes]
         scale, guidance = request.keyframe_settings(request.modality)
         scales = keyframe_frame_scales(indices, [k.strength for k in keyframes], request.num_frames, scale)
-        sparse = self._further_encoders(request)
-        dense = self._dense_conditions(pipe, request)
+        moved: list = []  # the further encoders and ControlNets moved to the device for the job (back in _release)
 
         # 3. Progress and cancellation between denoising steps.
         def step_end(step: int) -> None:
@@ -216,17 +215,21 @@ class Engine:
 
         # 4. Prompt, denoising and decoding (5. memory given back, whatever happened).
         try:
-            keyframe_args = dict(keyframe_scales=scales, keyframe_guidance=guidance, sparse=sparse)
+            sparse = self._further_encoders(request, moved)
+            dense = self._dense_conditions(pipe, request, moved)
+            keyframe_args = dict(
+                controlnet_conditioning_scale=scale, keyframe_scales=scales, keyframe_guidance=guidance, sparse=sparse
+            )
             frames = to_uint8(self._denoise(pipe, request, images, indices, dense, step_end, **keyframe_args))
         finally:
-            self._release(pipe, draft_motion, [c.controlnet for c in dense] + [c.encoder for c in sparse])
+            self._release(pipe, draft_motion, moved)
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
 
-    def _further_encoders(self, request: GenerationRequest) -> list[SparseCondition]:
+    def _further_encoders(self, request: GenerationRequest, moved: list) -> list[SparseCondition]:
         """Keyframes of modalities other than the request's, each for its SparseCtrl encoder on the device (for
-        the job, as the per-frame ControlNets are), with its strength and guidance window."""
+        the job, as the per-frame ControlNets are; listed in `moved`), with its strength and guidance window."""
         conditions = []
         for modality in request.keyframe_modalities():
             if modality == request.modality:
@@ -237,6 +240,7 @@ class Engine:
             scale, guidance = request.keyframe_settings(modality)
             indices = [k.index for k in keyframes]
             strengths = [k.strength for k in keyframes]
+            moved.append(self.model.encoders[modality])
             conditions.append(
                 SparseCondition(
                     self.model.encoders[modality].to(self.device),
@@ -249,11 +253,13 @@ class Engine:
             )
         return conditions
 
-    def _dense_conditions(self, pipe, request: GenerationRequest) -> list[DenseCondition]:
-        """The request's per-frame ControlNets on the device, each with its frames fitted and prepared as
-        AnimateDiffControlNetPipeline prepares them; a group covering every frame runs as diffusers' does."""
+    def _dense_conditions(self, pipe, request: GenerationRequest, moved: list) -> list[DenseCondition]:
+        """The request's per-frame ControlNets on the device (listed in `moved`), each with its frames fitted and
+        prepared as AnimateDiffControlNetPipeline prepares them; a group covering every frame runs as diffusers'
+        does."""
         conditions = []
         for group in request.controlnets:
+            moved.append(self.model.controlnets[group.name])
             controlnet = self.model.controlnets[group.name].to(self.device)
             fitted = [fit_to_size(f.image, request.width, request.height) for f in group.frames]
             frames = prepare_dense_frames(
@@ -301,7 +307,8 @@ class Engine:
         """Float frames in [0, 1] from the pipeline's own steps (windowed.py: one context window is diffusers'
         call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives the
         request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
-        samples from it. `keyframes`: generate_windowed's keyframe_scales, keyframe_guidance and sparse."""
+        samples from it. `keyframes`: generate_windowed's controlnet_conditioning_scale, keyframe_scales,
+        keyframe_guidance and sparse."""
         lv = self.long_video
         plan = self.memory_plan(request)
         idle = IdleWeights([pipe.text_encoder, pipe.vae], self.device, self.move) if plan.park_idle_weights else None
@@ -320,7 +327,6 @@ class Engine:
                     guidance_scale=request.guidance_scale,
                     conditioning_frames=images,
                     controlnet_frame_indices=indices,
-                    controlnet_conditioning_scale=request.conditioning_scale,
                     generator=torch.Generator(device=self.device).manual_seed(request.seed),
                     window_length=lv.window_length,
                     window_overlap=lv.window_overlap,

@@ -214,10 +214,9 @@ class GenerationRequest:
     def keyframe_modalities(self) -> list[str]:
         """The SparseCtrl encoders the keyframes need: the request's modality first (its residuals are added
         first, as before), then the others in MODALITIES order."""
-        named = {k.modality for k in self.keyframes if k.modality}
-        return ([self.modality] if any(not k.modality for k in self.keyframes) else []) + [
-            m for m in MODALITIES if m in named
-        ]
+        named = {k.modality for k in self.keyframes} - {"", self.modality}
+        own = any(k.modality in ("", self.modality) for k in self.keyframes)
+        return ([self.modality] if own else []) + [m for m in MODALITIES if m in named]
 
     def keyframe_settings(self, modality: str) -> tuple[float, tuple[float, float]]:
         """(conditioning scale, guidance window) of one encoder's keyframes: its keyframe_groups entry, else the
@@ -228,9 +227,9 @@ class GenerationRequest:
         return self.conditioning_scale, (self.keyframe_guidance_start, self.keyframe_guidance_end)
 
     def keyframes_for(self, modality: str) -> list[Keyframe]:
-        """One encoder's keyframes, in index order (the request's own modality: those naming none)."""
-        own = "" if modality == self.modality else modality
-        return sorted((k for k in self.keyframes if k.modality == own), key=lambda k: k.index)
+        """One encoder's keyframes, in index order (the request's own modality: those naming none or it)."""
+        names = ("", self.modality) if modality == self.modality else (modality,)
+        return sorted((k for k in self.keyframes if k.modality in names), key=lambda k: k.index)
 
     def to_record(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """(the fields as stored and echoed by the API, conditions without their images; the images' bytes by

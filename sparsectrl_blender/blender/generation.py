@@ -86,7 +86,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
             images = dict(sorted((images | looks).items()))
         stages["image files"] = time.perf_counter() - started
     started = time.perf_counter()
-    empty = sorted(f for f, img in images.items() if is_empty_pass(img) and f not in files)  # renders only
+    empty = sorted(f for f, img in images.items() if is_empty_pass(img) and (separate or f not in files))  # renders
     flat = sorted(f for f, img in looks.items() if is_empty_pass(img))
     empty_dense = sorted(f for f, img in dense.items() if is_empty_pass(img))
     stages["empty check"] = time.perf_counter() - started
@@ -98,7 +98,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     prepared.image_files = files
     if separate:  # the image files are their own group (or join the rendered look's)
         further[separate] = dict(sorted((further.get(separate, {}) | looks).items()))
-    prepared.further = further
+    prepared.further, prepared.look_strength = further, settings.look_strength
     if empty:
         messages.append(prepared.empty_message)
     if flat:

@@ -7,6 +7,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from ..core.request import (
     FRAMES_MODES,
+    IMAGE_KINDS,
     KEYFRAME_SOURCES,
     MODALITIES,
     QUALITIES,
@@ -98,18 +99,18 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         default=_DEFAULTS.keyframe_images,
         description=(
             "Image files as keyframes at timeline frames: 1001: //boards/010.png, 1040: //art/key.jpg (// is "
-            "beside the .blend). As RGB, a storyboard panel or concept painting gives the look beside the rendered "
-            "keyframes; as the Condition's kind, it replaces the render there (a sketch for Line art: white lines "
-            "on black)"
+            "beside the .blend). As the Condition's kind each replaces the render there (a sketch for Line art: "
+            "white lines on black); As RGB look, a storyboard panel or concept painting gives the look beside the "
+            "rendered keyframes"
         ),
     )
     keyframe_images_as: EnumProperty(
         name="Images as",
-        items=MODALITIES,
+        items=IMAGE_KINDS,
         default=_DEFAULTS.keyframe_images_as,
         description=(
-            "The encoder the image files go to: another kind than the Condition's runs beside the rendered "
-            "keyframes (an RGB look with line-art structure); the same kind replaces the render at its frame"
+            "What the image files are: the Condition's kind replaces the render at its frame; another kind runs "
+            "beside the rendered keyframes on its own encoder (RGB look: a painting's look with line-art structure)"
         ),
     )
     rgb_look: EnumProperty(

@@ -22,6 +22,14 @@ KEYFRAME_SOURCES = (
     # Last: a .blend saves the choice as its index, so new choices go at the end.
     ("NONE", "None", "No keyframes: the structure comes from Depth every frame alone"),
 )
+# What image files (Images) are: the Condition's kind (in place of the render at their frame, as before), or a
+# kind of their own, whose encoder runs beside the rendered keyframes' (RGB: the look beside line art).
+IMAGE_KINDS = (
+    ("CONDITION", "Condition", "The Condition's kind: each image replaces the render at its frame"),
+    ("rgb", "RGB look", "The look (a storyboard panel, a concept painting) for the RGB encoder, beside the renders"),
+    ("lineart", "Line art", "White lines on black for the line-art encoder, beside the renders"),
+    ("depth", "Depth", "Near = white, for a depth encoder, beside the renders"),
+)
 RGB_LOOKS = (
     ("NONE", "None", "No render for the look: the prompt's (and any image files')"),
     (
@@ -48,7 +56,7 @@ REGENERATE_MODES = (
 # The saved settings' enum fields, by GenerationSettings field name.
 ENUMS = {
     "modality": MODALITIES,
-    "keyframe_images_as": MODALITIES,
+    "keyframe_images_as": IMAGE_KINDS,
     "rgb_look": RGB_LOOKS,
     "keyframe_source": KEYFRAME_SOURCES,
     "shot_range": SHOT_RANGES,
@@ -99,9 +107,10 @@ class GenerationSettings:
     # Image files as keyframes at timeline frames ("1001: //boards/010.png"): a storyboard panel or a concept
     # painting as the look (RGB), a drawn sketch (Line art: white lines on black), in place of a render there.
     keyframe_images: str = ""
-    # What the image files are: the look (RGB, the default) goes to the server's RGB encoder beside the rendered
-    # keyframes (both at a frame that has both); the same kind as the renders replaces the render at its frame.
-    keyframe_images_as: str = "rgb"
+    # What the image files are (IMAGE_KINDS): the Condition's kind replaces the render at its frame (the default,
+    # as before); another kind goes to its own encoder beside the rendered keyframes (RGB: the look), and a frame
+    # may then have both.
+    keyframe_images_as: str = "CONDITION"
     # The look from a render: an RGB keyframe (Workbench) at the first or every keyframe beside the Condition's
     # (Line art or Depth structure), for the server's RGB encoder; look_strength is that encoder's scale (image
     # files As RGB beside the renders take it too).
@@ -225,8 +234,6 @@ def job_body(
             extra = {"keyframe_guidance_start": fraction(window[0]), "keyframe_guidance_end": fraction(window[1])}
     if settings.depth_every_frame:
         check_window("depth", settings.depth_guidance_start, settings.depth_guidance_end)
-    if "rgb" in further_modalities(settings):  # the look's encoder beside the renders' (docs/api.md keyframe_groups)
-        extra["keyframe_groups"] = [{"modality": "rgb", "strength": fraction(settings.look_strength)}]
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
@@ -290,19 +297,29 @@ def uses_keyframes(settings: GenerationSettings) -> bool:
     return settings.keyframe_source != "NONE" or bool(settings.keyframe_images.strip())
 
 
+def _images_kind(settings: GenerationSettings) -> str:
+    return settings.modality if settings.keyframe_images_as == "CONDITION" else settings.keyframe_images_as
+
+
 def keyframe_modality(settings: GenerationSettings) -> str | None:
     """The request's modality: the rendered keyframes' (the Condition), or the images' when they are the only
     keyframes (Keyframes: None); None without keyframes."""
     if settings.keyframe_source != "NONE":
         return settings.modality
-    return settings.keyframe_images_as if settings.keyframe_images.strip() else None
+    return _images_kind(settings) if settings.keyframe_images.strip() else None
 
 
 def images_modality(settings: GenerationSettings) -> str | None:
     """The modality of the image files' own group of keyframes, when they go to another encoder than the rendered
     keyframes' (an RGB painting beside line art); None when they replace the renders at their frames."""
-    separate = settings.keyframe_source != "NONE" and settings.keyframe_images_as != settings.modality
-    return settings.keyframe_images_as if separate and settings.keyframe_images.strip() else None
+    separate = settings.keyframe_source != "NONE" and _images_kind(settings) != settings.modality
+    return _images_kind(settings) if separate and settings.keyframe_images.strip() else None
+
+
+def look_groups(settings: GenerationSettings, modalities) -> list[dict]:
+    """The body's "keyframe_groups" for the encoders beside the request's that have keyframes (`modalities`):
+    the RGB look's strength (docs/api.md)."""
+    return [{"modality": "rgb", "strength": fraction(settings.look_strength)}] if "rgb" in modalities else []
 
 
 def rgb_look(settings: GenerationSettings) -> bool:

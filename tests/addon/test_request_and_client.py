@@ -129,28 +129,47 @@ def test_keyframe_images_are_frames_with_paths():
 
 def test_image_files_as_the_look_beside_rendered_keyframes():
     """#16 item 2: images of another kind than the Condition's are their own group (an RGB look beside line
-    art), sent with their modality and strength; the same kind replaces the renders, as before."""
-    beside = GenerationSettings(prompt="a fox", keyframe_images="1: look.png", look_strength=0.7)
-    assert (keyframe_modality(beside), images_modality(beside)) == ("lineart", "rgb")  # Images as: RGB by default
-    body = job_body(beside, 16, 64, 64, 24, 48, [])
-    assert body["modality"] == "lineart" and body["keyframe_groups"] == [{"modality": "rgb", "strength": 0.7}]
-    replacing = dataclasses.replace(beside, keyframe_images_as="lineart")
-    assert images_modality(replacing) is None and "keyframe_groups" not in job_body(replacing, 16, 64, 64, 24, 48, [])
+    art), sent with their modality and the look's strength; by default (As: Condition) they replace the
+    renders, as before."""
+    import numpy as np
+
+    from sparsectrl_blender.core.job import PreparedJob
+
+    default = GenerationSettings(prompt="a fox", keyframe_images="1: look.png")
+    assert (keyframe_modality(default), images_modality(default)) == ("lineart", None)  # in place of renders
+    beside = dataclasses.replace(default, keyframe_images_as="rgb", look_strength=0.7)
+    assert (keyframe_modality(beside), images_modality(beside)) == ("lineart", "rgb")
+    assert images_modality(dataclasses.replace(beside, keyframe_images_as="lineart")) is None  # the same kind
     alone = dataclasses.replace(beside, keyframe_source="NONE")  # images alone: their kind is the request's
     assert (keyframe_modality(alone), images_modality(alone)) == ("rgb", None)
+    assert keyframe_modality(dataclasses.replace(default, keyframe_source="NONE")) == "lineart"
     assert images_modality(dataclasses.replace(beside, keyframe_images=" ")) is None
-    png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    png = encode_png(np.zeros((8, 8, 3), "uint8"))
     (entry,) = keyframe_entries([(3, 10, png)], {3: 0.5}, "rgb")
     assert (entry["index"], entry["output_index"], entry["strength"], entry["modality"]) == (3, 10, 0.5, "rgb")
+    # The look's group goes with its keyframes only: a file outside the shot sends neither (the server would
+    # refuse a group without keyframes).
+    image = np.zeros((8, 8, 3), "uint8")
+    body = job_body(beside, 16, 64, 64, 24, 48, [])
+    assert "keyframe_groups" not in body
+    job = PreparedJob(dict(body), 1001, 1048, {1001: 0, 1030: 9}, {1001: image, 1030: image}, [], [0.1, 0.1])
+    job.further, job.look_strength = {"rgb": {1030: image}}, 0.7
+    job.encode()
+    sent = [(k["index"], k.get("modality", "")) for k in job.body["keyframes"]]
+    assert sent == [(0, ""), (9, ""), (9, "rgb")] and job.body["keyframe_groups"] == [
+        {"modality": "rgb", "strength": 0.7}
+    ]
+    nothing = PreparedJob(dict(body), 1001, 1048, {1001: 0}, {1001: image}, [], [0.1])
+    nothing.encode()
+    assert "keyframe_groups" not in nothing.body
     health = {"modalities": ["lineart"], "controlnets": []}
     assert unavailable(beside, health) == (
         "RGB keyframe images unavailable: the server has no rgb encoder (it has: lineart)"
     )
-    assert unavailable(replacing, health) is None
-    # The look from a render (RGB look): the RGB encoder beside the line art, sharing the look's strength.
+    assert unavailable(default, health) is None
+    # The look from a render (RGB look): the RGB encoder beside the line art.
     look = GenerationSettings(prompt="a fox", rgb_look="FIRST", look_strength=0.6)
     assert rgb_look(look) and further_modalities(look) == ["rgb"]
-    assert job_body(look, 16, 64, 64, 24, 48, [])["keyframe_groups"] == [{"modality": "rgb", "strength": 0.6}]
     assert unavailable(look, health) == "RGB look unavailable: the server has no rgb encoder (it has: lineart)"
     both = dataclasses.replace(look, keyframe_images="1: a.png", keyframe_images_as="depth")
     assert further_modalities(both) == ["rgb", "depth"]

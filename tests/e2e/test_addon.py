@@ -351,9 +351,10 @@ def test_batch_takes_an_image_file_as_the_rgb_look_beside_depth_every_frame(tiny
     assert tuple(sent[32, 10]) == (220, 30, 20) and tuple(sent[32, 118]) == (20, 40, 210)
 
     # The look beside line-art keyframes (#16 items 2 and 4): the markers 1001 and 1030 rendered as line art, and
-    # the RGB encoder's keyframes beside them: the painting at 1030 (Images As: RGB, the default), a quick RGB
+    # the RGB encoder's keyframes beside them: the painting at 1030 (Images As: RGB look), a quick RGB
     # render at 1001 (RGB look: every keyframe, but where a painting is the look), with the look's strength.
     beside = ("--modality", "lineart", "--keyframes", "markers", "--keyframe-images", "1030: //art/key.png")
+    beside += ("--keyframe-images-as", "rgb")
     out = run_batch(
         shot, *common, *beside, "--rgb-look", "every", "--look-strength", 0.7, "--passes-dir", tmp_path / "beside"
     )

@@ -188,3 +188,15 @@ def test_the_api_rejects_an_unknown_keyframe_modality(tiny_config):
             body(keyframes=[*body()["keyframes"][:2], {"index": 3, "image": png(sketch()), "modality": "x"}]),
             tiny_config,
         )
+
+
+def test_a_group_for_the_requests_own_modality_sets_its_strength(engine):
+    """keyframe_groups may name the request's modality: its strength is that encoder's conditioning scale (and a
+    keyframe naming the request's modality is one of its own, however the request was built)."""
+    request = make_request(steps=2)
+    half = engine.generate(dataclasses.replace(request, conditioning_scale=0.5)).frames
+    grouped = dataclasses.replace(request, keyframe_groups=(KeyframeGroup("lineart", 0.5),))
+    np.testing.assert_array_equal(engine.generate(grouped).frames, half)
+    named = [dataclasses.replace(k, modality="lineart") for k in grouped.keyframes]
+    assert dataclasses.replace(grouped, keyframes=named).keyframe_modalities() == ["lineart"]
+    np.testing.assert_array_equal(engine.generate(dataclasses.replace(grouped, keyframes=named)).frames, half)
