@@ -279,6 +279,9 @@ def memory(args: argparse.Namespace) -> int:
     return 0
 
 
+LEVER_SETS = "none;release;release,chunk;release,chunk,sequential;release,chunk,sequential,park"
+
+
 def levers(args: argparse.Namespace) -> int:
     """The memory levers side by side at one shot, each set in a fresh process: peak allocated (and per step),
     FLOPs per step, seconds, each as a ratio to the first set, and how far its frames move from the first's.
@@ -328,6 +331,7 @@ def levers(args: argparse.Namespace) -> int:
         f"{args.dtype}"
         + (f" --count-as {args.count_as}" if args.count_as else "")
         + (" --depth" if args.depth else "")
+        + (f' --sets "{args.sets}"' if args.sets != LEVER_SETS else "")
         + "`. Each set in "
         "a fresh process. Peak allocated: "
         + ("torch.cuda.max_memory_allocated" if on_gpu else "tensor storages alive at once, counted on the CPU")
@@ -819,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lv.add_argument(
         "--sets",
-        default="none;release;release,chunk;release,chunk,sequential;release,chunk,sequential,park",
+        default=LEVER_SETS,
         help="lever sets separated by ';', each compared with the first",
     )
     lv.add_argument(
