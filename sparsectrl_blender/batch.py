@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "an end of 0.2-0.4 avoids the scribble encoder's stock-footage watermark)",
     )
     p.add_argument("--depth-guidance", metavar="START:END", help="the part of the denoising the depth steers")
+    p.add_argument(
+        "--look-guidance", metavar="START:END", help="the part of the denoising the RGB look steers (its own window)"
+    )
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
@@ -293,7 +296,7 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
     for flag in ("keyframe_strengths", "keyframe_images"):
         if getattr(args, flag, None) is not None:
             values[flag] = getattr(args, flag)
-    for flag, what in (("keyframe_guidance", "keyframe"), ("depth_guidance", "depth")):
+    for flag, what in (("keyframe_guidance", "keyframe"), ("depth_guidance", "depth"), ("look_guidance", "look")):
         if (text := getattr(args, flag, None)) is not None:
             try:
                 values[f"{flag}_start"], values[f"{flag}_end"] = parse_window(text, what)

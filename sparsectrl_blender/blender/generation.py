@@ -21,6 +21,7 @@ from ..core.request import (
     images_modality,
     job_body,
     keyframe_modality,
+    look_group,
     parse_keyframe_images,
     parse_keyframe_strengths,
     rgb_look,
@@ -98,7 +99,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     prepared.image_files = files
     if separate:  # the image files are their own group (or join the rendered look's)
         further[separate] = dict(sorted((further.get(separate, {}) | looks).items()))
-    prepared.further, prepared.look_strength = further, settings.look_strength
+    prepared.further, prepared.look_group = further, look_group(settings)
     if empty:
         messages.append(prepared.empty_message)
     if flat:
@@ -223,6 +224,7 @@ def import_result(
         "rgb_look": settings.rgb_look if rgb_look(settings) else "NONE",
         "keyframe_guidance": [fraction(v) for v in (settings.keyframe_guidance_start, settings.keyframe_guidance_end)],
         "depth_guidance": [fraction(v) for v in prepared.dense_guidance],
+        "look_group": prepared.body.get("keyframe_groups", [{}])[0],
         "keyframes": {str(frame): index for frame, index in prepared.mapping.items()},
         "model": job.get("model", ""),
         "job_id": state.job_id,

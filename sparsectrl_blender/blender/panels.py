@@ -91,6 +91,11 @@ def _draw_shot(layout, context, scene, props) -> None:
     sub = row.row(align=True)
     sub.active = "rgb" in further_modalities(props)
     sub.prop(props, "look_strength", text="Strength")
+    row = col.row(align=True)  # the look's own guidance window, apart from the structure's
+    row.active = "rgb" in further_modalities(props)
+    row.label(text="Look steps")
+    row.prop(props, "look_guidance_start")
+    row.prop(props, "look_guidance_end")
     sub = col.column(align=True)
     sub.active = uses_keyframes(props)
     sub.prop(props, "keyframe_strengths")

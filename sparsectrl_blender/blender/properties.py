@@ -140,6 +140,8 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         "after which the keyframes stop steering. Line art: 0.2-0.4 keeps the layout and avoids the scribble "
         "encoder's stock-footage watermark",
     )
+    look_guidance_start: _fraction_of_steps("look_guidance_start", "Start", "before the RGB look starts to steer")
+    look_guidance_end: _fraction_of_steps("look_guidance_end", "End", "after which the RGB look stops steering")
     depth_guidance_start: _fraction_of_steps("depth_guidance_start", "Start", "before the depth starts to steer")
     depth_guidance_end: _fraction_of_steps("depth_guidance_end", "End", "after which the depth stops steering")
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)

@@ -17,7 +17,7 @@ import numpy as np
 from .client import Client, ServerError
 from .png import encode_png
 from .render_guard import GUARD, RenderGuard
-from .request import GenerationSettings, dense_entries, keyframe_entries, look_groups
+from .request import dense_entries, keyframe_entries
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class PreparedJob:
     # timeline frame -> uint8 (h, w, 3); and as the PNGs sent (by encode()).
     further: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     further_passes: dict[str, dict[int, bytes]] = field(default_factory=dict)
-    look_strength: float = 1.0  # the RGB encoder's conditioning scale, when the look is among them
+    look_group: dict = field(default_factory=dict)  # the RGB look's keyframe_groups entry (core/request.look_group)
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""
@@ -71,8 +71,8 @@ class PreparedJob:
             self.further_passes[modality] = {frame: encode_png(image) for frame, image in images.items()}
             looks = [(self.mapping[f], f - self.start, png) for f, png in self.further_passes[modality].items()]
             self.body["keyframes"] += keyframe_entries(looks, by_index, modality)
-        if groups := look_groups(GenerationSettings(look_strength=self.look_strength), self.further_passes):
-            self.body["keyframe_groups"] = groups  # only for encoders that have keyframes (older servers: none)
+        if "rgb" in self.further_passes and self.look_group:  # only with the look's keyframes (older servers: none)
+            self.body["keyframe_groups"] = [self.look_group]
         if self.dense_frames:  # each timeline frame's PNG made once (more generated frames than shot frames)
             self.dense_passes = {frame: encode_png(image) for frame, image in self.dense_images.items()}
             frames = [(i, self.dense_passes[frame]) for i, frame in enumerate(self.dense_frames)]

@@ -116,6 +116,8 @@ class GenerationSettings:
     # files As RGB beside the renders take it too).
     rgb_look: str = "NONE"  # NONE, FIRST, EVERY
     look_strength: float = 1.0
+    look_guidance_start: float = 0.0  # the look's own part of the denoising (Look steps), apart from Keyframe steps
+    look_guidance_end: float = 1.0
     keyframe_guidance_start: float = 0.0
     keyframe_guidance_end: float = 1.0
     depth_guidance_start: float = 0.0
@@ -234,6 +236,8 @@ def job_body(
             extra = {"keyframe_guidance_start": fraction(window[0]), "keyframe_guidance_end": fraction(window[1])}
     if settings.depth_every_frame:
         check_window("depth", settings.depth_guidance_start, settings.depth_guidance_end)
+    if "rgb" in further_modalities(settings):
+        check_window("look", settings.look_guidance_start, settings.look_guidance_end)
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
@@ -316,10 +320,15 @@ def images_modality(settings: GenerationSettings) -> str | None:
     return _images_kind(settings) if separate and settings.keyframe_images.strip() else None
 
 
-def look_groups(settings: GenerationSettings, modalities) -> list[dict]:
-    """The body's "keyframe_groups" for the encoders beside the request's that have keyframes (`modalities`):
-    the RGB look's strength (docs/api.md)."""
-    return [{"modality": "rgb", "strength": fraction(settings.look_strength)}] if "rgb" in modalities else []
+def look_group(settings: GenerationSettings) -> dict:
+    """The body's "keyframe_groups" entry for the RGB look beside the request's keyframes: its strength and its
+    own guidance window (docs/api.md); sent only with the look's keyframes (PreparedJob.encode)."""
+    return {
+        "modality": "rgb",
+        "strength": fraction(settings.look_strength),
+        "guidance_start": fraction(settings.look_guidance_start),
+        "guidance_end": fraction(settings.look_guidance_end),
+    }
 
 
 def rgb_look(settings: GenerationSettings) -> bool:

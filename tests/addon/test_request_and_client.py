@@ -18,6 +18,7 @@ from sparsectrl_blender.core.request import (
     job_body,
     keyframe_entries,
     keyframe_modality,
+    look_group,
     parse_keyframe_images,
     parse_keyframe_strengths,
     parse_window,
@@ -153,13 +154,13 @@ def test_image_files_as_the_look_beside_rendered_keyframes():
     body = job_body(beside, 16, 64, 64, 24, 48, [])
     assert "keyframe_groups" not in body
     job = PreparedJob(dict(body), 1001, 1048, {1001: 0, 1030: 9}, {1001: image, 1030: image}, [], [0.1, 0.1])
-    job.further, job.look_strength = {"rgb": {1030: image}}, 0.7
+    job.further, job.look_group = {"rgb": {1030: image}}, look_group(dataclasses.replace(beside, look_guidance_end=0.6))
     job.encode()
     sent = [(k["index"], k.get("modality", "")) for k in job.body["keyframes"]]
-    assert sent == [(0, ""), (9, ""), (9, "rgb")] and job.body["keyframe_groups"] == [
-        {"modality": "rgb", "strength": 0.7}
-    ]
-    nothing = PreparedJob(dict(body), 1001, 1048, {1001: 0}, {1001: image}, [], [0.1])
+    assert sent == [(0, ""), (9, ""), (9, "rgb")]
+    group = {"modality": "rgb", "strength": 0.7, "guidance_start": 0.0, "guidance_end": 0.6}
+    assert job.body["keyframe_groups"] == [group]
+    nothing = PreparedJob(dict(body), 1001, 1048, {1001: 0}, {1001: image}, [], [0.1], look_group=look_group(beside))
     nothing.encode()
     assert "keyframe_groups" not in nothing.body
     health = {"modalities": ["lineart"], "controlnets": []}
@@ -173,6 +174,8 @@ def test_image_files_as_the_look_beside_rendered_keyframes():
     assert unavailable(look, health) == "RGB look unavailable: the server has no rgb encoder (it has: lineart)"
     both = dataclasses.replace(look, keyframe_images="1: a.png", keyframe_images_as="depth")
     assert further_modalities(both) == ["rgb", "depth"]
+    with pytest.raises(ValueError, match="look guidance"):
+        job_body(dataclasses.replace(look, look_guidance_start=0.5, look_guidance_end=0.5), 16, 64, 64, 24, 48, [])
     for off in (dict(modality="rgb"), dict(keyframe_source="NONE"), dict(rgb_look="NONE")):
         assert not rgb_look(dataclasses.replace(look, **off))  # RGB keyframes already, none, or off
 
