@@ -77,7 +77,7 @@ def test_levers_benchmark_with_a_depth_controlnet_on_every_frame(data_dir_with_t
     bench(data_dir_with_tiny, out_file, *args, "--depth")
     text = out_file.read_text()
     assert text.count("line-art keyframes + depth ControlNet on every frame") == 1 and "--sets none --depth" not in text
-    assert "--dtype auto --depth`" in text
+    assert '--dtype auto --depth --sets "none"`' in text  # the lever sets run, when not the default ones
     plain, depth = [line.split(" | ") for line in text.splitlines() if line.startswith("| none |")]
     # The tiny ControlNet weighs under 1 MiB and 0.00 TFLOP in the table's rounding: the full-size run's rows
     # (BENCHMARKS.md) show what it adds; here the job ran with it, peaking no lower.
