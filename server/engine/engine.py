@@ -199,11 +199,7 @@ class Engine:
 
         # 2. Keyframes in index order, each fitted to the generation size; so are the per-frame ControlNets' images
         #    and further SparseCtrl encoders' keyframes.
-        keyframes = request.keyframes_for(request.modality)
-        images = [fit_to_size(k.image, request.width, request.height) for k in keyframes]
-        indices = [k.index for k in keyframes]
-        scale, guidance = request.keyframe_settings(request.modality)
-        scales = keyframe_frame_scales(indices, [k.strength for k in keyframes], request.num_frames, scale)
+        images, indices, scale, scales, guidance = self._keyframe_inputs(request, request.modality)
         moved: list = []  # the further encoders and ControlNets moved to the device for the job (back in _release)
 
         # 3. Progress and cancellation between denoising steps.
@@ -227,6 +223,22 @@ class Engine:
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
 
+    @staticmethod
+    def _keyframe_inputs(request: GenerationRequest, modality: str) -> tuple:
+        """One encoder's keyframes as SparseCondition takes them after the encoder: (images fitted to the generation
+        size and indices, in index order; conditioning scale; per-frame scales or None; guidance window)."""
+        keyframes = request.keyframes_for(modality)
+        indices = [k.index for k in keyframes]
+        scale, guidance = request.keyframe_settings(modality)
+        scales = keyframe_frame_scales(indices, [k.strength for k in keyframes], request.num_frames, scale)
+        return (
+            [fit_to_size(k.image, request.width, request.height) for k in keyframes],
+            indices,
+            scale,
+            scales,
+            guidance,
+        )
+
     def _further_encoders(self, request: GenerationRequest, moved: list) -> list[SparseCondition]:
         """Keyframes of modalities other than the request's, each for its SparseCtrl encoder on the device (for
         the job, as the per-frame ControlNets are; listed in `moved`), with its strength and guidance window."""
@@ -236,21 +248,9 @@ class Engine:
                 continue
             if modality not in self.model.encoders:
                 raise ModalityUnavailable(modality, self.modalities)
-            keyframes = request.keyframes_for(modality)
-            scale, guidance = request.keyframe_settings(modality)
-            indices = [k.index for k in keyframes]
-            strengths = [k.strength for k in keyframes]
             moved.append(self.model.encoders[modality])
-            conditions.append(
-                SparseCondition(
-                    self.model.encoders[modality].to(self.device),
-                    [fit_to_size(k.image, request.width, request.height) for k in keyframes],
-                    indices,
-                    scale,
-                    keyframe_frame_scales(indices, strengths, request.num_frames, scale),
-                    guidance,
-                )
-            )
+            encoder = self.model.encoders[modality].to(self.device)
+            conditions.append(SparseCondition(encoder, *self._keyframe_inputs(request, modality)))
         return conditions
 
     def _dense_conditions(self, pipe, request: GenerationRequest, moved: list) -> list[DenseCondition]:
