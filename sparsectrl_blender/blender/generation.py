@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..core.frame_mapping import MappedKeyframes, generated_frame_count, generated_timeline_frames, map_keyframes
-from ..core.job import PreparedJob, RunnerState, is_empty_pass, save_video
+from ..core.job import PreparedJob, RunnerState, frame_list, is_empty_pass, save_video
 from ..core.request import (
     MAX_GENERATED_FRAMES,
     MAX_SIZE,
@@ -105,7 +105,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     if flat:
         messages.append(
             f"the keyframe image{'s' if len(flat) > 1 else ''} at frame{'s' if len(flat) > 1 else ''} "
-            f"{_frame_list(flat)} {'are' if len(flat) > 1 else 'is'} one flat colour: it steers only the colour"
+            f"{frame_list(flat)} {'are' if len(flat) > 1 else 'is'} one flat colour: it steers only the colour"
         )
     prepared.empty_dense_frames = empty_dense
     if empty_dense:
@@ -122,15 +122,10 @@ def _strengths(settings: GenerationSettings, keyframes: dict[int, int], messages
     stray = sorted(set(strengths) - set(keyframes))
     if stray:
         messages.append(
-            f"keyframe strengths for frame{'s' if len(stray) > 1 else ''} {_frame_list(stray)} left out: "
-            f"not keyframes of this shot (they are {_frame_list(sorted(keyframes))})"
+            f"keyframe strengths for frame{'s' if len(stray) > 1 else ''} {frame_list(stray)} left out: "
+            f"not keyframes of this shot (they are {frame_list(sorted(keyframes))})"
         )
     return {frame: s for frame, s in strengths.items() if frame in keyframes and s != 1.0}
-
-
-def _frame_list(frames: list[int], most: int = 8) -> str:
-    shown = ", ".join(map(str, frames[:most]))
-    return shown + (f" and {len(frames) - most} more" if len(frames) > most else "")
 
 
 def _keyframes(scene, settings: GenerationSettings, messages: list[str]):

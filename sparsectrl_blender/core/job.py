@@ -61,16 +61,19 @@ class PreparedJob:
         if self.passes or self.dense_passes or self.further_passes:
             return
         started = time.perf_counter()
-        self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
-        # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
-        # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
-        keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in self.passes.items()]
         by_index = {self.mapping[frame]: strength for frame, strength in self.strengths.items()}
-        self.body["keyframes"] = keyframe_entries(keyframes, by_index)
+
+        def entries(passes: dict[int, bytes], modality: str = "") -> list[dict]:
+            # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
+            # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
+            keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in passes.items()]
+            return keyframe_entries(keyframes, by_index, modality)
+
+        self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
+        self.body["keyframes"] = entries(self.passes)
         for modality, images in self.further.items():
             self.further_passes[modality] = {frame: encode_png(image) for frame, image in images.items()}
-            looks = [(self.mapping[f], f - self.start, png) for f, png in self.further_passes[modality].items()]
-            self.body["keyframes"] += keyframe_entries(looks, by_index, modality)
+            self.body["keyframes"] += entries(self.further_passes[modality], modality)
         if "rgb" in self.further_passes and self.look_group:  # only with the look's keyframes (older servers: none)
             self.body["keyframe_groups"] = [self.look_group]
         if self.dense_frames:  # each timeline frame's PNG made once (more generated frames than shot frames)
@@ -95,12 +98,17 @@ class PreparedJob:
     def empty_dense_message(self) -> str:
         if not self.empty_dense_frames:
             return ""
-        frames, most = self.empty_dense_frames, 8
-        shown = ", ".join(map(str, frames[:most])) + (f" and {len(frames) - most} more" if len(frames) > most else "")
+        frames = self.empty_dense_frames
         return (
-            f"the depth pass is empty at frame{'s' if len(frames) > 1 else ''} {shown}: nothing of the scene is in "
-            "view there"
+            f"the depth pass is empty at frame{'s' if len(frames) > 1 else ''} {frame_list(frames)}: nothing of the "
+            "scene is in view there"
         )
+
+
+def frame_list(frames: list[int], most: int = 8) -> str:
+    """Frames for a message: "1, 2, 3" (past `most`: "... and 4 more")."""
+    shown = ", ".join(map(str, frames[:most]))
+    return shown + (f" and {len(frames) - most} more" if len(frames) > most else "")
 
 
 def is_empty_pass(image) -> bool:
@@ -111,20 +119,14 @@ def is_empty_pass(image) -> bool:
 def write_passes(prepared: PreparedJob, folder: Path) -> list[Path]:
     prepared.encode()
     folder.mkdir(parents=True, exist_ok=True)
+    # The keyframes' passes as frame_NNNN.png, the look's beside them named by their modality, depth every frame's.
+    named = [("frame", prepared.passes), *prepared.further_passes.items(), ("depth", prepared.dense_passes)]
     paths = []
-    for frame, png in prepared.passes.items():
-        path = folder / f"frame_{frame:04d}.png"
-        path.write_bytes(png)
-        paths.append(path)
-    for modality, passes in prepared.further_passes.items():  # the look's keyframes: named by their modality
+    for prefix, passes in named:
         for frame, png in passes.items():
-            path = folder / f"{modality}_{frame:04d}.png"
+            path = folder / f"{prefix}_{frame:04d}.png"
             path.write_bytes(png)
             paths.append(path)
-    for frame, png in prepared.dense_passes.items():
-        path = folder / f"depth_{frame:04d}.png"
-        path.write_bytes(png)
-        paths.append(path)
     return paths
 
 
