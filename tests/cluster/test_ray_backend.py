@@ -130,6 +130,18 @@ def test_a_cancel_reaches_a_running_job_within_a_step_and_the_worker_goes_on(sim
     assert {w["name"] for w in server.client.get("/v1/health").json()["workers"]} == before  # no worker rebuilt
 
 
+def test_a_retake_gets_its_parents_take_on_a_worker(simulated_cluster):
+    """#28: the take travels worker -> head (written beside the video) and head -> worker (with the keyframes)."""
+    server = with_nodes(simulated_cluster, 2)
+    parent = server.wait_for(server.client.post("/v1/jobs", json=job_body(steps=3)).json()["id"], timeout=120)
+    retake = {"job": parent["id"], "frames": [4, 7]}
+    child = server.client.post("/v1/jobs", json=job_body(steps=3, seed=9, retake=retake)).json()["id"]
+    assert server.wait_for(child, timeout=120)["status"] == "succeeded"
+    for n in (0, 3, 8, 15):
+        np.testing.assert_array_equal(frame(server, child, n), frame(server, parent["id"], n))
+    assert not np.array_equal(frame(server, child, 5), frame(server, parent["id"], 5))
+
+
 def test_a_head_restart_runs_the_jobs_that_were_running_again_and_loses_none(simulated_cluster):
     """And a farm's batch waiting on a job through the restart (its runner, with the batch's patience) gets
     the video of the job's second attempt."""
