@@ -176,7 +176,7 @@ def test_dense_frames_that_do_not_fit_the_clip_are_refused_saying_which(groups, 
 def test_a_job_with_nothing_to_steer_it_or_keyframes_without_modality_is_refused():
     bare = body()
     del bare["keyframes"]
-    with pytest.raises(RequestError, match="send keyframes .* or controlnets"):
+    with pytest.raises(RequestError, match="send keyframes .*, controlnets .* or a retake"):
         resolve_request(bare, CONFIG, ALL, 1, controlnets=["depth"])
     no_modality = body()
     del no_modality["modality"]
