@@ -3,7 +3,7 @@
     python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
         [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48|none] [--frames N]
         [--depth-every-frame [--depth-strength S]] [--keyframe-images FRAME:PATH,... [--keyframe-images-as rgb]]
-        [--prompt ...]
+        [--pin] [--color-lock] [--retake-of STRIP_OR_JOB --span START:END] [--prompt ...]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
