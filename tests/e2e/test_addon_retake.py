@@ -28,12 +28,16 @@ def tiny_server(tmp_path_factory, tiny_root):
     data = tmp_path_factory.mktemp("retake_server")
     shutil.copytree(tiny_root, data / "models" / "tiny")
     server = ServerProcess(["--model", "tiny"], data, data / "server.log")
-    fields = server.client.get("/openapi.json").json()["components"]["schemas"]
-    if not any("retake" in schema.get("properties", {}) for schema in fields.values()):
-        server.stop()
-        pytest.skip("this server has no retake yet (#28's server side, branch known-frames)")
     yield server
     server.stop()
+
+
+def needs(server, *fields: str) -> None:
+    """Skip where the server has not the #28 fields yet (its server side: branches known-frames, color-lock)."""
+    schemas = server.client.get("/openapi.json").json()["components"]["schemas"].values()
+    known = {name for schema in schemas for name in schema.get("properties", {})}
+    if missing := [f for f in fields if f not in known]:
+        pytest.skip(f"this server has no {', '.join(missing)} yet (#28's server side)")
 
 
 @pytest.fixture
@@ -69,10 +73,12 @@ def messy_shot(path: Path):
     """Frames 1001-1060 at 29.97 fps (30000/1001), markers at 1001, 1030 and 1060; saved, so the videos go beside."""
     scene = build_shot(start=1001, end=1060, markers=(1001, 1030, 1060))
     scene.render.fps, scene.render.fps_base = 30000, 1001
-    props = scene.sparsectrl
-    props.prompt, props.size, props.steps = "two boxes in fog", 64, 2  # 8 a second of 2.0 s: 16 generated
     bpy.ops.wm.save_as_mainfile(filepath=str(path))
     return bpy.context.scene
+
+
+# 8 generated frames a second of 2.0 s: 16 generated frames, retimed to 60.
+SETTINGS = {"prompt": "two boxes in fog", "size": 64, "steps": 2}
 
 
 def _refused(ops, previs, match: str) -> None:
@@ -81,18 +87,24 @@ def _refused(ops, previs, match: str) -> None:
     assert ops.STATUS.message_is_error and ops.STATUS.run is None
 
 
-def test_retake_stacks_a_take_whose_frames_outside_the_span_are_the_parents(tiny_server, tmp_path, addon):
-    ops = addon
+def _take(server, tmp_path, ops):
+    """A take of the messy shot, made with the panel's Generate: (the previs scene, its strip)."""
     scene = messy_shot(tmp_path / "shot.blend")
-    scene.sparsectrl.server_url = tiny_server.url
+    props = scene.sparsectrl
+    props.server_url, props.prompt, props.size, props.steps = server.url, *SETTINGS.values()
     assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
     ops.run_timers(120)
     previs = bpy.data.scenes["Scene previs"]
     (parent,) = preview_strips(previs)
+    return previs, parent
+
+
+def test_retake_says_what_it_cannot_before_anything_is_sent(tiny_server, tmp_path, addon):
+    ops = addon
+    previs, parent = _take(tiny_server, tmp_path, ops)
     parent_meta = json.loads(parent["sparsectrl"])
     assert parent_meta["num_frames"] == 16 and parent_meta["output_frames"] == 60 and parent_meta["start"] == 1001
-
-    # Said before anything is sent: no take selected, no range, a range outside the take, one too short.
+    assert parent_meta["size"] == [64, 64]  # 1920x1080 at 64 px: the short side is the model's minimum
     jobs_before = len(tiny_server.client.get("/v1/jobs").json()["jobs"])
     previs.sequence_editor.active_strip = None
     _refused(ops, previs, "select a take to retake first: click a preview strip on 'Scene previs'")
@@ -103,8 +115,22 @@ def test_retake_stacks_a_take_whose_frames_outside_the_span_are_the_parents(tiny
     _refused(ops, previs, "the retake range 1100-1120 lies outside the take")
     previs.frame_preview_start, previs.frame_preview_end = 1020, 1020
     _refused(ops, previs, "frame 1020 is too few to retake")
+    previs.use_preview_range = False
+    shot = bpy.data.scenes["Scene"]
+    shot.sparsectrl.retake_in, shot.sparsectrl.retake_out = 1070, 1065  # In/Out, backwards
+    _refused(ops, previs, "the retake range ends \\(frame 1065\\) before it starts \\(frame 1070\\)")
     assert len(tiny_server.client.get("/v1/jobs").json()["jobs"]) == jobs_before
 
+
+def test_retake_stacks_a_take_whose_frames_outside_the_span_are_the_parents(tiny_server, tmp_path, addon):
+    """#28 item 6: the add-on's Retake on a .blend starting at 1001 at 29.97 fps stacks a take whose delivered
+    frames outside the span equal the parent's; a retake of it too; a take gone from the server is said."""
+    needs(tiny_server, "retake")
+    ops = addon
+    previs, parent = _take(tiny_server, tmp_path, ops)
+    parent_meta = json.loads(parent["sparsectrl"])
+    previs.sequence_editor.active_strip = parent
+    previs.use_preview_range = True
     previs.frame_preview_start, previs.frame_preview_end = 1020, 1040
     with bpy.context.temp_override(scene=previs):
         assert bpy.ops.sparsectrl.generate(retake=True) == {"FINISHED"}
@@ -168,20 +194,44 @@ def run_batch(*args):
     )
 
 
-def test_batch_retakes_a_strip_or_a_job_and_says_what_it_cannot(tiny_server, tmp_path):
-    """--retake-of a strip on the previs scene (or a job id) and --span in timeline frames; --pin and
-    --color-lock on an RGB look; malformed ones are one error line before anything renders."""
+def _batch_take(server, tmp_path):
+    """A take of the messy shot made by the batch, saved in the shot's file: (the common flags, its strip)."""
     messy_shot(tmp_path / "shot.blend")
-    common = ("--server", tiny_server.url, "--out", tmp_path / "shot.blend")
+    common = ("--server", server.url, "--out", tmp_path / "shot.blend")
+    common += tuple(x for name, value in SETTINGS.items() for x in (f"--{name}", value))
     out = run_batch(tmp_path / "shot.blend", *common, "--seed", 3)
     assert out.returncode == 0, out.stderr[-2000:]
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
     (parent,) = preview_strips(bpy.data.scenes["Scene previs"])
-    parent_job = json.loads(parent["sparsectrl"])["job_id"]
+    return common, parent
 
+
+def test_batch_says_what_it_cannot_retake_pin_or_colour_lock_before_rendering(tiny_server, tmp_path):
+    common, parent = _batch_take(tiny_server, tmp_path)
+    jobs_before = len(tiny_server.client.get("/v1/jobs").json()["jobs"])
+    for flags, said in (
+        (("--retake-of", "nope", "--span", "1001:1010"), "--retake-of nope: no preview strip of that name on"),
+        (("--retake-of", parent.name, "--span", "2000:2010"), "lies outside the take"),
+        (("--retake-of", parent.name, "--span", "1030:1031"), "frames 1030-1031 are too few to retake"),
+        (("--pin",), "--pin needs RGB keyframes"),
+        (("--color-lock",), "--color-lock needs RGB keyframes"),
+    ):
+        out = run_batch(tmp_path / "shot.blend", *common, *flags)
+        assert out.returncode == 1 and said in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and "passes rendered" not in out.stdout
+    assert len(tiny_server.client.get("/v1/jobs").json()["jobs"]) == jobs_before
+
+
+def test_batch_retakes_a_strip_or_a_job(tiny_server, tmp_path):
+    """--retake-of a strip on the previs scene, or a job id, and --span in timeline frames: the delivered frames
+    outside the span are the parent's."""
+    needs(tiny_server, "retake")
+    common, parent = _batch_take(tiny_server, tmp_path)
+    parent_job = json.loads(parent["sparsectrl"])["job_id"]
     out = run_batch(tmp_path / "shot.blend", *common, "--retake-of", parent.name, "--span", "1040:1060", "--seed", 4)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"retake of the take '{parent.name}': frames 1040-1060 (generated " in out.stdout
+
     # A job id with no strip of it where the preview goes: the job's own request says how it is timed.
     job_flags = ("--retake-of", parent_job, "--span", "1001:1010", "--preview-scene", "Job retakes")
     out = run_batch(tmp_path / "shot.blend", *common, *job_flags)
@@ -200,16 +250,12 @@ def test_batch_retakes_a_strip_or_a_job_and_says_what_it_cannot(tiny_server, tmp
         outside[first - 1001 : last - 1001 + 1] = False
         np.testing.assert_array_equal(after[outside], before[outside])
 
-    for flags, said in (
-        (("--retake-of", "nope", "--span", "1001:1010"), "--retake-of nope: no preview strip of that name on"),
-        (("--retake-of", parent.name, "--span", "2000:2010"), "lies outside the take"),
-        (("--pin",), "--pin needs RGB keyframes"),
-        (("--color-lock",), "--color-lock needs RGB keyframes"),
-    ):
-        out = run_batch(tmp_path / "shot.blend", *common, *flags)
-        assert out.returncode == 1 and said in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
-        assert "Traceback" not in out.stderr and "passes rendered" not in out.stdout
 
+def test_batch_pins_and_colour_locks_the_rgb_look(tiny_server, tmp_path):
+    needs(tiny_server, "pin", "color_lock")
+    messy_shot(tmp_path / "shot.blend")
+    common = ("--server", tiny_server.url, "--out", tmp_path / "shot.blend")
+    common += tuple(x for name, value in SETTINGS.items() for x in (f"--{name}", value))
     out = run_batch(tmp_path / "shot.blend", *common, "--rgb-look", "first", "--pin", "--color-lock")
     assert out.returncode == 0, out.stderr[-2000:]
     request = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]["request"]
