@@ -206,6 +206,13 @@ class GenerationRequest:
             le=CLIP_SKIP_MAX,
         ),
     )
+    color_lock: bool = field(
+        default=False,
+        metadata=api(
+            "bring each generated frame's colour (mean and spread per CIELAB channel) to the RGB keyframes', "
+            "interpolated between them (video/color_lock.py); needs RGB keyframes"
+        ),
+    )
 
     @property
     def delivered_frames(self) -> int:
