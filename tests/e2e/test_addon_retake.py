@@ -251,15 +251,30 @@ def test_batch_retakes_a_strip_or_a_job(tiny_server, tmp_path):
         np.testing.assert_array_equal(after[outside], before[outside])
 
 
-def test_batch_pins_and_colour_locks_the_rgb_look(tiny_server, tmp_path):
-    needs(tiny_server, "pin", "color_lock")
+def _rgb_look_job(server, tmp_path, *flags) -> dict:
+    """The batch on the messy shot with line art and an RGB look at the first keyframe: the job it made."""
     messy_shot(tmp_path / "shot.blend")
-    common = ("--server", tiny_server.url, "--out", tmp_path / "shot.blend")
+    common = ("--server", server.url, "--out", tmp_path / "shot.blend", "--rgb-look", "first")
     common += tuple(x for name, value in SETTINGS.items() for x in (f"--{name}", value))
-    out = run_batch(tmp_path / "shot.blend", *common, "--rgb-look", "first", "--pin", "--color-lock")
+    out = run_batch(tmp_path / "shot.blend", *common, *flags)
     assert out.returncode == 0, out.stderr[-2000:]
-    request = tiny_server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]["request"]
-    assert request["color_lock"] is True
+    job = server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_batch_colour_locks_the_rgb_look(tiny_server, tmp_path):
+    needs(tiny_server, "color_lock")
+    job = _rgb_look_job(tiny_server, tmp_path, "--color-lock")
+    assert job["request"]["color_lock"] is True
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
+    (strip,) = preview_strips(bpy.data.scenes["Scene previs"])
+    assert json.loads(strip["sparsectrl"])["color_lock"] is True
+
+
+def test_batch_pins_the_rgb_look(tiny_server, tmp_path):
+    needs(tiny_server, "pin")
+    request = _rgb_look_job(tiny_server, tmp_path, "--pin")["request"]
     assert {(k["index"], k.get("modality", "")): k.get("pin", False) for k in request["keyframes"]} == {
         (0, ""): False,
         (8, ""): False,
