@@ -195,7 +195,8 @@ def run_batch(*args):
 
 
 def _batch_take(server, tmp_path):
-    """A take of the messy shot made by the batch, saved in the shot's file: (the common flags, its strip)."""
+    """A take of the messy shot made by the batch, saved in the shot's file: (the common flags, its strip's name,
+    its job); names, not the strip, which a file opened later leaves dangling."""
     messy_shot(tmp_path / "shot.blend")
     common = ("--server", server.url, "--out", tmp_path / "shot.blend")
     common += tuple(x for name, value in SETTINGS.items() for x in (f"--{name}", value))
@@ -203,16 +204,17 @@ def _batch_take(server, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
     (parent,) = preview_strips(bpy.data.scenes["Scene previs"])
-    return common, parent
+    return common, parent.name, json.loads(parent["sparsectrl"])["job_id"]
 
 
 def test_batch_says_what_it_cannot_retake_pin_or_colour_lock_before_rendering(tiny_server, tmp_path):
-    common, parent = _batch_take(tiny_server, tmp_path)
+    common, parent, _ = _batch_take(tiny_server, tmp_path)
     jobs_before = len(tiny_server.client.get("/v1/jobs").json()["jobs"])
     for flags, said in (
         (("--retake-of", "nope", "--span", "1001:1010"), "--retake-of nope: no preview strip of that name on"),
-        (("--retake-of", parent.name, "--span", "2000:2010"), "lies outside the take"),
-        (("--retake-of", parent.name, "--span", "1030:1031"), "frames 1030-1031 are too few to retake"),
+        (("--retake-of", "a take", "--span", "1001:1010"), "--retake-of a take: no preview strip of that name on"),
+        (("--retake-of", parent, "--span", "2000:2010"), "lies outside the take"),
+        (("--retake-of", parent, "--span", "1030:1031"), "frames 1030-1031 are too few to retake"),
         (("--pin",), "--pin needs RGB keyframes"),
         (("--color-lock",), "--color-lock needs RGB keyframes"),
     ):
@@ -226,11 +228,10 @@ def test_batch_retakes_a_strip_or_a_job(tiny_server, tmp_path):
     """--retake-of a strip on the previs scene, or a job id, and --span in timeline frames: the delivered frames
     outside the span are the parent's."""
     needs(tiny_server, "retake")
-    common, parent = _batch_take(tiny_server, tmp_path)
-    parent_job = json.loads(parent["sparsectrl"])["job_id"]
-    out = run_batch(tmp_path / "shot.blend", *common, "--retake-of", parent.name, "--span", "1040:1060", "--seed", 4)
+    common, parent, parent_job = _batch_take(tiny_server, tmp_path)
+    out = run_batch(tmp_path / "shot.blend", *common, "--retake-of", parent, "--span", "1040:1060", "--seed", 4)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"retake of the take '{parent.name}': frames 1040-1060 (generated " in out.stdout
+    assert f"retake of the take '{parent}': frames 1040-1060 (generated " in out.stdout
 
     # A job id with no strip of it where the preview goes: the job's own request says how it is timed.
     job_flags = ("--retake-of", parent_job, "--span", "1001:1010", "--preview-scene", "Job retakes")
@@ -240,7 +241,7 @@ def test_batch_retakes_a_strip_or_a_job(tiny_server, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
     parent_again, by_strip = preview_strips(bpy.data.scenes["Scene previs"])
     (by_job,) = preview_strips(bpy.data.scenes["Job retakes"])
-    assert parent_again.name == parent.name and by_strip.channel > parent.channel
+    assert parent_again.name == parent and by_strip.channel > parent_again.channel
     before = delivered(tiny_server, parent_job, 60)
     for strip, (first, last) in ((by_strip, (1040, 1060)), (by_job, (1001, 1010))):
         meta = json.loads(strip["sparsectrl"])
