@@ -407,6 +407,54 @@ def flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def retake(args: argparse.Namespace) -> int:
+    """FLOPs of a retake of `--span` frames beside the whole shot it retakes (#28: at most 0.4 of it for 16 of
+    128 frames), each counted over a whole job (prompt, every step, decode) with torch.utils.flop_counter: the
+    retake runs only the context windows its span touches and decodes only its span."""
+    import dataclasses
+
+    import diffusers
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .jobs.execute import take_files
+    from .request.model import TAKE_FRAMES, TAKE_LATENTS, Retake
+
+    config, engine = _build(args)
+    shot = _request(config, engine.model, args.frames, args.size, args.steps)
+    with FlopCounterMode(display=False) as counter:
+        take = take_files(engine.generate(shot))
+    whole = counter.get_total_flops()
+    start = (args.frames - args.span) // 2
+    span = (start, start + args.span - 1)
+    again = dataclasses.replace(shot, seed=1, retake=Retake("0" * 32, *span, take[TAKE_LATENTS], take[TAKE_FRAMES]))
+    with FlopCounterMode(display=False) as counter:
+        engine.generate(again)
+    part = counter.get_total_flops()
+    lv = config.long_video
+    print(f"whole shot {whole / 1e12:.3f} TFLOP; retake of {span} {part / 1e12:.3f} TFLOP; x{part / whole:.3f}")
+    head = (
+        f"### {datetime.date.today().isoformat()} · torch {torch.__version__} · diffusers {diffusers.__version__} · "
+        f"retake · {args.arch}-size architecture, {args.frames}×{args.size}², {args.steps} steps, CFG on, windows "
+        f"of {lv.window_length} (overlap {lv.window_overlap})"
+    )
+    command = f"python -m server.bench retake --arch {args.arch} --frames {args.frames} --size {args.size}"
+    lines = [
+        "",
+        head,
+        "",
+        f"`{command} --steps {args.steps} --span {args.span}`: torch.utils.flop_counter over each whole job "
+        "(prompt, steps, decode), the retake's span in the middle of the shot (the same on any device or dtype).",
+        "",
+        "| job | frames generated anew | TFLOP | of the whole shot |",
+        "| --- | --- | ---: | ---: |",
+        f"| whole shot | 0..{args.frames - 1} | {whole / 1e12:.3f} | 1.000 |",
+        f"| retake | {span[0]}..{span[1]} | {part / 1e12:.3f} | {part / whole:.3f} |",
+    ]
+    _append(Path(args.out), lines)
+    return 0
+
+
 def _job_flops(engine, request) -> dict:
     """The FLOPs of `request` from a one-step job and its prompt alone: prompt + steps × step + decode. A
     one-time cost before the loop (the RGB encoder's VAE encoding of keyframes) would be counted per step; the
@@ -841,6 +889,16 @@ def main(argv: list[str] | None = None) -> int:
     fl.add_argument("--dtype", default="auto")
     fl.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
     fl.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    rt = sub.add_parser("retake", help="FLOPs of a retake of a span beside the whole shot")
+    rt.add_argument("--arch", choices=["full", "tiny"], default="tiny")
+    rt.add_argument("--frames", type=int, default=128)
+    rt.add_argument("--span", type=int, default=16, help="frames the retake generates anew, mid-shot")
+    rt.add_argument("--size", type=int, default=64)
+    rt.add_argument("--steps", type=int, default=2)
+    rt.add_argument("--device", default="auto")
+    rt.add_argument("--dtype", default="auto")
+    rt.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+    rt.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     t = sub.add_parser("train", help="training steps of a new encoder (server/train) on synthetic clips")
     t.add_argument("--arch", choices=["full", "tiny"], default="full")
     t.add_argument("--frames", type=int, default=16)
@@ -862,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
         return levers(args)
     if args.command == "flops":
         return flops(args)
+    if args.command == "retake":
+        return retake(args)
     return memory(args) if args.command == "memory" else speed(args)
 
 

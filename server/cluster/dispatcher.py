@@ -320,7 +320,7 @@ class RayDispatcher:
         if "error" in result:
             self._finish(slot, job, FAILED, *result["error"])
         elif self.store.is_current(job.id, job.attempt):
-            self.files.write_outputs(job.id, result["video"], result["frames"])
+            self.files.write_outputs(job.id, result["video"], result["frames"], result.get("take", {}))
             self._finish(slot, job, SUCCEEDED)
             log.info("job %s succeeded on %s in %.1f s (seed %d)", job.id, slot.name, result["seconds"], result["seed"])
         else:

@@ -25,7 +25,7 @@ from ..engine.engine import JobCancelled
 from ..jobs.execute import JobOutputs, run_job
 from ..jobs.failures import describe_failure
 from ..jobs.model_info import ModelInfo
-from ..request.model import GenerationRequest
+from ..request.model import TAKE_FRAMES, TAKE_LATENTS, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class GenerationSlot:
         try:
             request = GenerationRequest.from_record(fields, images.__getitem__)
             with tempfile.TemporaryDirectory(dir=self.scratch, prefix=f"{os.getpid()}-") as tmp:
-                outputs = JobOutputs(video=Path(tmp) / "video.mp4", frames=Path(tmp) / "frames")
+                outputs = JobOutputs(video=Path(tmp) / "video.mp4", frames=Path(tmp) / "frames", folder=Path(tmp))
                 try:
                     result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=context.is_canceled)
                 except JobCancelled:
@@ -72,6 +72,7 @@ class GenerationSlot:
                 return {
                     "video": outputs.video.read_bytes(),
                     "frames": {p.name: p.read_bytes() for p in sorted(outputs.frames.glob("*.png"))},
+                    "take": {path: (Path(tmp) / path).read_bytes() for path in (TAKE_LATENTS, TAKE_FRAMES)},
                     "seconds": result.seconds,
                     "seed": result.seed,
                 }

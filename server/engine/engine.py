@@ -25,6 +25,7 @@ import torch
 from ..config import LongVideo, Performance
 from ..request.model import GenerationRequest
 from .conditions import fit_to_size
+from .known_frames import known_frames_for
 from .models import LoadedModel
 from .motion_modules import use_motion_modules
 from .performance import (
@@ -37,10 +38,12 @@ from .performance import (
     working_memory,
 )
 from .schedulers import build_scheduler
+from .step_hooks import OnStep
 from .windowed import (
     DenseCondition,
     SparseCondition,
-    generate_windowed,
+    decode_frames,
+    denoise_windowed,
     keyframe_frame_scales,
     prepare_dense_frames,
 )
@@ -83,6 +86,10 @@ class GenerationResult:
     seed: int
     seconds: float
     peak_memory_bytes: int | None  # accelerator peak during the job; None on CPU
+    # The final latents, float32 (1, channels, num_frames, h, w), and the generated frames (before delivery):
+    # the take a retake of this job keeps (jobs/execute.py writes them). None where not generated here.
+    latents: np.ndarray | None = None
+    generated: np.ndarray | None = None
 
 
 def random_seed() -> int:
@@ -108,6 +115,17 @@ def clip_skip_embeddings(pipe, text: str, clip_skip: int) -> torch.Tensor:
     hidden = encoder(tokens.input_ids.to(pipe._execution_device), output_hidden_states=True).hidden_states
     final_norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 / 5
     return final_norm(hidden[-(clip_skip + 1)]).to(dtype=encoder.dtype)
+
+
+def _assembled(decoded: np.ndarray, indices: list[int], given: dict, num_frames: int) -> np.ndarray:
+    """The clip's frames in order: the decoded ones at `indices`, the given ones (uint8) at theirs."""
+    shape = next(iter(given.values())).shape
+    frames = np.empty((num_frames, *shape), dtype=np.uint8)
+    for f, frame in given.items():
+        frames[f] = frame
+    if indices:
+        frames[indices] = decoded
+    return frames
 
 
 class Engine:
@@ -202,7 +220,7 @@ class Engine:
         images, indices, scale, scales, guidance = self._keyframe_inputs(request, request.modality)
         moved: list = []  # the further encoders and ControlNets moved to the device for the job (back in _release)
 
-        # 3. Progress and cancellation between denoising steps.
+        # 3. Progress and cancellation between denoising steps: the last of the step hooks (known frames first).
         def step_end(step: int) -> None:
             if on_step is not None:
                 on_step(step + 1, request.steps)
@@ -216,12 +234,13 @@ class Engine:
             keyframe_args = dict(
                 controlnet_conditioning_scale=scale, keyframe_scales=scales, keyframe_guidance=guidance, sparse=sparse
             )
-            frames = to_uint8(self._denoise(pipe, request, images, indices, dense, step_end, **keyframe_args))
+            latents, frames = self._denoise(pipe, request, images, indices, dense, OnStep(step_end), **keyframe_args)
         finally:
             self._release(pipe, draft_motion, moved)
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
-        return GenerationResult(frames, request.seed, time.perf_counter() - started, peak)
+        seconds = time.perf_counter() - started
+        return GenerationResult(frames, request.seed, seconds, peak, latents=latents, generated=frames)
 
     @staticmethod
     def _keyframe_inputs(request: GenerationRequest, modality: str) -> tuple:
@@ -302,21 +321,23 @@ class Engine:
         return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
     def _denoise(
-        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, step_end, **keyframes
-    ) -> np.ndarray:
-        """Float frames in [0, 1] from the pipeline's own steps (windowed.py: one context window is diffusers'
-        call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives the
-        request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
-        samples from it. `keyframes`: generate_windowed's controlnet_conditioning_scale, keyframe_scales,
-        keyframe_guidance and sparse."""
+        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, on_step, **keyframes
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(final latents as float32, uint8 frames) from the pipeline's own steps (windowed.py: one context window
+        is diffusers' call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives
+        the request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
+        samples from it. Known frames (a retake's kept ones, pins) are the first step hook; a retake's kept frames
+        are its parent's pixels, not decoded again. `keyframes`: denoise_windowed's controlnet_conditioning_scale,
+        keyframe_scales, keyframe_guidance and sparse."""
         lv = self.long_video
         plan = self.memory_plan(request)
         idle = IdleWeights([pipe.text_encoder, pipe.vae], self.device, self.move) if plan.park_idle_weights else None
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(request.seed)
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(pipe, request)
+            known = known_frames_for(pipe, request, prompt_embeds.dtype)
             try:
-                return generate_windowed(
+                latents = denoise_windowed(
                     pipe,
                     prompt_embeds=prompt_embeds,
                     negative_prompt_embeds=negative_prompt_embeds,
@@ -331,8 +352,7 @@ class Engine:
                     window_length=lv.window_length,
                     window_overlap=lv.window_overlap,
                     shared_noise=lv.shared_noise,
-                    decode_chunk=lv.decode_chunk,
-                    on_step_end=step_end,
+                    step_hooks=[known, on_step] if known is not None else [on_step],
                     sequential_cfg=plan.sequential_cfg,
                     idle_weights=idle,
                     release_residuals=self.release_residuals,
@@ -342,6 +362,12 @@ class Engine:
             finally:
                 if idle is not None:
                     idle.unpark()
+            given = known.pixels if known is not None else {}
+            decoded = [f for f in range(request.num_frames) if f not in given]
+            frames = to_uint8(decode_frames(pipe, latents, lv.decode_chunk, None if not given else decoded))
+            if given:
+                frames = _assembled(frames, decoded, given, request.num_frames)
+            return latents.float().cpu().numpy(), frames
 
     def memory_plan(self, request: GenerationRequest) -> MemoryPlan:
         """The job's memory levers ([performance] cfg_halves, park_idle_weights), "auto" from the device's free

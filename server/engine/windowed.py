@@ -19,6 +19,10 @@ Further SparseCtrl encoders (`sparse`: an RGB look at frame 0 beside line art at
 pipeline's own, each with its own keyframes, mask, scale and guidance window, prepared with the pipeline's own
 prepare_image / prepare_sparse_control_conditioning, and summed the same way.
 
+Whatever happens at each step (known frames, progress, cancel) comes in as step hooks (step_hooks.py): called
+after every scheduler step on the whole clip, they may replace the latents and may spare windows whose frames
+they set entirely (a long shot's retake runs only the windows its span touches).
+
 It is also where the denoiser's memory is kept down ([performance], #18), for every clip, one window or many:
 the encoder's residuals are let go as the UNet adds them (exact), CFG's halves can run one after the other
 (`sequential_cfg`) and the text encoder and VAE can leave the device while the loop runs (`idle_weights`).
@@ -29,7 +33,7 @@ bit-identical to the plain pipeline call (tested).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +41,7 @@ import torch
 
 from ..request.model import guided
 from .performance import IdleWeights
+from .step_hooks import StepHook, StepState, run_hooks
 from .windows import context_windows, share_noise
 
 FULL_WINDOW = (0.0, 1.0)  # a guidance window over the whole denoising: every step steered
@@ -92,7 +97,28 @@ def prepare_dense_frames(images: list, width: int, height: int, device, dtype, v
 
 
 @torch.no_grad()
-def generate_windowed(
+def generate_windowed(pipe, *, decode_chunk: int, **denoise_args) -> np.ndarray:
+    """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np":
+    denoise_windowed's latents, decoded (decode_frames)."""
+    return decode_frames(pipe, denoise_windowed(pipe, **denoise_args), decode_chunk)
+
+
+@torch.no_grad()
+def decode_frames(pipe, latents: torch.Tensor, decode_chunk: int, frames: Sequence[int] | None = None) -> np.ndarray:
+    """Latents to float32 frames (len(frames), height, width, 3) in [0, 1], decoded `decode_chunk` frames at a time
+    (the VAE's memory grows with the frames it decodes at once); `frames`: only these (None: all, in order)."""
+    if frames is not None:
+        latents = latents[:, :, list(frames)]
+    count = latents.shape[2]
+    if count == 0:
+        return np.zeros((0, 0, 0, 3), dtype=np.float32)
+    chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, count, decode_chunk)]
+    video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+    return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+
+@torch.no_grad()
+def denoise_windowed(
     pipe,
     *,
     prompt_embeds: torch.Tensor,
@@ -109,8 +135,7 @@ def generate_windowed(
     window_length: int,
     window_overlap: int,
     shared_noise: bool,
-    decode_chunk: int,
-    on_step_end: Callable[[int], None] | None = None,
+    step_hooks: Sequence[StepHook] = (),
     sequential_cfg: bool = False,
     idle_weights: IdleWeights | None = None,
     release_residuals: bool = True,
@@ -118,15 +143,16 @@ def generate_windowed(
     keyframe_scales: Sequence[float] | None = None,
     keyframe_guidance: tuple[float, float] = FULL_WINDOW,
     sparse: Sequence[SparseCondition] = (),
-) -> np.ndarray:
-    """Frames as float32 (num_frames, height, width, 3) in [0, 1], like the pipeline's output_type="np".
+) -> torch.Tensor:
+    """The final latents (batch, channels, num_frames, h, w), before the VAE.
 
     The arguments are the pipeline's own (the prompt already encoded, as the engine does for both paths), plus
     the windows' and the per-frame ControlNets (`dense`). No keyframes (`conditioning_frames` empty) and no
     SparseCtrl encoder on the pipeline: only the dense conditions steer. `keyframe_scales`: the encoder's scale
     per frame (keyframe_frame_scales; None: `controlnet_conditioning_scale` everywhere), `keyframe_guidance`:
-    the steps the keyframes steer; `sparse`: further SparseCtrl encoders' keyframes, after the pipeline's. A
-    linear loop, as the pipeline's __call__ is: its numbered steps read best in one place."""
+    the steps the keyframes steer; `sparse`: further SparseCtrl encoders' keyframes, after the pipeline's;
+    `step_hooks`: what happens after each step (step_hooks.py). A linear loop, as the pipeline's __call__ is:
+    its numbered steps read best in one place."""
     device = pipe._execution_device
     controlnet = pipe.controlnet
     do_cfg = guidance_scale > 1
@@ -180,28 +206,31 @@ def generate_windowed(
     if idle_weights is not None:  # the prompt is encoded and the conditions prepared: idle until decoding
         idle_weights.park()
 
-    # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step. (One window has
-    #    weight 1 everywhere: 0 + prediction * 1 is the prediction, bit for bit.)
+    # 4. Denoising: per timestep, every window's prediction, blended, then one scheduler step and the step hooks.
+    #    (One window has weight 1 everywhere: 0 + prediction * 1 is the prediction, bit for bit.) A window whose
+    #    frames a hook sets entirely is not run: its frames' prediction stays 0 and the hook replaces them.
     steps = len(timesteps)
+    run = [w for w in windows if all(h.needs_window(w.start, w.stop) for h in step_hooks)]
     for i, t in enumerate(timesteps):
         noise_pred = torch.zeros_like(latents)
-        for window in windows:
+        for window in run:
             sl = slice(window.start, window.stop)
             sparse_steering = [k[:4] for k in keyframes_by_window[window.start] if guided(i, steps, k[4])]
             steering = [d for d in dense_by_window[window.start] if guided(i, steps, d[4])]
             inputs = (latents[:, :, sl], t, prompt_embeds, embeds_by_length, sparse_steering, steering)
             prediction = _predict(pipe, *inputs, options)
             noise_pred[:, :, sl] += prediction * weights[window.start]
-        latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
-        if on_step_end is not None:
-            on_step_end(i)
+        out = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs)
+        latents = out.prev_sample
+        if step_hooks:
+            following = timesteps[i + 1] if i + 1 < steps else None
+            x0 = getattr(out, "pred_original_sample", None)
+            state = StepState(i, steps, t, following, latents, noise_pred, x0, pipe.scheduler)
+            latents = run_hooks(step_hooks, state)
 
-    # 5. Decode in chunks of frames (the VAE's memory grows with the frames it decodes at once).
-    if idle_weights is not None:
+    if idle_weights is not None:  # 5. the VAE decodes next (decode_frames)
         idle_weights.unpark()
-    chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, num_frames, decode_chunk)]
-    video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
-    return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+    return latents
 
 
 class _WithEncoder:

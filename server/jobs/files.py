@@ -81,11 +81,20 @@ class JobFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
-    def write_outputs(self, job_id: str, video: bytes, frames: dict[str, bytes]) -> None:
-        """A job's results that came as bytes (from a cluster worker), written as run_job writes them: frames,
-        then the video, each under a partial name and renamed when whole, so no reader sees half a file."""
+    def write_outputs(
+        self, job_id: str, video: bytes, frames: dict[str, bytes], take: dict[str, bytes] | None = None
+    ) -> None:
+        """A job's results that came as bytes (from a cluster worker), written as run_job writes them: the take
+        (request.model.TAKE_LATENTS, TAKE_FRAMES), frames, then the video, each under a partial name and renamed
+        when whole, so no reader sees half a file."""
         folder = self.folder(job_id)
         folder.mkdir(parents=True, exist_ok=True)
+        for relative, data in (take or {}).items():
+            path = self.image(job_id, relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_bytes(data)
+            partial.replace(path)
         if frames:
             partial = folder / ".frames.partial"
             shutil.rmtree(partial, ignore_errors=True)

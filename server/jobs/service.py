@@ -4,6 +4,7 @@ the local worker thread ([cluster] backend = "local": this process holds the eng
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from ..config import Config, ConfigError
 from ..engine.engine import Engine, random_seed
 from ..request.errors import JobNotFound, RequestError
+from ..request.model import TAKE_FRAMES, TAKE_LATENTS, GenerationRequest
 from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
@@ -77,6 +79,8 @@ class JobService:
             loras=model.loras,
             controlnets=model.controlnets,
         )
+        if request.retake is not None:
+            request = self._with_take(request)
         job_id = uuid.uuid4().hex
         fields, images = request.to_record()
         # Files first: the worker may claim the job the moment its record exists.
@@ -98,6 +102,43 @@ class JobService:
             [f"{g.name} x{len(g.frames)}" for g in request.controlnets],
         )
         return record
+
+    def _with_take(self, request: GenerationRequest) -> GenerationRequest:
+        """A retake with its parent's take attached (copied into the new job's folder with its record): the
+        parent exists, succeeded, still has its take, and was generated at this request's size and frames."""
+        retake = request.retake
+        assert retake is not None
+        parent = self.store.get(retake.job) if is_job_id(retake.job) else None
+        if parent is None:
+            raise RequestError(
+                "invalid_retake",
+                f"retake.job {retake.job[:64]!r}: no such job on this server (never submitted here, or pruned by "
+                "[retention]); retake a take the server still lists",
+            )
+        if parent.status != "succeeded":
+            raise RequestError(
+                "invalid_retake", f"retake.job {parent.id} is {parent.status}: only a succeeded job can be retaken"
+            )
+        asked = (request.width, request.height, request.num_frames)
+        had = tuple(parent.request.get(k) for k in ("width", "height", "num_frames"))
+        if asked != had:
+            raise RequestError(
+                "invalid_retake",
+                f"retake.job {parent.id} was generated at {had[0]}x{had[1]} with {had[2]} frames; this request at "
+                f"{asked[0]}x{asked[1]} with {asked[2]}: a retake keeps the take's generated size and frame count "
+                "(a draft generates smaller: retake a draft with a draft, a final take with a final)",
+            )
+        try:
+            latents, frames = (self.files.read_image(parent.id, path) for path in (TAKE_LATENTS, TAKE_FRAMES))
+        except OSError:
+            raise RequestError(
+                "invalid_retake",
+                f"retake.job {parent.id} has no take kept (it finished before this server kept takes, or its "
+                "files were removed): generate it again, then retake",
+            ) from None
+        return dataclasses.replace(
+            request, retake=dataclasses.replace(retake, latents_data=latents, frames_data=frames)
+        )
 
     def get(self, job_id: str) -> JobRecord:
         record = self.store.get(job_id) if is_job_id(job_id) else None

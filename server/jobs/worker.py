@@ -112,7 +112,7 @@ class Worker:
 
         try:
             request = GenerationRequest.from_record(job.request, lambda path: self.files.read_image(job.id, path))
-            outputs = JobOutputs(video=self.files.video(job.id), frames=self.files.frames(job.id))
+            outputs = JobOutputs(self.files.video(job.id), self.files.frames(job.id), self.files.folder(job.id))
             result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=self._cancel.is_set)
             self.store.finish(job.id, SUCCEEDED)
             peak = f", peak {result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else ""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from .images import to_rgb
@@ -55,6 +56,8 @@ class Keyframe:
     # The SparseCtrl encoder it is for: "" is the request's `modality`; another names a further encoder of the
     # same job (an RGB look at frame 0 beside line art at 0, 8 and 15), whose residuals are summed with its.
     modality: str = ""
+    # An RGB keyframe whose generated frame is the image itself (its VAE round trip): engine/known_frames.py.
+    pin: bool = False
 
     @cached_property
     def image(self) -> Image.Image:
@@ -66,12 +69,46 @@ class Keyframe:
 
     @classmethod
     def of_image(
-        cls, index: int, image: Image.Image, output_index: int | None = None, strength: float = 1.0, modality=""
+        cls,
+        index: int,
+        image: Image.Image,
+        output_index: int | None = None,
+        strength: float = 1.0,
+        modality="",
+        pin: bool = False,
     ) -> Keyframe:
         """A keyframe from a decoded image (tests, benchmarks): its record bytes are the image as PNG."""
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        return cls(index, buf.getvalue(), output_index, image, strength, modality)
+        return cls(index, buf.getvalue(), output_index, image, strength, modality, pin)
+
+
+@dataclass(frozen=True)
+class Retake:
+    """Regenerate generated frames `start`..`end` (inclusive) of the succeeded job `job`, keeping every other
+    frame bit for bit. `latents` and `frames` are the parent's take (TAKE_LATENTS, TAKE_FRAMES as .npy bytes),
+    copied into this job's folder at submission, so the parent may be pruned and a cluster worker gets them as
+    it gets keyframes."""
+
+    job: str
+    start: int
+    end: int
+    latents_data: bytes = field(default=b"", repr=False, compare=False)
+    frames_data: bytes = field(default=b"", repr=False, compare=False)
+
+    @cached_property
+    def latents(self) -> np.ndarray:
+        """The parent's final latents, float32 (1, channels, frames, height/8, width/8)."""
+        return np.load(io.BytesIO(self.latents_data), allow_pickle=False)
+
+    @cached_property
+    def frames(self) -> np.ndarray:
+        """The parent's generated frames, uint8 (frames, height, width, 3), before delivery."""
+        return np.load(io.BytesIO(self.frames_data), allow_pickle=False)
+
+    def kept(self, num_frames: int) -> list[int]:
+        """The generated frames kept from the parent: all outside the span."""
+        return [f for f in range(num_frames) if not self.start <= f <= self.end]
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,11 @@ def guided(step: int, steps: int, window: tuple[float, float]) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
+# What a succeeded job keeps for retakes (jobs/execute.py writes them), and where a retake's copy lives.
+TAKE_LATENTS, TAKE_FRAMES = "take/latents.npy", "take/frames.npy"
+PARENT_LATENTS, PARENT_FRAMES = "retake/latents.npy", "retake/frames.npy"
+
+
 def keyframe_path(index: int, modality: str = "") -> str:
     """The request's own encoder's keyframes as before; a further encoder's in a folder of its modality's."""
     return f"keyframes/{modality + '/' if modality else ''}{index:04d}.png"
@@ -122,6 +164,8 @@ def image_paths(fields: dict[str, Any]) -> list[str]:
     paths = [keyframe_path(k["index"], k.get("modality", "")) for k in fields.get("keyframes", ())]
     for g, group in enumerate(fields.get("controlnets", ())):
         paths += [dense_frame_path(g, index) for index in group["frames"]]
+    if fields.get("retake"):
+        paths += [PARENT_LATENTS, PARENT_FRAMES]
     return paths
 
 
@@ -213,6 +257,8 @@ class GenerationRequest:
             "interpolated between them (video/color_lock.py); needs RGB keyframes"
         ),
     )
+    # A retake of a succeeded job's span (None: a new take); the API's shape is schema.py's RetakeIn.
+    retake: Retake | None = None
 
     @property
     def delivered_frames(self) -> int:
@@ -241,13 +287,16 @@ class GenerationRequest:
     def to_record(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """(the fields as stored and echoed by the API, conditions without their images; the images' bytes by
         their path in the job's folder, image_paths)."""
-        images = {"keyframes", "controlnets", "keyframe_groups"}
+        images = {"keyframes", "controlnets", "keyframe_groups", "retake"}
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in images}
         fields["keyframes"] = [
             {"index": k.index, "output_index": k.output_index, "strength": k.strength}
             | ({"modality": k.modality} if k.modality else {})
+            | ({"pin": True} if k.pin else {})
             for k in self.keyframes
         ]
+        if self.retake is not None:
+            fields["retake"] = {"job": self.retake.job, "frames": [self.retake.start, self.retake.end]}
         fields["keyframe_groups"] = [dataclasses.asdict(g) for g in self.keyframe_groups]
         fields["controlnets"] = [
             {
@@ -264,13 +313,15 @@ class GenerationRequest:
         data = {keyframe_path(k.index, k.modality): k.data for k in self.keyframes}
         for n, group in enumerate(self.controlnets):
             data |= {dense_frame_path(n, f.index): f.data for f in group.frames}
+        if self.retake is not None:
+            data |= {PARENT_LATENTS: self.retake.latents_data, PARENT_FRAMES: self.retake.frames_data}
         return fields, data
 
     @classmethod
     def from_record(cls, fields: dict[str, Any], read_image: Callable[[str], bytes]) -> GenerationRequest:
         """The request a record holds; `read_image(path)` gives an image's bytes (paths as image_paths names
         them). Fields a record from an older release lacks take their defaults."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"keyframes", "controlnets", "keyframe_groups"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"keyframes", "controlnets", "keyframe_groups", "retake"}
         values = {k: v for k, v in fields.items() if k in known}
         values["loras"] = tuple((name, scale) for name, scale in values.get("loras", ()))
         keyframes = [
@@ -280,9 +331,14 @@ class GenerationRequest:
                 k.get("output_index"),
                 strength=k.get("strength", 1.0),
                 modality=k.get("modality", ""),
+                pin=k.get("pin", False),
             )
             for k in fields["keyframes"]
         ]
+        retake = None
+        if parent := fields.get("retake"):
+            start, end = parent["frames"]
+            retake = Retake(parent["job"], start, end, read_image(PARENT_LATENTS), read_image(PARENT_FRAMES))
         groups = tuple(KeyframeGroup(**g) for g in fields.get("keyframe_groups", ()))
         controlnets = tuple(
             DenseGroup(
@@ -294,7 +350,7 @@ class GenerationRequest:
             )
             for n, g in enumerate(fields.get("controlnets", ()))
         )
-        return cls(**values, keyframes=keyframes, keyframe_groups=groups, controlnets=controlnets)
+        return cls(**values, keyframes=keyframes, keyframe_groups=groups, controlnets=controlnets, retake=retake)
 
 
 def api_fields() -> dict[str, dataclasses.Field]:

@@ -24,6 +24,7 @@ from .model import (
     GenerationRequest,
     Keyframe,
     KeyframeGroup,
+    Retake,
     api_fields,
     configurable_fields,
     guided,
@@ -64,6 +65,7 @@ def resolve_request(
     values["keyframe_groups"] = _keyframe_groups(body, values)
     values["controlnets"] = _controlnets(body, values["num_frames"], config.limits.max_image_pixels, controlnets or [])
     values["loras"] = _loras([(lora.name, lora.scale) for lora in body.loras or ()], loras or {})
+    values["retake"] = _retake(body, values["num_frames"])
     request = GenerationRequest(**values)
     if request.quality == "draft":
         request = _draft(request, config, draft_adapter, loras or {})
@@ -104,10 +106,11 @@ def _check_steered(request: GenerationRequest) -> None:
 def _check_conditions(body: BaseModel, modalities: list[str]) -> None:
     """Something steers the clip (keyframes, per-frame ControlNets or both); keyframes come with a modality the
     server has."""
-    if not body.keyframes and not body.controlnets:
+    if not body.keyframes and not body.controlnets and not body.retake:
         raise RequestError(
             "invalid_request",
-            "nothing conditions the clip: send keyframes (with a modality) or controlnets (per-frame images)",
+            "nothing conditions the clip: send keyframes (with a modality), controlnets (per-frame images) or a "
+            "retake of a job",
         )
     if not body.keyframes:
         if body.keyframe_groups:
@@ -167,10 +170,16 @@ def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels:
                 f"keyframes at index {index} have output_index {anchors[index]} and {output_index}: one generated "
                 "frame lands on one output frame",
             )
+        if kf.pin and modality != "rgb":
+            raise RequestError(
+                "invalid_request",
+                f"{what} is pinned but of modality '{modality}': a pin makes the frame the image itself, so it "
+                "needs an RGB keyframe (a painting, a storyboard panel, a frame of a take)",
+            )
         data, image = _decode(kf.image, what, max_pixels)
         strength = 1.0 if kf.strength is None else float(kf.strength)
         own = "" if modality == body.modality else modality
-        keyframes.append(Keyframe(index, data, output_index, image, strength, own))
+        keyframes.append(Keyframe(index, data, output_index, image, strength, own, bool(kf.pin)))
     pinned = sorted(anchors.items())
     for (a, out_a), (b, out_b) in zip(pinned, pinned[1:], strict=False):
         if out_b <= out_a:
@@ -180,6 +189,21 @@ def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels:
                 "(or equal): the clip cannot run backwards",
             )
     return keyframes
+
+
+def _retake(body: BaseModel, num_frames: int) -> Retake | None:
+    """The span a retake regenerates, inside the clip and in order. The parent's take itself (it exists, has
+    succeeded, matches the size) is the job service's to check and attach (jobs/service.py)."""
+    if body.retake is None:
+        return None
+    start, end = body.retake.frames
+    if not 0 <= start <= end < num_frames:
+        raise RequestError(
+            "invalid_retake",
+            f"retake.frames [{start}, {end}]: the span must run forwards inside the clip's generated frames "
+            f"0..{num_frames - 1} (start <= end)",
+        )
+    return Retake(body.retake.job, start, end)
 
 
 def _keyframe_groups(body: BaseModel, values: dict[str, Any]) -> tuple[KeyframeGroup, ...]:

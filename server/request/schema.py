@@ -60,6 +60,21 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             "of several modalities in one job (an RGB look at frame 0, line art at 0, 8 and 15) each go to their "
             "encoder, and the residuals are summed",
         )
+        pin: bool | None = Field(
+            None,
+            description="an RGB keyframe only: its generated frame is this image itself (its VAE round trip), "
+            "whatever the seed; the frames around it move on from it",
+        )
+
+    class RetakeIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        job: str = Field(min_length=1, max_length=64, description="the id of a succeeded, retained job: the take")
+        frames: list[int] = Field(
+            min_length=2,
+            max_length=2,
+            description="[start, end]: the generated frames to regenerate (0-based, inclusive); every other "
+            "generated frame comes back bit for bit the take's",
+        )
 
     class KeyframeGroupIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -140,6 +155,14 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             max_length=CONTROLNETS_MAX,
             description="per-frame ControlNets (e.g. depth at every frame), beside or instead of the keyframes; "
             "residuals are summed",
+        ),
+    )
+    fields["retake"] = (
+        RetakeIn | None,
+        Field(
+            None,
+            description="regenerate only a span of a succeeded job (same width, height and num_frames); the "
+            "seed, prompt, keyframes, strengths, ControlNets and LoRAs are this request's",
         ),
     )
     fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
