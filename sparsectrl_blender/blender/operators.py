@@ -1,4 +1,4 @@
-"""Operators: check connection, generate / regenerate, cancel, randomise seed (bpy).
+"""Operators: check connection, generate / regenerate / retake, cancel, randomise seed (bpy).
 
 HTTP never runs on Blender's main thread: a worker thread talks to the server and a bpy.app.timers function
 (main thread) reads its state, updates the panel and, when the video is in, adds the strip. An operator only makes
