@@ -3,7 +3,7 @@
     python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
         [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48|none] [--frames N]
         [--depth-every-frame [--depth-strength S]] [--keyframe-images FRAME:PATH,... [--keyframe-images-as rgb]]
-        [--prompt ...]
+        [--pin] [--color-lock] [--retake-of STRIP_OR_JOB --span START:END] [--prompt ...]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
@@ -29,6 +29,7 @@ import dataclasses
 import gzip
 import logging
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 from .core.request import ENUMS, MODALITIES, GenerationSettings, identifiers, login_name, owner_name, parse_window
+from .core.retake import parse_span
 from .core.shot_list import plan_shots
 
 SETTINGS_PROP = "sparsectrl"  # where the panel's PropertyGroup lives on the scene
@@ -117,8 +119,9 @@ def _saved_settings(scene) -> dict:
         names = identifiers(choices)
         if isinstance(out.get(key), int):
             out[key] = names[out[key]] if 0 <= out[key] < len(names) else names[0]
-    if "depth_every_frame" in out:  # a BoolProperty is saved as 0 or 1
-        out["depth_every_frame"] = bool(out["depth_every_frame"])
+    for f in dataclasses.fields(GenerationSettings):  # a BoolProperty is saved as 0 or 1
+        if f.type == "bool" and f.name in out:
+            out[f.name] = bool(out[f.name])
     return out
 
 
@@ -203,6 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--look-guidance", metavar="START:END", help="the part of the denoising the RGB look steers (its own window)"
     )
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        help="pin the RGB keyframes (image files, the RGB look): each one's generated frame is the picture itself",
+    )
+    p.add_argument(
+        "--color-lock",
+        action=argparse.BooleanOptionalAction,
+        help="bring every frame's colours to the RGB keyframes' (needs RGB keyframes)",
+    )
+    p.add_argument(
+        "--retake-of",
+        metavar="STRIP_OR_JOB",
+        help="regenerate only --span of a take: a preview strip's name on the previs scene, or a job id; the rest "
+        "of the take is kept frame for frame, the new take stacked above it (a new seed unless --seed)",
+    )
+    p.add_argument(
+        "--span",
+        metavar="START:END",
+        help="with --retake-of: the timeline frames to retake (the previs scene's; for a job id, the shot's)",
+    )
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
@@ -275,6 +299,8 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
         "negative_prompt": args.negative_prompt,
         "preview_scene": getattr(args, "preview_scene", None),
         "depth_every_frame": getattr(args, "depth_every_frame", None),
+        "pin": getattr(args, "pin", None),
+        "color_lock": getattr(args, "color_lock", None),
         "depth_strength": getattr(args, "depth_strength", None),
         "keyframe_images_as": {"condition": "CONDITION"}.get(args.keyframe_images_as, args.keyframe_images_as)
         if getattr(args, "keyframe_images_as", None)
@@ -571,6 +597,9 @@ class Sequence:
         settings = settings_from(args, _saved_settings(scene))
         if not args.server:
             settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
+        _check_known_frames(args, settings)
+        if args.retake_of and args.seed is None:  # a retake is another roll of the span
+            settings = dataclasses.replace(settings, seed=random.randrange(0, 2**31 - 1))
         shot.settings = settings
         prepared, client = _prepare(scene, settings, args, shot.notes, shot.label)
         prepared.images = {}  # sent as PNGs (prepared.passes); a sequence's frames are not held meanwhile
@@ -648,6 +677,13 @@ def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
             raise BatchError(f"--{flag} must be at least 1 (got {value})")
     if args.keyframes:
         parse_keyframes(args.keyframes)
+    if (args.retake_of is None) != (args.span is None):
+        raise BatchError("--retake-of and --span go together: the take (a strip or job id) and START:END to retake")
+    if args.span is not None:
+        try:
+            parse_span(args.span)
+        except ValueError as e:
+            raise BatchError(str(e)) from None
     if args.server:
         args.server, note = server_root(args.server)
         notes.append(note)
@@ -683,6 +719,49 @@ def _check_version(shot: Path, out: Path, allow_newer: bool, notes: list[str]) -
         )
 
 
+def _check_known_frames(args, settings: GenerationSettings) -> None:
+    """--pin and --color-lock act on RGB keyframes: without any, said before anything renders."""
+    from .core.request import rgb_keyframes
+
+    for flag in ("pin", "color_lock"):
+        if getattr(args, flag, None) and not rgb_keyframes(settings):
+            raise BatchError(
+                f"--{flag.replace('_', '-')} needs RGB keyframes: --modality rgb, --keyframe-images-as rgb or "
+                "--rgb-look first|every"
+            )
+
+
+def resolve_retake(scene, settings: GenerationSettings, spec: str, span: tuple[int, int], client):
+    """--retake-of and --span as a Retake: a preview strip of that name (or showing that job) on the previs
+    scene, else the job of that id on the server. BatchError with a sentence otherwise."""
+    from .blender.scene_keyframes import shot_range
+    from .blender.strips import check_target, job_of, preview_strips, previs_scene_name, take_of_strip
+    from .core.client import ServerError
+    from .core.retake import plan_retake, take_from_job
+
+    target = check_target(scene, settings.preview_scene)
+    strips = preview_strips(target) if target is not None else []
+    strip = next((s for s in strips if s.name == spec), None) or next((s for s in strips if job_of(s) == spec), None)
+    try:
+        if strip is not None:
+            take = take_of_strip(strip, scene)
+        else:
+            try:
+                job = client.job(spec)
+            except ServerError as e:
+                if e.status != 404:
+                    raise
+                where = target.name if target is not None else previs_scene_name(scene)
+                raise BatchError(
+                    f"--retake-of {spec}: no preview strip of that name on '{where}', nor a job of that id on the "
+                    "server"
+                ) from None
+            take = take_from_job(job, shot_range(scene, settings)[0])
+        return plan_retake(take, *span)
+    except ValueError as e:
+        raise BatchError(f"--retake-of {spec}: {e}") from None
+
+
 def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label: str = ""):
     """(the passes and request, a client of the server): the target and the server checked first, the passes
     rendered, every warning said once."""
@@ -698,8 +777,17 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
     health = client.health()
     if why := unavailable(settings, health):
         raise ServerError(why)
+    retake = None
+    if args.retake_of:
+        retake = resolve_retake(scene, settings, args.retake_of, parse_span(args.span), client)
+        first, last = retake.timeline
+        print(
+            f"{label}retake of {retake.take.name}: frames {first}-{last} (generated {retake.frames[0]}-"
+            f"{retake.frames[1]} of {retake.take.num_frames}), seed {settings.seed}",
+            flush=True,
+        )
     # Blender's own render log repeats per keyframe (a missing texture: one line per render); ours is kept.
-    prepared, captured = _quietly(lambda: prepare(scene, settings))
+    prepared, captured = _quietly(lambda: prepare(scene, settings, retake))
     for line in captured.splitlines():
         if line.startswith(("INFO ", "WARNING ", "ERROR ")):
             print(label + line, file=sys.stderr)

@@ -250,6 +250,13 @@ class GenerationRequest:
             le=CLIP_SKIP_MAX,
         ),
     )
+    color_lock: bool = field(
+        default=False,
+        metadata=api(
+            "bring each generated frame's colour (mean and spread per CIELAB channel) to the RGB keyframes', "
+            "interpolated between them (video/color_lock.py); needs RGB keyframes"
+        ),
+    )
     # A retake of a succeeded job's span (None: a new take); the API's shape is schema.py's RetakeIn.
     retake: Retake | None = None
 

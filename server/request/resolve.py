@@ -54,6 +54,7 @@ def resolve_request(
     values["output_frames"] = values["output_frames"] or 0
     values["quality"] = values["quality"] or "final"
     values["modality"] = values["modality"] or ""
+    values["color_lock"] = bool(values["color_lock"])
     for name in ("keyframe_guidance_start", "keyframe_guidance_end"):  # omitted: the whole denoising
         if values[name] is None:
             values[name] = GenerationRequest.__dataclass_fields__[name].default
@@ -69,7 +70,19 @@ def resolve_request(
     if request.quality == "draft":
         request = _draft(request, config, draft_adapter, loras or {})
     _check_steered(request)
+    _check_color_lock(request)
     return request
+
+
+def _check_color_lock(request: GenerationRequest) -> None:
+    """Colour lock takes its colours from RGB keyframes: the request's own when its modality is rgb, or
+    keyframes naming rgb."""
+    if request.color_lock and not request.keyframes_for("rgb"):
+        raise RequestError(
+            "invalid_request",
+            "color_lock: the job has no RGB keyframes to take the colours from (send keyframes with modality "
+            "'rgb', e.g. an RGB look beside line art, or leave color_lock out)",
+        )
 
 
 def _check_steered(request: GenerationRequest) -> None:

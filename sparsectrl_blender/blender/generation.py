@@ -4,6 +4,7 @@ core/job.py's JobRunner has the video, the strip (import_result, main thread).""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -24,28 +25,36 @@ from ..core.request import (
     look_group,
     parse_keyframe_images,
     parse_keyframe_strengths,
+    rgb_keyframes,
     rgb_look,
     uses_keyframes,
 )
+from ..core.retake import Retake, timing_note
 
 log = logging.getLogger(__name__)
 
 
-def prepare(scene, settings: GenerationSettings) -> PreparedJob:
+def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -> PreparedJob:
     """Choose keyframes, render their passes and build the request. Raises ValueError-like errors with
     messages for the artist (KeyframeError, PassError, ValueError): the settings' before anything is rendered.
     Clamped settings and empty passes are said in `messages` (and `empty_frames`). This is what the panel's
     Generate runs on Blender's main thread; the PNGs the request carries are made by `PreparedJob.encode`, which
-    the job thread calls (the batch calls it itself)."""
+    the job thread calls (the batch calls it itself). A `retake` keeps its parent's shot range, generated frames
+    and size (the server refuses others) and regenerates its span; the rest is the settings'."""
     from .passes import PassRenderer
 
     started = time.perf_counter()
-    messages: list[str] = []
-    start, end, num_frames, mapped, scene_frames = _keyframes(scene, settings, messages)
-    width, height = _size(scene, settings, messages)
+    messages: list[str] = list(retake.messages) if retake else []
+    if retake is not None:
+        settings = dataclasses.replace(settings, frames_mode="FIXED", num_frames=retake.take.num_frames)
+    start, end, num_frames, mapped, scene_frames = _keyframes(scene, settings, messages, retake)
+    width, height = retake.take.size if retake and retake.take.size else _size(scene, settings, messages)
     r = scene.render
     fps = r.fps / r.fps_base
-    body = job_body(settings, num_frames, width, height, max(1, round(fps)), end - start + 1, [])
+    entry = retake.entry() if retake else None
+    body = job_body(settings, num_frames, width, height, max(1, round(fps)), end - start + 1, [], entry)
+    if retake and (note := timing_note(retake, [(f - start, i) for f, i in mapped.indices.items()])):
+        messages.append(note)
     frames = list(mapped.indices)
     # Depth every frame: where each generated frame plays (its keyframes' frames among them, pinned).
     dense_frames = []
@@ -100,6 +109,7 @@ def prepare(scene, settings: GenerationSettings) -> PreparedJob:
     if separate:  # the image files are their own group (or join the rendered look's)
         further[separate] = dict(sorted((further.get(separate, {}) | looks).items()))
     prepared.further, prepared.look_group = further, look_group(settings)
+    prepared.pin, prepared.retake = settings.pin and rgb_keyframes(settings), retake
     if empty:
         messages.append(prepared.empty_message)
     if flat:
@@ -128,17 +138,20 @@ def _strengths(settings: GenerationSettings, keyframes: dict[int, int], messages
     return {frame: s for frame, s in strengths.items() if frame in keyframes and s != 1.0}
 
 
-def _keyframes(scene, settings: GenerationSettings, messages: list[str]):
+def _keyframes(scene, settings: GenerationSettings, messages: list[str], retake: Retake | None = None):
     """(shot start, shot end, generated frames, the keyframes mapped onto them, the timeline frames of those
-    chosen from the scene: markers, camera keys, ... rather than image files only)."""
+    chosen from the scene: markers, camera keys, ... rather than image files only). A retake's shot is its
+    parent's."""
     from .scene_keyframes import KeyframeError, keyframe_frames, shot_range
 
-    if settings.shot_range == "PREVIEW" and not scene.use_preview_range:
+    if settings.shot_range == "PREVIEW" and not scene.use_preview_range and retake is None:
         messages.append(
             f"the scene '{scene.name}' has no preview range: using the scene range "
             f"{scene.frame_start}-{scene.frame_end}"
         )
     start, end = shot_range(scene, settings)
+    if retake is not None:
+        start, end = retake.take.shot_start, retake.take.shot_start + retake.take.output_frames - 1
     shot_frames = end - start + 1
     r = scene.render
     fps = r.fps / r.fps_base
@@ -198,7 +211,7 @@ def import_result(
     scene `target` (default: the shot's "<shot> previs" scene; never the shot itself). The video goes to
     the "sparsectrl" folder beside `video_beside` (default: `blend_path`); its path on the strip is relative to
     `blend_path`, the file as it is now (a later save-as remaps it)."""
-    from .strips import add_preview_strip, move_old_previews, previs_scene
+    from .strips import add_preview_strip, find_strip, job_of, move_old_previews, preview_strips, previs_scene
 
     if target is None:
         target = previs_scene(shot, settings.preview_scene)
@@ -206,8 +219,26 @@ def import_result(
     if moved:
         log.info("moved %d earlier preview strip(s) from '%s' to '%s'", moved, shot.name, target.name)
     path = save_video(state.video, video_beside or blend_path, shot.name, state.job_id)
+    metadata = _metadata(shot, prepared, state, settings)
+    above = None
+    if prepared.retake is not None:  # the parent and the span; stacked above the parent
+        metadata["retake"] = prepared.retake.record()
+        above = find_strip(target, prepared.retake.take.strip) if prepared.retake.take.strip else None
+        above = above or next((s for s in preview_strips(target) if job_of(s) == prepared.retake.take.job_id), None)
+    if blend_path:  # relative to the .blend ("//sparsectrl/..."), so the project folder can move
+        try:
+            path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows): keep it absolute
+            pass
+    return add_preview_strip(
+        target, str(path), prepared.start, prepared.end, metadata, replace=replace, shot=shot, above=above
+    )
+
+
+def _metadata(shot, prepared: PreparedJob, state: RunnerState, settings: GenerationSettings) -> dict:
+    """What a preview strip records: how it was made, and how it is timed (what a retake of it needs)."""
     job = state.job
-    metadata = {
+    return {
         "prompt": prepared.body["prompt"],
         "negative_prompt": prepared.body.get("negative_prompt") or "",
         "seed": job.get("seed", prepared.body["seed"]),
@@ -226,10 +257,10 @@ def import_result(
         "num_frames": prepared.body["num_frames"],
         "server": settings.server_url,
         "shot": shot.name,
+        # How the take is timed, for a retake of it (core/retake.take_from_metadata).
+        "start": prepared.start,
+        "output_frames": prepared.end - prepared.start + 1,
+        "size": [prepared.body["width"], prepared.body["height"]],
+        "pin": any(k.get("pin") for k in prepared.body.get("keyframes", [])),
+        "color_lock": bool(prepared.body.get("color_lock")),
     }
-    if blend_path:  # relative to the .blend ("//sparsectrl/..."), so the project folder can move
-        try:
-            path = "//" + os.path.relpath(path, Path(blend_path).parent).replace(os.sep, "/")
-        except ValueError:  # another drive (Windows): keep it absolute
-            pass
-    return add_preview_strip(target, str(path), prepared.start, prepared.end, metadata, replace=replace, shot=shot)

@@ -1,4 +1,4 @@
-"""Operators: check connection, generate / regenerate, cancel, randomise seed (bpy).
+"""Operators: check connection, generate / regenerate / retake, cancel, randomise seed (bpy).
 
 HTTP never runs on Blender's main thread: a worker thread talks to the server and a bpy.app.timers function
 (main thread) reads its state, updates the panel and, when the video is in, adds the strip. An operator only makes
@@ -207,6 +207,14 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
     regenerate: bpy.props.BoolProperty(
         name="Regenerate", description="New seed; stack or replace per the setting", options={"SKIP_SAVE"}
     )
+    retake: bpy.props.BoolProperty(
+        name="Retake",
+        description=(
+            "Regenerate the selected take over the preview range (or In/Out) only, the rest kept frame for "
+            "frame; stacked above it"
+        ),
+        options={"SKIP_SAVE"},
+    )
     pending: bpy.props.EnumProperty(
         name="Pending",
         description="What to do with passes rendered last and held because some were empty",
@@ -238,8 +246,15 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
             target = check_target(shot, props.preview_scene)
         except PlacementError as e:
             return self._fail(str(e))
-        replace = None
-        if self.regenerate:
+        replace, retake = None, None
+        if self.retake:
+            try:
+                retake = retake_plan(context, shot, target)
+            except ValueError as e:
+                return self._fail(str(e))
+            if props.retake_new_seed:
+                props.seed = random.randrange(0, 2**31 - 1)
+        elif self.regenerate:
             props.seed = random.randrange(0, 2**31 - 1)
             if props.regenerate_mode == "REPLACE":
                 # The strip selected where the previews are (the panel may be shown in the shot or its previs).
@@ -251,7 +266,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         if health is not None and (why := unavailable(settings, health)):  # said before anything is rendered
             return self._fail(why)
         try:
-            prepared = prepare(shot, settings)
+            prepared = prepare(shot, settings, retake)
         except (KeyframeError, PassError, ValueError) as e:
             return self._fail(str(e))
         for message in prepared.messages:
@@ -280,6 +295,32 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         return {"CANCELLED"}
 
 
+def retake_plan(context, shot, target):
+    """The Retake of the selected take (core/retake.Retake): the active preview strip where the previews are, over
+    its scene's preview range, else the panel's In/Out. ValueError with a sentence for the artist."""
+    from ..core.retake import plan_retake
+    from .strips import active_preview_strip, previs_scene_name, take_of_strip
+
+    strip = None
+    for scene in (context.scene, target):
+        if scene is not None and strip is None:
+            strip = active_preview_strip(scene, shot)
+    if strip is None:
+        where = target.name if target is not None else previs_scene_name(shot)
+        raise ValueError(f"select a take to retake first: click a preview strip on '{where}'")
+    holder, props = strip.id_data, shot.sparsectrl
+    if holder.use_preview_range:
+        first, last = holder.frame_preview_start, holder.frame_preview_end
+    elif (props.retake_in, props.retake_out) != (0, 0):
+        first, last = props.retake_in, props.retake_out
+    else:
+        raise ValueError(
+            f"choose the frames to retake: set the preview range of '{holder.name}' (Ctrl+P in the timeline) or "
+            "In and Out in the panel"
+        )
+    return plan_retake(take_of_strip(strip, shot), first, last)
+
+
 def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str) -> None:
     client = Client(settings.server_url, token=preferences.token())
     if owner := preferences.owner():
@@ -294,6 +335,9 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     sent = [f"{len(prepared.images)} {settings.modality} keyframes"] if prepared.images else []
     if prepared.dense_frames:
         sent.append(f"depth at {len(prepared.dense_frames)} frames")
+    if (retake := prepared.retake) is not None:
+        first, last = retake.timeline
+        sent.append(f"a retake of frames {first}-{last} (generated {retake.frames[0]}-{retake.frames[1]})")
     STATUS.say("sent " + " and ".join(sent))
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.request import MODALITY_LABELS, further_modalities, generation_size, unavailable, uses_keyframes
+from ..core.request import (
+    MODALITY_LABELS,
+    further_modalities,
+    generation_size,
+    rgb_keyframes,
+    unavailable,
+    uses_keyframes,
+)
 from .operators import STATUS
 
 
@@ -19,7 +26,7 @@ def draw_panel(layout, context) -> None:
     _draw_prompt(layout, props)
     _draw_shot(layout, context, scene, props)
     _draw_generation(layout, scene, props)
-    _draw_job(layout, scene, props)
+    _draw_job(layout, scene, props, context.scene)
 
 
 def _draw_connection(layout, props) -> None:
@@ -96,6 +103,10 @@ def _draw_shot(layout, context, scene, props) -> None:
     row.label(text="Look steps")
     row.prop(props, "look_guidance_start")
     row.prop(props, "look_guidance_end")
+    if rgb_keyframes(props):  # known frames: offered only where the keyframes are RGB
+        row = col.row(align=True)
+        row.prop(props, "pin", icon="PINNED" if props.pin else "UNPINNED")
+        row.prop(props, "color_lock")
     sub = col.column(align=True)
     sub.active = uses_keyframes(props)
     sub.prop(props, "keyframe_strengths")
@@ -127,7 +138,7 @@ def _draw_generation(layout, scene, props) -> None:
     row.operator("sparsectrl.randomize_seed", text="", icon="FILE_REFRESH")
 
 
-def _draw_job(layout, scene, props) -> None:
+def _draw_job(layout, scene, props, shown_in) -> None:
     run, pending = STATUS.run, STATUS.pending
     if run is None and pending is not None and pending.scene_name == scene.name:
         box = layout.box()
@@ -152,8 +163,22 @@ def _draw_job(layout, scene, props) -> None:
         sub = layout.row(align=True)
         sub.operator("sparsectrl.generate", text="Regenerate (new seed)").regenerate = True
         sub.prop(props, "regenerate_mode", text="")
+        _draw_retake(layout, props, shown_in)
     if STATUS.message:
         layout.label(text=STATUS.message, icon="ERROR" if STATUS.message_is_error else "INFO")
+
+
+def _draw_retake(layout, props, scene) -> None:
+    """Retake the selected take over the preview range of the scene shown (the previs), else In/Out."""
+    row = layout.row(align=True)
+    row.operator("sparsectrl.generate", text="Retake", icon="SEQ_STRIP_DUPLICATE").retake = True
+    row.prop(props, "retake_new_seed")
+    if scene.use_preview_range:
+        layout.label(text=f"Retake range: preview range {scene.frame_preview_start}-{scene.frame_preview_end}")
+    else:
+        row = layout.row(align=True)
+        row.prop(props, "retake_in")
+        row.prop(props, "retake_out")
 
 
 class _SparseCtrlPanel:

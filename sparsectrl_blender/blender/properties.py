@@ -144,6 +144,22 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
     look_guidance_end: _fraction_of_steps("look_guidance_end", "End", "after which the RGB look stops steering")
     depth_guidance_start: _fraction_of_steps("depth_guidance_start", "Start", "before the depth starts to steer")
     depth_guidance_end: _fraction_of_steps("depth_guidance_end", "End", "after which the depth stops steering")
+    pin: BoolProperty(
+        name="Pin",
+        default=_DEFAULTS.pin,
+        description=(
+            "Pin the RGB keyframes (image files, the RGB look): each one's generated frame is the picture itself "
+            "(its VAE round trip) whatever the seed; the shot starts on the storyboard panel or painting"
+        ),
+    )
+    color_lock: BoolProperty(
+        name="Colour lock",
+        default=_DEFAULTS.color_lock,
+        description=(
+            "Bring every generated frame's colours (CIELAB mean and spread) to the RGB keyframes', interpolated "
+            "between them: the clip no longer drifts away from the look"
+        ),
+    )
     seed: IntProperty(name="Seed", default=_DEFAULTS.seed, min=0)
     quality: EnumProperty(name="Quality", items=QUALITIES, default=_DEFAULTS.quality)
     loras: StringProperty(
@@ -159,6 +175,23 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         ),
     )
     regenerate_mode: EnumProperty(name="Regenerate", items=REGENERATE_MODES, default="STACK")
+    # Retake: the range of the selected take to regenerate, when the previs scene has no preview range.
+    retake_in: IntProperty(
+        name="In",
+        default=0,
+        description="First timeline frame (of the previs scene) to retake, used when it has no preview range",
+    )
+    retake_out: IntProperty(
+        name="Out",
+        default=0,
+        description="Last timeline frame to retake, used when the previs scene has no preview range (In and Out "
+        "both 0: none chosen)",
+    )
+    retake_new_seed: BoolProperty(
+        name="New seed",
+        default=True,
+        description="Retake with a new seed (else the panel's: change the prompt, keyframes or strengths instead)",
+    )
     # No methods here: Blender 4.2's bpy module segfaults at exit once a PropertyGroup with a Python method
     # was registered, even after unregister_class (docs/troubleshooting.md). Helpers are module functions.
 

@@ -131,11 +131,12 @@ def previs_scene(shot, name: str = ""):
     import bpy
 
     target = check_target(shot, name)
-    if target is None:
+    made = target is None
+    if made:
         target = bpy.data.scenes.new(_target_name(shot, name))
         target[SHOT_KEY] = shot.name
     if target.get(SHOT_KEY) == shot.name:
-        _fit_to_shot(target, shot)
+        _fit_to_shot(target, shot, preview_range=made)
     if shot_strip(target, shot) is None:
         length = shot.frame_end - shot.frame_start + 1
         channel = first_free_channel(target, shot.frame_start, shot.frame_start + length - 1)
@@ -158,12 +159,14 @@ def shot_offset(target, shot) -> tuple[int, int]:
     return round(strip.frame_start) - shot.frame_start, strip.channel + 1
 
 
-def _fit_to_shot(target, shot) -> None:
-    """Frame range, frame rate, resolution and pixel aspect of the shot, so the edit plays as the shot does."""
+def _fit_to_shot(target, shot, preview_range: bool) -> None:
+    """Frame range, frame rate, resolution and pixel aspect of the shot, so the edit plays as the shot does; its
+    preview range only when the edit is made (later, the edit's own preview range is the artist's Retake range)."""
     tr, sr = target.render, shot.render
     target.frame_start, target.frame_end = shot.frame_start, shot.frame_end
-    target.use_preview_range = shot.use_preview_range
-    if shot.use_preview_range:
+    if preview_range:
+        target.use_preview_range = shot.use_preview_range
+    if preview_range and shot.use_preview_range:
         target.frame_preview_start, target.frame_preview_end = shot.frame_preview_start, shot.frame_preview_end
     tr.fps, tr.fps_base = sr.fps, sr.fps_base
     tr.resolution_x, tr.resolution_y = sr.resolution_x, sr.resolution_y
@@ -182,14 +185,47 @@ def _tag(movie, metadata: dict) -> None:
         if key in metadata:
             movie[f"{PROPS_KEY}_{key}"] = metadata[key]
     movie[f"{PROPS_KEY}_keyframes"] = json.dumps(metadata.get("keyframes", {}))
+    if "retake" in metadata:  # the parent (job, strip) and the span (generated, timeline), readable in the UI
+        movie[f"{PROPS_KEY}_retake"] = json.dumps(metadata["retake"])
 
 
-def add_preview_strip(target, video_path: str, start: int, end: int, metadata: dict, replace=None, shot=None):
+def metadata_of(strip) -> dict:
+    """A preview strip's recorded metadata ({} when it has none readable)."""
+    try:
+        meta = json.loads(strip[PROPS_KEY])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def job_of(strip) -> str:
+    """The job a preview strip shows ("" when it does not say)."""
+    return str(metadata_of(strip).get("job_id") or "")
+
+
+def take_of_strip(strip, shot):
+    """The take a preview strip is (core/retake.Take): its job, where it plays, how its frames are timed.
+    ValueError for the artist if it cannot be retaken."""
+    from ..core.retake import take_from_metadata
+
+    shift, _ = shot_offset(strip.id_data, shot)
+    first = round(strip.frame_start)  # delivered frame 0, trims aside
+    shown = (round(strip.frame_final_start), round(strip.frame_final_end) - 1)
+    duration = round(getattr(strip, "frame_duration", 0)) or shown[1] - shown[0] + 1
+    return take_from_metadata(metadata_of(strip), first, duration, first - shift, shown, strip.name)
+
+
+def add_preview_strip(
+    target, video_path: str, start: int, end: int, metadata: dict, replace=None, shot=None, above=None
+):
     """Add the preview spanning the shot's frames start..end in the previs scene `target`, above the Scene strip
     of `shot` there (and shifted with it); `replace` is an earlier preview strip to take the place of (its
-    channel is reused and it is removed). Returns the movie strip."""
+    channel is reused and it is removed); `above`: a strip to stack it above (a retake's parent). Returns the
+    movie strip."""
     strips = _strips(target)
     shift, lowest = shot_offset(target, shot) if shot is not None else (0, 2)
+    if above is not None:
+        lowest = max(lowest, above.channel + 1)
     start, end = start + shift, end + shift
     shot_frames = end - start + 1
     ignore = [replace] if replace is not None else []

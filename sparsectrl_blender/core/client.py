@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -32,6 +33,11 @@ def _http_error(e: urllib.error.HTTPError) -> ServerError:
             "(Edit > Preferences > Add-ons > SparseCtrl Previs)"
         )
     return ServerError(message, code, e.code)
+
+
+def _path(job_id: str) -> str:
+    """A job id as one URL path segment: one typed by hand (`--retake-of`) may hold spaces or slashes."""
+    return urllib.parse.quote(str(job_id), safe="")
 
 
 class Client:
@@ -78,10 +84,10 @@ class Client:
         return self._request("POST", "/v1/jobs", body, timeout=60.0)
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/jobs/{job_id}")
+        return self._request("GET", f"/v1/jobs/{_path(job_id)}")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("DELETE", f"/v1/jobs/{job_id}")
+        return self._request("DELETE", f"/v1/jobs/{_path(job_id)}")
 
     def video(self, job_id: str) -> bytes:
-        return self._request("GET", f"/v1/jobs/{job_id}/video", raw=True, timeout=120.0)
+        return self._request("GET", f"/v1/jobs/{_path(job_id)}/video", raw=True, timeout=120.0)

@@ -66,6 +66,26 @@ def generated_timeline_frames(start: int, end: int, num_frames: int, keyframes: 
     return [start + int(p + 0.5) for p in positions]
 
 
+def output_positions(num_frames: int, output_frames: int, anchors: list[tuple[int, int]]) -> np.ndarray:
+    """The generated position (float) each delivered frame shows: the server's retiming (server/video/retime.py
+    `timing`, the same arithmetic, tested equal), piecewise linear through the clip's ends and the keyframes'
+    (delivered index, generated index) anchors."""
+    points = {0: 0.0, output_frames - 1: float(num_frames - 1)} if output_frames > 1 else {0: 0.0}
+    for out_index, gen_index in anchors:
+        points[out_index] = float(gen_index)
+    xs = sorted(points)
+    return np.interp(np.arange(output_frames), xs, [points[x] for x in xs])
+
+
+def delivered_sources(positions: np.ndarray, num_frames: int) -> list[tuple[int, int]]:
+    """(lowest, highest) generated index each delivered frame is made of: one frame where its position is whole,
+    else the two it blends (as the server's `retime` decides, in float32)."""
+    low = np.floor(positions).astype(int)
+    blended = (positions - low).astype(np.float32) > 0
+    high = np.minimum(low + blended, num_frames - 1)
+    return list(zip(low.tolist(), high.tolist(), strict=True))
+
+
 def parse_frame_list(text: str) -> list[int]:
     """'1, 24, 48' or '1 24 48' -> [1, 24, 48]; a clear ValueError for anything else."""
     frames = []

@@ -18,6 +18,7 @@ from .client import Client, ServerError
 from .png import encode_png
 from .render_guard import GUARD, RenderGuard
 from .request import dense_entries, keyframe_entries
+from .retake import Retake
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class PreparedJob:
     further: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     further_passes: dict[str, dict[int, bytes]] = field(default_factory=dict)
     look_group: dict = field(default_factory=dict)  # the RGB look's keyframe_groups entry (core/request.look_group)
+    pin: bool = False  # the RGB keyframes pinned (settings.pin)
+    retake: Retake | None = None  # the span of a take this job regenerates (its body's "retake")
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""
@@ -67,7 +70,8 @@ class PreparedJob:
             # The server retimes the clip to the shot's frame count at the scene's rate, each keyframe's generated
             # frame on the keyframe's own timeline frame: the strip needs no retiming and lines up frame for frame.
             keyframes = [(self.mapping[frame], frame - self.start, png) for frame, png in passes.items()]
-            return keyframe_entries(keyframes, by_index, modality)
+            pin = self.pin and (modality or self.body.get("modality")) == "rgb"
+            return keyframe_entries(keyframes, by_index, modality, pin)
 
         self.passes = {frame: encode_png(image) for frame, image in self.images.items()}
         self.body["keyframes"] = entries(self.passes)

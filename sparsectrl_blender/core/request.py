@@ -118,6 +118,10 @@ class GenerationSettings:
     look_strength: float = 1.0
     look_guidance_start: float = 0.0  # the look's own part of the denoising (Look steps), apart from Keyframe steps
     look_guidance_end: float = 1.0
+    # Known frames (docs/api.md): the RGB keyframes (image files, the look) pinned: that generated frame is the
+    # picture itself; colour lock: every frame's colours brought to the RGB keyframes'. Both need RGB keyframes.
+    pin: bool = False
+    color_lock: bool = False
     keyframe_guidance_start: float = 0.0
     keyframe_guidance_end: float = 1.0
     depth_guidance_start: float = 0.0
@@ -215,11 +219,13 @@ def job_body(
     fps: int,
     output_frames: int,
     keyframes: list[tuple[int, int, bytes]],
+    retake: dict | None = None,
 ) -> dict:
     """The POST /v1/jobs body. `keyframes` are (generated index, output index, PNG bytes); the server
     retimes the clip to `output_frames` with each keyframe's generated frame on its output frame. Built with
     no keyframes first (the prompt and LoRAs checked before anything is rendered), `keyframe_entries` fill them
-    in once the passes are PNGs."""
+    in once the passes are PNGs. `retake`: the body's "retake" (core/retake.Retake.entry). Colour lock is sent
+    only with RGB keyframes (the panel offers it only then; a setting left on is not an error)."""
     if not settings.prompt.strip():
         raise ValueError("write a prompt first: it says what the preview should look like")
     if not uses_keyframes(settings) and not settings.depth_every_frame:
@@ -238,6 +244,10 @@ def job_body(
         check_window("depth", settings.depth_guidance_start, settings.depth_guidance_end)
     if "rgb" in further_modalities(settings):
         check_window("look", settings.look_guidance_start, settings.look_guidance_end)
+    if settings.color_lock and rgb_keyframes(settings):  # sent only when on: the body is as before otherwise
+        extra["color_lock"] = True
+    if retake is not None:
+        extra["retake"] = retake
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,
@@ -263,16 +273,22 @@ def fraction(value: float) -> float:
 
 
 def keyframe_entries(
-    keyframes: list[tuple[int, int, bytes]], strengths: dict[int, float] | None = None, modality: str = ""
+    keyframes: list[tuple[int, int, bytes]],
+    strengths: dict[int, float] | None = None,
+    modality: str = "",
+    pin: bool = False,
 ) -> list[dict]:
     """The body's "keyframes": (generated index, output index, PNG bytes) each, in index order; `strengths` by
     generated index, sent only where not 1 (servers before per-keyframe strength take the body as before);
-    `modality`: keyframes for another encoder than the request's modality (image files as the look)."""
+    `modality`: keyframes for another encoder than the request's modality (image files as the look); `pin`:
+    each of them pinned (RGB keyframes only: the caller's to choose), sent only when on."""
     entries = []
     for index, output_index, png in sorted(keyframes):
         entry = {"index": index, "output_index": output_index, "image": base64.b64encode(png).decode("ascii")}
         if modality:
             entry["modality"] = modality
+        if pin:
+            entry["pin"] = True
         if (strengths or {}).get(index, 1.0) != 1.0:
             entry["strength"] = fraction(strengths[index])
         entries.append(entry)
@@ -342,6 +358,12 @@ def further_modalities(settings: GenerationSettings) -> list[str]:
     out = ["rgb"] if rgb_look(settings) else []
     images = images_modality(settings)
     return out + ([images] if images and images not in out else [])
+
+
+def rgb_keyframes(settings: GenerationSettings) -> bool:
+    """The job has RGB keyframes (the Condition RGB, image files of the RGB kind, the look): Pin and Colour lock
+    apply to them, and are offered only then."""
+    return keyframe_modality(settings) == "rgb" or "rgb" in further_modalities(settings)
 
 
 def parse_keyframe_images(text: str) -> dict[int, str]:

@@ -64,8 +64,8 @@ def draw(panels):
 
 def test_the_panel_in_each_state(addon):
     ops, panels = addon
-    build_shot()
-    props = bpy.context.scene.sparsectrl
+    scene = build_shot()
+    props = scene.sparsectrl
 
     idle = draw(panels)
     assert ("label", "Not checked yet") in idle and ("operator", "sparsectrl.generate", "Generate") in idle
@@ -113,8 +113,25 @@ def test_the_panel_in_each_state(addon):
     props.modality, props.keyframe_images = "lineart", "1001: //boards/010.png"
     assert "keyframe_images_as" in {e[1] for e in draw(panels) if e[0] == "prop"}
     props.keyframe_images, props.rgb_look = "", "FIRST"
-    assert ("label", "RGB look unavailable: the server has no rgb encoder (it has: lineart)") not in draw(panels)
+    look = draw(panels)
+    assert ("label", "RGB look unavailable: the server has no rgb encoder (it has: lineart)") not in look
+    # Pin and Colour lock beside the look: offered only where the keyframes are RGB (#28).
+    assert {"pin", "color_lock"} <= {e[1] for e in look if e[0] == "prop"}
     props.rgb_look = "NONE"
+    assert not {"pin", "color_lock"} & {e[1] for e in draw(panels) if e[0] == "prop"}
+    props.keyframe_images, props.keyframe_images_as = "1001: //boards/010.png", "rgb"
+    assert {"pin", "color_lock"} <= {e[1] for e in draw(panels) if e[0] == "prop"}
+    props.keyframe_images, props.keyframe_images_as = "", "CONDITION"
+
+    # Retake: the selected take over the preview range, else In/Out.
+    retake = draw(panels)
+    assert ("operator", "sparsectrl.generate", "Retake") in retake
+    assert {"retake_in", "retake_out", "retake_new_seed"} <= {e[1] for e in retake if e[0] == "prop"}
+    scene.use_preview_range, scene.frame_preview_start, scene.frame_preview_end = True, 10, 20
+    ranged = draw(panels)
+    assert ("label", "Retake range: preview range 10-20") in ranged
+    assert not {"retake_in", "retake_out"} & {e[1] for e in ranged if e[0] == "prop"}
+    scene.use_preview_range = False
 
     ops.STATUS.can_resubmit = True
     assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import statistics
 import time
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from server.video.encode import read_video
+from tests.conftest import png_bytes
 from tests.e2e.conftest import job_body, keyframe
 
 pytestmark = pytest.mark.slow
@@ -157,6 +159,36 @@ def test_an_rgb_look_beside_line_art_keyframes_runs_and_is_kept(configured_serve
     r = c.post("/v1/jobs", json=job_body(keyframes=[keyframe(0), {**keyframe(3), "modality": "depth"}]))
     assert r.status_code == 422 and r.json()["error"]["code"] == "modality_unavailable"
     assert "'depth'" in r.json()["error"]["message"] and "lineart, rgb" in r.json()["error"]["message"]
+
+
+def test_colour_lock_brings_the_delivered_keyframe_frames_to_the_rgb_look(configured_server):
+    """color_lock with an RGB look at 0 and 15 beside line art, retimed to 24 (#28 item 3): the delivered frames
+    at the looks' output frames lie within 3 ΔE (mean Lab) of the looks; without RGB keyframes, a 422."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from server.engine.conditions import fit_to_size
+    from server.video.color_lock import to_lab
+
+    c = configured_server.client
+    looks = [Image.new("RGB", (96, 64), (200, 90, 40)), Image.new("RGB", (96, 64), (40, 120, 210))]
+    looks[1].paste((240, 230, 200), (30, 10, 70, 50))
+    rgb = [
+        {"index": i, "output_index": o, "modality": "rgb", "image": base64.b64encode(png_bytes(img)).decode()}
+        for i, o, img in ((0, 0, looks[0]), (15, 23, looks[1]))
+    ]
+    body = job_body(steps=2, output_frames=24, keyframes=[keyframe(0), keyframe(15, 10), *rgb], color_lock=True)
+    job = configured_server.wait_for(c.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["request"]["color_lock"] is True
+    for n, img in ((0, looks[0]), (23, looks[1])):
+        frame = np.asarray(Image.open(BytesIO(c.get(f"/v1/jobs/{job['id']}/frames/{n}.png").content)))
+        target = to_lab(np.asarray(fit_to_size(img, 64, 64))).mean(axis=(0, 1))
+        assert np.linalg.norm(to_lab(frame).mean(axis=(0, 1)) - target) < 3.0
+    r = c.post("/v1/jobs", json=job_body(color_lock=True))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert r.json()["error"]["message"].startswith("color_lock:")
 
 
 def test_a_draft_is_delivered_at_the_size_asked(configured_server, tmp_path):
