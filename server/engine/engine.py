@@ -25,7 +25,7 @@ import torch
 from ..config import LongVideo, Performance
 from ..request.model import GenerationRequest
 from .conditions import fit_to_size
-from .models import LoadedModel
+from .loaded import LoadedModel
 from .motion_modules import use_motion_modules
 from .performance import (
     GIB,

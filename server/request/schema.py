@@ -7,15 +7,13 @@ it (and shows it at /docs); `parse_body` runs it for every other caller (the CLI
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import RequestError
+from .limits import Limits
 from .model import LORA_SCALE, MODALITIES, GenerationRequest, api_fields
-
-if TYPE_CHECKING:
-    from ..config import Limits
 
 OWNER_MAX_CHARS = 64
 OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
