@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .request.errors import RequestError
+from .request.limits import Limits
 from .request.model import MODALITIES, SCHEDULER_NAMES, configurable_fields
 from .request.schema import parse_body
 from .weights.locate import SearchFolders
@@ -111,20 +112,6 @@ class Draft:
 class Retention:
     max_age_hours: float
     max_total_mb: float
-
-
-@dataclass(frozen=True)
-class Limits:
-    min_size: int
-    max_size: int
-    max_frames: int
-    max_output_frames: int
-    max_steps: int
-    max_guidance_scale: float
-    max_conditioning_scale: float
-    max_fps: int
-    max_prompt_chars: int
-    max_image_pixels: int
 
 
 @dataclass(frozen=True)

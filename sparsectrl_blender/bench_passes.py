@@ -10,7 +10,7 @@ For each pass (depth, line art, RGB) at `--frames` keyframes spread over the sho
   with the scene copy's setup and cleanup shared out, warm (the first call is reported apart as cold);
 - bare: what Blender itself needs for the same pass in the same process: a plain Scene.copy() set to the same
   engine, resolution and one sample (Cycles CPU, denoising off) with the view layer passes the pass is drawn
-  from (depth: Z; line art: Z, Normal and Cryptomatte object and material; RGB: Combined, Workbench with the
+  from (depth: Z; line art: Z, Position and Cryptomatte object and material; RGB: Combined, Workbench with the
   scene's shading), rendered with bpy.ops.render.render(write_still=True) to a multilayer EXR (a PNG for RGB)
   after frame_set, without compositor, read-back or normalisation. "lineart vs Freestyle" also times Blender's
   own line art (Cycles at one sample with Freestyle, a white line set, PNG) for reference;
@@ -228,7 +228,7 @@ def _bare_setup(copy, kind: str, width: int, height: int) -> None:
         return
     layer.use_pass_z = True
     if kind == "lineart":
-        layer.use_pass_normal = True
+        layer.use_pass_position = True
         layer.use_pass_cryptomatte_object = layer.use_pass_cryptomatte_material = True
         layer.pass_cryptomatte_depth = 2
     _image_format(r.image_settings, multilayer=True)

@@ -4,9 +4,10 @@
         [--cameras scene|all] [--clips N] [--captions captions.json] [--engine workbench|cycles] [--samples 16]
 
 Each clip is DIR/<scene>-<camera>-<first frame>/ with rgb/NNNN.png, cond/NNNN.png and caption.txt. The depth
-images come from the add-on's own depth pass (blender/passes.py -> sparsectrl_passes/process.py depth_image), normalised
-once per clip exactly as the add-on normalises once per shot, so what the encoder learns from is what the
-add-on will send it. Captions: captions.json ({"scene": "...", "scene/camera": "..."}), else the scene name.
+images come from the add-on's own depth pass (blender/passes.py -> sparsectrl_passes/process.py depth_images),
+each frame's range following the clip's frames exactly as the add-on's follows a shot's, so what the encoder
+learns from is what the add-on will send it. Captions: captions.json ({"scene": "...", "scene/camera": "..."}),
+else the scene name.
 Works with bpy from PyPI and inside Blender (arguments after `--`). Exit 0, or `error: reason` and exit 1.
 """
 

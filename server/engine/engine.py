@@ -26,7 +26,7 @@ from ..config import LongVideo, Performance
 from ..request.model import GenerationRequest
 from .conditions import fit_to_size
 from .known_frames import known_frames_for
-from .models import LoadedModel
+from .loaded import LoadedModel
 from .motion_modules import use_motion_modules
 from .performance import (
     GIB,

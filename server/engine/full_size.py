@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .models import LoadedModel
+from .loaded import LoadedModel
 from .tiny import write_tokenizer
 
 FULL_NAME = "full-size-random"

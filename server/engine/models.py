@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..weights.convert import (
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
 from ..weights.refs import WeightRef
+from .loaded import LoadedModel
 from .motion_modules import build_motion_unet
 from .performance import pick_offload
 from .temporal_norm import use_per_frame_temporal_norm
@@ -50,36 +51,6 @@ logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropEmptyFp32War
 
 class ModelLoadError(RuntimeError):
     """Weights that cannot be loaded; the message names the folder and what was expected there."""
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    tiny: bool
-    device: torch.device
-    dtype: torch.dtype
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    unet: Any  # UNetMotionModel
-    scheduler_config: dict[str, Any]
-    encoders: dict[str, Any] = field(default_factory=dict)  # modality -> SparseControlNetModel
-    # "final" (the one merged into unet) and, if configured, "draft": MotionAdapters kept on the CPU to swap in.
-    motion_adapters: dict[str, Any] = field(default_factory=dict)
-    controlnets: dict[str, Any] = field(default_factory=dict)  # name -> ControlNetModel (per frame; #16)
-    # name -> default scale of the LoRAs a request may turn on (loaded into unet/text_encoder as peft adapters).
-    loras: dict[str, float] = field(default_factory=dict)
-    # "none", or diffusers' "model" / "sequential" CPU offload for GPUs too small to hold it all (performance.py).
-    offload: str = "none"
-    encoders_on_device: bool = False
-
-    @property
-    def has_draft_adapter(self) -> bool:
-        return "draft" in self.motion_adapters
-
-    @property
-    def modalities(self) -> list[str]:
-        return [m for m in MODALITIES if m in self.encoders]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,14 +6,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import Performance
-
-if TYPE_CHECKING:  # performance takes the loaded model; models.py calls pick_offload while loading
-    from .models import LoadedModel
+from .loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ class ModelInfo:
 
     @classmethod
     def of(cls, model) -> ModelInfo:
-        """From a loaded model (engine/models.py LoadedModel)."""
+        """From a loaded model (engine/loaded.py LoadedModel)."""
         return cls(
             name=model.name,
             tiny=model.tiny,

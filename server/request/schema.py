@@ -7,15 +7,13 @@ it (and shows it at /docs); `parse_body` runs it for every other caller (the CLI
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import RequestError
+from .limits import Limits
 from .model import LORA_SCALE, MODALITIES, GenerationRequest, api_fields
-
-if TYPE_CHECKING:
-    from ..config import Limits
 
 OWNER_MAX_CHARS = 64
 OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
@@ -35,7 +33,53 @@ def _field(name: str, annotation: Any, meta: dict[str, Any], limits: Limits) -> 
 
 
 def job_create_model(limits: Limits) -> type[BaseModel]:
-    """The POST /v1/jobs body, with the configured limits in its schema (so /docs and clients see them)."""
+    """The POST /v1/jobs body, with the configured limits in its schema (so /docs and clients see them): the
+    request's own fields (request/model.py), its lists (keyframes, their groups, ControlNets, LoRAs) and its
+    place in the queue (owner, priority)."""
+    hints = get_type_hints(GenerationRequest)
+    fields: dict[str, Any] = {
+        name: _field(name, hints[name], f.metadata["api"], limits) for name, f in api_fields().items()
+    }
+    fields |= _keyframe_fields(limits) | _controlnet_fields(limits)
+    fields["retake"] = (
+        RetakeIn | None,
+        Field(
+            None,
+            description="regenerate only a span of a succeeded job (same width, height and num_frames); the seed, "
+            "prompt, keyframes, strengths, ControlNets and LoRAs are this request's",
+        ),
+    )
+    fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
+    fields |= _queue_fields()
+    return create_model(
+        "JobCreate",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__="A generation request. Omitted optional fields take the server's configured defaults.",
+        **fields,
+    )
+
+
+class RetakeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    job: str = Field(min_length=1, max_length=64, description="the id of a succeeded, retained job: the take")
+    frames: list[int] = Field(
+        min_length=2,
+        max_length=2,
+        description="[start, end]: the generated frames to regenerate (0-based, inclusive); every other generated "
+        "frame comes back bit for bit the take's",
+    )
+
+
+class LoraIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=64, description="a LoRA name from GET /v1/models (never a path)")
+    scale: float | None = Field(
+        None, ge=LORA_SCALE[0], le=LORA_SCALE[1], description="strength; omitted: the configured default"
+    )
+
+
+def _keyframe_fields(limits: Limits) -> dict[str, Any]:
+    """`keyframes` (SparseCtrl's sparse images) and `keyframe_groups` (a strength and window per encoder)."""
 
     class KeyframeIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -66,15 +110,25 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             "whatever the seed; the frames around it move on from it",
         )
 
-    class RetakeIn(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        job: str = Field(min_length=1, max_length=64, description="the id of a succeeded, retained job: the take")
-        frames: list[int] = Field(
-            min_length=2,
-            max_length=2,
-            description="[start, end]: the generated frames to regenerate (0-based, inclusive); every other "
-            "generated frame comes back bit for bit the take's",
-        )
+    return {
+        "keyframes": (
+            list[KeyframeIn] | None,
+            Field(None, max_length=limits.max_frames, description="sparse SparseCtrl keyframes (with modality)"),
+        ),
+        "keyframe_groups": (
+            list[_keyframe_group_model(limits)] | None,  # type: ignore[misc]
+            Field(
+                None,
+                max_length=len(MODALITIES),
+                description="a strength and guidance window per SparseCtrl encoder, when a job's keyframes are of "
+                "several modalities; a modality not listed takes conditioning_scale and keyframe_guidance_start/end",
+            ),
+        ),
+    }
+
+
+def _keyframe_group_model(limits: Limits) -> type[BaseModel]:
+    """A keyframe group: one SparseCtrl encoder's strength and guidance window."""
 
     class KeyframeGroupIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -98,12 +152,11 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             description="the fraction of the steps after which it stops; omitted: keyframe_guidance_end",
         )
 
-    class LoraIn(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        name: str = Field(min_length=1, max_length=64, description="a LoRA name from GET /v1/models (never a path)")
-        scale: float | None = Field(
-            None, ge=LORA_SCALE[0], le=LORA_SCALE[1], description="strength; omitted: the configured default"
-        )
+    return KeyframeGroupIn
+
+
+def _controlnet_fields(limits: Limits) -> dict[str, Any]:
+    """`controlnets`: per-frame ControlNet groups, each an image per generated frame (or a subset)."""
 
     class DenseFrameIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -131,68 +184,44 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             None, ge=0, le=1, description="the fraction of the steps after which it stops steering; omitted: 1"
         )
 
-    hints = get_type_hints(GenerationRequest)
-    fields: dict[str, Any] = {
-        name: _field(name, hints[name], f.metadata["api"], limits) for name, f in api_fields().items()
+    return {
+        "controlnets": (
+            list[ControlNetIn] | None,
+            Field(
+                None,
+                max_length=CONTROLNETS_MAX,
+                description="per-frame ControlNets (e.g. depth at every frame), beside or instead of the keyframes; "
+                "residuals are summed",
+            ),
+        )
     }
-    fields["keyframes"] = (
-        list[KeyframeIn] | None,
-        Field(None, max_length=limits.max_frames, description="sparse SparseCtrl keyframes (with modality)"),
-    )
-    fields["keyframe_groups"] = (
-        list[KeyframeGroupIn] | None,
-        Field(
-            None,
-            max_length=len(MODALITIES),
-            description="a strength and guidance window per SparseCtrl encoder, when a job's keyframes are of "
-            "several modalities; a modality not listed takes conditioning_scale and keyframe_guidance_start/end",
+
+
+def _queue_fields() -> dict[str, Any]:
+    """`owner` and `priority`: the job's place in the queue, not part of what is generated."""
+    return {
+        "owner": (
+            str | None,
+            Field(
+                None,
+                min_length=1,
+                max_length=OWNER_MAX_CHARS,
+                pattern=OWNER_PATTERN,
+                description="who submitted the job (a name, for the queue page); the queue takes owners in turn, "
+                "so one owner's many jobs cannot starve another's; not checked against anything",
+            ),
         ),
-    )
-    fields["controlnets"] = (
-        list[ControlNetIn] | None,
-        Field(
-            None,
-            max_length=CONTROLNETS_MAX,
-            description="per-frame ControlNets (e.g. depth at every frame), beside or instead of the keyframes; "
-            "residuals are summed",
+        "priority": (
+            int | None,
+            Field(
+                None,
+                ge=PRIORITY_RANGE[0],
+                le=PRIORITY_RANGE[1],
+                description="higher runs first (default 0); e.g. -1 for an overnight farm batch, so that "
+                "interactive previews go ahead of it",
+            ),
         ),
-    )
-    fields["retake"] = (
-        RetakeIn | None,
-        Field(
-            None,
-            description="regenerate only a span of a succeeded job (same width, height and num_frames); the "
-            "seed, prompt, keyframes, strengths, ControlNets and LoRAs are this request's",
-        ),
-    )
-    fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
-    fields["owner"] = (
-        str | None,
-        Field(
-            None,
-            min_length=1,
-            max_length=OWNER_MAX_CHARS,
-            pattern=OWNER_PATTERN,
-            description="who submitted the job (a name, for the queue page); the queue takes owners in turn, so "
-            "one owner's many jobs cannot starve another's; not checked against anything",
-        ),
-    )
-    fields["priority"] = (
-        int | None,
-        Field(
-            None,
-            ge=PRIORITY_RANGE[0],
-            le=PRIORITY_RANGE[1],
-            description="higher runs first (default 0); e.g. -1 for an overnight farm batch, so that interactive "
-            "previews go ahead of it",
-        ),
-    )
-    return create_model(
-        "JobCreate",
-        __config__=ConfigDict(extra="forbid", strict=True),
-        __doc__="A generation request. Omitted optional fields take the server's configured defaults.",
-        **fields,
-    )
+    }
 
 
 _MODELS: dict[Limits, type[BaseModel]] = {}

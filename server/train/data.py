@@ -146,16 +146,16 @@ def write_synthetic_clips(root: Path, clips: int = 2, frames: int = 8, size: int
 
 
 def depth_frames_from_inverse_depth(inverse_depth: list[np.ndarray]) -> list[np.ndarray]:
-    """Estimated (relative) inverse depth -> condition images through the add-on's own depth function: one
-    near/far over the clip, near = white, linear in inverse depth (what the add-on's pass makes from camera Z)."""
-    from sparsectrl_passes.process import RenderBuffers, depth_image, shot_depth_range
+    """Estimated (relative) inverse depth of a clip's consecutive frames -> condition images through the add-on's
+    own depth function (near = white, linear in inverse depth, each frame's range following the clip's frames
+    slowly: what the add-on's pass makes from camera Z)."""
+    from sparsectrl_passes.process import RenderBuffers, depth_images
 
     buffers = []
     for inv in inverse_depth:
         z = 1.0 / np.maximum(inv.astype(np.float64), 1e-6)  # any scale: the clip's own range normalises it
-        buffers.append(RenderBuffers(z=z, normal=np.zeros((*z.shape, 3)), alpha=np.ones(z.shape)))
-    shot = shot_depth_range(buffers)
-    return [depth_image(b, shot) for b in buffers]
+        buffers.append(RenderBuffers(z=z, alpha=np.ones(z.shape)))
+    return depth_images(buffers)
 
 
 def load_depth_estimator(path: str, device: torch.device):

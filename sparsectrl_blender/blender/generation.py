@@ -77,7 +77,7 @@ def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -
     look_frames = sorted(scene_frames)[: 1 if settings.rgb_look == "FIRST" else None] if rgb_look(settings) else []
     look_frames = [f for f in look_frames if not (separate == "rgb" and f in files)]
     with renderer:  # one scene copy for the keyframes and the depth at every frame
-        if dense_frames:  # normalised once over the shot's frames, as depth keyframes are
+        if dense_frames:  # each frame's range follows the frames slowly (sparsectrl_passes depth_ranges)
             dense = renderer.render("depth", sorted(set(dense_frames)))
         if rendered and modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
             images = {frame: dense[frame] for frame in rendered}

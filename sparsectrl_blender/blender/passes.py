@@ -22,7 +22,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from sparsectrl_passes.process import RenderBuffers, depth_image, lineart_image, shot_depth_range
+from sparsectrl_passes.process import RenderBuffers, depth_images, lineart_image
 
 from ..core.exr import ExrUnsupported, read_exr_rgba
 from ..core.render_guard import GUARD
@@ -82,7 +82,7 @@ def _file_output(tree, render_layers, directory: Path, sockets: dict[str, str]):
         node.directory = str(directory) + "/"
         node.file_name = ""
         for name, socket in sockets.items():
-            kind = "VECTOR" if socket == "Normal" else "RGBA" if socket.startswith("Crypto") else "FLOAT"
+            kind = "VECTOR" if socket == "Position" else "RGBA" if socket.startswith("Crypto") else "FLOAT"
             node.file_output_items.new(kind, name)
             tree.links.new(render_layers.outputs[socket], node.inputs[name])
     else:  # Blender 4.x
@@ -167,8 +167,9 @@ class PassRenderer:
         self.stage_seconds["render"] = self.stage_seconds.get("render", 0.0) + seconds
 
     def _geometry_buffers(self, frames: list[int], ids: bool = False) -> list[RenderBuffers]:
-        """Camera Z and alpha at each frame (and, with `ids`, line art's: normals and per-object and per-material
-        ids from Cryptomatte): Cycles at one sample through the pixel centre, passes through a File Output node."""
+        """Camera Z and alpha at each frame (and, with `ids`, line art's: world positions and per-object and
+        per-material ids from Cryptomatte): Cycles at one sample through the pixel centre, passes through a File
+        Output node."""
         tree, render_layers, sockets = self._geometry_setup(ids)
         scene = self._copy
         buffers = []
@@ -190,7 +191,7 @@ class PassRenderer:
                 extra = {}
                 if ids:  # rank 0 of each Cryptomatte layer: the id hash of what covers the pixel
                     extra = {f"{k}_id": _read_pass(files[k])[:, :, 0] for k in ("object", "material")}
-                    extra["normal"] = _read_pass(files["normal"])[:, :, :3]
+                    extra["position"] = _read_pass(files["position"])[:, :, :3]
                 z, alpha = _read_pass(files["z"])[:, :, 0], _read_pass(files["alpha"])[:, :, 0]
                 buffers.append(RenderBuffers(z=z, alpha=alpha, **extra))
         return buffers
@@ -203,7 +204,7 @@ class PassRenderer:
         scene.cycles.use_denoising = False
         scene.cycles.device = "CPU"
         scene.cycles.filter_width = 0.01  # one ray through each pixel's centre: depth exact, planes stay planes
-        # Z, normals, alpha and Cryptomatte ids are all of the camera ray's first hit: light bouncing further
+        # Z, positions, alpha and Cryptomatte ids are all of the camera ray's first hit: light bouncing further
         # only shades the Combined image, which is not used (the passes come out the same, bit for bit).
         scene.cycles.max_bounces = 0
         scene.render.film_transparent = True
@@ -212,11 +213,11 @@ class PassRenderer:
         layer = scene.view_layers[self.view_layer_name]
         layer.use_pass_z = True
         sockets = {"z": "Depth", "alpha": "Alpha"}
-        if ids:  # line art's; depth needs neither normals nor ids
-            layer.use_pass_normal = True
+        if ids:  # line art's (positions: the geometry's folds, not the shading normals'); depth needs neither
+            layer.use_pass_position = True
             layer.use_pass_cryptomatte_object = layer.use_pass_cryptomatte_material = True
             layer.pass_cryptomatte_depth = 2
-            sockets.update(normal="Normal", object="CryptoObject00", material="CryptoMaterial00")
+            sockets.update(position="Position", object="CryptoObject00", material="CryptoMaterial00")
         tree = _compositor_tree(scene)
         if tree.name in bpy.data.node_groups:
             self._trees.append(tree)
@@ -268,8 +269,7 @@ class PassRenderer:
             buffers = self._geometry_buffers(frames, ids=modality == "lineart")
             with self.timed("process"):
                 if modality == "depth":
-                    shot = shot_depth_range(buffers)
-                    images = [depth_image(b, shot) for b in buffers]
+                    images = depth_images(buffers, frames)
                 else:
                     orthographic = self.orthographic
                     images = [lineart_image(b, orthographic=o) for b, o in zip(buffers, orthographic, strict=True)]

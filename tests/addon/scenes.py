@@ -142,3 +142,40 @@ def build_lineart_stage(resolution=(512, 288)):
     text.rotation_euler = (math.pi / 2, 0, 0)
     _box("cube", (0.6, 0.6, 0.6), (0.1, 5.0, 0.3), col)
     return scene
+
+
+ROOM = {"x": 3.0, "y": 8.0, "z": 3.0}  # the bevelled room: x from -3 to 3 m, y from 0 to 8 m, z from 0 to 3 m
+ROOM_BEVEL = 0.05
+
+
+def build_bevelled_room(resolution=(512, 288)):
+    """Line-art test room (#31), as modelled rooms often are: one smooth-shaded mesh, a floor and three walls
+    (no ceiling, open towards the camera), every corner bevelled 5 cm in 3 segments (30 degrees a step, under
+    line art's 35). The camera stands 1.6 m up near the open side, a 24 mm lens looking along +Y, 8 degrees
+    down: the floor runs away at a grazing angle to the back wall; both back corners and the side walls show."""
+    import bmesh
+    import bpy
+
+    scene = build_shot(markers=(1,), resolution=resolution)
+    for name in ("near", "far"):
+        bpy.data.objects.remove(scene.objects[name])
+    cam = scene.camera
+    cam.location = (0, 0.5, 1.6)
+    cam.rotation_euler = (math.radians(82), 0, 0)
+    cam.data.lens = 24
+    mesh = bpy.data.meshes.new("room")
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=1.0)
+    bmesh.ops.scale(bm, vec=(2 * ROOM["x"], ROOM["y"], ROOM["z"]), verts=bm.verts)
+    bmesh.ops.translate(bm, vec=(0, ROOM["y"] / 2, ROOM["z"] / 2), verts=bm.verts)
+    open_sides = [f for f in bm.faces if f.normal.z > 0.5 or f.normal.y < -0.5]  # ceiling, front
+    bmesh.ops.delete(bm, geom=open_sides, context="FACES_ONLY")
+    corners = [e for e in bm.edges if len(e.link_faces) == 2]
+    bmesh.ops.bevel(bm, geom=corners, offset=ROOM_BEVEL, segments=3, profile=0.5, affect="EDGES")
+    for face in bm.faces:
+        face.smooth = True
+    bm.to_mesh(mesh)
+    bm.free()
+    room = bpy.data.objects.new("room", mesh)
+    scene.collection.objects.link(room)
+    return scene

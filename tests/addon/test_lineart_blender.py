@@ -1,6 +1,7 @@
 """Line art on pixels rendered by real Blender (#15): lines at real discontinuities only. A floor seen at a
 grazing angle stays black; a sign a few centimetres in front of a wall and a flat title in front of a
-backdrop are outlined; line width scales with the image."""
+backdrop are outlined; a smooth-shaded room's bevelled corners are drawn (#31); line width scales with the
+image."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ bpy = pytest.importorskip("bpy")
 
 from sparsectrl_blender.blender import passes  # noqa: E402
 from sparsectrl_passes.process import lineart_image  # noqa: E402
-from tests.addon.scenes import build_lineart_stage  # noqa: E402
+from tests.addon.scenes import ROOM, build_bevelled_room, build_lineart_stage  # noqa: E402
 
 
 def _buffers(scene, w, h):
@@ -97,3 +98,47 @@ def test_orthographic_floor_stays_black():
     buffers = _buffers(scene, w, h)
     floor = _inside(buffers.object_id == buffers.object_id[h - 1, 2], 3)
     assert floor.any() and image[floor].mean() < 0.002
+
+
+def _corner_coverage(scene, line: np.ndarray, start, end, near_px: int = 2, samples: int = 60) -> float:
+    """Share of points along a room corner (the segment start-end in world space, its ends' 10 % left out) that
+    have a line within `near_px` pixels."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    h, w = line.shape
+    hits = []
+    for t in np.linspace(0.1, 0.9, samples):
+        p = world_to_camera_view(scene, scene.camera, Vector(start).lerp(Vector(end), t))
+        x, y = int(p.x * w), int((1 - p.y) * h)
+        if near_px <= x < w - near_px and near_px <= y < h - near_px and p.z > 0:
+            hits.append(line[y - near_px : y + near_px + 1, x - near_px : x + near_px + 1].any())
+    assert len(hits) > samples // 3, "the corner is in view"
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize(("w", "h"), [(256, 144), (512, 288)])
+def test_a_smooth_shaded_rooms_bevelled_corners_are_drawn_and_its_faces_stay_black(w, h):
+    """#31: a bevel turns 90 degrees in 30-degree steps and smooth shading spreads the turn further, so creases
+    from shading normals missed these corners (only the back wall/floor corner showed, as a depth break)."""
+    scene = build_bevelled_room()
+    buffers = _buffers(scene, w, h)
+    line = lineart_image(buffers)[..., 0] == 255
+    x, y, z = ROOM["x"], ROOM["y"], ROOM["z"]
+    corners = {
+        "back wall/floor": ((-x, y, 0), (x, y, 0)),
+        "left wall/floor": ((-x, 0, 0), (-x, y, 0)),
+        "right wall/floor": ((x, 0, 0), (x, y, 0)),
+        "back/left wall": ((-x, y, 0), (-x, y, z)),
+        "back/right wall": ((x, y, 0), (x, y, z)),
+    }
+    coverage = {name: _corner_coverage(scene, line, *ends) for name, ends in corners.items()}
+    assert min(coverage.values()) > 0.95, coverage
+    px, py, pz = (buffers.position[..., i] for i in range(3))
+    fg, margin = buffers.foreground, 0.4  # metres from any edge of the room
+    floor = fg & (np.abs(pz) < 0.01) & (np.abs(px) < x - margin) & (py < y - margin)
+    walls = (fg & (pz > margin) & (pz < z - margin)) & (
+        ((py > y - 0.01) & (np.abs(px) < x - margin)) | ((np.abs(px) > x - 0.01) & (py < y - margin))
+    )
+    assert floor.sum() > 0.2 * fg.sum() and walls.sum() > 0.2 * fg.sum()
+    assert line[floor].mean() < 0.002 and line[walls].mean() < 0.002  # the grazing floor and flat walls
