@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,29 +61,32 @@ class GenerationSlot:
         def on_step(step: int, total: int) -> None:
             self._progress = (job_id, attempt, step)
 
+        tmp = Path(tempfile.mkdtemp(dir=self.scratch, prefix=f"{os.getpid()}-"))
         try:
             request = GenerationRequest.from_record(fields, images.__getitem__)
-            with tempfile.TemporaryDirectory(dir=self.scratch, prefix=f"{os.getpid()}-") as tmp:
-                outputs = JobOutputs(video=Path(tmp) / "video.mp4", frames=Path(tmp) / "frames")
-                try:
-                    started = time.perf_counter()
-                    result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=context.is_canceled)
-                    seconds = time.perf_counter() - started
-                except JobCancelled:
-                    raise  # the head sees Ray's TaskCancelledError
-                except Exception as e:  # noqa: BLE001 - the job fails, the slot and its model live on
-                    code, message = describe_failure(e)
-                    if code == "generation_failed":
-                        log.exception("job %s failed", job_id)
-                    return {"error": (code, message)}
-                return {
-                    "video": outputs.video.read_bytes(),
-                    "frames": {p.name: p.read_bytes() for p in sorted(outputs.frames.glob("*.png"))},
-                    "seconds": seconds,
-                    "seed": result.seed,
-                }
+            outputs = JobOutputs(video=tmp / "video.mp4", frames=tmp / "frames")
+            try:
+                started = time.perf_counter()
+                result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=context.is_canceled)
+                seconds = time.perf_counter() - started
+            except JobCancelled:
+                raise  # the head sees Ray's TaskCancelledError
+            except Exception as e:  # noqa: BLE001 - the job fails, the slot and its model live on
+                code, message = describe_failure(e)
+                if code == "generation_failed":
+                    log.exception("job %s failed", job_id)
+                return {"error": (code, message)}
+            return {
+                "video": outputs.video.read_bytes(),
+                "frames": {p.name: p.read_bytes() for p in sorted(outputs.frames.glob("*.png"))},
+                "seconds": seconds,
+                "seed": result.seed,
+            }
         finally:
             self._progress = None
+            # Off the result's way back: removing the folder took 20-110 ms on a busy disk, longer than the rest
+            # of the dispatch together. A slot killed before this runs leaves it to the next slot on the node.
+            threading.Thread(target=shutil.rmtree, args=(tmp, True), daemon=True).start()
 
     @ray.method(concurrency_group="ctl")
     def release_memory(self) -> None:
