@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.client import server_problem
 from ..core.request import MODALITY_LABELS, further_modalities, generation_size, unavailable, uses_keyframes
 from .operators import STATUS
 
@@ -28,6 +27,8 @@ def _draw_connection(layout, props) -> None:
     row = box.row(align=True)
     row.prop(props, "server_url", text="")
     row.operator("sparsectrl.check_connection", text="", icon="FILE_REFRESH")
+    from ..core.client import server_problem  # here, not at the top: the import lines there change often
+
     c = STATUS.connection
     if c.checking:
         box.label(text="Checking…", icon="SORTTIME")
