@@ -27,7 +27,7 @@ def _draw_connection(layout, props) -> None:
     row = box.row(align=True)
     row.prop(props, "server_url", text="")
     row.operator("sparsectrl.check_connection", text="", icon="FILE_REFRESH")
-    from ..core.client import server_problem  # here, not at the top: the import lines there change often
+    from ..core.client import server_problem  # the draw code's only use of the client module
 
     c = STATUS.connection
     if c.checking:
