@@ -94,7 +94,12 @@ class WorkerOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "starting"] = Field(
+        description='"starting": a cluster\'s workers are still loading the model (the model fields are empty '
+        "and jobs are refused with 503 workers_starting until one has); `starting` says why"
+    )
+    starting: str | None = Field(None, description="while status is starting: what the workers are doing")
+    api_version: int = Field(description="the HTTP API version this server speaks (the add-on compares its own)")
     device: str
     dtype: str
     model: ModelInfo

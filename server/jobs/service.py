@@ -25,15 +25,17 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
+# The version of the HTTP API (/v1/...) this server speaks; /v1/health says it, and the add-on compares it with its
+# own (sparsectrl_blender/core/client.py API_VERSION) to tell the artist when they differ.
+API_VERSION = 1
+
 
 class JobService:
     def __init__(self, config: Config, engine: Engine | None, data_dir: Path, progress_bar: bool = True):
         """`engine`: the loaded engine for the local backend; None with [cluster] backend = "ray"."""
         self.config = config
         cluster = config.cluster.backend == "ray"
-        self.store = JobStore(
-            Path(data_dir) / "jobs.sqlite3", requeue_running=config.cluster.max_attempts if cluster else 0
-        )
+        self.store = JobStore(Path(data_dir) / "jobs.sqlite3", requeue_running=cluster)
         self.files = JobFiles(Path(data_dir) / "jobs")
         if cluster:
             try:
@@ -179,8 +181,30 @@ class JobService:
         return record
 
     def health(self) -> dict[str, Any]:
-        model = self.worker.model
+        """The model and the workers; while a cluster's workers load the model, status "starting" and why."""
         workers = self.worker.workers()
+        starting = self.worker.starting() if self.config.cluster.backend == "ray" else None  # one box: loaded
+        common = {
+            "api_version": API_VERSION,
+            "queue_length": self.store.queue_length(),
+            "running_job": next((w["job"] for w in workers if w["job"]), None),
+            "backend": self.config.cluster.backend,
+            "workers": workers,
+        }
+        if starting:
+            return {
+                "status": "starting",
+                "starting": starting,
+                "device": "",
+                "dtype": "",
+                "model": {"name": "", "tiny": False},
+                "modalities": [],
+                "loras": [],
+                "controlnets": [],
+                "draft_motion_module": False,
+                **common,
+            }
+        model = self.worker.model
         return {
             "status": "ok",
             "device": model.device,
@@ -190,10 +214,7 @@ class JobService:
             "loras": sorted(model.loras),
             "controlnets": model.controlnets,
             "draft_motion_module": model.draft_motion_module,
-            "queue_length": self.store.queue_length(),
-            "running_job": next((w["job"] for w in workers if w["job"]), None),
-            "backend": self.config.cluster.backend,
-            "workers": workers,
+            **common,
         }
 
     def models(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ def test_health_reports_device_model_and_modalities(configured_server):
     }  # fmt: skip
     assert health == {
         "status": "ok",
+        "starting": None,
+        "api_version": 1,
         "device": "cpu",
         "dtype": "float32",
         "model": {"name": "sd15-test", "tiny": False},
