@@ -123,11 +123,23 @@ def _saved_settings(scene) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The batch's flags, in the groups `--help` shows: what to run, where to send it, which keyframes, what
+    to generate, what to write."""
     p = argparse.ArgumentParser(
         prog="python -m sparsectrl_blender.batch",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_shot_flags(p.add_argument_group("shots"))
+    _add_server_flags(p.add_argument_group("server"))
+    _add_keyframe_flags(p.add_argument_group("keyframes"))
+    _add_generation_flags(p.add_argument_group("generation"))
+    _add_output_flags(p.add_argument_group("output"))
+    return p
+
+
+def _add_shot_flags(p) -> None:
+    """Which files and scenes are the shots."""
     p.add_argument("shots", nargs="*", metavar="SHOT.blend", help="one shot, or several: each gets its own job")
     p.add_argument(
         "--shots",
@@ -136,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shot list: one .blend per line, each with its own flags if any (e.g. sh010.blend --seed 7); "
         "relative paths are relative to the list",
     )
+    p.add_argument("--scene", metavar="NAME", help="the shot scene (default: the scene active when the file was saved)")
+    p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
+
+
+def _add_server_flags(p) -> None:
+    """Where the job goes and how the shared queue treats it."""
     p.add_argument(
         "--server", help="server URL, its root (default: the one saved in the .blend, else http://127.0.0.1:8765)"
     )
@@ -151,10 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="-10 to 10, higher runs first (default 0); e.g. -1 for an overnight farm run, so that artists' "
         "previews go ahead of it",
     )
-    p.add_argument("--scene", metavar="NAME", help="the shot scene (default: the scene active when the file was saved)")
-    p.add_argument(
-        "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
-    )
+
+
+def _add_keyframe_flags(p) -> None:
+    """Which frames steer the generation, with what, and how strongly."""
     p.add_argument("--modality", choices=identifiers(MODALITIES))
     p.add_argument(
         "--keyframes",
@@ -203,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--look-guidance", metavar="START:END", help="the part of the denoising the RGB look steers (its own window)"
     )
+
+
+def _add_generation_flags(p) -> None:
+    """What the server generates: length, size, steps, seed, prompt."""
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
@@ -212,7 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loras", metavar="NAME[:SCALE],...", help="LoRAs the server has configured, e.g. ink:0.7")
     p.add_argument("--prompt")
     p.add_argument("--negative-prompt")
-    p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
+
+
+def _add_output_flags(p) -> None:
+    """What is written, where, and what is refused."""
+    p.add_argument(
+        "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
+    )
     p.add_argument("--passes-dir", metavar="DIR", help="write the passes sent, as frame_NNNN.png")
     p.add_argument(
         "--refuse-empty",
@@ -230,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to save the result (default: SHOT_previs.blend beside SHOT.blend; SHOT.blend itself is never "
         "written unless named here, and then its bytes are kept as SHOT.blend1 first)",
     )
-    return p
 
 
 KEYFRAME_FORMS = "markers, camera, every:N, none or a list like 1,24,48"
