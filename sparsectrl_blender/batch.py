@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -57,8 +60,28 @@ _OTHER_FORMATS = {
 }
 
 
+# The oldest Blender that opens a file with this header (a .blend's first bytes). The 12-byte header before it
+# ("BLENDER-v402") is opened by every Blender the manifest supports. Blender 5.0's header: 4.5 opens it, 4.4 and
+# older answer "not a blend file". Which header this Blender writes is found by writing one (written_header).
+HEADER_READERS = {b"BLENDER17-01": (4, 5)}
+SUPPORTED_FROM = (4, 2)  # blender_version_min in addon_manifest.toml
+
+
 class BatchError(ValueError):
     """A problem with the command line or the files; the message is the `error:` line."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM while the batch runs. Not an Exception, so no shot's error handling swallows it: it
+    unwinds to Sequence.run, which cancels the jobs sent."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
 
 
 def blend_compression(path: Path) -> str:
@@ -253,6 +276,12 @@ def _add_output_flags(p) -> None:
         help="overwrite a .blend saved by a newer Blender than this one (it may lose what that Blender added)",
     )
     p.add_argument(
+        "--allow-newer-format",
+        action="store_true",
+        help="write the result even when the Blender that last saved the shot cannot open what this one writes "
+        "(e.g. a 4.2 shot run by Blender 5.x); without it such a shot is refused before anything renders",
+    )
+    p.add_argument(
         "--out",
         metavar="OUT.blend",
         help="where to save the result (default: SHOT_previs.blend beside SHOT.blend; SHOT.blend itself is never "
@@ -353,8 +382,11 @@ def check_out(out: Path) -> None:
     if out.suffix.lower() != ".blend":
         raise BatchError(f"--out {out} should end in .blend")
     folder = out.parent
-    while not folder.exists():  # created when saving
-        folder = folder.parent
+    if not folder.exists():  # a mistyped path is not made into folders
+        missing = folder
+        while not missing.parent.exists():
+            missing = missing.parent
+        raise BatchError(f"cannot write {out}: there is no folder {missing} (make it first, or check the path)")
     if not folder.is_dir():
         raise BatchError(f"cannot write {out}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
@@ -433,7 +465,7 @@ def missing_files() -> list[str]:
     ]
     if images:
         out.append(
-            f"images not found (shown pink in RGB passes): {', '.join(images[:5])}"
+            f"images not found (RGB passes lack these textures): {', '.join(images[:5])}"
             + (f" and {len(images) - 5} more" if len(images) > 5 else "")
         )
     return out
@@ -458,7 +490,6 @@ def save_result(out: Path, compression: str) -> list[str]:
     import bpy
 
     notes = []
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         backup = keep_backup(out)
         notes.append(f"the earlier {out.name} is kept as {backup.name}")
@@ -492,6 +523,7 @@ class ShotRun:
     prepared: object = None  # core.job.PreparedJob
     runner: object = None  # core.job.JobRunner, once submitted
     stamp: tuple[int, int] = (0, 0)  # the shot file's (mtime_ns, size) when its passes were rendered
+    client: object = None  # core.client.Client of its server, once checked
     said: str = ""  # the job's phase last said
 
     def say(self, text: str, error: bool = False) -> None:
@@ -551,9 +583,15 @@ class Sequence:
         self.failed: list[ShotRun] = []
 
     def run(self) -> int:
-        for shot in self.shots:
-            self._step(shot, self._submit)
-        self._wait([s for s in self.shots if s.runner is not None and s not in self.failed])
+        try:
+            for shot in self.shots:  # everything that can fail without rendering, for every shot, first
+                self._step(shot, self._check)
+            for shot in self.shots:
+                if shot not in self.failed:
+                    self._step(shot, self._submit)
+            self._wait([s for s in self.shots if s.runner is not None and s not in self.failed])
+        except Interrupted as stop:
+            return self._interrupted(stop.signum)
         if not self.several:
             return 1 if self.failed else 0
         done = len(self.shots) - len(self.failed)
@@ -585,20 +623,57 @@ class Sequence:
             open_blend(shot.shot)
             self.loaded = shot.shot
 
-    def _submit(self, shot: ShotRun) -> None:
-        from .core.job import JobRunner
+    def _interrupted(self, signum: int) -> int:
+        """SIGINT (Ctrl-C) or SIGTERM (a farm's timeout): the jobs sent are cancelled on the server, said in
+        one line; exit 128 + the signal's number (130, 143), as a shell reports a process it stopped."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the cancelling short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        running = [s for s in self.shots if s.runner is not None and s.runner.state.job_id and not s.runner.over]
+        cancelled = [s.runner.state.job_id for s in running if s.runner.cancel_now()]
+        left = [s.runner.state.job_id for s in running if s.runner.state.job_id not in cancelled]
+        said = []
+        if cancelled:
+            said.append(f"cancelled job{'s' if len(cancelled) > 1 else ''} {', '.join(cancelled)} on the server")
+        if left:
+            said.append(f"could not reach the server to cancel job{'s' if len(left) > 1 else ''} {', '.join(left)}")
+        said.append("nothing saved for them" if running else "no job was left running")
+        print(f"interrupted ({name}): " + "; ".join(said), file=sys.stderr, flush=True)
+        return 128 + signum
+
+    def _check(self, shot: ShotRun) -> None:
+        """The shot's file opened and everything checked that can fail without rendering: its format, scene,
+        camera, keyframes, settings and what the server offers."""
+        from .blender.generation import check
+        from .blender.strips import check_target
+        from .core.client import Client, ServerError
+        from .core.request import unavailable
 
         args = shot.args
         self._open(shot)
         _check_version(shot.shot, shot.out, args.allow_newer, shot.notes)
-        stat = shot.shot.stat()
-        shot.stamp = (stat.st_mtime_ns, stat.st_size)
+        _check_format(shot.shot, args.allow_newer_format, shot.warn)
         scene = pick_scene(args.scene)
         shot.scene_name = scene.name
         settings = settings_from(args, _saved_settings(scene))
         if not args.server:
             settings = dataclasses.replace(settings, server_url=server_root(settings.server_url)[0])
         shot.settings = settings
+        check_target(scene, settings.preview_scene)
+        check(scene, settings)
+        shot.client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
+        if why := unavailable(settings, shot.client.health()):
+            raise ServerError(why)
+
+    def _submit(self, shot: ShotRun) -> None:
+        from .core.job import JobRunner
+
+        args = shot.args
+        self._open(shot)
+        stat = shot.shot.stat()
+        shot.stamp = (stat.st_mtime_ns, stat.st_size)
+        scene = bpy_scene(shot.scene_name)
+        settings = shot.settings
         prepared, client = _prepare(scene, settings, args, shot.notes, shot.label)
         prepared.images = {}  # sent as PNGs (prepared.passes); a sequence's frames are not held meanwhile
         prepared.body["priority"] = args.priority
@@ -636,6 +711,8 @@ class Sequence:
         from .core.client import ServerError
 
         state = shot.runner.state
+        if state.phase == "cancelled":
+            raise ServerError(f"job {state.job_id} was cancelled on the server (not by this batch); nothing saved")
         if state.phase != "done":
             raise ServerError(state.error or f"the job ended {state.phase}")
         if self.loaded != shot.shot:
@@ -710,6 +787,69 @@ def _check_version(shot: Path, out: Path, allow_newer: bool, notes: list[str]) -
         )
 
 
+@functools.cache
+def written_header() -> bytes:
+    """The header this Blender writes .blend files with: a library file of one new, empty text written and read
+    back (a feature check, not a version table; bpy 4.2 crashes writing an empty set). The text is removed."""
+    import bpy
+
+    text = bpy.data.texts.new("sparsectrl header probe")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "header.blend")
+            bpy.data.libraries.write(path, {text}, compress=False)
+            with open(path, "rb") as f:
+                return f.read(17)
+    finally:
+        bpy.data.texts.remove(text)
+
+
+def oldest_reader(header: bytes, running: tuple[int, int]) -> tuple[int, int] | None:
+    """The oldest Blender that opens files with `header`; None: any Blender the manifest supports."""
+    if header.startswith(b"BLENDER") and header[7:8] in (b"-", b"_"):
+        return None
+    for prefix, version in HEADER_READERS.items():
+        if header.startswith(prefix):
+            return version
+    return running  # a header newer than this table: only this Blender's line is known to open it
+
+
+def _check_format(shot: Path, allow: bool, warn) -> None:
+    """Before anything renders: a shot whose Blender cannot open what this one writes is refused unless
+    `allow` (then said); a shot from before the supported Blenders is said (`warn`, one line)."""
+    import bpy
+
+    saved, running = tuple(bpy.data.version)[:2], tuple(bpy.app.version)[:2]
+    reader = oldest_reader(written_header(), running)
+    dotted = ".".join
+    saved_by, this = dotted(map(str, saved)), dotted(map(str, tuple(bpy.app.version)[:3]))
+    supported = dotted(map(str, SUPPORTED_FROM))
+    unreadable = reader is not None and saved < reader
+    if saved < SUPPORTED_FROM:
+        warn(
+            f"{shot.name} was last saved by Blender {saved_by}, older than the {supported} the add-on supports"
+            f": the result is a Blender {this} file" + (f", which {saved_by} cannot open" if unreadable else "")
+        )
+    elif unreadable and not allow:
+        raise BatchError(
+            f"{shot.name} was last saved by Blender {saved_by}, which cannot open what this Blender {this} writes "
+            f"(only {dotted(map(str, reader))} and later do): run the batch in the artist's Blender (README), or pass "
+            "--allow-newer-format; nothing was written"
+        )
+    elif unreadable:
+        warn(f"--allow-newer-format: the result is a Blender {this} file, which {saved_by} cannot open")
+
+
+def bpy_scene(name: str):
+    """The scene checked before, in the file as opened again."""
+    import bpy
+
+    scene = bpy.data.scenes.get(name)
+    if scene is None:
+        raise BatchError(f"the scene {name!r} is no longer in the file")
+    return scene
+
+
 def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label: str = ""):
     """(the passes and request, a client of the server): the target and the server checked first, the passes
     rendered, every warning said once."""
@@ -740,10 +880,11 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))
     sent = []
-    if prepared.mapping:
+    if prepared.passes:  # the request's modality's keyframes only: an image file beside them is the look's
+        frames = sorted(prepared.passes)
         sent.append(
-            f"{len(prepared.passes)} {prepared.body['modality']} keyframes {sorted(prepared.mapping)} -> generated "
-            f"frames {sorted(prepared.mapping.values())}"
+            f"{len(frames)} {prepared.body['modality']} keyframes {frames} -> generated frames "
+            f"{[prepared.mapping[f] for f in frames]}"
         )
     for modality, passes in prepared.further_passes.items():  # the look's group, beside the keyframes
         sent.append(f"{len(passes)} {modality} keyframes {sorted(passes)} beside them")
@@ -777,11 +918,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C and a farm's `timeout` cancel the jobs
+        handlers = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run(argv)
+    except Interrupted as stop:  # before any job was sent
+        print(f"interrupted ({signal.Signals(stop.signum).name}): no job was sent", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     except Exception as e:  # noqa: BLE001 - one line, as promised
         print(f"error: {error_text(e)}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
