@@ -6,6 +6,7 @@ post-processing on)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_a_4_2_shot_is_refused_by_a_newer_format_and_the_4_2_batch_result_opens_
             ]
         assert shot.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["sh010.blend"]
         assert jobs(tiny_server) == before  # refused before anything was sent
+        allowed = run_batch(shot, "--server", tiny_server.url, *FAST, "--keyframes", "every:8", "--allow-newer-format")
+        assert allowed.returncode == 0, allowed.stderr[-2000:]
+        assert [line for line in allowed.stderr.splitlines() if "newer-format" in line] == [
+            f"warning: --allow-newer-format: the result is a Blender {bpy.app.version_string.split()[0]} file, "
+            "which 4.2 cannot open"
+        ]
+        (tmp_path / "sh010_previs.blend").unlink()
+        shutil.rmtree(tmp_path / "sparsectrl")
 
     # Run by the artist's own Blender (here bpy 4.2): a 4.2 file, the preview on its previs scene.
     ran = subprocess.run(
@@ -235,3 +244,19 @@ def test_quitting_blender_cancels_the_panels_job(tiny_server):
     finally:
         operators.STATUS.run = None
         sparsectrl_blender.unregister()
+
+
+def test_the_sent_line_names_only_the_modalitys_keyframes(tiny_server, tmp_path):
+    """#31 item 8: an image file as the RGB look at a frame that is no marker is not counted among the line-art
+    keyframes ("2 lineart keyframes [1, 100, 250]" listed the look's frame 100 too)."""
+    from tests.conftest import png_bytes, sketch
+
+    build_shot(start=0, end=47, markers=(0, 47))
+    shot = tmp_path / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(shot))
+    (tmp_path / "look.png").write_bytes(png_bytes(sketch()))
+    look = ("--keyframe-images", "20://look.png", "--keyframe-images-as", "rgb", "--modality", "lineart")
+    out = run_batch(shot, "--server", tiny_server.url, *FAST, "--keyframes", "markers", "--frames", 8, *look)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = "scene 'Scene': 2 lineart keyframes [0, 47] -> generated frames [0, 7] and 1 rgb keyframes [20] beside them"
+    assert said in out.stdout, out.stdout
