@@ -72,6 +72,7 @@ def preview_strips(scene):
 
 def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
     shot = save_shot(tmp_path / "shot.blend", start=1, end=48, markers=(1, 24, 48))
+    (tmp_path / "out").mkdir()  # --out's folder must be there (a mistyped one is refused, #31 item 8)
     out = run_batch(
         shot,
         "--server",
