@@ -1,13 +1,16 @@
 """Headless batch: the panel's code path without UI, for one shot or a whole sequence.
 
     python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
-        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48|none] [--frames N]
+        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes every:N|markers|camera|1,24,48|none] [--frames N]
         [--depth-every-frame [--depth-strength S]] [--keyframe-images FRAME:PATH,... [--keyframe-images-as rgb]]
         [--prompt ...]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
-Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
-`--`). Settings not given as flags come from the panel settings saved in the .blend, then the defaults.
+Works with bpy from PyPI and inside Blender: `blender -b --python-expr "import sys; from
+bl_ext.user_default.sparsectrl_previs import batch; sys.exit(batch.main())" -- ARGS` (arguments after `--`).
+The result is saved in the running Blender's format: a shot last saved by a Blender that cannot open it (a 4.2
+shot run by 5.x) is refused before anything renders, unless --allow-newer-format. Settings not given as flags
+come from the panel settings saved in the .blend, then the defaults. --prompt is required unless one is saved.
 
 Several shots (files named, or a shot list: core/shot_list.py) are all checked first, then each
 is opened, its passes rendered and its job submitted at once, so the server's queue holds the whole sequence;
@@ -20,6 +23,7 @@ overwritten (--out naming an existing file, or SHOT.blend itself) is first copie
 (earlier backups move up to .blend2, .blend3, ...; none is deleted).
 The result keeps the original's compression (none, gzip or zstd).
 Exit 0 when every shot succeeded; otherwise one line `error: reason` per failure and exit 1 (2 for a bad flag).
+Ctrl-C (SIGINT) or SIGTERM cancels the jobs sent on the server, says so in one line and exits 130 or 143.
 """
 
 from __future__ import annotations
