@@ -9,6 +9,8 @@ shipped as a wheel in the extension zip. bpy is imported only inside register()/
 package imports anywhere.
 """
 
+import atexit
+
 
 def _modules():
     from .blender import operators, panels, preferences, properties
@@ -27,6 +29,7 @@ def register() -> None:
             bpy.utils.register_class(cls)
     properties.register()
     render_handlers.register()
+    atexit.register(operators.cancel_on_quit)  # quitting Blender cancels the job it was waiting on
 
 
 def unregister() -> None:
@@ -35,6 +38,7 @@ def unregister() -> None:
     from .blender import render_handlers
 
     preferences, properties, operators, panels = _modules()
+    atexit.unregister(operators.cancel_on_quit)
     operators.unregister_timers()
     render_handlers.unregister()
     properties.unregister()

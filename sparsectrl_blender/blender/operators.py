@@ -378,11 +378,19 @@ CLASSES = (
 )
 
 
+def cancel_on_quit() -> None:
+    """Registered with atexit (Blender runs it when it quits; it never unregisters add-ons then): the job
+    running is cancelled on the server, not left to run on for nobody."""
+    if STATUS.run is not None and STATUS.run.runner.cancel_now():
+        print(f"SparseCtrl: Blender is quitting: job {STATUS.run.runner.state.job_id} cancelled on the server")
+
+
 def unregister_timers() -> None:
     for timer in TIMERS:
         while bpy.app.timers.is_registered(timer):  # every registration: one left makes bpy 4.2/4.5 fail at exit
             bpy.app.timers.unregister(timer)
     if STATUS.run is not None:
+        STATUS.run.runner.cancel_now()  # the job thread's next poll may never come
         STATUS.run.runner.cancel()
         STATUS.run = None
     STATUS.pending = None
