@@ -94,7 +94,8 @@ class WorkerOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(description='"degraded": jobs are accepted but none will run (`problem`)')
+    problem: str | None = Field(None, description="what is wrong when status is degraded")
     device: str
     dtype: str
     model: ModelInfo

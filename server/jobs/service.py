@@ -140,8 +140,10 @@ class JobService:
     def health(self) -> dict[str, Any]:
         model = self.worker.model
         workers = self.worker.workers()
+        alive = getattr(self.worker, "alive", True)
         return {
-            "status": "ok",
+            "status": "ok" if alive else "degraded",
+            "problem": None if alive else "the worker has stopped: queued jobs will not run; restart the server",
             "device": model.device,
             "dtype": model.dtype,
             "model": {"name": model.name, "tiny": model.tiny},
