@@ -12,11 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def is_job_id(value: str) -> bool:
-    return bool(_JOB_ID.match(value))
+    """32 lowercase hex digits and nothing else (a full match: `$` would let a trailing newline through)."""
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
 
 
 class JobFiles:
