@@ -125,6 +125,7 @@ class Limits:
     max_fps: int
     max_prompt_chars: int
     max_image_pixels: int
+    max_request_pixels: int
 
 
 @dataclass(frozen=True)
