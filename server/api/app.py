@@ -94,6 +94,7 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
         RequestGuard,
         loopback_only=is_loopback_name(config.server.host),
         token=token,
+        artists=config.auth.artists,
         allowed_hosts=config.server.allowed_hosts,
         allowed_origins=config.server.allowed_origins,
     )

@@ -3,16 +3,21 @@
 No `from __future__ import annotations` here: FastAPI reads the body type (a class built per config) from
 the annotation itself."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from ..jobs.service import JobService
 from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, ModelsOut
+from .security import ARTIST_KEY
 
 ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or wrong token (when the server has one)"},
-    403: {"model": ErrorResponse, "description": "request from a web page or for another host"},
+    403: {
+        "model": ErrorResponse,
+        "description": "request from a web page or for another host; with an artist's token, a job claiming another "
+        "owner (forbidden_owner) or a higher priority than the token allows (forbidden_priority)",
+    },
     404: {"model": ErrorResponse, "description": "no such job"},
     409: {"model": ErrorResponse, "description": "the job is not in a state that allows this"},
     413: {"model": ErrorResponse, "description": "request body too large"},
@@ -25,8 +30,8 @@ def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  #
     app = APIRouter()
 
     @app.get("/v1/health", response_model=Health)
-    def health():
-        return service.health()
+    def health(request: Request):
+        return service.health(request.scope.get(ARTIST_KEY))
 
     @app.get("/v1/models", response_model=ModelsOut)
     def models():
@@ -34,8 +39,8 @@ def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  #
         return service.models()
 
     @app.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=ERRORS)
-    def submit(body: JobCreate, response: Response):
-        job = service.submit(body)
+    def submit(body: JobCreate, request: Request, response: Response):
+        job = service.submit(body, artist=request.scope.get(ARTIST_KEY))
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobAccepted(id=job.id, status=job.status)
 

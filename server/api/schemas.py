@@ -46,7 +46,9 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     video_url: str | None = Field(description="where the MP4 is served once the job succeeded")
-    owner: str | None = Field(description="who submitted it, as given in the request (null if not given)")
+    owner: str | None = Field(
+        description="who submitted it: as given in the request, or the artist whose [auth] token sent it (null: none)"
+    )
     priority: int = Field(description="as given in the request (0 if not given); higher runs first")
     attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
     worker: str | None = Field(description="the worker that runs or ran it")
@@ -93,6 +95,11 @@ class WorkerOut(BaseModel):
     error: str | None = Field(description="why it failed to start (state failed)")
 
 
+class Caller(BaseModel):
+    owner: str
+    max_priority: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"] = Field(description='"degraded": jobs are accepted but none will run (`problem`)')
     problem: str | None = Field(None, description="what is wrong when status is degraded")
@@ -107,6 +114,9 @@ class Health(BaseModel):
     running_job: str | None = Field(description="a running job (the first worker's); `workers` has them all")
     backend: Literal["local", "ray"] = Field(description="[cluster] backend: this process, or a Ray cluster")
     workers: list[WorkerOut]
+    caller: Caller | None = Field(
+        None, description="the artist whose [auth] token asked: their jobs' owner and highest priority"
+    )
 
 
 class WeightEntry(BaseModel):

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from ..config import Config, ConfigError
 from ..engine.engine import Engine, random_seed
 from ..request.errors import JobNotFound, RequestError
+from ..request.owner import ArtistToken
 from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
@@ -65,8 +66,12 @@ class JobService:
         self.worker.stop()
         self.store.close()
 
-    def submit(self, body: dict[str, Any] | BaseModel) -> JobRecord:
-        """Queue a request: a POST /v1/jobs body (FastAPI has validated it) or the same as a dict."""
+    def submit(self, body: dict[str, Any] | BaseModel, artist: ArtistToken | None = None) -> JobRecord:
+        """Queue a request: a POST /v1/jobs body (FastAPI has validated it) or the same as a dict. `artist`: the
+        [auth] token it came with, which names its owner and bounds its priority (checked before any decoding)."""
+        owner, priority = (body.get(k) if isinstance(body, dict) else getattr(body, k) for k in ("owner", "priority"))
+        if artist is not None:
+            owner, priority = artist.claim(owner, priority)
         model = self.worker.model
         request = resolve_request(
             body,
@@ -81,7 +86,6 @@ class JobService:
         fields, images = request.to_record()
         # Files first: the worker may claim the job the moment its record exists.
         self.files.save_images(job_id, images)
-        owner, priority = (body.get(k) if isinstance(body, dict) else getattr(body, k) for k in ("owner", "priority"))
         record = self.store.create(
             job_id, fields, request.seed, model.name, request.steps, owner=owner, priority=priority or 0
         )
@@ -137,7 +141,8 @@ class JobService:
             self.worker.request_cancel(job_id)
         return record
 
-    def health(self) -> dict[str, Any]:
+    def health(self, artist: ArtistToken | None = None) -> dict[str, Any]:
+        """The server's state; `caller` names the artist whose token asked (None: the shared token or none)."""
         model = self.worker.model
         workers = self.worker.workers()
         alive = getattr(self.worker, "alive", True)
@@ -155,6 +160,7 @@ class JobService:
             "running_job": next((w["job"] for w in workers if w["job"]), None),
             "backend": self.config.cluster.backend,
             "workers": workers,
+            "caller": None if artist is None else {"owner": artist.owner, "max_priority": artist.max_priority},
         }
 
     def models(self) -> dict[str, Any]:

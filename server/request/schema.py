@@ -7,19 +7,17 @@ it (and shows it at /docs); `parse_body` runs it for every other caller (the CLI
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import RequestError
 from .model import LORA_SCALE, MODALITIES, GenerationRequest, api_fields
+from .owner import OWNER_MAX_CHARS, PRIORITY_RANGE, check_owner
 
 if TYPE_CHECKING:
     from ..config import Limits
 
-OWNER_MAX_CHARS = 64
-OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
-PRIORITY_RANGE = (-10, 10)
 _REQUIRED = ("prompt",)
 CONTROLNETS_MAX = 4  # per-frame ControlNet groups in one job
 
@@ -144,14 +142,14 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
     )
     fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
     fields["owner"] = (
-        str | None,
+        Annotated[str, AfterValidator(check_owner)] | None,
         Field(
             None,
             min_length=1,
             max_length=OWNER_MAX_CHARS,
-            pattern=OWNER_PATTERN,
-            description="who submitted the job (a name, for the queue page); the queue takes owners in turn, so "
-            "one owner's many jobs cannot starve another's; not checked against anything",
+            description="who submitted the job (a name, for the queue page; no controls, bidi overrides, zero-width "
+            "characters or only whitespace); the queue takes owners in turn, so one owner's many jobs cannot starve "
+            "another's. With a per-artist token ([auth]) the owner is the token's: omit it or repeat it",
         ),
     )
     fields["priority"] = (
@@ -161,7 +159,7 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             ge=PRIORITY_RANGE[0],
             le=PRIORITY_RANGE[1],
             description="higher runs first (default 0); e.g. -1 for an overnight farm batch, so that interactive "
-            "previews go ahead of it",
+            "previews go ahead of it. With a per-artist token, at most the token's max_priority (403 otherwise)",
         ),
     )
     return create_model(

@@ -265,6 +265,10 @@ BAD_REQUESTS = [
     ("owner too long", "POST", "/v1/jobs", job_body(owner="x" * 65), 422, "invalid_request"),
     ("owner empty", "POST", "/v1/jobs", job_body(owner=""), 422, "invalid_request"),
     ("owner with a newline", "POST", "/v1/jobs", job_body(owner="ann\nbob"), 422, "invalid_request"),
+    ("owner with a C1 control", "POST", "/v1/jobs", job_body(owner="ann\x9bbob"), 422, "invalid_request"),
+    ("owner with a bidi override", "POST", "/v1/jobs", job_body(owner="\u202eevil"), 422, "invalid_request"),
+    ("owner with a zero-width space", "POST", "/v1/jobs", job_body(owner="ann\u200b"), 422, "invalid_request"),
+    ("owner only whitespace", "POST", "/v1/jobs", job_body(owner=" \u3000 "), 422, "invalid_request"),
     ("owner not a string", "POST", "/v1/jobs", job_body(owner=7), 422, "invalid_request"),
     ("image not base64", "POST", "/v1/jobs", job_body(keyframes=[{"index": 0, "image": "%%%"}]), 422, "invalid_image"),
     (
