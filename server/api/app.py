@@ -99,5 +99,6 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
         allowed_origins=config.server.allowed_origins,
     )
     install_pages(app)
-    app.include_router(api_routes(service, body_model(config.limits)))
+    bearer = bool(token or config.auth.artists)
+    app.include_router(api_routes(service, body_model(config.limits), bearer=bearer))
     return app

@@ -3,8 +3,9 @@
 No `from __future__ import annotations` here: FastAPI reads the body type (a class built per config) from
 the annotation itself."""
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from ..jobs.service import JobService
@@ -25,9 +26,15 @@ ERRORS = {
 }
 
 
-def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  # noqa: N803 - a class
-    """The routes over `service`; `JobCreate` is the POST /v1/jobs body (request/schema.py, with the limits)."""
-    app = APIRouter()
+def api_routes(service: JobService, JobCreate: type[BaseModel], bearer: bool = False) -> APIRouter:  # noqa: N803
+    """The routes over `service`; `JobCreate` is the POST /v1/jobs body (request/schema.py, with the limits).
+    `bearer`: the server needs a token, so the OpenAPI schema declares the bearer scheme on every route and /docs
+    offers "Authorize" and sends the token (checked by security.RequestGuard, not here)."""
+    scheme = HTTPBearer(
+        auto_error=False,
+        description="the server's shared token (server.token) or an artist's own ([auth] artists)",
+    )
+    app = APIRouter(dependencies=[Depends(scheme)] if bearer else [])
 
     @app.get("/v1/health", response_model=Health)
     def health(request: Request):
@@ -46,11 +53,13 @@ def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  #
 
     @app.get("/v1/jobs", response_model=JobList)
     def list_jobs(limit: int = 50):
-        return JobList(jobs=[JobOut.of(j) for j in service.list_jobs(limit)])
+        places = service.queue_places()
+        return JobList(jobs=[JobOut.of(j, places.get(j.id)) for j in service.list_jobs(limit)])
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str):
-        return JobOut.of(service.get(job_id))
+        job = service.get(job_id)
+        return JobOut.of(job, service.queue_places().get(job.id) if job.status == "queued" else None)
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def cancel_job(job_id: str, response: Response):

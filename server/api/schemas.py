@@ -33,6 +33,13 @@ class JobAccepted(BaseModel):
     status: JobStatus
 
 
+class QueuePlace(BaseModel):
+    position: int = Field(description="1: the next job to start, as the fair queue stands now")
+    estimated_start_s: float | None = Field(
+        description="about how many seconds until it starts, from the recent jobs' speed (null before any finished)"
+    )
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -52,9 +59,10 @@ class JobOut(BaseModel):
     priority: int = Field(description="as given in the request (0 if not given); higher runs first")
     attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
     worker: str | None = Field(description="the worker that runs or ran it")
+    queue: QueuePlace | None = Field(None, description="a queued job's place in the queue (null once it started)")
 
     @classmethod
-    def of(cls, job: JobRecord) -> JobOut:
+    def of(cls, job: JobRecord, place: dict[str, Any] | None = None) -> JobOut:
         error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(
             id=job.id,
@@ -73,6 +81,7 @@ class JobOut(BaseModel):
             priority=job.priority,
             attempt=job.attempt,
             worker=job.worker,
+            queue=QueuePlace(**place) if place and job.status == "queued" else None,
         )
 
 

@@ -19,7 +19,7 @@ from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
 from .retention import prune
-from .store import RUNNING, JobRecord, JobStore
+from .store import RUNNING, JobRecord, JobStore, work
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,20 @@ class JobService:
     def list_jobs(self, limit: int = 50) -> list[JobRecord]:
         """The newest jobs first, at most `limit` (1 to 500)."""
         return self.store.list(max(1, min(limit, 500)))
+
+    def queue_places(self) -> dict[str, dict[str, Any]]:
+        """Each queued job's place in the queue (1: next) and, once a job has succeeded to time by, an estimate of
+        the seconds until it starts: the work before it (the running jobs' remaining steps, the queued jobs ahead;
+        steps x frames x pixels) at the recent jobs' median speed, shared among the workers."""
+        rate = self.store.recent_seconds_per_work()
+        workers = max(1, len(self.worker.workers()))
+        ahead = sum(work(j.request, j.total - j.step) for j in self.store.running())
+        places = {}
+        for position, job in enumerate(self.store.queue_order(), start=1):
+            eta = None if rate is None else round(ahead * rate / workers, 1)
+            places[job.id] = {"position": position, "estimated_start_s": eta}
+            ahead += work(job.request, job.total)
+        return places
 
     def video(self, job_id: str) -> Path:
         """A succeeded job's MP4."""
