@@ -24,6 +24,7 @@ def test_health_reports_device_model_and_modalities(configured_server):
     }  # fmt: skip
     assert health == {
         "status": "ok",
+        "problem": None,
         "device": "cpu",
         "dtype": "float32",
         "model": {"name": "sd15-test", "tiny": False},
@@ -34,6 +35,7 @@ def test_health_reports_device_model_and_modalities(configured_server):
         "queue_length": 0,
         "running_job": None,
         "backend": "local",
+        "caller": None,  # the shared token or none: no artist's ([auth])
     }
 
 
