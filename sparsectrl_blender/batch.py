@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--owner",
-        help="who the job is from, for a shared server's fair queue (default: your login name + ' (batch)')",
+        help="who the job is from, for a shared server's fair queue (default: your login name + ' (batch)'; with "
+        "your own token, the name it carries)",
     )
     p.add_argument(
         "--priority",
