@@ -100,10 +100,11 @@ def serve(config: Config) -> int:
     from .jobs.service import JobService
 
     token = config.server.token or os.environ.get("SPARSECTRL_TOKEN", "")
-    if not is_loopback_name(config.server.host) and not token:
+    if not is_loopback_name(config.server.host) and not token and not config.auth.artists:
         raise ConfigError(
             f"binding {config.server.host} lets other machines drive this GPU: set server.token in the config "
-            "(or the SPARSECTRL_TOKEN environment variable) and give the same token to the add-on"
+            "(or the SPARSECTRL_TOKEN environment variable) and give the same token to the add-on, or give each "
+            "artist a token in [auth] artists"
         )
     cluster = config.cluster.backend == "ray"
     engine = None if cluster else _load_engine(config)  # on a cluster, the workers load the model
@@ -112,8 +113,11 @@ def serve(config: Config) -> int:
     if cluster:
         service.worker.connect()
     app = create_app(service, config, token=token)
-    if token:
-        log.info("API requests need 'Authorization: Bearer <token>'")
+    if token or config.auth.artists:
+        log.info(
+            "API requests need 'Authorization: Bearer <token>' (%s)",
+            ", ".join((["the shared token"] if token else []) + [f"{len(config.auth.artists)} artists' tokens"]),
+        )
     if cluster:
         log.info(
             "serving on http://%s:%d (data dir %s); jobs run on the Ray cluster at %s",

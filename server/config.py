@@ -15,6 +15,7 @@ from typing import Any
 from .request.errors import RequestError
 from .request.limits import Limits
 from .request.model import MODALITIES, SCHEDULER_NAMES, configurable_fields
+from .request.owner import OWNER_MAX_CHARS, PRIORITY_RANGE, ArtistToken, owner_problem
 from .request.schema import parse_body
 from .weights.locate import SearchFolders
 from .weights.refs import WeightRef, WeightRefError
@@ -125,6 +126,11 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class Auth:
+    artists: tuple[ArtistToken, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection
     model: ModelSection
@@ -136,6 +142,7 @@ class Config:
     performance: Performance
     draft: Draft
     cluster: Cluster
+    auth: Auth = Auth()
 
     @property
     def data_dir(self) -> Path:
@@ -224,7 +231,39 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         performance=_check_performance(_typed(Performance, raw["performance"], "performance")),
         draft=_check_draft(_typed(Draft, raw["draft"], "draft"), model),
         cluster=_check_cluster(_typed(Cluster, raw["cluster"], "cluster")),
+        auth=_auth(raw["auth"], raw["server"].get("token", "")),
     )
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _auth(table: dict[str, Any], shared_token: str) -> Auth:
+    """[auth] artists: each entry a table of owner, token and max_priority (default 0); tokens unique and long."""
+    unknown = sorted(set(table) - {"artists"})
+    if unknown:
+        raise ConfigError(f"unknown config key 'auth.{unknown[0]}'")
+    entries = table.get("artists", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("[auth] artists should be a list of tables { owner, token, max_priority }")
+    artists, seen = [], {shared_token} if shared_token else set()
+    for n, entry in enumerate(entries):
+        where = f"[auth] artists[{n}]"
+        if extra := sorted(set(entry) - {"owner", "token", "max_priority"}):
+            raise ConfigError(f"{where} has unknown key {extra[0]!r} (owner, token, max_priority)")
+        owner, token, top = entry.get("owner"), entry.get("token"), entry.get("max_priority", 0)
+        problem = owner_problem(owner) if isinstance(owner, str) else "a name is needed"
+        if problem or len(owner) > OWNER_MAX_CHARS:
+            raise ConfigError(f"{where} owner: {problem or f'at most {OWNER_MAX_CHARS} characters'}")
+        if not isinstance(token, str) or len(token.strip()) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"{where} ({owner}): token should be a string of at least {MIN_TOKEN_CHARS} characters")
+        if token.strip() in seen:
+            raise ConfigError(f"{where} ({owner}): token is used twice (or is server.token)")
+        if not isinstance(top, int) or isinstance(top, bool) or not PRIORITY_RANGE[0] <= top <= PRIORITY_RANGE[1]:
+            raise ConfigError(f"{where} ({owner}): max_priority should be an integer from -10 to 10")
+        seen.add(token.strip())
+        artists.append(ArtistToken(owner, token.strip(), top))
+    return Auth(tuple(artists))
 
 
 def _model_section(table: dict[str, Any]) -> ModelSection:

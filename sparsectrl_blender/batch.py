@@ -188,10 +188,13 @@ def _add_server_flags(p) -> None:
     p.add_argument(
         "--server", help="server URL, its root (default: the one saved in the .blend, else http://127.0.0.1:8765)"
     )
-    p.add_argument("--token", help="the server's token, if it has one (default: SPARSECTRL_TOKEN)")
+    p.add_argument(
+        "--token", help="your own token ([auth]) or the server's shared one, if it has one (default: SPARSECTRL_TOKEN)"
+    )
     p.add_argument(
         "--owner",
-        help="who the job is from, for a shared server's fair queue (default: your login name + ' (batch)')",
+        help="who the job is from, for a shared server's fair queue (default: your login name + ' (batch)'; with "
+        "your own token, the name it carries)",
     )
     p.add_argument(
         "--priority",
@@ -715,10 +718,13 @@ class Sequence:
         prepared, client = _prepare(scene, settings, args, shot.notes, shot.label)
         prepared.images = {}  # sent as PNGs (prepared.passes); a sequence's frames are not held meanwhile
         prepared.body["priority"] = args.priority
-        if owner := owner_name(args.owner if args.owner is not None else f"{login_name() or 'farm'} (batch)"):
+        if args.owner is not None and (owner := owner_name(args.owner)):
             prepared.body["owner"] = owner
+        default_owner = owner_name(f"{login_name() or 'farm'} (batch)")  # not sent where the token names an artist
         shot.prepared = prepared
-        shot.runner = JobRunner(client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=SERVER_LOST_AFTER)
+        shot.runner = JobRunner(
+            client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=SERVER_LOST_AFTER, default_owner=default_owner
+        )
         state = shot.runner.submit()
         if state.phase == "failed":
             from .core.client import ServerError

@@ -95,10 +95,12 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
         RequestGuard,
         loopback_only=is_loopback_name(config.server.host),
         token=token,
+        artists=config.auth.artists,
         allowed_hosts=config.server.allowed_hosts,
         allowed_origins=config.server.allowed_origins,
     )
     install_pages(app)
-    app.include_router(api_routes(service, body_model(config.limits)))
+    bearer = bool(token or config.auth.artists)
+    app.include_router(api_routes(service, body_model(config.limits), bearer=bearer))
     app.include_router(extension_routes(config.data_dir))
     return app

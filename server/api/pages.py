@@ -47,6 +47,12 @@ def install_pages(app: FastAPI) -> None:
     """Add /docs, /docs/oauth2-redirect, /redoc (offline) and the queue page at / to an app built with
     docs_url=None and redoc_url=None."""
     static = docs_static_dir()
+
+    @app.get("/", include_in_schema=False)
+    @app.get(f"{WEB_ASSETS}/index.html", include_in_schema=False)  # the same page, with the same headers
+    def queue_page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=QUEUE_PAGE_HEADERS)
+
     app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
     app.mount(WEB_ASSETS, StaticFiles(directory=WEB_DIR), name="web")
     title = app.title
@@ -84,7 +90,3 @@ def install_pages(app: FastAPI) -> None:
     def redoc_logo() -> FileResponse:
         # The packaged Redoc asks for its footer logo at the page's path + "/logo-mini.svg".
         return FileResponse(static / "redoc" / "logo-mini.svg", media_type="image/svg+xml")
-
-    @app.get("/", include_in_schema=False)
-    def queue_page() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=QUEUE_PAGE_HEADERS)

@@ -3,16 +3,22 @@
 No `from __future__ import annotations` here: FastAPI reads the body type (a class built per config) from
 the annotation itself."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from ..jobs.service import JobService
 from .schemas import ErrorResponse, Health, JobAccepted, JobList, JobOut, ModelsOut
+from .security import ARTIST_KEY
 
 ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or wrong token (when the server has one)"},
-    403: {"model": ErrorResponse, "description": "request from a web page or for another host"},
+    403: {
+        "model": ErrorResponse,
+        "description": "request from a web page or for another host; with an artist's token, a job claiming another "
+        "owner (forbidden_owner) or a higher priority than the token allows (forbidden_priority)",
+    },
     404: {"model": ErrorResponse, "description": "no such job"},
     409: {"model": ErrorResponse, "description": "the job is not in a state that allows this"},
     413: {"model": ErrorResponse, "description": "request body too large"},
@@ -20,13 +26,19 @@ ERRORS = {
 }
 
 
-def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  # noqa: N803 - a class
-    """The routes over `service`; `JobCreate` is the POST /v1/jobs body (request/schema.py, with the limits)."""
-    app = APIRouter()
+def api_routes(service: JobService, JobCreate: type[BaseModel], bearer: bool = False) -> APIRouter:  # noqa: N803
+    """The routes over `service`; `JobCreate` is the POST /v1/jobs body (request/schema.py, with the limits).
+    `bearer`: the server needs a token, so the OpenAPI schema declares the bearer scheme on every route and /docs
+    offers "Authorize" and sends the token (checked by security.RequestGuard, not here)."""
+    scheme = HTTPBearer(
+        auto_error=False,
+        description="the server's shared token (server.token) or an artist's own ([auth] artists)",
+    )
+    app = APIRouter(dependencies=[Depends(scheme)] if bearer else [])
 
     @app.get("/v1/health", response_model=Health)
-    def health():
-        return service.health()
+    def health(request: Request):
+        return service.health(request.scope.get(ARTIST_KEY))
 
     @app.get("/v1/models", response_model=ModelsOut)
     def models():
@@ -34,18 +46,20 @@ def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  #
         return service.models()
 
     @app.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=ERRORS)
-    def submit(body: JobCreate, response: Response):
-        job = service.submit(body)
+    def submit(body: JobCreate, request: Request, response: Response):
+        job = service.submit(body, artist=request.scope.get(ARTIST_KEY))
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobAccepted(id=job.id, status=job.status)
 
     @app.get("/v1/jobs", response_model=JobList)
     def list_jobs(limit: int = 50):
-        return JobList(jobs=[JobOut.of(j) for j in service.list_jobs(limit)])
+        places = service.queue_places()
+        return JobList(jobs=[JobOut.of(j, places.get(j.id)) for j in service.list_jobs(limit)])
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str):
-        return JobOut.of(service.get(job_id))
+        job = service.get(job_id)
+        return JobOut.of(job, service.queue_places().get(job.id) if job.status == "queued" else None)
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def cancel_job(job_id: str, response: Response):

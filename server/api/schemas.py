@@ -33,6 +33,13 @@ class JobAccepted(BaseModel):
     status: JobStatus
 
 
+class QueuePlace(BaseModel):
+    position: int = Field(description="1: the next job to start, as the fair queue stands now")
+    estimated_start_s: float | None = Field(
+        description="about how many seconds until it starts, from the recent jobs' speed (null before any finished)"
+    )
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -46,13 +53,16 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     video_url: str | None = Field(description="where the MP4 is served once the job succeeded")
-    owner: str | None = Field(description="who submitted it, as given in the request (null if not given)")
+    owner: str | None = Field(
+        description="who submitted it: as given in the request, or the artist whose [auth] token sent it (null: none)"
+    )
     priority: int = Field(description="as given in the request (0 if not given); higher runs first")
     attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
     worker: str | None = Field(description="the worker that runs or ran it")
+    queue: QueuePlace | None = Field(None, description="a queued job's place in the queue (null once it started)")
 
     @classmethod
-    def of(cls, job: JobRecord) -> JobOut:
+    def of(cls, job: JobRecord, place: dict[str, Any] | None = None) -> JobOut:
         error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(
             id=job.id,
@@ -71,6 +81,7 @@ class JobOut(BaseModel):
             priority=job.priority,
             attempt=job.attempt,
             worker=job.worker,
+            queue=QueuePlace(**place) if place and job.status == "queued" else None,
         )
 
 
@@ -93,12 +104,19 @@ class WorkerOut(BaseModel):
     error: str | None = Field(description="why it failed to start (state failed)")
 
 
+class Caller(BaseModel):
+    owner: str
+    max_priority: int
+
+
 class Health(BaseModel):
-    status: Literal["ok", "starting"] = Field(
+    status: Literal["ok", "starting", "degraded"] = Field(
         description='"starting": a cluster\'s workers are still loading the model (the model fields are empty '
-        "and jobs are refused with 503 workers_starting until one has); `starting` says why"
+        'and jobs are refused with 503 workers_starting until one has); `starting` says why. "degraded": jobs '
+        "are accepted but none will run (`problem`)"
     )
     starting: str | None = Field(None, description="while status is starting: what the workers are doing")
+    problem: str | None = Field(None, description="what is wrong when status is degraded")
     api_version: int = Field(description="the HTTP API version this server speaks (the add-on compares its own)")
     device: str
     dtype: str
@@ -111,6 +129,9 @@ class Health(BaseModel):
     running_job: str | None = Field(description="a running job (the first worker's); `workers` has them all")
     backend: Literal["local", "ray"] = Field(description="[cluster] backend: this process, or a Ray cluster")
     workers: list[WorkerOut]
+    caller: Caller | None = Field(
+        None, description="the artist whose [auth] token asked: their jobs' owner and highest priority"
+    )
 
 
 class WeightEntry(BaseModel):

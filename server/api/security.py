@@ -7,9 +7,11 @@ Browsers let any page send requests to 127.0.0.1. Three checks, in this order, b
 2. Origin: a browser attaches Origin to cross-site requests (`null` from sandboxed or file:// pages) and
    Sec-Fetch-Site to all; anything but same-origin (the server's own /docs) or server.allowed_origins is
    refused. Scripts and the Blender add-on send neither header.
-3. Token: with server.token set (required to bind another interface), every API request needs
-   `Authorization: Bearer TOKEN`. The pages (/docs, /redoc, the queue page at /), their static assets and
-   /openapi.json stay readable: they hold no data; what the queue page shows comes from API calls with the token.
+3. Token: with server.token or [auth] artists' tokens set (one is required to bind another interface), every API
+   request needs `Authorization: Bearer TOKEN`: the shared token or an artist's. An artist's token is noted in
+   the request's scope (ARTIST_KEY): the job routes take the owner from it (request/owner.py). The pages (/docs,
+   /redoc, the queue page at /), their static assets and /openapi.json stay readable: they hold no data; what
+   the queue page shows comes from API calls with the token.
 
 CORS is off unless server.allowed_origins lists origins; then exactly those get CORS headers (a web tool
 the user trusts), and still need the token if the server has one.
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .errors import error_response
 
+ARTIST_KEY = "sparsectrl.artist"  # the ArtistToken a request came with (scope key); absent: the shared token or none
 OPEN_PATHS = {"/", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc", "/redoc/logo-mini.svg"}
 OPEN_PREFIXES = ("/docs-assets/", "/web/")  # static files of the pages (pages.py)
 
@@ -50,10 +53,11 @@ def is_loopback_name(name: str) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app, *, loopback_only: bool, token: str, allowed_hosts=(), allowed_origins=()):
+    def __init__(self, app, *, loopback_only: bool, token: str, artists=(), allowed_hosts=(), allowed_origins=()):
         self.app = app
         self.loopback_only = loopback_only
         self.token = token.encode() if token else b""
+        self.artists = [(a.token.encode(), a) for a in artists]
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.allowed_origins = {o.lower().rstrip("/") for o in allowed_origins}
 
@@ -63,6 +67,8 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         refusal = self._refusal(scope.get("method", ""), scope.get("path", ""), headers)
         if refusal is None:
+            if artist := self._artist(headers):
+                scope = {**scope, ARTIST_KEY: artist}
             return await self.app(scope, receive, send)
         status, code, message = refusal
         response = error_response(status, code, message)
@@ -97,8 +103,22 @@ class RequestGuard:
                     ),
                 )
         preflight = method == "OPTIONS" and "access-control-request-method" in headers  # carries no token
-        if self.token and not is_open_path(path) and not preflight:
-            scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+        if (self.token or self.artists) and not is_open_path(path) and not preflight:
+            given = _bearer(headers)
+            shared = self.token and hmac.compare_digest(given, self.token)
+            if not shared and self._artist(headers) is None:
                 return 401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'"
         return None
+
+    def _artist(self, headers: dict[str, str]):
+        """The [auth] entry whose token the request carries, or None (every entry compared in constant time)."""
+        given, found = _bearer(headers), None
+        for token, artist in self.artists:
+            if hmac.compare_digest(given, token):
+                found = artist
+        return found
+
+
+def _bearer(headers: dict[str, str]) -> bytes:
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return given.strip().encode("latin-1") if scheme.lower() == "bearer" else b"\x00"

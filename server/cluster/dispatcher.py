@@ -151,6 +151,11 @@ class RayDispatcher:
             raise WorkersStarting(self.starting() or "no worker of the Ray cluster has loaded the model yet")
         return self._model
 
+    @property
+    def alive(self) -> bool:
+        """False once the dispatcher's thread has ended (/v1/health says so); not started yet counts as alive."""
+        return self._thread.ident is None or self._thread.is_alive()
+
     def workers(self) -> list[dict[str, Any]]:
         with self._lock:
             slots = sorted(self._slots.values(), key=lambda s: s.name)
@@ -373,7 +378,10 @@ class RayDispatcher:
             log.error("job %s failed on %s: %s (%s)", job.id, slot.name, code, message)
         self._idle(slot)
         if self.after_job is not None:
-            self.after_job()
+            try:
+                self.after_job()
+            except Exception:  # noqa: BLE001 - bookkeeping must not cost the queue a job's result
+                log.exception("after job %s: bookkeeping failed (the next job runs)", job.id)
 
     def _idle(self, slot: _Slot) -> None:
         with self._lock:

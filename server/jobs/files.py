@@ -12,11 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def is_job_id(value: str) -> bool:
-    return bool(_JOB_ID.match(value))
+    """32 lowercase hex digits and nothing else (a full match: `$` would let a trailing newline through)."""
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
 
 
 class JobFiles:
@@ -70,7 +71,7 @@ class JobFiles:
         folder = self.frames(job_id)
         if not folder.exists():
             return 0
-        freed = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        freed = _total_size(folder.iterdir() if folder.exists() else ())
         shutil.rmtree(folder, ignore_errors=True)
         return freed
 
@@ -122,4 +123,20 @@ class JobFiles:
 
     def size(self, job_id: str) -> int:
         folder = self.folder(job_id)
-        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+        return _total_size(folder.rglob("*")) if folder.exists() else 0
+
+
+def _total_size(paths) -> int:
+    """The bytes of the files among `paths`; a file deleted meanwhile (a frame pruned, a partial file renamed)
+    counts as 0 rather than raising."""
+    total = 0
+    try:
+        for path in paths:
+            try:
+                if path.is_file():
+                    total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+    except FileNotFoundError:  # the folder itself went while it was listed
+        pass
+    return total

@@ -16,11 +16,12 @@ from ..config import Config, ConfigError
 from ..engine.engine import Engine, random_seed
 from ..request.errors import JobNotFound, RequestError
 from ..request.model import TAKE_FRAMES, TAKE_LATENTS, GenerationRequest
+from ..request.owner import ArtistToken
 from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
 from .retention import prune
-from .store import RUNNING, JobRecord, JobStore
+from .store import RUNNING, JobRecord, JobStore, work
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ class JobService:
         self.worker.stop()
         self.store.close()
 
-    def submit(self, body: dict[str, Any] | BaseModel) -> JobRecord:
-        """Queue a request: a POST /v1/jobs body (FastAPI has validated it) or the same as a dict."""
+    def submit(self, body: dict[str, Any] | BaseModel, artist: ArtistToken | None = None) -> JobRecord:
+        """Queue a request: a POST /v1/jobs body (FastAPI has validated it) or the same as a dict. `artist`: the
+        [auth] token it came with, which names its owner and bounds its priority (checked before any decoding)."""
+        owner, priority = (body.get(k) if isinstance(body, dict) else getattr(body, k) for k in ("owner", "priority"))
+        if artist is not None:
+            owner, priority = artist.claim(owner, priority)
         model = self.worker.model
         request = resolve_request(
             body,
@@ -87,7 +92,6 @@ class JobService:
         fields, images = request.to_record()
         # Files first: the worker may claim the job the moment its record exists.
         self.files.save_images(job_id, images)
-        owner, priority = (body.get(k) if isinstance(body, dict) else getattr(body, k) for k in ("owner", "priority"))
         record = self.store.create(
             job_id, fields, request.seed, model.name, request.steps, owner=owner, priority=priority or 0
         )
@@ -152,6 +156,20 @@ class JobService:
         """The newest jobs first, at most `limit` (1 to 500)."""
         return self.store.list(max(1, min(limit, 500)))
 
+    def queue_places(self) -> dict[str, dict[str, Any]]:
+        """Each queued job's place in the queue (1: next) and, once a job has succeeded to time by, an estimate of
+        the seconds until it starts: the work before it (the running jobs' remaining steps, the queued jobs ahead;
+        steps x frames x pixels) at the recent jobs' median speed, shared among the workers."""
+        rate = self.store.recent_seconds_per_work()
+        workers = max(1, len(self.worker.workers()))
+        ahead = sum(work(j.request, j.total - j.step) for j in self.store.running())
+        places = {}
+        for position, job in enumerate(self.store.queue_order(), start=1):
+            eta = None if rate is None else round(ahead * rate / workers, 1)
+            places[job.id] = {"position": position, "estimated_start_s": eta}
+            ahead += work(job.request, job.total)
+        return places
+
     def video(self, job_id: str) -> Path:
         """A succeeded job's MP4."""
         return self.files.video(self._succeeded(job_id).id)
@@ -180,8 +198,9 @@ class JobService:
             self.worker.request_cancel(job_id)
         return record
 
-    def health(self) -> dict[str, Any]:
-        """The model and the workers; while a cluster's workers load the model, status "starting" and why."""
+    def health(self, artist: ArtistToken | None = None) -> dict[str, Any]:
+        """The model and the workers; while a cluster's workers load the model, status "starting" and why; once
+        the worker thread has ended, "degraded". `caller`: the artist whose token asked (None: the shared token)."""
         workers = self.worker.workers()
         starting = self.worker.starting() if self.config.cluster.backend == "ray" else None  # one box: loaded
         common = {
@@ -190,6 +209,7 @@ class JobService:
             "running_job": next((w["job"] for w in workers if w["job"]), None),
             "backend": self.config.cluster.backend,
             "workers": workers,
+            "caller": None if artist is None else {"owner": artist.owner, "max_priority": artist.max_priority},
         }
         if starting:
             return {
@@ -205,8 +225,10 @@ class JobService:
                 **common,
             }
         model = self.worker.model
+        alive = getattr(self.worker, "alive", True)
         return {
-            "status": "ok",
+            "status": "ok" if alive else "degraded",
+            "problem": None if alive else "the worker has stopped: queued jobs will not run; restart the server",
             "device": model.device,
             "dtype": model.dtype,
             "model": {"name": model.name, "tiny": model.tiny},

@@ -68,6 +68,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def work(request: dict[str, Any], steps: int) -> float:
+    """A job's size for queue estimates: steps x frames x pixels (what a denoising step's cost grows with)."""
+    return steps * request.get("num_frames", 0) * request.get("width", 0) * request.get("height", 0)
+
+
 class NewerDatabase(RuntimeError):
     """The database was written by a newer server (a schema version this code does not know)."""
 
@@ -221,6 +226,44 @@ class JobStore:
     def queue_length(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (QUEUED,)).fetchone()[0]
+
+    def queue_order(self) -> list[JobRecord]:
+        """The queued jobs in the order claim_next would take them if nothing else arrived: its ordering, applied
+        again after each pick as though that job had just started (its owner goes to the back of the turn)."""
+        with self._lock:
+            queued = [_record(r) for r in self._db.execute("SELECT * FROM jobs WHERE status = ?", (QUEUED,))]
+            last = dict(self._db.execute("SELECT owner, MAX(started_at) FROM jobs GROUP BY owner").fetchall())
+            seqs = dict(self._db.execute("SELECT id, seq FROM jobs WHERE status = ?", (QUEUED,)).fetchall())
+        order, now = [], max([t for t in last.values() if t is not None] + [time.time()])
+        while queued:
+            pick = min(
+                queued, key=lambda j: (-j.priority, last.get(j.owner) is not None, last.get(j.owner) or 0, seqs[j.id])
+            )
+            queued.remove(pick)
+            order.append(pick)
+            now += 1.0
+            last[pick.owner] = now
+        return order
+
+    def running(self) -> list[JobRecord]:
+        with self._lock:
+            return [_record(r) for r in self._db.execute("SELECT * FROM jobs WHERE status = ?", (RUNNING,))]
+
+    def recent_seconds_per_work(self, limit: int = 20) -> float | None:
+        """The median seconds per unit of work (a step of one frame of one pixel) of the last `limit` succeeded
+        jobs, for queue estimates; None before any job succeeded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request, total, started_at, finished_at FROM jobs WHERE status = ? AND started_at IS NOT NULL "
+                "ORDER BY finished_at DESC LIMIT ?",
+                (SUCCEEDED, limit),
+            ).fetchall()
+        rates = sorted(
+            (r["finished_at"] - r["started_at"]) / work(json.loads(r["request"]), r["total"])
+            for r in rows
+            if work(json.loads(r["request"]), r["total"]) > 0
+        )
+        return rates[len(rates) // 2] if rates else None
 
     def claim_next(self, worker: str | None = None) -> JobRecord | None:
         """Move the next queued job (module docstring: priority, owners in turn, submission order) to running,

@@ -1,7 +1,8 @@
 """The single worker: takes queued jobs in queue order (jobs/store.py) and runs them on the engine, one at a time.
 
 It runs in a thread of the server process; torch releases the GIL in its kernels, so the HTTP side keeps
-answering while a job runs. An exception fails only its job; the worker lives on.
+answering while a job runs. An exception fails only its job; the worker lives on, and an exception in its own
+bookkeeping after a job (pruning old results, releasing memory) is logged and the next job runs.
 """
 
 from __future__ import annotations
@@ -71,22 +72,33 @@ class Worker:
             {
                 "name": "local",
                 "node": socket.gethostname(),
-                "state": "running" if self._current else "idle",
+                "state": ("running" if self._current else "idle") if self.alive else "failed",
                 "job": self._current,
                 "model": model.name,
                 "device": model.device,
-                "error": None,
+                "error": None
+                if self.alive
+                else "the worker thread has ended: queued jobs will not run; restart the server",
             }
         ]
 
+    @property
+    def alive(self) -> bool:
+        """False once the worker thread has ended (/v1/health says so); not started yet counts as alive."""
+        return self._thread.ident is None or self._thread.is_alive()
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            job = self.store.claim_next(worker="local")
-            if job is None:
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
-            self._run(job)
+            try:
+                job = self.store.claim_next(worker="local")
+                if job is None:
+                    self._wake.wait(timeout=1.0)
+                    self._wake.clear()
+                    continue
+                self._run(job)
+            except Exception:  # noqa: BLE001 - the server's only worker must outlive any one mistake
+                log.exception("the worker hit an error between jobs; going on")
+                self._stopping.wait(1.0)
 
     def _run(self, job: JobRecord) -> None:
         with self._lock:
@@ -137,6 +149,13 @@ class Worker:
             bar.close()
             with self._lock:
                 self._current = None
+            self._after_job(job.id)
+
+    def _after_job(self, job_id: str) -> None:
+        """Release memory and prune old results; a failure here is logged and never ends the worker."""
+        try:
             self.engine.release_memory()
             if self.after_job is not None:
                 self.after_job()
+        except Exception:  # noqa: BLE001 - bookkeeping must not cost the queue its worker
+            log.exception("after job %s: bookkeeping failed (the next job runs)", job_id)

@@ -18,3 +18,4 @@ class Limits:
     max_fps: int
     max_prompt_chars: int
     max_image_pixels: int
+    max_request_pixels: int

@@ -1,7 +1,7 @@
-"""The server's policy for a checked request body: defaults from the config, keyframe images decoded once,
-drafts and LoRAs resolved. Limits are schema.py's (checked once, there); what is checked here needs the
-other fields or the loaded model: keyframe and dense frame indices against the clip, the modalities, LoRAs
-and ControlNets the server has.
+"""The server's policy for a checked request body: defaults from the config, keyframe images decoded once each,
+one at a time, and kept fitted to the generation size (request/images.py), drafts and LoRAs resolved. Limits are
+schema.py's (checked once, there); what is checked here needs the other fields or the loaded model: keyframe and
+dense frame indices against the clip, the modalities, LoRAs and ControlNets the server has.
 Shared by the HTTP API and the `generate` CLI; imports neither FastAPI nor torch.
 """
 
@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
 from typing import Any
 
 from pydantic import BaseModel
 
 from ..config import Config
 from .errors import RequestError
-from .images import ImageError, decode_image
+from .images import ImageError, PixelBudget, fitted_png
 from .model import (
     MODALITIES,
     DenseGroup,
@@ -59,11 +58,14 @@ def resolve_request(
         if values[name] is None:
             values[name] = GenerationRequest.__dataclass_fields__[name].default
     _check_window("keyframes", values["keyframe_guidance_start"], values["keyframe_guidance_end"])
-    values["keyframes"] = _keyframes(
-        body, values["num_frames"], values["output_frames"], config.limits.max_image_pixels
+    images = _Images(
+        _generation_size(values["width"], values["height"], values["quality"], config, draft_adapter),
+        config.limits.max_image_pixels,
+        PixelBudget(config.limits.max_request_pixels),
     )
+    values["keyframes"] = _keyframes(body, values["num_frames"], values["output_frames"], images)
     values["keyframe_groups"] = _keyframe_groups(body, values)
-    values["controlnets"] = _controlnets(body, values["num_frames"], config.limits.max_image_pixels, controlnets or [])
+    values["controlnets"] = _controlnets(body, values["num_frames"], images, controlnets or [])
     values["loras"] = _loras([(lora.name, lora.scale) for lora in body.loras or ()], loras or {})
     values["retake"] = _retake(body, values["num_frames"])
     request = GenerationRequest(**values)
@@ -137,7 +139,7 @@ def _check_conditions(body: BaseModel, modalities: list[str]) -> None:
             )
 
 
-def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels: int) -> list[Keyframe]:
+def _keyframes(body: BaseModel, num_frames: int, output_frames: int, images: _Images) -> list[Keyframe]:
     """The keyframes in index order (then modality), each image decoded (and so checked) once; indices checked
     against the clip, once per encoder. A frame with keyframes of two modalities is one frame of the output: its
     output_index values agree."""
@@ -176,10 +178,10 @@ def _keyframes(body: BaseModel, num_frames: int, output_frames: int, max_pixels:
                 f"{what} is pinned but of modality '{modality}': a pin makes the frame the image itself, so it "
                 "needs an RGB keyframe (a painting, a storyboard panel, a frame of a take)",
             )
-        data, image = _decode(kf.image, what, max_pixels)
+        data = images.decode(kf.image, what)
         strength = 1.0 if kf.strength is None else float(kf.strength)
         own = "" if modality == body.modality else modality
-        keyframes.append(Keyframe(index, data, output_index, image, strength, own, bool(kf.pin)))
+        keyframes.append(Keyframe(index, data, output_index, None, strength, own, bool(kf.pin)))
     pinned = sorted(anchors.items())
     for (a, out_a), (b, out_b) in zip(pinned, pinned[1:], strict=False):
         if out_b <= out_a:
@@ -219,9 +221,9 @@ def _keyframe_groups(body: BaseModel, values: dict[str, Any]) -> tuple[KeyframeG
     return tuple(groups)
 
 
-def _controlnets(body: BaseModel, num_frames: int, max_pixels: int, available: list[str]) -> tuple[DenseGroup, ...]:
+def _controlnets(body: BaseModel, num_frames: int, images: _Images, available: list[str]) -> tuple[DenseGroup, ...]:
     """Each per-frame ControlNet group: a configured name, once; its frames in index order, inside the clip,
-    one per index, each image decoded (and so checked) once. Sizes are fitted later, as keyframes' are."""
+    one per index, each image decoded (and so checked) once and fitted, as keyframes' are."""
     groups, seen = [], set()
     for group in body.controlnets or ():
         if group.name not in available:
@@ -247,8 +249,7 @@ def _controlnets(body: BaseModel, num_frames: int, max_pixels: int, available: l
             raise RequestError("invalid_request", f"{what}: two frames have index {twice[0]}")
         frames = []
         for f in sorted(group.frames, key=lambda f: f.index):
-            data, image = _decode(f.image, f"{what} frame {f.index}", max_pixels)
-            frames.append(Keyframe(f.index, data, None, image))
+            frames.append(Keyframe(f.index, images.decode(f.image, f"{what} frame {f.index}")))
         strength = 1.0 if group.strength is None else float(group.strength)
         start = 0.0 if group.guidance_start is None else float(group.guidance_start)
         end = 1.0 if group.guidance_end is None else float(group.guidance_end)
@@ -267,36 +268,48 @@ def _check_window(what: str, start: float, end: float) -> None:
         )
 
 
-def _decode(text: str, what: str, max_pixels: int):
-    """(the bytes the record keeps: PNG as sent, other formats as PNG; the decoded RGB image)."""
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError("invalid_image", f"{what}: image is not valid base64") from None
-    try:
-        image = decode_image(data, max_pixels)
-    except ImageError as e:
-        raise RequestError("invalid_image", f"{what}: {e}") from None
-    if not data.startswith(b"\x89PNG"):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        data = buf.getvalue()
-    return data, image
+@dataclasses.dataclass
+class _Images:
+    """How a request's images are taken in: fitted to `size` (the generation's), within the pixel limits."""
+
+    size: tuple[int, int]
+    max_pixels: int
+    budget: PixelBudget
+
+    def decode(self, text: str, what: str) -> bytes:
+        """The bytes the record keeps (request/images.py's fitted_png) for one base64 image."""
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("invalid_image", f"{what}: image is not valid base64") from None
+        try:
+            return fitted_png(data, self.size, self.max_pixels, self.budget)
+        except ImageError as e:
+            raise RequestError("invalid_image", f"{what}: {e}") from None
+
+
+def _generation_size(width: int, height: int, quality: str, config: Config, draft_adapter: bool) -> tuple[int, int]:
+    """The size the engine generates at: the request's, or a draft's smaller one (_draft)."""
+    if quality != "draft":
+        return width, height
+    scale = config.draft.adapter_scale if draft_adapter else config.draft.scale
+    w, h = (max(config.limits.min_size, int(round(v * scale / 8)) * 8) for v in (width, height))
+    return w, h
 
 
 def _draft(request: GenerationRequest, config: Config, draft_adapter: bool, available: dict[str, float]):
     """A draft: with a distilled draft motion module (draft_adapter), its scheduler, steps and guidance;
     without, smaller and fewer steps. Either way delivered at the size asked for (video/deliver.py)."""
-    draft, min_size = config.draft, config.limits.min_size
+    draft = config.draft
     changes: dict[str, Any] = {}
     if draft_adapter:
-        scale, changes["steps"] = draft.adapter_scale, min(request.steps, draft.adapter_steps)
+        changes["steps"] = min(request.steps, draft.adapter_steps)
         changes["scheduler"], changes["guidance_scale"] = draft.adapter_scheduler, draft.adapter_guidance_scale
     else:
-        scale, changes["steps"] = draft.scale, min(request.steps, draft.steps)
-    size = [max(min_size, int(round(v * scale / 8)) * 8) for v in (request.width, request.height)]
+        changes["steps"] = min(request.steps, draft.steps)
+    size = list(_generation_size(request.width, request.height, "draft", config, draft_adapter))
     if size != [request.width, request.height]:
         changes.update(width=size[0], height=size[1], output_width=request.width, output_height=request.height)
     lora = draft.adapter_lora  # AnimateLCM's spatial LoRA goes with its motion module

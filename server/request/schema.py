@@ -7,17 +7,15 @@ it (and shows it at /docs); `parse_body` runs it for every other caller (the CLI
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import RequestError
 from .limits import Limits
 from .model import LORA_SCALE, MODALITIES, GenerationRequest, api_fields
+from .owner import OWNER_MAX_CHARS, PRIORITY_RANGE, check_owner
 
-OWNER_MAX_CHARS = 64
-OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (newlines, escapes)
-PRIORITY_RANGE = (-10, 10)
 _REQUIRED = ("prompt",)
 CONTROLNETS_MAX = 4  # per-frame ControlNet groups in one job
 
@@ -201,14 +199,15 @@ def _queue_fields() -> dict[str, Any]:
     """`owner` and `priority`: the job's place in the queue, not part of what is generated."""
     return {
         "owner": (
-            str | None,
+            Annotated[str, AfterValidator(check_owner)] | None,
             Field(
                 None,
                 min_length=1,
                 max_length=OWNER_MAX_CHARS,
-                pattern=OWNER_PATTERN,
-                description="who submitted the job (a name, for the queue page); the queue takes owners in turn, "
-                "so one owner's many jobs cannot starve another's; not checked against anything",
+                description="who submitted the job (a name, for the queue page; no controls, bidi overrides, "
+                "zero-width characters or only whitespace); the queue takes owners in turn, so one owner's many jobs "
+                "cannot starve another's. With a per-artist token ([auth]) the owner is the token's: omit it or "
+                "repeat it",
             ),
         ),
         "priority": (
@@ -218,7 +217,8 @@ def _queue_fields() -> dict[str, Any]:
                 ge=PRIORITY_RANGE[0],
                 le=PRIORITY_RANGE[1],
                 description="higher runs first (default 0); e.g. -1 for an overnight farm batch, so that "
-                "interactive previews go ahead of it",
+                "interactive previews go ahead of it. With a per-artist token, at most the token's max_priority "
+                "(403 otherwise)",
             ),
         ),
     }

@@ -85,6 +85,14 @@ function duration(job) {
   return formatSeconds(end - job.started_at);
 }
 
+// A queued job's place in the fair queue (1: next) and when it should start, from the server's estimate.
+function place(queue) {
+  if (!queue) return "";
+  const eta = queue.estimated_start_s;
+  const when = eta === null ? "" : eta < 1 ? " · starts now" : ` · starts in ~${formatSeconds(eta)}`;
+  return `#${queue.position} in queue${when}`;
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -96,13 +104,13 @@ function newRow(job) {
   const tr = el("tr");
   tr.dataset.jobId = job.id;
   const cells = {};
-  for (const name of ["owner", "status", "progress", "prompt", "submitted", "duration", "error", "video"]) {
+  for (const name of ["owner", "status", "progress", "prompt", "clip", "submitted", "duration", "error", "video"]) {
     cells[name] = el("td", name);
     tr.appendChild(cells[name]);
   }
   const bar = el("progress");
   cells.progress.append(bar, el("span", "steps"));
-  cells.status.appendChild(el("span", "badge"));
+  cells.status.append(el("span", "badge"), el("span", "place"));
   return { tr, cells, bar, status: null };
 }
 
@@ -113,6 +121,7 @@ function updateRow(row, job) {
   const status = job.cancel_requested && job.status === "running" ? "cancelling" : job.status;
   badge.textContent = status;
   badge.dataset.status = job.status;
+  cells.status.querySelector(".place").textContent = place(job.queue);
   row.tr.dataset.status = job.status;
   row.bar.max = Math.max(1, job.progress.total);
   row.bar.value = job.progress.step;
@@ -121,6 +130,7 @@ function updateRow(row, job) {
   cells.prompt.textContent = request.prompt || "";
   cells.prompt.title = `${request.prompt || ""}\n${request.modality || ""}, ${request.num_frames} frames ` +
     `${request.width}×${request.height}, ${request.steps} steps, seed ${job.seed}\n${job.id}`;
+  cells.clip.textContent = `${request.width}×${request.height} · ${request.num_frames} frames · seed ${job.seed}`;
   cells.submitted.textContent = formatTime(job.created_at);
   cells.duration.textContent = duration(job);
   cells.error.textContent = job.error ? `${job.error.code}: ${job.error.message}` : "";

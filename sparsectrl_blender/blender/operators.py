@@ -323,10 +323,15 @@ def retake_plan(context, shot, target):
 
 def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str) -> None:
     client = Client(settings.server_url, token=preferences.token())
-    if owner := preferences.owner():
-        prepared.body["owner"] = owner
+    if named := preferences.artist_name():
+        prepared.body["owner"] = named
     runner = JobRunner(
-        client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS, prepare=prepared.encode
+        client,
+        prepared.body,
+        poll_seconds=POLL_SECONDS,
+        lost_after=LOST_AFTER_SECONDS,
+        prepare=prepared.encode,
+        default_owner=None if named else preferences.owner(),  # not sent where the token names the artist
     )  # the PNGs are made in the job thread: Blender's UI is not held for them
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)  # started by the timer
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)

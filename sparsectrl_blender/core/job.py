@@ -150,7 +150,9 @@ class JobRunner:
     """Submit, poll and download one job; no bpy, so it can run in a thread. `state` is read by the UI.
     `prepare` (PreparedJob.encode) finishes the body first, in the runner's thread. Its Python runs inside the
     render guard, let go of only while it sleeps between polls: a render never runs beside it (core/render_guard).
-    `run` is submit, then poll until the job is over; the batch calls them itself, to wait on many jobs at once."""
+    `run` is submit, then poll until the job is over; the batch calls them itself, to wait on many jobs at once.
+    `default_owner` (the login name) is sent as the job's owner unless the body names one or the server says the
+    token is an artist's own ([auth]): then the server takes the owner from the token."""
 
     def __init__(
         self,
@@ -160,8 +162,10 @@ class JobRunner:
         lost_after: float = 10.0,
         prepare=None,
         guard: RenderGuard = GUARD,
+        default_owner: str | None = None,
     ):
         self.client, self.body, self.prepare = client, body, prepare
+        self.default_owner = default_owner
         self.poll_seconds, self.lost_after = poll_seconds, lost_after
         self.guard = guard
         self.state = RunnerState()
@@ -221,6 +225,9 @@ class JobRunner:
         s = self.state
         if self.prepare is not None:
             self.prepare()
+        if self.default_owner and "owner" not in self.body:
+            if not self.client.token or not self.client.health().get("caller"):
+                self.body["owner"] = self.default_owner
         accepted = self.client.submit(self.body)
         s.job_id, s.phase = accepted["id"], accepted["status"]
 

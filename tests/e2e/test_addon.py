@@ -44,13 +44,14 @@ def save_shot(path: Path, **kwargs) -> Path:
     return path
 
 
-def run_batch(*args):
+def run_batch(*args, env: dict | None = None):
     return subprocess.run(
         [sys.executable, "-m", "sparsectrl_blender.batch", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -623,3 +624,32 @@ def test_panel_generates_from_depth_every_frame_alone(tiny_server, tmp_path, add
     assert job["request"]["keyframes"] == [] and group["frames"] == list(range(6)) and group["strength"] == 0.8
     (strip,) = preview_strips(bpy.data.scenes["Scene previs"])
     assert json.loads(strip["sparsectrl"])["depth_every_frame"] is True
+
+
+def test_the_batch_sends_the_artists_own_token_and_cannot_rename_its_owner(tmp_path, tiny_root):
+    """#32 item 2: with a per-artist token (SPARSECTRL_TOKEN or --token) the job is that artist's; --owner naming
+    someone else is one `error:` line with the server's reason."""
+    import shutil
+
+    token = "ana-own-token-0123456789"
+    shutil.copytree(tiny_root, tmp_path / "data" / "models" / "tiny")
+    config = tmp_path / "server.toml"
+    config.write_text(f'[auth]\nartists = [{{ owner = "ana", token = "{token}" }}]\n')
+    server = ServerProcess(
+        ["--model", "tiny", "--config", str(config)], tmp_path / "data", tmp_path / "server.log", token=token
+    )
+    try:
+        shot = save_shot(tmp_path / "shot.blend", start=1, end=16, markers=(1, 16))
+        common = [shot, "--server", server.url, "--modality", "lineart", "--frames", 8, "--size", 64, "--steps", 2]
+        common += ["--prompt", "two boxes in fog", "--passes-dir", tmp_path / "passes"]
+        out = run_batch(*common, "--out", tmp_path / "out.blend", env={"SPARSECTRL_TOKEN": token})
+        assert out.returncode == 0, out.stderr[-2000:]
+        job = server.client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+        assert (job["owner"], job["priority"]) == ("ana", 0)  # not the login name + " (batch)"
+        refused = run_batch(*common, "--token", token, "--owner", "bob", "--out", tmp_path / "out2.blend")
+        assert refused.returncode != 0 and "'ana'" in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+        assert len(server.client.get("/v1/jobs").json()["jobs"]) == 1  # nothing more was queued
+        assert run_batch(*common, "--out", tmp_path / "out3.blend").returncode != 0  # no token: 401
+    finally:
+        server.stop()

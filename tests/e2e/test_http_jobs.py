@@ -28,6 +28,7 @@ def test_health_reports_device_model_and_modalities(configured_server):
         "status": "ok",
         "starting": None,
         "api_version": 1,
+        "problem": None,
         "device": "cpu",
         "dtype": "float32",
         "model": {"name": "sd15-test", "tiny": False},
@@ -38,6 +39,7 @@ def test_health_reports_device_model_and_modalities(configured_server):
         "queue_length": 0,
         "running_job": None,
         "backend": "local",
+        "caller": None,  # the shared token or none: no artist's ([auth])
     }
 
 
@@ -299,6 +301,10 @@ BAD_REQUESTS = [
     ("owner too long", "POST", "/v1/jobs", job_body(owner="x" * 65), 422, "invalid_request"),
     ("owner empty", "POST", "/v1/jobs", job_body(owner=""), 422, "invalid_request"),
     ("owner with a newline", "POST", "/v1/jobs", job_body(owner="ann\nbob"), 422, "invalid_request"),
+    ("owner with a C1 control", "POST", "/v1/jobs", job_body(owner="ann\x9bbob"), 422, "invalid_request"),
+    ("owner with a bidi override", "POST", "/v1/jobs", job_body(owner="\u202eevil"), 422, "invalid_request"),
+    ("owner with a zero-width space", "POST", "/v1/jobs", job_body(owner="ann\u200b"), 422, "invalid_request"),
+    ("owner only whitespace", "POST", "/v1/jobs", job_body(owner=" \u3000 "), 422, "invalid_request"),
     ("owner not a string", "POST", "/v1/jobs", job_body(owner=7), 422, "invalid_request"),
     ("image not base64", "POST", "/v1/jobs", job_body(keyframes=[{"index": 0, "image": "%%%"}]), 422, "invalid_image"),
     (
@@ -311,6 +317,9 @@ BAD_REQUESTS = [
     ),
     ("malformed JSON", "POST", "/v1/jobs", b'{"prompt": ', 422, "invalid_request"),
     ("JSON list", "POST", "/v1/jobs", b"[1, 2]", 422, "invalid_request"),
+    ("deeply nested JSON", "POST", "/v1/jobs", b"[" * 100_000 + b"]" * 100_000, 422, "invalid_request"),
+    ("integer over 4,300 digits", "POST", "/v1/jobs", b'{"seed": ' + b"9" * 5000 + b"}", 422, "invalid_request"),
+    ("invalid UTF-8", "POST", "/v1/jobs", b'{"prompt": "\xff\xfe ball"}', 422, "invalid_request"),
     ("body over max_body_mb", "POST", "/v1/jobs", b"{" + b" " * (2 * 2**20) + b"}", 413, "payload_too_large"),
     ("unknown job", "GET", "/v1/jobs/0123456789abcdef0123456789abcdef", None, 404, "not_found"),
     ("not a job id", "GET", "/v1/jobs/nope", None, 404, "not_found"),
@@ -333,3 +342,30 @@ def test_bad_requests_get_a_4xx_json_error(configured_server, name, method, path
     error = r.json()["error"]
     assert error["code"] == code and error["message"]
     assert c.get("/v1/health").status_code == 200  # and the server keeps serving
+
+
+def test_error_details_as_documented(configured_server):
+    """#32 item 4: the Content-Type is named, 405 keeps its Allow header, messages never echo much of the request."""
+    c = configured_server.client
+    r = c.post("/v1/jobs", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 422 and "Content-Type: text/plain" in r.json()["error"]["message"], r.text
+    r = c.post("/v1/jobs", content=b'{"prompt": "x"}', headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422 and "application/json" in r.json()["error"]["message"]
+
+    r = c.put("/v1/jobs")
+    assert r.status_code == 405 and set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+
+    r = c.post("/v1/jobs", json=job_body(**{"x" * 100_000: 1}))
+    assert r.status_code == 422 and len(r.text) < 5_000, len(r.text)
+    assert r.json()["error"]["code"] == "invalid_request" and "more characters" in r.json()["error"]["message"]
+
+    r = c.get("/v1/jobs/" + "f" * 20_000)
+    assert r.status_code == 404 and len(r.text) < 5_000, len(r.text)
+
+
+def test_job_ids_are_matched_whole():
+    from server.jobs.files import is_job_id
+
+    good = "0123456789abcdef0123456789abcdef"
+    assert is_job_id(good)
+    assert not any(is_job_id(bad) for bad in (good + "\n", good + "0", good[:-1], good.upper(), " " + good))

@@ -286,3 +286,81 @@ def test_an_owner_cannot_inject_markup(browser, tiny_server):
     finally:
         rec.close()
     assert rec.blocked_by_csp() == []
+
+
+def test_long_owners_wrap_and_queued_jobs_show_their_place_size_frames_and_seed(browser, tiny_server):
+    """#32 item 3: a 64-character owner once widened the table to 2,855 px and pushed status and video off screen."""
+    server = tiny_server
+
+    def submit(owner: str, **changes) -> str:
+        r = server.client.post("/v1/jobs", json=job_body(owner=owner, **changes))
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    done = submit("timer", steps=1)
+    assert server.wait_for(done)["status"] == "succeeded"  # the speed the estimates start from
+    running = submit("alice", **LONG_JOB)
+    server.wait_for(running, statuses=("running",))
+    owner = "x" * 64
+    queued = submit(owner, seed=4242, prompt="p" * 2000)
+    rec = Recorder(browser)
+    page = rec.page
+    try:
+        page.goto(server.url + "/")
+        row = _row(page, queued)
+        page.wait_for_selector(f"{row} .place:has-text('in queue')", timeout=30_000)
+        assert page.text_content(f"{row} td.owner") == owner
+        place = page.text_content(f"{row} .place")
+        assert (
+            place.startswith("#1 in queue · starts")
+            and server.client.get(f"/v1/jobs/{queued}").json()["queue"]["position"] == 1
+        ), place
+        assert page.text_content(f"{row} td.clip") == "64×64 · 16 frames · seed 4242"
+        width = page.viewport_size["width"]
+        assert page.evaluate("document.querySelector('#jobs').getBoundingClientRect().width") <= width
+        for cell in ("status", "video"):
+            box = page.query_selector(f"{row} td.{cell}").bounding_box()
+            assert box["x"] + box["width"] <= width, (cell, box)
+        assert page.evaluate("getComputedStyle(document.querySelector('td.error')).overflowWrap") == "anywhere"
+    finally:
+        rec.close()
+        server.client.delete(f"/v1/jobs/{queued}")
+        server.client.delete(f"/v1/jobs/{running}")
+        server.wait_for(running)
+    assert rec.blocked_by_csp() == [] and rec.outside(server.url) == []
+
+
+def test_the_page_has_its_csp_at_both_addresses_and_docs_can_send_the_token(browser, token_server):
+    import httpx
+
+    root = httpx.get(token_server.url + "/")
+    same = httpx.get(token_server.url + "/web/index.html")
+    assert same.status_code == 200 and same.text == root.text
+    for header in ("content-security-policy", "x-content-type-options", "referrer-policy"):
+        assert same.headers[header] == root.headers[header]
+
+    schema = httpx.get(token_server.url + "/openapi.json").json()
+    (name, scheme), *_ = schema["components"]["securitySchemes"].items()
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    assert schema["paths"]["/v1/jobs"]["post"]["security"] == [{name: []}]
+
+    rec = Recorder(browser)
+    page = rec.page
+    try:  # Swagger UI's own Authorize dialog, then "Try it out" on GET /v1/health: sent with the token
+        page.goto(token_server.url + "/docs")
+        page.click("button.authorize", timeout=30_000)
+        page.fill(".auth-container input", TOKEN)
+        page.click(".auth-btn-wrapper button.authorize")
+        page.click(".btn-done")
+        page.click("#operations-default-health_v1_health_get .opblock-summary")
+        page.click("#operations-default-health_v1_health_get .try-out__btn")
+        page.click("#operations-default-health_v1_health_get .execute")
+        page.wait_for_selector(
+            "#operations-default-health_v1_health_get .live-responses-table tr.response .response-col_status"
+        )
+        status = page.text_content(
+            "#operations-default-health_v1_health_get .live-responses-table tr.response .response-col_status"
+        )
+        assert status.strip() == "200", status
+    finally:
+        rec.close()

@@ -45,6 +45,15 @@ def test_tiny_model_uses_the_tiny_generation_defaults():
         ('[generation]\nsteps = "many"\n', "'generation.steps' should be int"),
         ('[model.encoders]\nnormal = "/x"\n', "unknown modalities ['normal']"),
         ("[server\n", "not valid TOML"),
+        ('[auth]\nartists = [{ owner = "ana", token = "short" }]\n', "token should be a string of at least 16"),
+        ('[auth]\nartists = [{ owner = "\\u202eana", token = "0123456789abcdef" }]\n', "may not hold U.202E"),
+        ('[auth]\nartists = [{ owner = "ana", token = "0123456789abcdef", max_priority = 11 }]\n', "from -10 to 10"),
+        ('[auth]\nartists = [{ owner = "ana", token = "0123456789abcdef", admin = true }]\n', "unknown key 'admin'"),
+        (
+            '[server]\ntoken = "0123456789abcdef"\n[auth]\nartists = [{ owner = "a", token = "0123456789abcdef" }]\n',
+            "token is used twice",
+        ),
+        ("[auth]\nusers = []\n", "unknown config key 'auth.users'"),
     ],
 )
 def test_bad_config_files_give_one_clear_error(tmp_path: Path, text, message):

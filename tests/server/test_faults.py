@@ -163,3 +163,58 @@ def test_retention_drops_png_frames_after_an_hour_and_frames_come_back_from_the_
     assert decoded.shape == original.shape
     assert np.abs(decoded - original).mean() < np.abs(decoded - other).mean()
     assert sorted(p.name for p in files.frames(job_id).iterdir()) == ["0005.png"]
+
+
+def test_a_failure_in_after_job_work_is_logged_and_the_next_job_runs(service, monkeypatch, caplog):
+    """#32 item 8: retention's pruning once met a frame deleted under it; the exception ended the only worker
+    thread and the server kept accepting jobs it would never run."""
+    calls = []
+
+    def failing_prune():
+        calls.append(1)
+        raise FileNotFoundError("frames/0003.png vanished")
+
+    monkeypatch.setattr(service.worker, "after_job", failing_prune)
+    first = service.submit(fields(seed=1)).id
+    assert wait(service, first).status == "succeeded"
+    second = service.submit(fields(seed=2)).id
+    assert wait(service, second).status == "succeeded"
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(calls) == 2 and service.worker.alive
+    assert "bookkeeping failed" in caplog.text
+    assert service.health()["status"] == "ok"
+
+
+def test_health_says_degraded_once_the_worker_is_gone(service):
+    assert service.health()["status"] == "ok" and service.health()["problem"] is None
+    service.worker.stop()
+    health = service.health()
+    assert health["status"] == "degraded" and "restart the server" in health["problem"]
+    assert health["workers"][0]["state"] == "failed"
+
+
+def test_job_sizes_tolerate_files_that_vanish_while_counted(service, tmp_path):
+    """The size and frame pruning that retention runs count a file deleted under them as 0 bytes."""
+    from server.jobs import files as files_module
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i:04d}.png").write_bytes(b"x" * 100)
+
+    def vanishing(paths):
+        for path in paths:
+            path.unlink()  # deleted between the listing and the stat, as a concurrent prune does
+            yield path
+
+    assert files_module._total_size(vanishing(folder.iterdir())) == 0
+    job_id = service.submit(fields()).id
+    wait(service, job_id)
+    frames = service.files.frames(job_id)
+    assert service.files.size(job_id) > 0
+    for path in list(frames.iterdir()):
+        path.unlink()
+    frames.rmdir()
+    assert service.files.remove_frames(job_id) == 0 and service.files.size(job_id) > 0

@@ -51,22 +51,58 @@ def test_defaults_come_from_the_config_and_the_seed_is_kept():
 
 def test_keyframes_are_sorted_and_stored_as_png():
     img = base64.b64encode(png_bytes(sketch())).decode()
-    r = resolve_request(body(keyframes=[{"index": 9, "image": img}, {"index": 2, "image": img}]), CONFIG, ALL, 1)
+    at_size = body(width=64, height=64, keyframes=[{"index": 9, "image": img}, {"index": 2, "image": img}])
+    r = resolve_request(at_size, CONFIG, ALL, 1)
     assert [k.index for k in r.keyframes] == [2, 9]
     _, images = r.to_record()
-    assert all(data == base64.b64decode(img) for data in images.values())  # a PNG is kept as sent
+    assert all(data == base64.b64decode(img) for data in images.values())  # a PNG of the clip's size is kept as sent
     buf = io.BytesIO()
     sketch().save(buf, format="JPEG")
     jpeg = resolve_request(
-        body(keyframes=[{"index": 0, "image": base64.b64encode(buf.getvalue()).decode()}]), CONFIG, ALL, 1
+        body(width=64, height=64, keyframes=[{"index": 0, "image": base64.b64encode(buf.getvalue()).decode()}]),
+        CONFIG,
+        ALL,
+        1,
     )
     assert jpeg.to_record()[1]["keyframes/0000.png"].startswith(b"\x89PNG")  # other formats become PNG, once
 
 
-def test_the_record_form_gives_back_the_same_request():
+def test_images_are_kept_fitted_to_the_generation_size_as_the_engine_fits_them():
+    """#32 item 1: a large image is decoded once, fitted at once and kept small; the engine's own fitting of the
+    original gives the same pixels, so the job's output is unchanged."""
+    from PIL import Image
+
+    from server.engine.conditions import fit_to_size
+
+    big = sketch(400, 300)
     r = resolve_request(
-        body(num_frames=8, output_frames=24, keyframes=[{"index": 3, "image": IMG, "output_index": 9}]), CONFIG, ALL, 1
+        body(width=96, height=64, keyframes=[{"index": 0, "image": base64.b64encode(png_bytes(big)).decode()}]),
+        CONFIG,
+        ALL,
+        1,
     )
+    kept = r.keyframes[0].data
+    assert Image.open(io.BytesIO(kept)).size == (96, 64)
+    assert r.keyframes[0].image.tobytes() == fit_to_size(big, 96, 64).tobytes()
+    assert fit_to_size(r.keyframes[0].image, 96, 64).tobytes() == fit_to_size(big, 96, 64).tobytes()
+    draft = resolve_request(
+        body(width=512, height=512, quality="draft", keyframes=[{"index": 0, "image": IMG}]), CONFIG, ALL, 1
+    )
+    assert Image.open(io.BytesIO(draft.keyframes[0].data)).size == (draft.width, draft.height)  # a draft's size
+
+
+def test_a_requests_images_are_bounded_in_pixels_in_all():
+    tight = dataclasses.replace(CONFIG, limits=dataclasses.replace(CONFIG.limits, max_request_pixels=3 * 64 * 64))
+    frames = [{"index": i, "image": IMG} for i in range(4)]
+    with pytest.raises(RequestError) as e:
+        resolve_request(body(width=64, height=64, keyframes=frames), tight, ALL, 1)
+    assert e.value.code == "invalid_image" and "max_request_pixels" in e.value.message
+    assert len(resolve_request(body(width=64, height=64, keyframes=frames[:3]), tight, ALL, 1).keyframes) == 3
+
+
+def test_the_record_form_gives_back_the_same_request():
+    kf = [{"index": 3, "image": IMG, "output_index": 9}]
+    r = resolve_request(body(width=64, height=64, num_frames=8, output_frames=24, keyframes=kf), CONFIG, ALL, 1)
     fields, images = r.to_record()
     back = GenerationRequest.from_record(json.loads(json.dumps(fields)), images.__getitem__)
     assert dataclasses.replace(back, keyframes=[]) == dataclasses.replace(r, keyframes=[])

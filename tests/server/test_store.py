@@ -206,17 +206,21 @@ def test_the_queue_takes_priority_then_owners_in_turn_then_submission_order(tmp_
     for i in range(5):
         store.create(f"a{i:031x}", {}, seed=1, model="m", total=1, owner="alice")
     store.create("b" * 32, {}, seed=1, model="m", total=1, owner="bob")
+    predicted = [j.id[0] + j.id[-1] for j in store.queue_order()]
     order = []
     while (job := store.claim_next()) is not None:  # one worker: each job finishes before the next is taken
         order.append(job.id[0] + job.id[-1])
         store.finish(job.id, SUCCEEDED)
     assert order == ["a0", "bb", "a1", "a2", "a3", "a4"]  # bob's one job runs second, not sixth
+    assert predicted == order  # the queue page's places (queue_order) are the order jobs are claimed in
 
     store.create("c" * 32, {}, seed=1, model="m", total=1, owner="carol")
     store.create("d" * 32, {}, seed=1, model="m", total=1, owner="bob", priority=5)
     store.create("e" * 32, {}, seed=1, model="m", total=1, owner=None, priority=-1)
     store.create("f" * 32, {}, seed=1, model="m", total=1, owner="alice")
+    predicted = [j.id[0] for j in store.queue_order()]
     claimed = [store.claim_next().id[0] for _ in range(4)]
+    assert predicted == claimed
     assert claimed == ["d", "c", "f", "e"]  # priority first; carol never ran, alice ran last; -1 waits for all
     assert store.get("d" * 32).priority == 5 and store.get("e" * 32).priority == -1
 
@@ -269,3 +273,15 @@ def test_a_stop_gives_the_start_back_and_a_lost_worker_does_not(tmp_path):
     assert store.claim_next().attempt == 1
     assert store.requeue(job_id, attempt=1)  # its worker was lost: the start counts
     assert store.claim_next().attempt == 2
+
+
+def test_queue_estimates_come_from_the_recent_jobs_speed(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.recent_seconds_per_work() is None
+    request = {"num_frames": 16, "width": 64, "height": 64}
+    store.create("a" * 32, request, seed=1, model="m", total=10)
+    job = store.claim_next()
+    store.finish(job.id, SUCCEEDED)
+    done = store.get(job.id)
+    rate = store.recent_seconds_per_work()
+    assert rate == pytest.approx((done.finished_at - done.started_at) / (10 * 16 * 64 * 64))
