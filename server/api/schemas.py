@@ -50,9 +50,12 @@ class JobOut(BaseModel):
     priority: int = Field(description="as given in the request (0 if not given); higher runs first")
     attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
     worker: str | None = Field(description="the worker that runs or ran it")
+    preview_step: int | None = Field(
+        default=None, description="the step of the newest live preview (GET .../preview); null before the first"
+    )
 
     @classmethod
-    def of(cls, job: JobRecord) -> JobOut:
+    def of(cls, job: JobRecord, preview_step: int | None = None) -> JobOut:
         error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(
             id=job.id,
@@ -71,6 +74,7 @@ class JobOut(BaseModel):
             priority=job.priority,
             attempt=job.attempt,
             worker=job.worker,
+            preview_step=preview_step,
         )
 
 

@@ -36,6 +36,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..config import Config, ConfigError
 from ..jobs.files import JobFiles
 from ..jobs.model_info import ModelInfo
+from ..jobs.previews import Previews
 from ..jobs.store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
 from ..request.errors import RequestError
 from ..request.model import image_paths
@@ -86,8 +87,16 @@ class _Slot:
 
 
 class RayDispatcher:
-    def __init__(self, config: Config, store: JobStore, files: JobFiles, after_job: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        files: JobFiles,
+        after_job: Callable[[], object] | None = None,
+        previews: Previews | None = None,
+    ):
         self.config, self.cluster, self.store, self.files = config, config.cluster, store, files
+        self.previews = previews  # where the workers' live previews go (they come with the progress)
         self.after_job = after_job
         self._slots: dict[str, _Slot] = {}
         self._refs: dict[Any, tuple[str, _Slot]] = {}  # ObjectRef -> (ready | run | progress, slot)
@@ -329,8 +338,14 @@ class RayDispatcher:
         except (RayActorError, RayTaskError):
             return  # a lost worker shows through its run
         if progress is not None:
-            job_id, attempt, step = progress
+            job_id, attempt, step, preview = progress
             self.store.set_progress(job_id, step, attempt=attempt)
+            self._keep_preview(job_id, attempt, preview)
+
+    def _keep_preview(self, job_id: str, attempt: int, preview) -> None:
+        """A worker's newest live preview, when it is of the job's running attempt."""
+        if preview is not None and self.previews is not None and self.store.is_current(job_id, attempt):
+            self.previews.offer_encoded(job_id, preview)
 
     def _on_run(self, slot: _Slot, ref) -> None:
         job = slot.job
@@ -349,6 +364,7 @@ class RayDispatcher:
         if "error" in result:
             self._finish(slot, job, FAILED, *result["error"])
         elif self.store.is_current(job.id, job.attempt):
+            self._keep_preview(job.id, job.attempt, result.get("preview"))
             self.files.write_outputs(job.id, result["video"], result["frames"], result.get("take", {}))
             self._finish(slot, job, SUCCEEDED)
             log.info("job %s succeeded on %s in %.3f s (seed %d)", job.id, slot.name, result["seconds"], result["seed"])
@@ -371,6 +387,8 @@ class RayDispatcher:
             self.files.remove_outputs(job.id)
         if code:
             log.error("job %s failed on %s: %s (%s)", job.id, slot.name, code, message)
+        if self.previews is not None:
+            self.previews.finish(job.id)  # its newest preview in its file, the memory copy let go
         self._idle(slot)
         if self.after_job is not None:
             self.after_job()
