@@ -340,12 +340,8 @@ class RayDispatcher:
         if progress is not None:
             job_id, attempt, step, preview = progress
             self.store.set_progress(job_id, step, attempt=attempt)
-            self._keep_preview(job_id, attempt, preview)
-
-    def _keep_preview(self, job_id: str, attempt: int, preview) -> None:
-        """A worker's newest live preview, when it is of the job's running attempt."""
-        if preview is not None and self.previews is not None and self.store.is_current(job_id, attempt):
-            self.previews.offer_encoded(job_id, preview)
+            if preview is not None and self.previews is not None and self.store.is_current(job_id, attempt):
+                self.previews.offer_encoded(job_id, preview)  # the worker's newest, of the running attempt
 
     def _on_run(self, slot: _Slot, ref) -> None:
         job = slot.job
@@ -364,7 +360,8 @@ class RayDispatcher:
         if "error" in result:
             self._finish(slot, job, FAILED, *result["error"])
         elif self.store.is_current(job.id, job.attempt):
-            self._keep_preview(job.id, job.attempt, result.get("preview"))
+            if self.previews is not None and result.get("preview") is not None:
+                self.previews.offer_encoded(job.id, result["preview"])  # the last step's (progress had not got it)
             self.files.write_outputs(job.id, result["video"], result["frames"], result.get("take", {}))
             self._finish(slot, job, SUCCEEDED)
             log.info("job %s succeeded on %s in %.3f s (seed %d)", job.id, slot.name, result["seconds"], result["seed"])
