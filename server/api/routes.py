@@ -54,19 +54,22 @@ def api_routes(service: JobService, JobCreate: type[BaseModel], bearer: bool = F
     @app.get("/v1/jobs", response_model=JobList)
     def list_jobs(limit: int = 50):
         places = service.queue_places()
-        return JobList(jobs=[JobOut.of(j, places.get(j.id)) for j in service.list_jobs(limit)])
+        return JobList(
+            jobs=[JobOut.of(j, places.get(j.id), service.preview_step(j.id)) for j in service.list_jobs(limit)]
+        )
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str):
         job = service.get(job_id)
-        return JobOut.of(job, service.queue_places().get(job.id) if job.status == "queued" else None)
+        place = service.queue_places().get(job.id) if job.status == "queued" else None
+        return JobOut.of(job, place, service.preview_step(job.id))
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def cancel_job(job_id: str, response: Response):
         job = service.cancel(job_id)
         if job.status == "running":
             response.status_code = 202  # stops within one denoising step; poll until "cancelled"
-        return JobOut.of(job)
+        return JobOut.of(job, preview_step=service.preview_step(job.id))
 
     @app.get(
         "/v1/jobs/{job_id}/video",
@@ -83,5 +86,21 @@ def api_routes(service: JobService, JobCreate: type[BaseModel], bearer: bool = F
     )
     def get_frame(job_id: str, n: int):
         return FileResponse(service.frame(job_id, n), media_type="image/png")
+
+    @app.get(
+        "/v1/jobs/{job_id}/preview",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    )
+    def get_preview(job_id: str):
+        """The newest live preview: every generated frame side by side, frame 0 leftmost (X-Preview-Frames tiles),
+        at latent size (TAESD: larger); X-Preview-Step: the denoising step it shows, from 1."""
+        preview = service.preview(job_id)
+        headers = {
+            "X-Preview-Step": str(preview.step),
+            "X-Preview-Frames": str(preview.frames),
+            "Cache-Control": "no-store",
+        }
+        return Response(preview.png, media_type="image/png", headers=headers)
 
     return app

@@ -60,9 +60,12 @@ class JobOut(BaseModel):
     attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
     worker: str | None = Field(description="the worker that runs or ran it")
     queue: QueuePlace | None = Field(None, description="a queued job's place in the queue (null once it started)")
+    preview_step: int | None = Field(
+        default=None, description="the step of the newest live preview (GET .../preview); null before the first"
+    )
 
     @classmethod
-    def of(cls, job: JobRecord, place: dict[str, Any] | None = None) -> JobOut:
+    def of(cls, job: JobRecord, place: dict[str, Any] | None = None, preview_step: int | None = None) -> JobOut:
         error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(
             id=job.id,
@@ -82,6 +85,7 @@ class JobOut(BaseModel):
             attempt=job.attempt,
             worker=job.worker,
             queue=QueuePlace(**place) if place and job.status == "queued" else None,
+            preview_step=preview_step,
         )
 
 

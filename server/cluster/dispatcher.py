@@ -36,6 +36,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..config import Config, ConfigError
 from ..jobs.files import JobFiles
 from ..jobs.model_info import ModelInfo
+from ..jobs.previews import Previews
 from ..jobs.store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
 from ..request.errors import RequestError
 from ..request.model import image_paths
@@ -86,8 +87,16 @@ class _Slot:
 
 
 class RayDispatcher:
-    def __init__(self, config: Config, store: JobStore, files: JobFiles, after_job: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        files: JobFiles,
+        after_job: Callable[[], object] | None = None,
+        previews: Previews | None = None,
+    ):
         self.config, self.cluster, self.store, self.files = config, config.cluster, store, files
+        self.previews = previews  # where the workers' live previews go (they come with the progress)
         self.after_job = after_job
         self._slots: dict[str, _Slot] = {}
         self._refs: dict[Any, tuple[str, _Slot]] = {}  # ObjectRef -> (ready | run | progress, slot)
@@ -334,8 +343,10 @@ class RayDispatcher:
         except (RayActorError, RayTaskError):
             return  # a lost worker shows through its run
         if progress is not None:
-            job_id, attempt, step = progress
+            job_id, attempt, step, preview = progress
             self.store.set_progress(job_id, step, attempt=attempt)
+            if preview is not None and self.previews is not None and self.store.is_current(job_id, attempt):
+                self.previews.offer_encoded(job_id, preview)  # the worker's newest, of the running attempt
 
     def _on_run(self, slot: _Slot, ref) -> None:
         job = slot.job
@@ -354,6 +365,8 @@ class RayDispatcher:
         if "error" in result:
             self._finish(slot, job, FAILED, *result["error"])
         elif self.store.is_current(job.id, job.attempt):
+            if self.previews is not None and result.get("preview") is not None:
+                self.previews.offer_encoded(job.id, result["preview"])  # the last step's (progress had not got it)
             self.files.write_outputs(job.id, result["video"], result["frames"], result.get("take", {}))
             self._finish(slot, job, SUCCEEDED)
             log.info("job %s succeeded on %s in %.3f s (seed %d)", job.id, slot.name, result["seconds"], result["seed"])
@@ -376,6 +389,8 @@ class RayDispatcher:
             self.files.remove_outputs(job.id)
         if code:
             log.error("job %s failed on %s: %s (%s)", job.id, slot.name, code, message)
+        if self.previews is not None:
+            self.previews.finish(job.id)  # its newest preview in its file, the memory copy let go
         self._idle(slot)
         if self.after_job is not None:
             try:

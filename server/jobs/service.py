@@ -20,6 +20,7 @@ from ..request.owner import ArtistToken
 from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
+from .previews import Preview, Previews
 from .retention import prune
 from .store import RUNNING, JobRecord, JobStore, work
 from .worker import Worker
@@ -38,6 +39,7 @@ class JobService:
         cluster = config.cluster.backend == "ray"
         self.store = JobStore(Path(data_dir) / "jobs.sqlite3", requeue_running=cluster)
         self.files = JobFiles(Path(data_dir) / "jobs")
+        self.previews = Previews(self.files)
         if cluster:
             try:
                 from ..cluster.dispatcher import RayDispatcher
@@ -46,10 +48,12 @@ class JobService:
                     f'[cluster] backend = "ray" needs Ray on this machine ({e}): pip install -e ".[cluster]"'
                 ) from None
 
-            self.worker = RayDispatcher(config, self.store, self.files, after_job=self.prune)
+            self.worker = RayDispatcher(config, self.store, self.files, after_job=self.prune, previews=self.previews)
         else:
             assert engine is not None, "the local backend runs jobs on an engine loaded here"
-            self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune)
+            self.worker = Worker(
+                engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune, previews=self.previews
+            )
         # Every weight the config names, as found at start (header checks only: everything is loaded already).
         self.weights = inventory(config.model)
         for job_id in self.store.requeued_on_open:
@@ -151,6 +155,18 @@ class JobService:
         if record is None:
             raise JobNotFound(job_id)
         return record
+
+    def preview(self, job_id: str) -> Preview:
+        """The job's newest live preview; not_found before its first step."""
+        job = self.get(job_id)
+        preview = self.previews.latest(job.id)
+        if preview is None:
+            raise RequestError("not_found", f"job {job.id} has no preview yet (one comes after its first step)")
+        return preview
+
+    def preview_step(self, job_id: str) -> int | None:
+        """The step of the job's newest preview, None before the first."""
+        return self.previews.step(job_id)
 
     def list_jobs(self, limit: int = 50) -> list[JobRecord]:
         """The newest jobs first, at most `limit` (1 to 500)."""

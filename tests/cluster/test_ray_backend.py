@@ -119,6 +119,10 @@ def test_a_cancel_reaches_a_running_job_within_a_step_and_the_worker_goes_on(sim
     before = {w["name"] for w in server.client.get("/v1/health").json()["workers"]}
     job_id = server.client.post("/v1/jobs", json=job_body(steps=150)).json()["id"]
     wait_until(lambda: server.client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] >= 3, what="3 steps")
+    # #29: the worker's live preview rides on the progress poll to the head, frames side by side at latent size.
+    preview = wait_until(lambda: (r := server.client.get(f"/v1/jobs/{job_id}/preview")).status_code == 200 and r)
+    assert int(preview.headers["x-preview-step"]) >= 1 and preview.headers["x-preview-frames"] == "16"
+    assert preview.content[:8] == b"\x89PNG\r\n\x1a\n"
     first = (time.monotonic(), server.client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"])
     time.sleep(1.0)
     second = (time.monotonic(), server.client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"])
@@ -133,6 +137,8 @@ def test_a_cancel_reaches_a_running_job_within_a_step_and_the_worker_goes_on(sim
     assert not (c.folder / "data" / "jobs" / job_id / "video.mp4").exists()
     after = server.client.post("/v1/jobs", json=job_body(steps=4)).json()["id"]
     assert server.wait_for(after, timeout=60)["status"] == "succeeded"
+    assert server.client.get(f"/v1/jobs/{after}").json()["preview_step"] == 4  # the last step's, with the result
+    assert server.client.get(f"/v1/jobs/{job_id}/preview").status_code == 200  # a cancelled job's last one stays
     assert {w["name"] for w in server.client.get("/v1/health").json()["workers"]} == before  # no worker rebuilt
 
 
