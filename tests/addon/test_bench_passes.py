@@ -71,6 +71,7 @@ def test_the_prompt_is_checked_before_anything_is_rendered(monkeypatch):
         raise AssertionError("rendered before the settings were checked")
 
     monkeypatch.setattr(passes.PassRenderer, "render", no_render)
+    monkeypatch.setattr(passes.PassRenderer, "render_steps", no_render)
     with pytest.raises(ValueError, match="write a prompt"):
         generation.prepare(bpy.context.scene, GenerationSettings(prompt=" ", size=64))
 
