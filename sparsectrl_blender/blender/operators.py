@@ -139,8 +139,12 @@ def _poll_run():
         return None
     state = run.runner.state
     if not _started(run.thread) or run.thread.is_alive():
+        _show_forming(run)
         _redraw()
         return POLL_SECONDS
+    from .live_preview import LIVE
+
+    LIVE.clear()  # the final strip takes its place; a cancel or failure leaves nothing of it
     STATUS.run = None
     STATUS.can_resubmit = state.lost
     scene = bpy.data.scenes.get(run.scene_name)
@@ -214,6 +218,22 @@ def _prepared(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
         return False
     start_run(scene_name, prepared, settings, replace_name, target_name)
     return True
+
+
+def _show_forming(run: ActiveRun) -> None:
+    """The job's newest preview on the previs scene's Sequencer, when one came that is not shown yet."""
+    from .live_preview import LIVE
+    from .strips import previs_scene, shot_offset
+
+    preview, shot = run.runner.state.preview, bpy.data.scenes.get(run.scene_name)
+    if preview is None or preview[0] == LIVE.step or shot is None:
+        return
+    try:
+        target = previs_scene(shot, run.target_name or run.settings.preview_scene)
+        LIVE.show(target, shot_offset(target, shot), run.prepared, preview, run.runner.state.total)
+    except Exception as e:  # noqa: BLE001 - a preview that cannot be shown never stops the job
+        print(f"SparseCtrl: the preview of step {preview[0]} could not be shown: {e}")
+        LIVE.step = preview[0]  # not tried again
 
 
 def _report(message: str, error: bool) -> None:
@@ -415,7 +435,12 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     if owner := preferences.owner():
         prepared.body["owner"] = owner
     runner = JobRunner(
-        client, prepared.body, poll_seconds=POLL_SECONDS, lost_after=LOST_AFTER_SECONDS, prepare=prepared.encode
+        client,
+        prepared.body,
+        poll_seconds=POLL_SECONDS,
+        lost_after=LOST_AFTER_SECONDS,
+        prepare=prepared.encode,
+        previews=True,
     )  # the PNGs are made in the job thread: Blender's UI is not held for them
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)  # started by the timer
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)
