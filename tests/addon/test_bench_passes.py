@@ -61,6 +61,15 @@ def test_the_benchmark_command_writes_a_section(tmp_path):
     )
     assert depth and float(depth.group(1)) > 0
     per_frame = re.findall(rf"^\| ([a-z_ ()]+) \| ({NUMBER}) \| ({NUMBER}) \|$", text, re.M)
+    # #29: the same Generates stepped, a pass render per tick: the longest block, beside the one block before.
+    stepped = re.findall(
+        rf"^Stepped, .*: the longest block \*\*({NUMBER}) s\*\*, all (\d+) blocks (\d+\.\d\d) s; before, in one "
+        r"block: (\d+\.\d\d) s\.$",
+        text,
+        re.M,
+    )
+    assert [int(t) for _, t, _, _ in stepped] == [1 + 1 + 1, 1 + 3 + 1 + 1]  # call, renders, (processing,) sent
+    assert all(0 < float(longest) <= float(total) for longest, _, total, _ in stepped)
     assert {"render", "scene copy"} <= {name for name, _, _ in per_frame}
 
 
