@@ -94,3 +94,18 @@ def test_stepped_generate_ends_in_a_sent_job(addon):
     ops.run_timers(60)
     assert ops.STATUS.preparing is None and ops.STATUS.run is None
     assert "cannot reach the server" in ops.STATUS.message and ops.STATUS.message_is_error
+
+
+def test_a_save_while_the_passes_render_stops_them_and_saves_no_scene_copy(addon, tmp_path):
+    ops = addon
+    scene = build_shot(start=1, end=24, markers=(1, 12, 24), resolution=(64, 64))
+    props = scene.sparsectrl
+    props.prompt, props.size, props.server_url = "boxes", 64, "http://127.0.0.1:9"
+    assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
+    ops._poll_prepare()
+    assert "SparseCtrl passes (temporary)" in bpy.data.scenes
+    path = tmp_path / "saved.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path), compress=False)
+    assert ops.STATUS.preparing is None and "saving stopped" in ops.STATUS.message
+    assert b"SparseCtrl passes (temporary)" not in path.read_bytes()
+    assert [s.name for s in bpy.data.scenes] == ["Scene"]
