@@ -1,4 +1,4 @@
-"""Benchmarks: python -m server.bench memory|speed|train [--arch full|tiny] [--size N] [--steps N] ...
+"""Benchmarks: python -m server.bench memory|speed|train|flops|retake|preview [--arch full|tiny] [--size N] ...
 
 `speed`: our engine and a bare diffusers AnimateDiffSparseControlNetPipeline call on the same weights and
 request, side by side in one process: s/step, total s, peak memory, achieved TFLOP/s (FLOPs counted with
@@ -11,6 +11,8 @@ a bare diffusers call per point that one window holds.
 
 `--arch full` is the full-size SD1.5 + AnimateDiff v3 + SparseCtrl architecture with random weights (the real
 model's memory and speed), `--arch tiny` the test model (a smoke run).
+
+`preview`: FLOPs of a live preview (the linear approximation, TAESD) beside a denoising step's (#29).
 
 `train`: training steps of a new SparseCtrl encoder (server/train) on synthetic clips: clips/s, s/step, peak
 memory, achieved TFLOP/s (forward + backward counted) and the loss of each step.
@@ -450,6 +452,58 @@ def retake(args: argparse.Namespace) -> int:
         "| --- | --- | ---: | ---: |",
         f"| whole shot | 0..{args.frames - 1} | {whole / 1e12:.3f} | 1.000 |",
         f"| retake | {span[0]}..{span[1]} | {part / 1e12:.3f} | {part / whole:.3f} |",
+    ]
+    _append(Path(args.out), lines)
+    return 0
+
+
+def preview(args: argparse.Namespace) -> int:
+    """FLOPs of one live preview (#29) beside one denoising step's, each counted with torch.utils.flop_counter:
+    the step from a real one-step job (_job_flops), the preview from the step hook itself on latents of the same
+    shape, x0 computed from the noise prediction (what DPM++ needs; the counter counts matrix products and
+    convolutions, not the few elementwise operations): the linear approximation, and TAESD's decoder at its
+    released architecture (random weights). Both scale with the pixels; a step grows faster (attention)."""
+    import diffusers
+    import torch
+    from diffusers import AutoencoderTiny
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .engine.previews import PreviewHook, TaesdDecoder
+    from .engine.step_hooks import StepState
+
+    config, engine = _build(args)
+    request = _request(config, engine.model, args.frames, args.size, 1)
+    step = _job_flops(engine, request)["step"]
+    pipe = engine.build_pipeline(request.modality, request.scheduler)
+    pipe.scheduler.set_timesteps(2)
+    shape = (1, 4, request.num_frames, request.height // 8, request.width // 8)
+    latents = torch.randn(shape, device=engine.device, dtype=engine.model.dtype)
+    t, following = pipe.scheduler.timesteps
+    state = StepState(0, 2, t, following, latents, torch.randn_like(latents), None, pipe.scheduler)
+    taesd = AutoencoderTiny().to(device=engine.device, dtype=engine.model.dtype)
+    counts = {}
+    for name, decoder in (("linear approximation", None), ("TAESD", TaesdDecoder(taesd))):
+        with FlopCounterMode(display=False) as counter:
+            PreviewHook(lambda _s, _i: None, decoder)(state)
+        counts[name] = counter.get_total_flops()
+    for name, n in counts.items():
+        print(f"{name:<22} {n:.4g} FLOP  {n / step:.2e} of a step ({step:.4g} FLOP)")
+    head = (
+        f"### {datetime.date.today().isoformat()} · torch {torch.__version__} · diffusers {diffusers.__version__} · "
+        f"preview · {args.arch}-size architecture, {args.frames}×{args.size}², CFG on"
+    )
+    lines = [
+        "",
+        head,
+        "",
+        f"`python -m server.bench preview --arch {args.arch} --frames {args.frames} --size {args.size}`: "
+        "torch.utils.flop_counter on one denoising step of a real job and on the live preview's step hook "
+        "(x0 from the noise prediction, then RGB; matrix products and convolutions; the same on any device).",
+        "",
+        "| per step | FLOP | of a step |",
+        "| --- | ---: | ---: |",
+        f"| denoising step | {step:.4g} | 1 |",
+        *(f"| preview, {name} | {n:.4g} | {n / step:.2e} |" for name, n in counts.items()),
     ]
     _append(Path(args.out), lines)
     return 0
@@ -899,6 +953,14 @@ def main(argv: list[str] | None = None) -> int:
     rt.add_argument("--dtype", default="auto")
     rt.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
     rt.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    pv = sub.add_parser("preview", help="FLOPs of a live preview (linear, TAESD) beside a denoising step's")
+    pv.add_argument("--arch", choices=["full", "tiny"], default="full")
+    pv.add_argument("--frames", type=int, default=16)
+    pv.add_argument("--size", type=int, default=128)
+    pv.add_argument("--device", default="auto")
+    pv.add_argument("--dtype", default="auto")
+    pv.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+    pv.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     t = sub.add_parser("train", help="training steps of a new encoder (server/train) on synthetic clips")
     t.add_argument("--arch", choices=["full", "tiny"], default="full")
     t.add_argument("--frames", type=int, default=16)
@@ -922,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
         return flops(args)
     if args.command == "retake":
         return retake(args)
+    if args.command == "preview":
+        return preview(args)
     return memory(args) if args.command == "memory" else speed(args)
 
 

@@ -9,6 +9,8 @@ shipped as a wheel in the extension zip. bpy is imported only inside register()/
 package imports anywhere.
 """
 
+import atexit
+
 
 def _modules():
     from .blender import operators, panels, preferences, properties
@@ -28,6 +30,8 @@ def register() -> None:
     properties.register()
     render_handlers.register()
     live_preview.register()
+    operators.register_handlers()
+    atexit.register(operators.cancel_on_quit)  # quitting Blender cancels the job it was waiting on
 
 
 def unregister() -> None:
@@ -36,6 +40,8 @@ def unregister() -> None:
     from .blender import live_preview, render_handlers
 
     preferences, properties, operators, panels = _modules()
+    atexit.unregister(operators.cancel_on_quit)
+    operators.unregister_handlers()
     operators.unregister_timers()
     live_preview.unregister()
     render_handlers.unregister()

@@ -1,13 +1,16 @@
 """Headless batch: the panel's code path without UI, for one shot or a whole sequence.
 
     python -m sparsectrl_blender.batch SHOT.blend [SHOT2.blend ...] [--shots LIST.txt] --server URL
-        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes markers|1,24,48|none] [--frames N]
+        [--scene NAME] [--modality lineart|depth|rgb] [--keyframes every:N|markers|camera|1,24,48|none] [--frames N]
         [--depth-every-frame [--depth-strength S]] [--keyframe-images FRAME:PATH,... [--keyframe-images-as rgb]]
         [--pin] [--color-lock] [--retake-of STRIP_OR_JOB --span START:END] [--prompt ...]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
-Works with bpy from PyPI and inside Blender (`blender -b --python -m ... -- ARGS` style: arguments after
-`--`). Settings not given as flags come from the panel settings saved in the .blend, then the defaults.
+Works with bpy from PyPI and inside Blender: `blender -b --python-expr "import sys; from
+bl_ext.user_default.sparsectrl_previs import batch; sys.exit(batch.main())" -- ARGS` (arguments after `--`).
+The result is saved in the running Blender's format: a shot last saved by a Blender that cannot open it (a 4.2
+shot run by 5.x) is refused before anything renders, unless --allow-newer-format. Settings not given as flags
+come from the panel settings saved in the .blend, then the defaults. --prompt is required unless one is saved.
 
 Several shots (files named, or a shot list: core/shot_list.py) are all checked first, then each
 is opened, its passes rendered and its job submitted at once, so the server's queue holds the whole sequence;
@@ -20,19 +23,23 @@ overwritten (--out naming an existing file, or SHOT.blend itself) is first copie
 (earlier backups move up to .blend2, .blend3, ...; none is deleted).
 The result keeps the original's compression (none, gzip or zstd).
 Exit 0 when every shot succeeded; otherwise one line `error: reason` per failure and exit 1 (2 for a bad flag).
+Ctrl-C (SIGINT) or SIGTERM cancels the jobs sent on the server, says so in one line and exits 130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import logging
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,8 +66,28 @@ _OTHER_FORMATS = {
 }
 
 
+# The oldest Blender that opens a file with this header (a .blend's first bytes). The 12-byte header before it
+# ("BLENDER-v402") is opened by every Blender the manifest supports. Blender 5.0's header: 4.5 opens it, 4.4 and
+# older answer "not a blend file". Which header this Blender writes is found by writing one (written_header).
+HEADER_READERS = {b"BLENDER17-01": (4, 5)}
+SUPPORTED_FROM = (4, 2)  # blender_version_min in addon_manifest.toml
+
+
 class BatchError(ValueError):
     """A problem with the command line or the files; the message is the `error:` line."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM while the batch runs. Not an Exception, so no shot's error handling swallows it: it
+    unwinds to Sequence.run, which cancels the jobs sent."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
 
 
 def blend_compression(path: Path) -> str:
@@ -126,11 +153,24 @@ def _saved_settings(scene) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The batch's flags, in the groups `--help` shows: what to run, where to send it, which keyframes, what
+    to generate, what to write."""
     p = argparse.ArgumentParser(
         prog="python -m sparsectrl_blender.batch",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_shot_flags(p.add_argument_group("shots"))
+    _add_server_flags(p.add_argument_group("server"))
+    _add_keyframe_flags(p.add_argument_group("keyframes"))
+    _add_generation_flags(p.add_argument_group("generation"))
+    _add_retake_flags(p.add_argument_group("retake"))
+    _add_output_flags(p.add_argument_group("output"))
+    return p
+
+
+def _add_shot_flags(p) -> None:
+    """Which files and scenes are the shots."""
     p.add_argument("shots", nargs="*", metavar="SHOT.blend", help="one shot, or several: each gets its own job")
     p.add_argument(
         "--shots",
@@ -139,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shot list: one .blend per line, each with its own flags if any (e.g. sh010.blend --seed 7); "
         "relative paths are relative to the list",
     )
+    p.add_argument("--scene", metavar="NAME", help="the shot scene (default: the scene active when the file was saved)")
+    p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
+
+
+def _add_server_flags(p) -> None:
+    """Where the job goes and how the shared queue treats it."""
     p.add_argument(
         "--server", help="server URL, its root (default: the one saved in the .blend, else http://127.0.0.1:8765)"
     )
@@ -154,10 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="-10 to 10, higher runs first (default 0); e.g. -1 for an overnight farm run, so that artists' "
         "previews go ahead of it",
     )
-    p.add_argument("--scene", metavar="NAME", help="the shot scene (default: the scene active when the file was saved)")
-    p.add_argument(
-        "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
-    )
+
+
+def _add_keyframe_flags(p) -> None:
+    """Which frames steer the generation, with what, and how strongly."""
     p.add_argument("--modality", choices=identifiers(MODALITIES))
     p.add_argument(
         "--keyframes",
@@ -216,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="bring every frame's colours to the RGB keyframes' (needs RGB keyframes)",
     )
+
+
+def _add_retake_flags(p) -> None:
+    """Regenerate a span of an earlier take, keeping the rest of it frame for frame."""
     p.add_argument(
         "--retake-of",
         metavar="STRIP_OR_JOB",
@@ -227,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="START:END",
         help="with --retake-of: the timeline frames to retake (the previs scene's; for a job id, the shot's)",
     )
+
+
+def _add_generation_flags(p) -> None:
+    """What the server generates: length, size, steps, seed, prompt."""
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
     p.add_argument("--motion-rate", type=float, help="generated frames per second of shot (default 8)")
     p.add_argument("--size", type=int, help="long side of the generated video in pixels, 64-1024")
@@ -236,7 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loras", metavar="NAME[:SCALE],...", help="LoRAs the server has configured, e.g. ink:0.7")
     p.add_argument("--prompt")
     p.add_argument("--negative-prompt")
-    p.add_argument("--preview-range", action="store_true", help="use the scene's preview range as the shot")
+
+
+def _add_output_flags(p) -> None:
+    """What is written, where, and what is refused."""
+    p.add_argument(
+        "--preview-scene", metavar="NAME", help="the edit scene the preview goes to (default: '<shot> previs')"
+    )
     p.add_argument("--passes-dir", metavar="DIR", help="write the passes sent, as frame_NNNN.png")
     p.add_argument(
         "--refuse-empty",
@@ -249,12 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="overwrite a .blend saved by a newer Blender than this one (it may lose what that Blender added)",
     )
     p.add_argument(
+        "--allow-newer-format",
+        action="store_true",
+        help="write the result even when the Blender that last saved the shot cannot open what this one writes "
+        "(e.g. a 4.2 shot run by Blender 5.x); without it such a shot is refused before anything renders",
+    )
+    p.add_argument(
         "--out",
         metavar="OUT.blend",
         help="where to save the result (default: SHOT_previs.blend beside SHOT.blend; SHOT.blend itself is never "
         "written unless named here, and then its bytes are kept as SHOT.blend1 first)",
     )
-    return p
 
 
 KEYFRAME_FORMS = "markers, camera, every:N, none or a list like 1,24,48"
@@ -352,8 +417,11 @@ def check_out(out: Path) -> None:
     if out.suffix.lower() != ".blend":
         raise BatchError(f"--out {out} should end in .blend")
     folder = out.parent
-    while not folder.exists():  # created when saving
-        folder = folder.parent
+    if not folder.exists():  # a mistyped path is not made into folders
+        missing = folder
+        while not missing.parent.exists():
+            missing = missing.parent
+        raise BatchError(f"cannot write {out}: there is no folder {missing} (make it first, or check the path)")
     if not folder.is_dir():
         raise BatchError(f"cannot write {out}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
@@ -432,7 +500,7 @@ def missing_files() -> list[str]:
     ]
     if images:
         out.append(
-            f"images not found (shown pink in RGB passes): {', '.join(images[:5])}"
+            f"images not found (RGB passes lack these textures): {', '.join(images[:5])}"
             + (f" and {len(images) - 5} more" if len(images) > 5 else "")
         )
     return out
@@ -457,7 +525,6 @@ def save_result(out: Path, compression: str) -> list[str]:
     import bpy
 
     notes = []
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         backup = keep_backup(out)
         notes.append(f"the earlier {out.name} is kept as {backup.name}")
@@ -491,6 +558,7 @@ class ShotRun:
     prepared: object = None  # core.job.PreparedJob
     runner: object = None  # core.job.JobRunner, once submitted
     stamp: tuple[int, int] = (0, 0)  # the shot file's (mtime_ns, size) when its passes were rendered
+    client: object = None  # core.client.Client of its server, once checked
     said: str = ""  # the job's phase last said
 
     def say(self, text: str, error: bool = False) -> None:
@@ -550,9 +618,15 @@ class Sequence:
         self.failed: list[ShotRun] = []
 
     def run(self) -> int:
-        for shot in self.shots:
-            self._step(shot, self._submit)
-        self._wait([s for s in self.shots if s.runner is not None and s not in self.failed])
+        try:
+            for shot in self.shots:  # everything that can fail without rendering, for every shot, first
+                self._step(shot, self._check)
+            for shot in self.shots:
+                if shot not in self.failed:
+                    self._step(shot, self._submit)
+            self._wait([s for s in self.shots if s.runner is not None and s not in self.failed])
+        except Interrupted as stop:
+            return self._interrupted(stop.signum)
         if not self.several:
             return 1 if self.failed else 0
         done = len(self.shots) - len(self.failed)
@@ -584,14 +658,36 @@ class Sequence:
             open_blend(shot.shot)
             self.loaded = shot.shot
 
-    def _submit(self, shot: ShotRun) -> None:
-        from .core.job import JobRunner
+    def _interrupted(self, signum: int) -> int:
+        """SIGINT (Ctrl-C) or SIGTERM (a farm's timeout): the jobs sent are cancelled on the server, said in
+        one line; exit 128 + the signal's number (130, 143), as a shell reports a process it stopped."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the cancelling short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        running = [s for s in self.shots if s.runner is not None and s.runner.state.job_id and not s.runner.over]
+        cancelled = [s.runner.state.job_id for s in running if s.runner.cancel_now()]
+        left = [s.runner.state.job_id for s in running if s.runner.state.job_id not in cancelled]
+        said = []
+        if cancelled:
+            said.append(f"cancelled job{'s' if len(cancelled) > 1 else ''} {', '.join(cancelled)} on the server")
+        if left:
+            said.append(f"could not reach the server to cancel job{'s' if len(left) > 1 else ''} {', '.join(left)}")
+        said.append("nothing saved for them" if running else "no job was left running")
+        print(f"interrupted ({name}): " + "; ".join(said), file=sys.stderr, flush=True)
+        return 128 + signum
+
+    def _check(self, shot: ShotRun) -> None:
+        """The shot's file opened and everything checked that can fail without rendering: its format, scene,
+        camera, keyframes, settings and what the server offers."""
+        from .blender.generation import check
+        from .blender.strips import check_target
+        from .core.client import Client, ServerError
+        from .core.request import unavailable
 
         args = shot.args
         self._open(shot)
         _check_version(shot.shot, shot.out, args.allow_newer, shot.notes)
-        stat = shot.shot.stat()
-        shot.stamp = (stat.st_mtime_ns, stat.st_size)
+        _check_format(shot.shot, args.allow_newer_format, shot.warn)
         scene = pick_scene(args.scene)
         shot.scene_name = scene.name
         settings = settings_from(args, _saved_settings(scene))
@@ -601,6 +697,21 @@ class Sequence:
         if args.retake_of and args.seed is None:  # a retake is another roll of the span
             settings = dataclasses.replace(settings, seed=random.randrange(0, 2**31 - 1))
         shot.settings = settings
+        check_target(scene, settings.preview_scene)
+        check(scene, settings)
+        shot.client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
+        if why := unavailable(settings, shot.client.health()):
+            raise ServerError(why)
+
+    def _submit(self, shot: ShotRun) -> None:
+        from .core.job import JobRunner
+
+        args = shot.args
+        self._open(shot)
+        stat = shot.shot.stat()
+        shot.stamp = (stat.st_mtime_ns, stat.st_size)
+        scene = bpy_scene(shot.scene_name)
+        settings = shot.settings
         prepared, client = _prepare(scene, settings, args, shot.notes, shot.label)
         prepared.images = {}  # sent as PNGs (prepared.passes); a sequence's frames are not held meanwhile
         prepared.body["priority"] = args.priority
@@ -638,6 +749,8 @@ class Sequence:
         from .core.client import ServerError
 
         state = shot.runner.state
+        if state.phase == "cancelled":
+            raise ServerError(f"job {state.job_id} was cancelled on the server (not by this batch); nothing saved")
         if state.phase != "done":
             raise ServerError(state.error or f"the job ended {state.phase}")
         if self.loaded != shot.shot:
@@ -762,6 +875,69 @@ def resolve_retake(scene, settings: GenerationSettings, spec: str, span: tuple[i
         raise BatchError(f"--retake-of {spec}: {e}") from None
 
 
+@functools.cache
+def written_header() -> bytes:
+    """The header this Blender writes .blend files with: a library file of one new, empty text written and read
+    back (a feature check, not a version table; bpy 4.2 crashes writing an empty set). The text is removed."""
+    import bpy
+
+    text = bpy.data.texts.new("sparsectrl header probe")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "header.blend")
+            bpy.data.libraries.write(path, {text}, compress=False)
+            with open(path, "rb") as f:
+                return f.read(17)
+    finally:
+        bpy.data.texts.remove(text)
+
+
+def oldest_reader(header: bytes, running: tuple[int, int]) -> tuple[int, int] | None:
+    """The oldest Blender that opens files with `header`; None: any Blender the manifest supports."""
+    if header.startswith(b"BLENDER") and header[7:8] in (b"-", b"_"):
+        return None
+    for prefix, version in HEADER_READERS.items():
+        if header.startswith(prefix):
+            return version
+    return running  # a header newer than this table: only this Blender's line is known to open it
+
+
+def _check_format(shot: Path, allow: bool, warn) -> None:
+    """Before anything renders: a shot whose Blender cannot open what this one writes is refused unless
+    `allow` (then said); a shot from before the supported Blenders is said (`warn`, one line)."""
+    import bpy
+
+    saved, running = tuple(bpy.data.version)[:2], tuple(bpy.app.version)[:2]
+    reader = oldest_reader(written_header(), running)
+    dotted = ".".join
+    saved_by, this = dotted(map(str, saved)), dotted(map(str, tuple(bpy.app.version)[:3]))
+    supported = dotted(map(str, SUPPORTED_FROM))
+    unreadable = reader is not None and saved < reader
+    if saved < SUPPORTED_FROM:
+        warn(
+            f"{shot.name} was last saved by Blender {saved_by}, older than the {supported} the add-on supports"
+            f": the result is a Blender {this} file" + (f", which {saved_by} cannot open" if unreadable else "")
+        )
+    elif unreadable and not allow:
+        raise BatchError(
+            f"{shot.name} was last saved by Blender {saved_by}, which cannot open what this Blender {this} writes "
+            f"(only {dotted(map(str, reader))} and later do): run the batch in the artist's Blender (README), or pass "
+            "--allow-newer-format; nothing was written"
+        )
+    elif unreadable:
+        warn(f"--allow-newer-format: the result is a Blender {this} file, which {saved_by} cannot open")
+
+
+def bpy_scene(name: str):
+    """The scene checked before, in the file as opened again."""
+    import bpy
+
+    scene = bpy.data.scenes.get(name)
+    if scene is None:
+        raise BatchError(f"the scene {name!r} is no longer in the file")
+    return scene
+
+
 def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label: str = ""):
     """(the passes and request, a client of the server): the target and the server checked first, the passes
     rendered, every warning said once."""
@@ -801,10 +977,11 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
     if args.passes_dir:
         write_passes(prepared, Path(args.passes_dir))
     sent = []
-    if prepared.mapping:
+    if prepared.passes:  # the request's modality's keyframes only: an image file beside them is the look's
+        frames = sorted(prepared.passes)
         sent.append(
-            f"{len(prepared.passes)} {prepared.body['modality']} keyframes {sorted(prepared.mapping)} -> generated "
-            f"frames {sorted(prepared.mapping.values())}"
+            f"{len(frames)} {prepared.body['modality']} keyframes {frames} -> generated frames "
+            f"{[prepared.mapping[f] for f in frames]}"
         )
     for modality, passes in prepared.further_passes.items():  # the look's group, beside the keyframes
         sent.append(f"{len(passes)} {modality} keyframes {sorted(passes)} beside them")
@@ -838,11 +1015,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C and a farm's `timeout` cancel the jobs
+        handlers = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run(argv)
+    except Interrupted as stop:  # before any job was sent
+        print(f"interrupted ({signal.Signals(stop.signum).name}): no job was sent", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     except Exception as e:  # noqa: BLE001 - one line, as promised
         print(f"error: {error_text(e)}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

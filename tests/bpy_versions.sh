@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 # bpy version and the Python it is built for. Newest of each LTS line, and the newest 5.x (Python 3.13 only).
 MATRIX=(4.2.23:3.11 4.5.15:3.11 5.2.3:3.13)
-SUITE=(tests/addon tests/e2e/test_addon.py tests/e2e/test_addon_files.py)
+SUITE=(tests/addon tests/e2e/test_addon.py tests/e2e/test_addon_files.py tests/e2e/test_farm_files.py
+       tests/e2e/test_extensions_repo.py)
 PACKAGES=(pytest numpy pillow av httpx)  # what tests/addon and tests/e2e/test_addon*.py import besides bpy
 BOUND=${BPY_VERSIONS_BOUND:-900}
 SERVER_PYTHON=${SPARSECTRL_SERVER_PYTHON:-$PWD/.venv/bin/python}

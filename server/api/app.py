@@ -9,6 +9,7 @@ from ..config import Config
 from ..jobs.service import JobService
 from ..request.schema import body_model
 from .errors import error_response, install_error_handlers
+from .extensions import extension_routes
 from .pages import install_pages
 from .routes import api_routes
 from .security import RequestGuard, is_loopback_name
@@ -99,4 +100,5 @@ def create_app(service: JobService, config: Config, token: str = "") -> FastAPI:
     )
     install_pages(app)
     app.include_router(api_routes(service, body_model(config.limits)))
+    app.include_router(extension_routes(config.data_dir))
     return app

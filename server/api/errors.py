@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 # The HTTP status of each error code the jobs layer raises; any other RequestError is a 422 (a request that
 # cannot be run as sent).
-STATUS_OF = {"not_found": 404, "job_finished": 409, "not_ready": 409}
+STATUS_OF = {"not_found": 404, "job_finished": 409, "not_ready": 409, "workers_starting": 503}
 
 
 def status_of(code: str) -> int:

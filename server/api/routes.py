@@ -41,18 +41,19 @@ def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  #
 
     @app.get("/v1/jobs", response_model=JobList)
     def list_jobs(limit: int = 50):
-        return JobList(jobs=[JobOut.of(j) for j in service.list_jobs(limit)])
+        return JobList(jobs=[JobOut.of(j, service.preview_step(j.id)) for j in service.list_jobs(limit)])
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str):
-        return JobOut.of(service.get(job_id))
+        job = service.get(job_id)
+        return JobOut.of(job, service.preview_step(job.id))
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def cancel_job(job_id: str, response: Response):
         job = service.cancel(job_id)
         if job.status == "running":
             response.status_code = 202  # stops within one denoising step; poll until "cancelled"
-        return JobOut.of(job)
+        return JobOut.of(job, service.preview_step(job.id))
 
     @app.get(
         "/v1/jobs/{job_id}/video",
@@ -69,5 +70,21 @@ def api_routes(service: JobService, JobCreate: type[BaseModel]) -> APIRouter:  #
     )
     def get_frame(job_id: str, n: int):
         return FileResponse(service.frame(job_id, n), media_type="image/png")
+
+    @app.get(
+        "/v1/jobs/{job_id}/preview",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    )
+    def get_preview(job_id: str):
+        """The newest live preview: every generated frame side by side, frame 0 leftmost (X-Preview-Frames tiles),
+        at latent size (TAESD: larger); X-Preview-Step: the denoising step it shows, from 1."""
+        preview = service.preview(job_id)
+        headers = {
+            "X-Preview-Step": str(preview.step),
+            "X-Preview-Frames": str(preview.frames),
+            "Cache-Control": "no-store",
+        }
+        return Response(preview.png, media_type="image/png", headers=headers)
 
     return app

@@ -50,9 +50,12 @@ class JobOut(BaseModel):
     priority: int = Field(description="as given in the request (0 if not given); higher runs first")
     attempt: int = Field(description="how many times it was started (a job whose cluster worker was lost runs again)")
     worker: str | None = Field(description="the worker that runs or ran it")
+    preview_step: int | None = Field(
+        default=None, description="the step of the newest live preview (GET .../preview); null before the first"
+    )
 
     @classmethod
-    def of(cls, job: JobRecord) -> JobOut:
+    def of(cls, job: JobRecord, preview_step: int | None = None) -> JobOut:
         error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(
             id=job.id,
@@ -71,6 +74,7 @@ class JobOut(BaseModel):
             priority=job.priority,
             attempt=job.attempt,
             worker=job.worker,
+            preview_step=preview_step,
         )
 
 
@@ -94,7 +98,12 @@ class WorkerOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "starting"] = Field(
+        description='"starting": a cluster\'s workers are still loading the model (the model fields are empty '
+        "and jobs are refused with 503 workers_starting until one has); `starting` says why"
+    )
+    starting: str | None = Field(None, description="while status is starting: what the workers are doing")
+    api_version: int = Field(description="the HTTP API version this server speaks (the add-on compares its own)")
     device: str
     dtype: str
     model: ModelInfo

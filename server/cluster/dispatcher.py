@@ -8,12 +8,15 @@ the job's running attempt, so a late result from a worker given up for lost chan
 Every Ray call is made from the dispatcher thread. Each pass of its loop:
   1. every 2 s, looks for alive nodes with GPUs that have fewer slots than GPUs / gpus_per_worker, and starts
      one (a second slot on a node starts once the first is ready: they share its data folder);
-  2. gives each idle slot the next job from the store;
+  2. gives each idle slot the next job from the store (a slot with none releases its memory);
   3. passes on cancels (`ray.cancel`: the slot sees it at the next step);
-  4. waits up to 0.25 s for results, readiness and progress answers, and files them;
+  4. waits for the first answer (a result, readiness, progress) or a wake (a new job, a cancel), in slices of
+     WAIT_S, and files every answer that is in: a result is filed the moment it arrives, a cancel passed on
+     within WAIT_S;
   5. every 0.5 s, asks each busy slot for its step.
 A slot whose actor or node is lost (RayActorError) is killed and dropped; its job is queued again for another
-attempt with the same seed, or fails with `worker_lost` after [cluster] max_attempts starts.
+attempt with the same seed, or fails with `worker_lost` after [cluster] max_attempts starts. The server starts
+answering at once: until a slot has loaded the model, `model` raises WorkersStarting (health says "starting").
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..config import Config, ConfigError
 from ..jobs.files import JobFiles
 from ..jobs.model_info import ModelInfo
+from ..jobs.previews import Previews
 from ..jobs.store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
+from ..request.errors import RequestError
 from ..request.model import image_paths
 from .slot import GenerationSlot
 
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 
 DISCOVER_EVERY_S = 2.0
 PROGRESS_EVERY_S = 0.5
-WAIT_S = 0.25
+WAIT_S = 0.02  # one slice of waiting for answers; a wake (new job, cancel) is seen within it
 NAMESPACE = "sparsectrl-previs"
 # Node-loss detection for a Ray this server starts itself (address = ""): about 1.5 s instead of Ray's ~20 s
 # default. A real cluster's head sets these as RAY_health_check_* variables on `ray start --head` (docs/cluster.md).
@@ -58,6 +63,13 @@ class ClusterError(ConfigError):
     """The Ray cluster cannot be used (not reachable, no GPU worker came up); the message says what to do."""
 
 
+class WorkersStarting(RequestError):
+    """No worker of the cluster has loaded the model yet: the server answers, but cannot check or run a job."""
+
+    def __init__(self, why: str):
+        super().__init__("workers_starting", why)
+
+
 @dataclass
 class _Slot:
     name: str  # NODE/INDEX: the node id's first 8 hex digits and the slot's number on it
@@ -71,11 +83,20 @@ class _Slot:
     job: JobRecord | None = None
     run_ref: Any = None
     progress_ref: Any = None
+    used: bool = False  # ran a job since its memory was last released
 
 
 class RayDispatcher:
-    def __init__(self, config: Config, store: JobStore, files: JobFiles, after_job: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        files: JobFiles,
+        after_job: Callable[[], object] | None = None,
+        previews: Previews | None = None,
+    ):
         self.config, self.cluster, self.store, self.files = config, config.cluster, store, files
+        self.previews = previews  # where the workers' live previews go (they come with the progress)
         self.after_job = after_job
         self._slots: dict[str, _Slot] = {}
         self._refs: dict[Any, tuple[str, _Slot]] = {}  # ObjectRef -> (ready | run | progress, slot)
@@ -85,31 +106,36 @@ class RayDispatcher:
         self._stopping = threading.Event()
         self._first_ready = threading.Event()
         self._model: ModelInfo | None = None
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="sparsectrl-ray-dispatcher", daemon=True)
 
     # -- the job service's side -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Join (or start) Ray and return once one slot has loaded its model; ClusterError otherwise."""
+        """Join (or start) Ray and start the dispatcher; returns at once. Health says "starting" until a slot has
+        loaded the model, and why if none could; a ClusterError only when Ray cannot be joined."""
         self.connect()
         self._prepare_worker_data()
+        self._started_at = time.monotonic()
         self._thread.start()
-        deadline = time.monotonic() + self.cluster.start_timeout_s
-        while not self._first_ready.wait(timeout=0.5):
-            if not self._thread.is_alive():
-                raise ClusterError("the Ray dispatcher stopped while starting (see the log above)")
-            with self._lock:
-                failed = [s for s in self._slots.values() if s.state == "failed"]
-                alive = [s for s in self._slots.values() if s.state != "failed"]
-            if failed and not alive:
-                self.stop()
-                raise ClusterError(f"the cluster's workers could not load the model: {failed[0].error}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ClusterError(
-                    f"no GPU worker of the Ray cluster loaded the model within {self.cluster.start_timeout_s:.0f} s "
-                    "([cluster] start_timeout_s): are GPU nodes joined (`ray status` lists their GPUs)?"
-                )
+
+    def starting(self) -> str | None:
+        """Why no job can be checked yet (the workers are loading the model, or none can), or None once one can."""
+        if self._model is not None:
+            return None
+        with self._lock:
+            failed = [s for s in self._slots.values() if s.state == "failed"]
+            alive = [s for s in self._slots.values() if s.state != "failed"]
+        if failed and not alive:
+            return f"the cluster's workers could not load the model: {failed[0].error}"
+        waited = time.monotonic() - self._started_at
+        if not alive and waited > self.cluster.start_timeout_s:
+            return (
+                f"no GPU worker of the Ray cluster has started in {waited:.0f} s ([cluster] start_timeout_s): are GPU "
+                "nodes joined (`ray status` lists their GPUs)?"
+            )
+        what = f"{len(alive)} worker(s) loading the model" if alive else "waiting for a GPU node to join"
+        return f"the cluster's workers are starting ({what}, {waited:.0f} s so far): try again in a moment"
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the dispatcher: running jobs are cancelled on their workers and queued again for the next start."""
@@ -131,7 +157,7 @@ class RayDispatcher:
     @property
     def model(self) -> ModelInfo:
         if self._model is None:
-            raise ClusterError("no worker of the Ray cluster has loaded the model yet")
+            raise WorkersStarting(self.starting() or "no worker of the Ray cluster has loaded the model yet")
         return self._model
 
     def workers(self) -> list[dict[str, Any]]:
@@ -203,11 +229,18 @@ class RayDispatcher:
             self._shut_down()
 
     def _wait_and_file(self) -> None:
+        """Wait for the first answer or a wake, in WAIT_S slices (a cancel or new job is passed on within one),
+        then file every answer that is in: a finished job is taken the moment its result arrives."""
         if not self._refs:
-            self._wake.wait(WAIT_S)
+            self._wake.wait(WAIT_S * 10)
             self._wake.clear()
             return
-        done, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=WAIT_S)
+        done, _ = ray.wait(list(self._refs), num_returns=1, timeout=WAIT_S)
+        if self._wake.is_set():
+            self._wake.clear()
+        if not done:
+            return
+        done, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
         for ref in done:
             entry = self._refs.pop(ref, None)
             if entry is not None:  # None: dropped with its slot by an answer filed before it
@@ -248,9 +281,14 @@ class RayDispatcher:
             log.info("worker %s starting on node %s", name, slot.address)
 
     def _assign(self) -> None:
-        for slot in [s for s in self._slots.values() if s.state == "idle"]:
+        idle = [s for s in self._slots.values() if s.state == "idle"]
+        for i, slot in enumerate(idle):
             job = self.store.claim_next(worker=slot.name)
             if job is None:
+                for waiting in idle[i:]:
+                    if waiting.used:  # nothing to run: the slot releases its memory now, off any job's path
+                        waiting.actor.release_memory.remote()
+                        waiting.used = False
                 return
             try:
                 images = {path: self.files.read_image(job.id, path) for path in image_paths(job.request)}
@@ -258,7 +296,7 @@ class RayDispatcher:
                 self.store.finish(job.id, FAILED, "generation_failed", f"its condition images cannot be read: {e}")
                 continue
             slot.run_ref = slot.actor.run.remote(job.id, job.attempt, job.request, images)
-            slot.job, slot.state = job, "running"
+            slot.job, slot.state, slot.used = job, "running", True
             self._refs[slot.run_ref] = ("run", slot)
             if job.cancel_requested:
                 self.request_cancel(job.id)
@@ -300,8 +338,10 @@ class RayDispatcher:
         except (RayActorError, RayTaskError):
             return  # a lost worker shows through its run
         if progress is not None:
-            job_id, attempt, step = progress
+            job_id, attempt, step, preview = progress
             self.store.set_progress(job_id, step, attempt=attempt)
+            if preview is not None and self.previews is not None and self.store.is_current(job_id, attempt):
+                self.previews.offer_encoded(job_id, preview)  # the worker's newest, of the running attempt
 
     def _on_run(self, slot: _Slot, ref) -> None:
         job = slot.job
@@ -320,15 +360,17 @@ class RayDispatcher:
         if "error" in result:
             self._finish(slot, job, FAILED, *result["error"])
         elif self.store.is_current(job.id, job.attempt):
+            if self.previews is not None and result.get("preview") is not None:
+                self.previews.offer_encoded(job.id, result["preview"])  # the last step's (progress had not got it)
             self.files.write_outputs(job.id, result["video"], result["frames"], result.get("take", {}))
             self._finish(slot, job, SUCCEEDED)
-            log.info("job %s succeeded on %s in %.1f s (seed %d)", job.id, slot.name, result["seconds"], result["seed"])
+            log.info("job %s succeeded on %s in %.3f s (seed %d)", job.id, slot.name, result["seconds"], result["seed"])
         else:
             self._idle(slot)  # not this job's running attempt any more: its word counts for nothing
 
     def _finish_cancelled(self, slot: _Slot, job: JobRecord) -> None:
         if self._stopping.is_set():
-            self.store.requeue(job.id, job.attempt)
+            self.store.requeue(job.id, job.attempt, give_back=True)
             self._idle(slot)
             log.info("job %s stopped with the server: queued again", job.id)
         else:
@@ -342,6 +384,8 @@ class RayDispatcher:
             self.files.remove_outputs(job.id)
         if code:
             log.error("job %s failed on %s: %s (%s)", job.id, slot.name, code, message)
+        if self.previews is not None:
+            self.previews.finish(job.id)  # its newest preview in its file, the memory copy let go
         self._idle(slot)
         if self.after_job is not None:
             self.after_job()
@@ -398,7 +442,7 @@ class RayDispatcher:
             if slot.run_ref in done:
                 self._on_run(slot, slot.run_ref)  # finished, or cancelled and queued again
             elif slot.job is not None:
-                self.store.requeue(slot.job.id, slot.job.attempt)
+                self.store.requeue(slot.job.id, slot.job.attempt, give_back=True)
                 log.info("job %s stopped with the server: queued again", slot.job.id)
         for slot in list(self._slots.values()):
             self._drop_slot(slot)

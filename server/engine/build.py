@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..config import Config
 from .engine import Engine
 from .models import load_model
+from .previews import find_preview_decoder
 
 
 def build_engine(config: Config) -> Engine:
     model = load_model(config.model, config.data_dir, config.performance)
-    return Engine(
+    engine = Engine(
         model,
         config.scheduler,
         config.long_video,
@@ -17,3 +18,5 @@ def build_engine(config: Config) -> Engine:
         performance=config.performance,
         compile_cache=config.data_dir / "torch-compile",
     )
+    engine.preview_decoder = find_preview_decoder(config.model.search, model.device, model.dtype)
+    return engine

@@ -14,7 +14,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from .performance import (
     working_memory,
 )
 from .schedulers import build_scheduler
-from .step_hooks import OnStep
+from .step_hooks import OnStep, StepHook
 from .windowed import (
     DenseCondition,
     SparseCondition,
@@ -149,6 +149,8 @@ class Engine:
         self.release_residuals = True  # exact and free; off only to measure it (server.bench levers)
         self.keep_encoders_on_device = keep_encoders_on_device
         self._active_modality: str | None = None
+        # TAESD for live previews (engine/previews.py), when its decoder file was found; None: the linear one.
+        self.preview_decoder = None
 
     @property
     def modalities(self) -> list[str]:
@@ -204,8 +206,10 @@ class Engine:
         request: GenerationRequest,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        hooks: Sequence[StepHook] = (),
     ) -> GenerationResult:
-        """Run one request to frames. Raises JobCancelled if `should_cancel()` turns true between steps."""
+        """Run one request to frames. Raises JobCancelled if `should_cancel()` turns true between steps. `hooks`:
+        further step hooks (a live preview), run after the known frames and before progress and cancel."""
         started = time.perf_counter()
         cuda = self.device.type == "cuda"
         if cuda:
@@ -234,7 +238,8 @@ class Engine:
             keyframe_args = dict(
                 controlnet_conditioning_scale=scale, keyframe_scales=scales, keyframe_guidance=guidance, sparse=sparse
             )
-            latents, frames = self._denoise(pipe, request, images, indices, dense, OnStep(step_end), **keyframe_args)
+            step_hooks = [*hooks, OnStep(step_end)]
+            latents, frames = self._denoise(pipe, request, images, indices, dense, step_hooks, **keyframe_args)
         finally:
             self._release(pipe, draft_motion, moved)
 
@@ -321,14 +326,14 @@ class Engine:
         return embed(request.prompt), (embed(negative or "") if do_cfg else None)
 
     def _denoise(
-        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, on_step, **keyframes
+        self, pipe, request: GenerationRequest, images: list, indices: list[int], dense: list, hooks, **keyframes
     ) -> tuple[np.ndarray, np.ndarray]:
         """(final latents as float32, uint8 frames) from the pipeline's own steps (windowed.py: one context window
         is diffusers' call bit for bit, longer clips run in windows), with this job's memory plan. The seed drives
         the request's generator and, isolated by fork_rng, the global RNG too: the RGB encoder's VAE encoding
-        samples from it. Known frames (a retake's kept ones, pins) are the first step hook; a retake's kept frames
-        are its parent's pixels, not decoded again. `keyframes`: denoise_windowed's controlnet_conditioning_scale,
-        keyframe_scales, keyframe_guidance and sparse."""
+        samples from it. Known frames (a retake's kept ones, pins) are the first step hook, `hooks` follow; a
+        retake's kept frames are its parent's pixels, not decoded again. `keyframes`: denoise_windowed's
+        controlnet_conditioning_scale, keyframe_scales, keyframe_guidance and sparse."""
         lv = self.long_video
         plan = self.memory_plan(request)
         idle = IdleWeights([pipe.text_encoder, pipe.vae], self.device, self.move) if plan.park_idle_weights else None
@@ -352,7 +357,7 @@ class Engine:
                     window_length=lv.window_length,
                     window_overlap=lv.window_overlap,
                     shared_noise=lv.shared_noise,
-                    step_hooks=[known, on_step] if known is not None else [on_step],
+                    step_hooks=[known, *hooks] if known is not None else hooks,
                     sequential_cfg=plan.sequential_cfg,
                     idle_weights=idle,
                     release_residuals=self.release_residuals,

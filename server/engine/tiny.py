@@ -278,3 +278,26 @@ def build_tiny_all(root: Path) -> Path:
     root = build_tiny_model(root)
     build_tiny_controlnet(root / "controlnets" / "depth", root / "base" / "unet")
     return root
+
+
+def build_tiny_taesd(folder: Path, seed: int = 11, suffix: str = ".safetensors") -> Path:
+    """A tiny TAESD decoder (diffusers' AutoencoderTiny, 8 channels where the released one has 64), written as
+    the released `taesd_decoder` file is (the decoder's Sequential, Clamp at index 0: previews.taesd_state_dict)
+    into `folder` (a models/vae_approx, say); returns the file. `.pth` writes the pickled form ComfyUI ships."""
+    from diffusers import AutoencoderTiny
+
+    from .previews import TAESD_DECODER_NAME, taesd_state_dict
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4)
+    path = Path(folder) / f"{TAESD_DECODER_NAME}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = taesd_state_dict(model)
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(weights, str(path))
+    else:
+        torch.save(weights, path)
+    return path

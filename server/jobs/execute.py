@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..engine.engine import CancelCheck, Engine, GenerationResult, StepCallback
+from ..engine.previews import PreviewHook, PreviewSink
+from ..engine.step_hooks import StepHook
 from ..request.model import TAKE_FRAMES, TAKE_LATENTS, GenerationRequest
 from ..video.deliver import deliver
 from ..video.encode import write_mp4, write_pngs
@@ -34,11 +37,12 @@ def run_job(
     outputs: JobOutputs,
     on_step: StepCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    hooks: Sequence[StepHook] = (),
 ) -> GenerationResult:
     """Generate, deliver and write one job; the result carries the delivered frames. Raises JobCancelled. The
     take (final latents and generated frames, what a retake of this job keeps) is written first: a job whose
-    video exists has its take."""
-    result = engine.generate(request, on_step=on_step, should_cancel=should_cancel)
+    video exists has its take. `hooks`: further step hooks for the engine (a live preview: preview_hook)."""
+    result = engine.generate(request, on_step=on_step, should_cancel=should_cancel, hooks=hooks)
     if outputs.folder is not None and result.latents is not None:
         write_take(result, outputs.folder)
     frames = deliver(result.frames, request)
@@ -46,6 +50,11 @@ def run_job(
         write_pngs(frames, outputs.frames)
     write_mp4(frames, request.fps, outputs.video)
     return dataclasses.replace(result, frames=frames)
+
+
+def preview_hook(engine: Engine, sink: PreviewSink) -> PreviewHook:
+    """A live preview of the job for `sink` (step, pixels), with the engine's TAESD where it has one."""
+    return PreviewHook(sink, engine.preview_decoder)
 
 
 def take_files(result: GenerationResult) -> dict[str, bytes]:

@@ -19,11 +19,16 @@ from ..request.model import TAKE_FRAMES, TAKE_LATENTS, GenerationRequest
 from ..request.resolve import resolve_request
 from ..weights.inventory import inventory
 from .files import JobFiles, is_job_id
+from .previews import Preview, Previews
 from .retention import prune
 from .store import RUNNING, JobRecord, JobStore
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+# The version of the HTTP API (/v1/...) this server speaks; /v1/health says it, and the add-on compares it with its
+# own (sparsectrl_blender/core/client.py API_VERSION) to tell the artist when they differ.
+API_VERSION = 1
 
 
 class JobService:
@@ -31,10 +36,9 @@ class JobService:
         """`engine`: the loaded engine for the local backend; None with [cluster] backend = "ray"."""
         self.config = config
         cluster = config.cluster.backend == "ray"
-        self.store = JobStore(
-            Path(data_dir) / "jobs.sqlite3", requeue_running=config.cluster.max_attempts if cluster else 0
-        )
+        self.store = JobStore(Path(data_dir) / "jobs.sqlite3", requeue_running=cluster)
         self.files = JobFiles(Path(data_dir) / "jobs")
+        self.previews = Previews(self.files)
         if cluster:
             try:
                 from ..cluster.dispatcher import RayDispatcher
@@ -43,10 +47,12 @@ class JobService:
                     f'[cluster] backend = "ray" needs Ray on this machine ({e}): pip install -e ".[cluster]"'
                 ) from None
 
-            self.worker = RayDispatcher(config, self.store, self.files, after_job=self.prune)
+            self.worker = RayDispatcher(config, self.store, self.files, after_job=self.prune, previews=self.previews)
         else:
             assert engine is not None, "the local backend runs jobs on an engine loaded here"
-            self.worker = Worker(engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune)
+            self.worker = Worker(
+                engine, self.store, self.files, progress_bar=progress_bar, after_job=self.prune, previews=self.previews
+            )
         # Every weight the config names, as found at start (header checks only: everything is loaded already).
         self.weights = inventory(config.model)
         for job_id in self.store.requeued_on_open:
@@ -146,6 +152,18 @@ class JobService:
             raise JobNotFound(job_id)
         return record
 
+    def preview(self, job_id: str) -> Preview:
+        """The job's newest live preview; not_found before its first step."""
+        job = self.get(job_id)
+        preview = self.previews.latest(job.id)
+        if preview is None:
+            raise RequestError("not_found", f"job {job.id} has no preview yet (one comes after its first step)")
+        return preview
+
+    def preview_step(self, job_id: str) -> int | None:
+        """The step of the job's newest preview, None before the first."""
+        return self.previews.step(job_id)
+
     def list_jobs(self, limit: int = 50) -> list[JobRecord]:
         """The newest jobs first, at most `limit` (1 to 500)."""
         return self.store.list(max(1, min(limit, 500)))
@@ -179,8 +197,30 @@ class JobService:
         return record
 
     def health(self) -> dict[str, Any]:
-        model = self.worker.model
+        """The model and the workers; while a cluster's workers load the model, status "starting" and why."""
         workers = self.worker.workers()
+        starting = self.worker.starting() if self.config.cluster.backend == "ray" else None  # one box: loaded
+        common = {
+            "api_version": API_VERSION,
+            "queue_length": self.store.queue_length(),
+            "running_job": next((w["job"] for w in workers if w["job"]), None),
+            "backend": self.config.cluster.backend,
+            "workers": workers,
+        }
+        if starting:
+            return {
+                "status": "starting",
+                "starting": starting,
+                "device": "",
+                "dtype": "",
+                "model": {"name": "", "tiny": False},
+                "modalities": [],
+                "loras": [],
+                "controlnets": [],
+                "draft_motion_module": False,
+                **common,
+            }
+        model = self.worker.model
         return {
             "status": "ok",
             "device": model.device,
@@ -190,10 +230,7 @@ class JobService:
             "loras": sorted(model.loras),
             "controlnets": model.controlnets,
             "draft_motion_module": model.draft_motion_module,
-            "queue_length": self.store.queue_length(),
-            "running_job": next((w["job"] for w in workers if w["job"]), None),
-            "backend": self.config.cluster.backend,
-            "workers": workers,
+            **common,
         }
 
     def models(self) -> dict[str, Any]:

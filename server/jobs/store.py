@@ -4,8 +4,9 @@ A job moves queued -> running -> succeeded | failed | cancelled, or queued -> ca
 changes again (every update names the state it expects to leave). A cluster worker lost mid-job sends its job
 back, running -> queued, for another attempt (`attempt` counts the starts, so a late result from a lost attempt
 matches nothing). On open, a job that was running when the previous process died is marked failed with code
-`interrupted`, or, when the store is opened with `requeue_running` (the Ray backend), queued again while it has
-attempts left; queued jobs stay queued and run.
+`interrupted`, or, when the store is opened with `requeue_running` (the Ray backend), queued again with its start
+given back (the head stopped it, not a lost worker: only lost workers use up attempts); queued jobs stay queued
+and run.
 
 The queue is fair: the highest priority first, then round-robin across owners (the owner whose last job
 started longest ago, or never), then submission order; one artist's overnight batch cannot starve another's
@@ -97,9 +98,10 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, path: Path, requeue_running: int = 0):
-        """`requeue_running`: 0 marks jobs found running as interrupted (one box: its only worker died with the
-        process); N > 0 queues them again while they were started fewer than N times (a cluster's head restart)."""
+    def __init__(self, path: Path, requeue_running: bool = False):
+        """`requeue_running`: False marks jobs found running as interrupted (one box: its only worker died with the
+        process); True queues them again and gives their start back (a cluster's head restart: its workers ended
+        with it, so no late result of that start can arrive, and the restart is not the job's fault)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -153,18 +155,16 @@ class JobStore:
             raise
         return found
 
-    def _mark_interrupted(self, requeue_below: int) -> list[str]:
+    def _mark_interrupted(self, requeue: bool) -> list[str]:
         with self.transaction() as db:
-            if requeue_below:
+            if requeue:
                 self.requeued_on_open = [
-                    r["id"]
-                    for r in db.execute(
-                        "SELECT id FROM jobs WHERE status = ? AND attempt < ?", (RUNNING, requeue_below)
-                    )
+                    r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))
                 ]
                 db.execute(
-                    "UPDATE jobs SET status = ?, step = 0, worker = NULL WHERE status = ? AND attempt < ?",
-                    (QUEUED, RUNNING, requeue_below),
+                    "UPDATE jobs SET status = ?, step = 0, worker = NULL, attempt = MAX(attempt - 1, 0) "
+                    "WHERE status = ?",
+                    (QUEUED, RUNNING),
                 )
             ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))]
             db.execute(
@@ -274,12 +274,14 @@ class JobStore:
             ).fetchone()
         return row is not None
 
-    def requeue(self, job_id: str, attempt: int) -> bool:
-        """Running attempt `attempt` -> queued again (its worker was lost or stopped); False if it is not that."""
+    def requeue(self, job_id: str, attempt: int, give_back: bool = False) -> bool:
+        """Running attempt `attempt` -> queued again (its worker was lost or stopped); False if it is not that.
+        `give_back`: the start does not count (the server stopped it, its worker was not lost)."""
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE jobs SET status = ?, step = 0, worker = NULL WHERE id = ? AND status = ? AND attempt = ?",
-                (QUEUED, job_id, RUNNING, attempt),
+                "UPDATE jobs SET status = ?, step = 0, worker = NULL, attempt = attempt - ? "
+                "WHERE id = ? AND status = ? AND attempt = ?",
+                (QUEUED, int(give_back), job_id, RUNNING, attempt),
             )
         return cur.rowcount == 1
 

@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from ..engine.engine import Engine, JobCancelled
 from ..request.model import GenerationRequest
-from .execute import JobOutputs, run_job
+from .execute import JobOutputs, preview_hook, run_job
 from .failures import describe_failure
 from .files import JobFiles
 from .model_info import ModelInfo
+from .previews import Previews
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ class Worker:
         files: JobFiles,
         progress_bar: bool = True,
         after_job: Callable[[], object] | None = None,
+        previews: Previews | None = None,
     ):
         self.engine, self.store, self.files = engine, store, files
+        self.previews = previews  # where each job's live preview goes (None: no previews)
         self.model = ModelInfo.of(engine.model)  # what the loaded model offers: fixed once it has loaded
         self.after_job = after_job  # called after every job (the service prunes old results there)
         self.progress_bar = progress_bar
@@ -113,7 +116,12 @@ class Worker:
         try:
             request = GenerationRequest.from_record(job.request, lambda path: self.files.read_image(job.id, path))
             outputs = JobOutputs(self.files.video(job.id), self.files.frames(job.id), self.files.folder(job.id))
-            result = run_job(self.engine, request, outputs, on_step=on_step, should_cancel=self._cancel.is_set)
+            hooks = []
+            if self.previews is not None:
+                hooks.append(preview_hook(self.engine, self.previews.sink(job.id, request.num_frames)))
+            result = run_job(
+                self.engine, request, outputs, on_step=on_step, should_cancel=self._cancel.is_set, hooks=hooks
+            )
             self.store.finish(job.id, SUCCEEDED)
             peak = f", peak {result.peak_memory_bytes / 2**30:.2f} GiB" if result.peak_memory_bytes else ""
             log.info("job %s succeeded in %.1f s (seed %d%s)", job.id, result.seconds, result.seed, peak)
@@ -135,6 +143,8 @@ class Worker:
                 log.error("job %s failed: %s (%s)", job.id, code, e)
         finally:
             bar.close()
+            if self.previews is not None:
+                self.previews.finish(job.id)
             with self._lock:
                 self._current = None
             self.engine.release_memory()

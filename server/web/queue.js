@@ -2,13 +2,16 @@
 // The token (if the server has one) is entered once, kept in sessionStorage (this tab only) and sent as an
 // Authorization header. <video> cannot send headers, so with a token a finished video is fetched with the header
 // and played from a blob: URL (without one, the <video> loads the endpoint itself). Everything from a job (owner,
-// prompt, errors) is written as text, never as HTML.
+// prompt, errors) is written as text, never as HTML. A running job's live preview (GET /v1/jobs/{id}/preview: its
+// frames side by side) is fetched with the same header whenever its preview_step moves, and played frame by frame
+// on a canvas beside the progress bar.
 "use strict";
 
 const TOKEN_KEY = "sparsectrl-previs.token";
 const POLL_MS = 1000;
 const MAX_RETRY_MS = 5000;
 const LIMIT = 100;
+const PREVIEW_HEIGHT = 64; // CSS pixels; tiles are scaled up from latent size (width/8 x height/8)
 
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
 let clockSkewMs = 0; // server clock minus this browser's clock, from the Date header
@@ -103,7 +106,7 @@ function newRow(job) {
   const bar = el("progress");
   cells.progress.append(bar, el("span", "steps"));
   cells.status.appendChild(el("span", "badge"));
-  return { tr, cells, bar, status: null };
+  return { tr, cells, bar, status: null, preview: null };
 }
 
 function updateRow(row, job) {
@@ -117,6 +120,7 @@ function updateRow(row, job) {
   row.bar.max = Math.max(1, job.progress.total);
   row.bar.value = job.progress.step;
   cells.progress.querySelector(".steps").textContent = `${job.progress.step}/${job.progress.total}`;
+  updatePreview(row, job);
   const request = job.request || {};
   cells.prompt.textContent = request.prompt || "";
   cells.prompt.title = `${request.prompt || ""}\n${request.modality || ""}, ${request.num_frames} frames ` +
@@ -130,6 +134,61 @@ function updateRow(row, job) {
     cells.video.replaceChildren();
   }
   row.status = job.status;
+}
+
+function updatePreview(row, job) {
+  if (job.status !== "running") return stopPreview(row);
+  if (job.preview_step === null || job.preview_step === undefined) return;
+  if (!row.preview) {
+    const canvas = el("canvas", "preview");
+    canvas.title = "live preview: the clip as the model sees it now";
+    row.cells.progress.appendChild(canvas);
+    const fps = (job.request && job.request.fps) || 8;
+    row.preview = { canvas, bitmap: null, frames: 1, frame: 0, step: null, loading: false };
+    row.preview.timer = setInterval(() => drawPreview(row.preview), 1000 / fps);
+  }
+  if (row.preview.step !== job.preview_step && !row.preview.loading) loadPreview(row.preview, job.id);
+}
+
+async function loadPreview(preview, jobId) {
+  preview.loading = true;
+  try {
+    const response = await fetch(`/v1/jobs/${jobId}/preview`, { headers: authHeaders(), cache: "no-store" });
+    if (!response.ok) return; // not there yet, or the job went: the next poll tries again
+    const bitmap = await createImageBitmap(await response.blob());
+    if (preview.bitmap) preview.bitmap.close();
+    preview.bitmap = bitmap;
+    preview.frames = Math.max(1, parseInt(response.headers.get("X-Preview-Frames") || "1", 10));
+    preview.step = parseInt(response.headers.get("X-Preview-Step") || "0", 10);
+    preview.canvas.dataset.step = String(preview.step);
+    preview.canvas.dataset.frames = String(preview.frames);
+  } catch (e) {
+    // a lost preview is not worth a word: the next poll fetches the next one
+  } finally {
+    preview.loading = false;
+  }
+}
+
+function drawPreview(preview) {
+  const { bitmap, canvas } = preview;
+  if (!bitmap) return;
+  const tileWidth = bitmap.width / preview.frames;
+  const width = Math.round((PREVIEW_HEIGHT * tileWidth) / bitmap.height);
+  if (canvas.width !== width) canvas.width = width;
+  if (canvas.height !== PREVIEW_HEIGHT) canvas.height = PREVIEW_HEIGHT;
+  preview.frame = (preview.frame + 1) % preview.frames;
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = tileWidth < width; // latent-size tiles scaled up smoothly
+  context.drawImage(bitmap, preview.frame * tileWidth, 0, tileWidth, bitmap.height, 0, 0, width, PREVIEW_HEIGHT);
+  canvas.dataset.frame = String(preview.frame);
+}
+
+function stopPreview(row) {
+  if (!row.preview) return;
+  clearInterval(row.preview.timer);
+  if (row.preview.bitmap) row.preview.bitmap.close();
+  row.preview.canvas.remove();
+  row.preview = null;
 }
 
 function playButton(job) {
@@ -195,6 +254,7 @@ function render(health, jobs) {
     if (!seen.has(id)) {
       const video = row.tr.querySelector("video");
       if (video && video.src.startsWith("blob:")) URL.revokeObjectURL(video.src);
+      stopPreview(row);
       row.tr.remove();
       rows.delete(id);
     }

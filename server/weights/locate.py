@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-KINDS = ("base", "motion_adapter", "encoder", "controlnet", "lora", "tokenizer")
+KINDS = ("base", "motion_adapter", "encoder", "controlnet", "lora", "tokenizer", "vae_approx")
 
 # Sub-folders of a ComfyUI / AUTOMATIC1111 install where each kind of weight lives.
 COMFYUI_FOLDERS = {
@@ -22,6 +22,7 @@ COMFYUI_FOLDERS = {
     "controlnet": ["models/controlnet"],
     "lora": ["models/loras", "models/animatediff_motion_lora"],
     "tokenizer": ["comfy"],
+    "vae_approx": ["models/vae_approx"],  # TAESD's taesd_decoder for live previews (engine/previews.py)
 }
 A1111_FOLDERS = {
     "base": ["models/Stable-diffusion"],
@@ -30,6 +31,7 @@ A1111_FOLDERS = {
     "controlnet": ["models/ControlNet", "extensions/sd-webui-controlnet/models"],
     "lora": ["models/Lora"],
     "tokenizer": [],
+    "vae_approx": [],
 }
 
 

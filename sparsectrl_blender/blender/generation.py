@@ -166,6 +166,23 @@ def _counted(steps, renderer, progress: PassProgress):
         steps.close()
 
 
+def check(scene, settings: GenerationSettings) -> None:
+    """Everything `prepare` would refuse before rendering, without rendering: the camera, the keyframes, the
+    image files, the request's own settings (prompt, LoRAs). The batch checks every shot so before sending any."""
+    from .passes import check_camera
+
+    check_camera(scene)
+    messages: list[str] = []
+    start, end, num_frames, mapped, _ = _keyframes(scene, settings, messages)
+    width, height = _size(scene, settings, messages)
+    files = {f: path for f, path in parse_keyframe_images(settings.keyframe_images).items() if f in mapped.indices}
+    if files:
+        from .keyframe_images import check_keyframe_files
+
+        check_keyframe_files(files)
+    job_body(settings, num_frames, width, height, 24, end - start + 1, [])
+
+
 def _strengths(settings: GenerationSettings, keyframes: dict[int, int], messages: list[str]) -> dict[int, float]:
     """The keyframes' strengths other than 1, by timeline frame; strengths for frames that are not keyframes
     are said and left out."""
@@ -203,8 +220,13 @@ def _keyframes(scene, settings: GenerationSettings, messages: list[str], retake:
     else:
         if settings.num_frames < 1:
             raise ValueError(f"generated frames must be at least 1 (got {settings.num_frames})")
-        num_frames = min(settings.num_frames, MAX_GENERATED_FRAMES)
-        if num_frames < settings.num_frames:
+        num_frames = min(settings.num_frames, MAX_GENERATED_FRAMES, shot_frames)  # as automatic mode caps it
+        if num_frames == shot_frames < settings.num_frames:
+            messages.append(
+                f"{settings.num_frames} generated frames is more than the shot's {shot_frames} frames: "
+                f"generating {num_frames}, one per frame"
+            )
+        elif num_frames < settings.num_frames:
             messages.append(
                 f"{settings.num_frames} generated frames is more than the model's {MAX_GENERATED_FRAMES}: "
                 f"generating {num_frames} (the server retimes them to the shot's {shot_frames} frames)"

@@ -7,8 +7,7 @@ there (core/frame_mapping.output_positions: the server's retiming), on a free ch
 preview rebuilds the strip; the final strip replaces it, a cancel or a failure removes it (`clear`).
 
 Nothing of it reaches a saved .blend: before a save the strip and the panel's image are removed, after it they
-come back (save_pre / save_post), so no file refers to the temporary folder. A save while the passes render
-stops them (their temporary scene copy would be saved). Main thread only.
+come back (save_pre / save_post), so no file refers to the temporary folder. Main thread only.
 """
 
 from __future__ import annotations
@@ -154,11 +153,6 @@ LIVE = LivePreview()
 
 @bpy.app.handlers.persistent
 def _save_pre(*_args) -> None:
-    from .operators import STATUS, cancel_prepare
-
-    if STATUS.preparing is not None:  # its temporary scene copy must not be saved with the artist's scenes
-        cancel_prepare()
-        STATUS.say("saving stopped the passes' renders (nothing was sent): press Generate again", error=True)
     _remove_strips()  # nothing of the clip forming is saved: no reference to the temporary tiles
     image = bpy.data.images.get(IMAGE_NAME)
     if image is not None:

@@ -494,12 +494,38 @@ CLASSES = (
 )
 
 
+def cancel_on_quit() -> None:
+    """Registered with atexit (Blender runs it when it quits; it never unregisters add-ons then): the job
+    running is cancelled on the server, not left to run on for nobody."""
+    if STATUS.run is not None and STATUS.run.runner.cancel_now():
+        print(f"SparseCtrl: Blender is quitting: job {STATUS.run.runner.state.job_id} cancelled on the server")
+
+
+@bpy.app.handlers.persistent
+def _stop_passes_before_save(*_args) -> None:
+    """A save while the passes render stops them: their temporary scene copy must not be saved."""
+    if STATUS.preparing is not None:
+        cancel_prepare()
+        STATUS.say("saving stopped the passes' renders (nothing was sent): press Generate again", error=True)
+
+
+def register_handlers() -> None:
+    if _stop_passes_before_save not in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.append(_stop_passes_before_save)
+
+
+def unregister_handlers() -> None:
+    while _stop_passes_before_save in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.remove(_stop_passes_before_save)
+
+
 def unregister_timers() -> None:
     for timer in TIMERS:
         while bpy.app.timers.is_registered(timer):  # every registration: one left makes bpy 4.2/4.5 fail at exit
             bpy.app.timers.unregister(timer)
     cancel_prepare()
     if STATUS.run is not None:
+        STATUS.run.runner.cancel_now()  # the job thread's next poll may never come
         STATUS.run.runner.cancel()
         STATUS.run = None
     STATUS.pending = None

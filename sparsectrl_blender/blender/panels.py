@@ -50,12 +50,18 @@ def _draw_connection(layout, props) -> None:
     row = box.row(align=True)
     row.prop(props, "server_url", text="")
     row.operator("sparsectrl.check_connection", text="", icon="FILE_REFRESH")
+    from ..core.client import server_problem  # the draw code's only use of the client module
+
     c = STATUS.connection
     if c.checking:
         box.label(text="Checking…", icon="SORTTIME")
     elif c.health is not None and c.url == props.server_url:
         model = c.health["model"]
         tiny = " (tiny random model: noise)" if model.get("tiny") else ""
+        if problem := server_problem(c.health):  # another API version, or a cluster's workers still starting
+            for i, line in enumerate(problem.split(": ")):  # a label does not wrap: one clause a line
+                box.label(text=line[:1].upper() + line[1:], icon="ERROR" if i == 0 else "BLANK1")
+            return
         box.label(text=f"Connected: {model['name']}{tiny}", icon="LINKED")
         box.label(text="Modalities: " + (", ".join(MODALITY_LABELS[m] for m in c.health["modalities"]) or "none"))
         if c.health.get("loras"):  # servers before LoRAs did not say

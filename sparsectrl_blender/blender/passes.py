@@ -105,12 +105,17 @@ def _file_output(tree, render_layers, directory: Path, sockets: dict[str, str]):
     return node
 
 
+def check_camera(scene) -> None:
+    """PassError naming the scene when it has no camera to render the passes from."""
+    if scene.camera is None:
+        raise PassError(f"the scene '{scene.name}' has no camera: set one (Scene properties > Camera) to render passes")
+
+
 class PassRenderer:
     """Use as a context manager: `with PassRenderer(scene, w, h) as r: images = r.render(modality, frames)`."""
 
     def __init__(self, scene, width: int, height: int, view_layer_name: str | None = None):
-        if scene.camera is None:
-            raise PassError("the scene has no camera: set one (Scene properties > Camera) to render passes")
+        check_camera(scene)
         self.scene, self.width, self.height = scene, width, height
         self.view_layer_name = view_layer_name or scene.view_layers[0].name
         self.seconds_per_keyframe: list[float] = []

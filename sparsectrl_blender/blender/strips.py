@@ -234,7 +234,9 @@ def add_preview_strip(
         if replace.channel >= lowest and _channel_free(target, replace.channel, start, end, ignore):
             channel = replace.channel
         strips.remove(replace)
-    name = f"SparseCtrl {metadata.get('modality', '')} {metadata.get('seed', '')}".strip()
+    # What steered it: the keyframes' modality, or depth every frame alone (Keyframes: None).
+    steered = metadata.get("modality") or ("depth every frame" if metadata.get("depth_every_frame") else "")
+    name = " ".join(str(part) for part in ("SparseCtrl", steered, metadata.get("seed", "")) if part != "")
     movie = strips.new_movie(name, video_path, channel=channel, frame_start=start)
     movie.frame_final_duration = shot_frames
     _tag(movie, metadata)

@@ -11,6 +11,24 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+# The server API version this add-on speaks; a server's GET /v1/health says its own as "api_version" (servers
+# from before it did not say: they speak 1).
+API_VERSION = 1
+
+
+def server_problem(health: dict[str, Any]) -> str | None:
+    """Why a server that answered health cannot take a job from this add-on now, as a sentence; None if it can."""
+    theirs = health.get("api_version", 1)
+    if theirs != API_VERSION:
+        newer = "add-on" if isinstance(theirs, int) and theirs > API_VERSION else "server"
+        return (
+            f"the server speaks API version {theirs}, this add-on version {API_VERSION}: update the {newer} "
+            "(Preferences > Get Extensions updates the add-on from the studio's repository)"
+        )
+    if health.get("status") == "starting":
+        return "the server is starting: " + str(health.get("starting") or "its workers are loading the model")
+    return None
+
 
 class ServerError(Exception):
     """Something went wrong talking to the server; str() is a message fit for the panel."""

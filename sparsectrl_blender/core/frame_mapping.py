@@ -4,8 +4,9 @@ The shot's N timeline frames [start, end] map linearly onto the n generated fram
 generated index round((f - start) * n / N), the last one at most. The server retimes the n frames back to N
 with each keyframe pinned (its generated index shown exactly at its own timeline frame), so this choice only
 has to be monotonic and close to linear; it is also how Blender's Speed effect in Stretch mode would play n
-frames over N. Two keyframes landing on one index keep the first and say so; keyframes outside the shot are
-left out with a message.
+frames over N. Two keyframes landing on one index keep the first and say so, except the shot's last frame,
+which always stays (it defines where the shot ends: `every:N` ends on it); keyframes outside the shot are left
+out with a message.
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ def map_keyframes(frames: list[int], start: int, end: int, num_frames: int) -> M
     for frame in sorted(set(frames) - set(outside)):
         index = timeline_to_index(frame, start, end, num_frames)
         if index in taken:
+            kept = frame if frame == end and taken[index] != start else taken[index]  # the last frame: the end
+            why = ", the shot's last frame" if kept == end else ""
             messages.append(
                 f"keyframes {taken[index]} and {frame} both land on generated frame {index} "
-                f"(of {num_frames}); keeping {taken[index]}. Generate more frames or move a marker."
+                f"(of {num_frames}); keeping {kept}{why}. Generate more frames or move a marker."
             )
-            continue
+            if kept == taken[index]:
+                continue
+            del indices[taken[index]]
         taken[index] = frame
         indices[frame] = index
     return MappedKeyframes(indices, messages)

@@ -94,8 +94,8 @@ class PreparedJob:
         modality = self.body.get("modality") or ""
         return (
             f"the {modality} pass is empty at keyframe{'s' if len(self.empty_frames) > 1 else ''} {frames}: "
-            "nothing of the scene is in view (camera pointing at the sky or away, an orthographic camera framing "
-            "nothing, no geometry), so the model gets no guidance there"
+            "the camera sees one flat colour there (nothing in view, or one surface filling the frame, such as a "
+            "wall close to the lens), so the model gets no guidance there"
         )
 
     @property
@@ -104,8 +104,8 @@ class PreparedJob:
             return ""
         frames = self.empty_dense_frames
         return (
-            f"the depth pass is empty at frame{'s' if len(frames) > 1 else ''} {frame_list(frames)}: nothing of the "
-            "scene is in view there"
+            f"the depth pass is empty at frame{'s' if len(frames) > 1 else ''} {frame_list(frames)}: the camera "
+            "sees one flat colour there (nothing in view, or one surface square to the lens)"
         )
 
 
@@ -175,6 +175,19 @@ class JobRunner:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def cancel_now(self) -> bool:
+        """Cancel the job on the server at once, for when no poll comes after (Blender quitting, the batch
+        stopped by a signal). True when the server was told; a job not yet sent or already over: False."""
+        s = self.state
+        if s.job_id is None or self.over:
+            return False
+        try:
+            self.client.cancel(s.job_id)
+        except ServerError:
+            return False
+        s.phase = "cancelled"
+        return True
+
     @property
     def over(self) -> bool:
         return self.state.phase in ("done", "failed", "cancelled")
@@ -240,6 +253,11 @@ class JobRunner:
             if job["status"] == "failed":
                 err = job.get("error") or {}
                 s.error = f"the server could not make the preview: {err.get('message', 'unknown error')}"
+                if err.get("code") == "interrupted":  # abandoned by a server that stopped; nobody cancelled it
+                    s.error = (
+                        f"interrupted: the server stopped while job {s.job_id} was running (it was not cancelled); "
+                        "generate again to resubmit"
+                    )
             return
         if job["status"] != "succeeded":
             s.phase = job["status"]

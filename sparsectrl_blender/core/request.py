@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from .client import server_problem
+
 # The panel's choices, each (identifier, label, description) and defined once: the panel's EnumProperties take
 # them as items (a .blend saves an enum as its index into these, which the batch command reads back), the
 # batch's flags take the identifiers, the request sends them.
@@ -390,6 +392,8 @@ def parse_keyframe_images(text: str) -> dict[int, str]:
 
 def unavailable(settings: GenerationSettings, health: dict) -> str | None:
     """Why the server (its GET /v1/health) cannot run these settings, as a sentence; None when it can."""
+    if problem := server_problem(health):  # another API version, or its workers still starting
+        return problem[:1].upper() + problem[1:]
     needed = [(keyframe_modality(settings), "keyframes")]
     needed += [
         (m, "keyframe images" if m == images_modality(settings) else "look") for m in further_modalities(settings)

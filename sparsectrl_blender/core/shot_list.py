@@ -63,8 +63,9 @@ def read_shot_list(path: Path) -> list[tuple[str, list[str]]]:
 
 def plan_shots(make_parser, args: argparse.Namespace) -> list[argparse.Namespace]:
     """One namespace per shot, in order: the command's shots, then the list's. Each has `shot` (one file) and
-    `where` (how messages name it). `make_parser` makes the command's parser (for the lines). ShotListError for
-    a list or line that is wrong, ValueError for flags that do not fit several shots."""
+    `where` (how messages name it: the file as written on the command or the list's line). `make_parser` makes
+    the command's parser (for the lines). ShotListError for a list or line that is wrong, ValueError for flags
+    that do not fit several shots."""
     plans = []
     for shot in args.shots:
         plan = copy.copy(args)
@@ -84,19 +85,30 @@ def plan_shots(make_parser, args: argparse.Namespace) -> list[argparse.Namespace
                 )
             plan = copy.copy(args)
             vars(plan).update(given)
-            plan.shot, plan.where = str(_beside(folder, files[0])), where
+            plan.shot, plan.where = str(_beside(folder, files[0])), files[0]  # lines name the shot's file
             for flag in LINE_PATHS:
                 if given.get(flag):
                     setattr(plan, flag, str(_beside(folder, given[flag])))
             plans.append(plan)
     if not plans:
         raise ValueError("name a .blend file, several, or a shot list (--shots FILE)")
+    _tell_apart(plans)
     if args.out and len(plans) > 1:
         raise ValueError(
             "--out names one file, but this run has several shots: leave it out (each result goes beside its "
             "shot as SHOT_previs.blend) or give each line of the shot list its own --out"
         )
     return plans
+
+
+def _tell_apart(plans: list[argparse.Namespace]) -> None:
+    """A file named on several lines (other scenes of one file) is told apart by its scene, else its place."""
+    for i, plan in enumerate(plans):
+        if sum(p.where == plan.where for p in plans) > 1:
+            plan.label_extra = f"scene {plan.scene}" if getattr(plan, "scene", None) else f"shot {i + 1}"
+    for plan in plans:
+        if extra := vars(plan).pop("label_extra", ""):
+            plan.where = f"{plan.where} ({extra})"
 
 
 def _beside(folder: Path, path: str) -> Path:

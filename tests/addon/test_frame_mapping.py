@@ -91,3 +91,17 @@ def test_each_generated_frame_plays_where_the_servers_retiming_shows_it():
     assert generated_timeline_frames(10, 10, 1, {}) == [10]
     # More generated frames than the shot has (Fixed): neighbours share a timeline frame, in order.
     assert generated_timeline_frames(1, 4, 8, {}) == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_every_n_keeps_the_shots_last_frame_when_it_shares_a_generated_frame():
+    """#31 item 6: every:6 on a 25-56 shot at 8 frames: 55 and 56 both land on the last generated frame; the
+    shot's last frame stays (it defines the end), the one before it is left out and said."""
+    mapped = map_keyframes(every_n(25, 56, 6), 25, 56, 8)
+    assert 56 in mapped.indices and 55 not in mapped.indices and mapped.indices[56] == 7
+    assert list(mapped.indices) == sorted(mapped.indices)  # still in timeline order
+    assert mapped.messages == [
+        "keyframes 55 and 56 both land on generated frame 7 (of 8); keeping 56, the shot's last frame. "
+        "Generate more frames or move a marker."
+    ]
+    # One generated frame: the first frame stays (it defines the start).
+    assert map_keyframes([25, 56], 25, 56, 1).indices == {25: 0}

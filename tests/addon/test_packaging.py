@@ -58,6 +58,10 @@ addon_utils.enable(MOD, default_set=True)
 reenabled = state()
 import json
 print("STATES " + json.dumps([installed, with_timers, disabled, reenabled]))
+# The batch in the artist's own Blender (README): the installed extension's module, its arguments after `--`.
+sys.argv = ["blender", "-b", "--python-expr", "...", "--", os.path.join(home, "missing.blend"), "--prompt", "x"]
+from bl_ext.user_default.sparsectrl_previs import batch
+print("BATCH", batch.main(), flush=True)
 # End as a command on bpy 4.2/4.5 must (docs/troubleshooting.md), with the add-on's own shipped helper.
 import importlib
 importlib.import_module(MOD + ".core.shutdown").exit_process(0)

@@ -144,6 +144,15 @@ def test_the_panel_in_each_state(addon):
     assert not {"retake_in", "retake_out"} & {e[1] for e in ranged if e[0] == "prop"}
     scene.use_preview_range = False
 
+    # A server of another API version, then a cluster whose workers are still loading: said in the connection box.
+    ops.STATUS.connection.health["api_version"] = 99
+    newer = [e[1] for e in draw(panels) if e[0] == "label"]
+    assert "The server speaks API version 99, this add-on version 1" in newer and "Connected: sd15" not in newer
+    ops.STATUS.connection.health.update(api_version=1, status="starting", starting="1 worker(s) loading the model")
+    starting = [e[1] for e in draw(panels) if e[0] == "label"]
+    assert ["The server is starting", "1 worker(s) loading the model"] == starting[:2]
+    ops.STATUS.connection.health.update(status="ok", starting=None)
+
     ops.STATUS.can_resubmit = True
     assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)
     ops.STATUS.can_resubmit = False

@@ -203,7 +203,7 @@ def test_the_scene_is_restored_when_a_render_fails(monkeypatch):
 def test_a_scene_without_camera_is_a_clear_error():
     scene = build_shot()
     scene.camera = None
-    with pytest.raises(passes.PassError, match="the scene has no camera"):
+    with pytest.raises(passes.PassError, match="the scene '.*' has no camera"):
         passes.render_passes(scene, "depth", [1], 64, 40)
 
 

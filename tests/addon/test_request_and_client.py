@@ -298,3 +298,23 @@ def test_the_owner_sent_is_printable_and_within_the_servers_limit():
     assert owner_name("  Zoë (lighting)\n") == "Zoë (lighting)"
     assert owner_name("a\x1b[31mb") == "a[31mb" and owner_name("\t\n") is None
     assert len(owner_name("x" * 200)) == OWNER_MAX_CHARS
+
+
+def test_another_api_version_or_a_starting_server_is_said_before_anything_is_rendered():
+    """The add-on compares the server's api_version (GET /v1/health) with its own; a cluster whose workers are
+    still loading the model says so. A server from before api_version speaks version 1."""
+    from sparsectrl_blender.core.client import API_VERSION, server_problem
+
+    settings = GenerationSettings(prompt="a fox")
+    ready = {"status": "ok", "api_version": API_VERSION, "modalities": ["lineart"]}
+    assert server_problem(ready) is None and unavailable(settings, ready) is None
+    assert server_problem({"modalities": ["lineart"]}) is None  # before api_version: 1
+    newer = server_problem({**ready, "api_version": API_VERSION + 1})
+    assert newer.startswith(f"the server speaks API version {API_VERSION + 1}, this add-on version {API_VERSION}")
+    assert "update the add-on" in newer and "Get Extensions" in newer
+    assert "update the server" in server_problem({**ready, "api_version": 0})
+    assert unavailable(settings, {**ready, "api_version": API_VERSION + 1}).startswith("The server speaks API")
+    starting = {**ready, "status": "starting", "starting": "the cluster's workers are starting (1 worker(s) loading)"}
+    assert unavailable(settings, {**starting, "modalities": []}) == (
+        "The server is starting: the cluster's workers are starting (1 worker(s) loading)"
+    )

@@ -33,7 +33,7 @@ def test_the_commands_shots_then_the_lists_each_with_its_own_flags(tmp_path):
         "/abs/sh030.blend --scene alt\n"
     )
     got = plans("a.blend", "b.blend", "--shots", shots, "--priority", -1, "--prompt", "day", "--seed", 3)
-    assert [p.where for p in got] == ["a.blend", "b.blend", "shots.txt line 2", "shots.txt line 4", "shots.txt line 5"]
+    assert [p.where for p in got] == ["a.blend", "b.blend", "sh010.blend", "sh 020.blend", "/abs/sh030.blend"]
     assert [p.shot for p in got] == [
         "a.blend",
         "b.blend",
@@ -100,13 +100,13 @@ def test_the_batch_refuses_a_run_before_opening_any_file(tmp_path, capsys):
     shots.write_text("a.blend --scene one\na.blend --scene two\n")  # both would be a_previs.blend
     status, err = _main(capsys, "--shots", shots, "--server", "http://127.0.0.1:9")
     assert status == 1 and err.strip() == (
-        f"error: shots.txt line 1 and shots.txt line 2 would both be saved as {tmp_path / 'a_previs.blend'}: "
+        f"error: a.blend (scene one) and a.blend (scene two) would both be saved as {tmp_path / 'a_previs.blend'}: "
         "give one of them its own --out in the shot list"
     )
 
     shots.write_text(f"a.blend --out {b}\nb.blend\n")  # a's result would overwrite a shot still to be read
     status, err = _main(capsys, "--shots", shots)
-    assert status == 1 and err.strip() == f"error: shots.txt line 1: its result {b} is another shot of this run"
+    assert status == 1 and err.strip() == f"error: a.blend: its result {b} is another shot of this run"
 
     nope = tmp_path / "nope.blend"
     status, err = _main(capsys, a, nope, "--prompt", "x")
@@ -118,3 +118,13 @@ def test_the_batch_refuses_a_run_before_opening_any_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         batch.main(["--prompt", "x"])  # no shot at all: a usage error, as for a bad flag
     assert exit_.value.code == 2 and "name a .blend file, several, or a shot list" in capsys.readouterr().err
+
+
+def test_which_blenders_open_a_header():
+    """#31 item 1: Blender 5.0's header is opened by 4.5 and later; the older 12-byte one by every supported
+    Blender; a header newer than the table only by the running Blender's line."""
+    from sparsectrl_blender.batch import oldest_reader
+
+    assert oldest_reader(b"BLENDER17-01v0500", (5, 0)) == (4, 5)
+    assert oldest_reader(b"BLENDER-v402", (4, 2)) is None and oldest_reader(b"BLENDER_V405", (4, 5)) is None
+    assert oldest_reader(b"BLENDER17-02v0700", (7, 0)) == (7, 0)

@@ -72,6 +72,7 @@ def preview_strips(scene):
 
 def test_batch_run_puts_a_strip_spanning_the_shot(tiny_server, tmp_path):
     shot = save_shot(tmp_path / "shot.blend", start=1, end=48, markers=(1, 24, 48))
+    (tmp_path / "out").mkdir()  # --out's folder must be there (a mistyped one is refused, #31 item 8)
     out = run_batch(
         shot,
         "--server",
@@ -184,6 +185,7 @@ def test_batch_submits_a_sequence_at_once_and_each_shot_waits_on_its_own_job(tin
     alt.frame_start = 15
     bpy.ops.wm.save_as_mainfile(filepath=str(seq / "sh 020.blend"))
     save_shot(seq / "sh030.blend", markers=())  # no keyframes: this one fails
+    (seq / "renders").mkdir()  # --out's folder must be there (a mistyped one is refused)
     shots = seq / "shots.txt"
     shots.write_text(
         '# seq010, as the farm sends it\n"sh 020.blend" --scene alt --seed 5 --prompt night --out renders/sh020.blend\n'
@@ -213,8 +215,8 @@ def test_batch_submits_a_sequence_at_once_and_each_shot_waits_on_its_own_job(tin
     saved = [i for i, line in enumerate(lines) if ": strip '" in line]
     assert len(submitted) == 2 and len(saved) == 2 and max(submitted) < min(saved), lines
     assert lines[-1] != "2 shots done"
-    assert "error: shots.txt line 4: no keyframes" in stderr
-    assert stderr.strip().splitlines()[-1] == "error: 1 of 3 shots failed: shots.txt line 4"
+    assert "error: sh030.blend: no keyframes" in stderr
+    assert stderr.strip().splitlines()[-1] == "error: 1 of 3 shots failed: sh030.blend"
     assert f"warning: {sh010}: sh010.blend was saved again since its passes were rendered" in stderr
     assert not (seq / "sh030_previs.blend").exists()
 
@@ -292,6 +294,7 @@ def test_batch_depth_every_frame_alone_and_beside_line_art_keyframes(tiny_server
     (strip,) = preview_strips(bpy.data.scenes["Scene previs"])
     meta = json.loads(strip["sparsectrl"])
     assert meta["depth_every_frame"] is True and meta["keyframes"] == {} and meta["modality"] == ""
+    assert strip.name == f"SparseCtrl depth every frame {meta['seed']}"  # #31 item 8: not "SparseCtrl  0"
     assert (strip.frame_final_start, strip.frame_final_duration) == (1001, 60)
 
     mixed = ("--keyframes", "markers", "--modality", "lineart", "--depth-every-frame", "--depth-strength", 0.5)

@@ -95,7 +95,7 @@ def test_batch_leaves_the_shot_and_its_render_alone(tiny_server, tmp_path):
     assert len(warnings) == len(set(warnings)), warnings  # each said once
     said = "\n".join(warnings)
     assert f"should be its root, without /v1: using {tiny_server.url}" in said
-    assert "1000 generated frames is more than the model's 256: generating 256" in said
+    assert "1000 generated frames is more than the shot's 60 frames: generating 60, one per frame" in said
     assert "size 10 is outside 64-1024 px: using 64" in said and "short side is raised" in said
     assert "linked libraries not found" in said and "images not found" in said
 
@@ -120,7 +120,7 @@ def test_batch_leaves_the_shot_and_its_render_alone(tiny_server, tmp_path):
     assert (previs.frame_start, previs.frame_end, previs.render.fps, previs.render.fps_base) == (101, 160, 30000, 1001)
     assert previs.render.pixel_aspect_x == 4.0 and previs.render.use_sequencer
     meta = json.loads(strip["sparsectrl"])
-    assert meta["shot"] == "Shot" and meta["num_frames"] == 256 and strip["sparsectrl_prompt"] == "a previs"
+    assert meta["shot"] == "Shot" and meta["num_frames"] == 60 and strip["sparsectrl_prompt"] == "a previs"
     frames, _ = read_video(Path(bpy.path.abspath(strip.filepath)))
     assert frames.shape[:3] == (60, 64, 64)  # 16:9 display at size 64: the short side raised to 64 (said)
 
@@ -184,6 +184,7 @@ def test_overwriting_keeps_a_true_backup_gzip_stays_gzip_and_newer_files_need_a_
         ("cut_at_the_end", "error: cannot open {shot}: it is cut short"),
         ("png", "error: {shot} is a PNG image, not a .blend file"),
         ("out_dir", "error: --out {tmp} is a folder"),
+        ("out_missing", "error: cannot write {tmp}/no/dir/x.blend: there is no folder {tmp}/no (make it first"),
         ("every_abc", "error: --keyframes every:abc: write every:N with N a whole number"),
         ("bad_list", "error: --keyframes 1,x: 'x' in the keyframe list is not a frame number"),
         ("no_scene", "error: --scene 'Nope': no such scene; the file has 'Other', 'Shot'"),
@@ -209,6 +210,8 @@ def test_bad_input_is_one_error_line_before_anything_is_sent(tiny_server, tmp_pa
         shot.write_bytes(png_bytes(sketch()))
     elif case == "out_dir":
         args += ["--out", tmp_path]
+    elif case == "out_missing":  # a mistyped --out: refused, no folders made
+        args += ["--out", tmp_path / "no" / "dir" / "x.blend"]
     elif case == "every_abc":
         args += ["--keyframes", "every:abc"]
     elif case == "bad_list":
@@ -223,7 +226,7 @@ def test_bad_input_is_one_error_line_before_anything_is_sent(tiny_server, tmp_pa
     assert "Traceback" not in out.stderr and "Error: Loading" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
     assert errors == [errors[-1]] and errors[-1].startswith(expected.format(shot=shot, tmp=tmp_path)), out.stderr
-    assert not (tmp_path / "passes").exists()  # nothing rendered
+    assert not (tmp_path / "passes").exists() and not (tmp_path / "no").exists()  # nothing rendered or made
     assert tiny_server.client.get("/v1/jobs").json() == jobs_before  # nothing sent
 
 
@@ -329,8 +332,8 @@ def test_empty_passes_are_named_once_and_refused_on_request(tiny_server, tmp_pat
     out = run_batch(shot, "--server", tiny_server.url, "--scene", "Sky", *FAST)  # without the flag: said, sent
     assert out.returncode == 0, out.stderr[-2000:]
     assert [w for w in warnings_of(out.stderr) if "pass is empty" in w] == [
-        "warning: the lineart pass is empty at keyframe 24: nothing of the scene is in view (camera pointing at "
-        "the sky or away, an orthographic camera framing nothing, no geometry), so the model gets no guidance there"
+        "warning: the lineart pass is empty at keyframe 24: the camera sees one flat colour there (nothing in view, "
+        "or one surface filling the frame, such as a wall close to the lens), so the model gets no guidance there"
     ]
 
 

@@ -26,6 +26,8 @@ def test_health_reports_device_model_and_modalities(configured_server):
     }  # fmt: skip
     assert health == {
         "status": "ok",
+        "starting": None,
+        "api_version": 1,
         "device": "cpu",
         "dtype": "float32",
         "model": {"name": "sd15-test", "tiny": False},
@@ -84,6 +86,37 @@ def test_submit_progress_then_video_and_frames(configured_server, tmp_path):
     distances = [np.abs(last.astype(int) - f).mean() for f in frames]
     assert int(np.argmin(distances)) == 15, distances
     assert c.get(f"/v1/jobs/{accepted['id']}/frames/16.png").status_code == 404
+
+
+def test_live_previews_at_rising_steps_then_the_last_one_stays(configured_server):
+    """#29: GET .../preview while the job runs, frames side by side at latent size; 404 before the first step."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    c = configured_server.client
+    running = c.post("/v1/jobs", json=job_body(steps=12)).json()["id"]
+    waiting = c.post("/v1/jobs", json=job_body(steps=1)).json()["id"]
+    before = c.get(f"/v1/jobs/{waiting}/preview")  # queued behind the first: no step yet
+    assert before.status_code == 404 and before.json()["error"]["code"] == "not_found"
+    assert c.get(f"/v1/jobs/{waiting}").json()["preview_step"] is None
+    seen = []
+    while (job := c.get(f"/v1/jobs/{running}").json())["status"] in ("queued", "running"):
+        r = c.get(f"/v1/jobs/{running}/preview")
+        if r.status_code == 200:
+            assert r.headers["content-type"] == "image/png" and r.headers["x-preview-frames"] == "16"
+            assert Image.open(BytesIO(r.content)).size == (16 * 64 // 8, 64 // 8)  # 16 tiles of 8x8
+            seen.append(int(r.headers["x-preview-step"]))
+        else:
+            assert r.status_code == 404 and not seen
+        time.sleep(0.02)
+    assert job["status"] == "succeeded" and job["preview_step"] == 12
+    assert seen == sorted(seen) and len(set(seen)) >= 2 and 1 <= seen[0] and seen[-1] <= 12
+    after = c.get(f"/v1/jobs/{running}/preview")  # the last one stays, served from the job's folder
+    assert after.status_code == 200 and after.headers["x-preview-step"] == "12"
+    assert (configured_server.data_dir / "jobs" / running / "preview.png").read_bytes() == after.content
+    listed = {j["id"]: j for j in c.get("/v1/jobs").json()["jobs"]}
+    assert listed[running]["preview_step"] == 12
 
 
 def test_owner_is_optional_kept_and_listed(configured_server):
@@ -314,6 +347,8 @@ BAD_REQUESTS = [
     ("not a job id", "GET", "/v1/jobs/nope", None, 404, "not_found"),
     ("traversal in job id", "GET", "/v1/jobs/..%2F..%2Fjobs.sqlite3/video", None, 404, "not_found"),
     ("traversal in path", "GET", "/v1/jobs/../../etc/passwd", None, 404, "not_found"),
+    ("preview of unknown job", "GET", "/v1/jobs/0123456789abcdef0123456789abcdef/preview", None, 404, "not_found"),
+    ("preview of not a job id", "GET", "/v1/jobs/nope/preview", None, 404, "not_found"),
     ("cancel unknown job", "DELETE", "/v1/jobs/0123456789abcdef0123456789abcdef", None, 404, "not_found"),
     ("unknown route", "GET", "/v2/health", None, 404, "not_found"),
     ("wrong method", "PUT", "/v1/jobs", None, 405, "method_not_allowed"),

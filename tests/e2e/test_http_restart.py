@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from sparsectrl_blender.core.client import Client
+from sparsectrl_blender.core.job import JobRunner
 from tests.e2e.conftest import job_body
 from tests.e2e.server_process import ServerProcess
 
@@ -36,6 +38,14 @@ def test_kill_minus_nine_then_restart_keeps_results(data_dir_with_tiny, tmp_path
         c = restarted.client
         interrupted = c.get(f"/v1/jobs/{running['id']}").json()
         assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
+        # The add-on and the batch say "interrupted", not "cancelled": nobody cancelled it (#31 item 2).
+        runner = JobRunner(Client(restarted.url), {})
+        runner.state.job_id, runner.state.phase = running["id"], "running"
+        assert runner.poll() and runner.state.phase == "failed"
+        assert runner.state.error == (
+            f"interrupted: the server stopped while job {running['id']} was running (it was not cancelled); "
+            "generate again to resubmit"
+        )
         assert c.get(f"/v1/jobs/{done}/video").content == video_before
         assert c.get(f"/v1/jobs/{done}").json()["status"] == "succeeded"
         # A job that was still queued is not lost: it runs after the restart.

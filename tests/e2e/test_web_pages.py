@@ -286,3 +286,46 @@ def test_an_owner_cannot_inject_markup(browser, tiny_server):
     finally:
         rec.close()
     assert rec.blocked_by_csp() == []
+
+
+def test_queue_page_animates_a_running_jobs_live_preview_beside_its_progress(browser, token_server):
+    """#29: the preview (fetched with the token) plays frame by frame on a canvas in the progress cell, a newer
+    step replaces it as the job runs, and it goes when the job ends."""
+    url = token_server.url
+    job = token_server.client.post("/v1/jobs", json=job_body(owner="fay", **LONG_JOB)).json()["id"]
+    rec = Recorder(browser)
+    page = rec.page
+    canvas = f"{_row(page, job)} td.progress canvas.preview"
+    try:
+        page.goto(url + "/")
+        page.wait_for_selector("#token-form:not([hidden])", timeout=30_000)
+        page.fill("#token-input", TOKEN)
+        page.click("#token-form button[type=submit]")
+        page.wait_for_selector(f"{canvas}[data-step]", timeout=60_000)
+        assert page.get_attribute(canvas, "data-frames") == "32"
+        first_step = int(page.get_attribute(canvas, "data-step"))
+        frames_seen = set()
+        for _ in range(12):  # animated: the frame shown moves on by itself, between polls too
+            frames_seen.add(page.get_attribute(canvas, "data-frame"))
+            page.wait_for_timeout(60)
+        assert len(frames_seen) >= 2, frames_seen
+        page.wait_for_function(
+            "([sel, n]) => parseInt(document.querySelector(sel).dataset.step) > n",
+            arg=[canvas, first_step],
+            timeout=60_000,
+        )
+        size = page.eval_on_selector(canvas, "c => [c.width, c.height]")
+        assert size == [64, 64]  # a 16x16 latent tile of a 128x128 clip, scaled up to the page's 64 px
+        drawn = page.eval_on_selector(
+            canvas, "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 < 3 && v)"
+        )
+        assert drawn  # pixels, not an empty canvas
+        fetched = [r for r in rec.requests if r.url == f"{url}/v1/jobs/{job}/preview"]
+        assert fetched and all(r.all_headers().get("authorization") == f"Bearer {TOKEN}" for r in fetched)
+        token_server.client.delete(f"/v1/jobs/{job}")
+        page.wait_for_selector(f"{_row(page, job)}[data-status='cancelled']", timeout=60_000)
+        assert page.query_selector(canvas) is None
+    finally:
+        rec.close()
+        token_server.client.delete(f"/v1/jobs/{job}")
+    assert rec.outside(url) == [] and rec.blocked_by_csp() == []

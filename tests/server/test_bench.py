@@ -92,3 +92,14 @@ def test_flops_benchmark_counts_a_final_and_both_drafts(data_dir_with_tiny, tmp_
     assert "run at 64², ddim" in rows["| draft (no draft module)"][1]
     assert "lcm, guidance 1, 4 steps" in rows["| draft (draft motion module)"][1]
     assert float(rows["| draft (draft motion module)"][-1].rstrip(" |")) <= 1 / 8
+
+
+def test_preview_benchmark_counts_a_preview_beside_a_step(data_dir_with_tiny, tmp_path):
+    out_file = tmp_path / "BENCHMARKS.md"
+    bench(data_dir_with_tiny, out_file, "preview", "--frames", "8", "--size", "64")
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in out_file.read_text().splitlines()}
+    step = float(rows["| denoising step"][1])
+    linear = float(rows["| preview, linear approximation"][1])
+    # 8 frames of 8x8 latents, 4 channels to 3: 2 * 4 * 3 FLOPs a pixel (the counter's einsum), nothing else.
+    assert linear == pytest.approx(2 * 4 * 3 * 8 * 8 * 8, rel=1e-3) and linear < step
+    assert float(rows["| preview, TAESD"][1]) > linear

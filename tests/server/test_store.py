@@ -241,7 +241,8 @@ def test_a_lost_attempt_is_requeued_and_its_late_word_is_ignored(tmp_path):
     assert store.finish(job_id, SUCCEEDED, attempt=2)
 
 
-def test_a_cluster_head_restart_requeues_running_jobs_with_attempts_left(tmp_path):
+def test_a_cluster_head_restart_requeues_running_jobs_and_gives_their_start_back(tmp_path):
+    """Only a lost worker uses up an attempt: a job on its last attempt when the head died runs again."""
     path = tmp_path / "jobs.sqlite3"
     store = JobStore(path)
     fresh, spent, waiting = add(store, 3)
@@ -250,9 +251,21 @@ def test_a_cluster_head_restart_requeues_running_jobs_with_attempts_left(tmp_pat
     assert store.claim_next().attempt == 3  # spent: its last attempt
     store.close()  # the head dies with both running
 
-    reopened = JobStore(path, requeue_running=3)
-    assert reopened.requeued_on_open == [fresh] and reopened.interrupted_on_open == [spent]
-    assert (reopened.get(fresh).status, reopened.get(fresh).attempt) == (QUEUED, 1)
-    assert (reopened.get(spent).status, reopened.get(spent).error_code) == (FAILED, "interrupted")
+    reopened = JobStore(path, requeue_running=True)
+    assert sorted(reopened.requeued_on_open) == sorted([fresh, spent]) and reopened.interrupted_on_open == []
+    assert (reopened.get(fresh).status, reopened.get(fresh).attempt) == (QUEUED, 0)
+    assert (reopened.get(spent).status, reopened.get(spent).attempt) == (QUEUED, 2)
     assert reopened.get(waiting).status == QUEUED
-    assert reopened.claim_next().id == fresh and reopened.get(fresh).attempt == 2
+    assert reopened.claim_next().id == fresh and reopened.get(fresh).attempt == 1
+    reopened.close()
+    assert JobStore(path).interrupted_on_open == [fresh]  # one box: a running job found on open is interrupted
+
+
+def test_a_stop_gives_the_start_back_and_a_lost_worker_does_not(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    (job_id,) = add(store, 1)
+    assert store.claim_next().attempt == 1
+    assert store.requeue(job_id, attempt=1, give_back=True)  # the server stopped it
+    assert store.claim_next().attempt == 1
+    assert store.requeue(job_id, attempt=1)  # its worker was lost: the start counts
+    assert store.claim_next().attempt == 2
