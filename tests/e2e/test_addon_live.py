@@ -1,9 +1,10 @@
 """The clip forming on the previs scene's Sequencer while a job runs (#29 item 4), with a real tiny server.
 
-The server's preview endpoint (GET /v1/jobs/{id}/preview, docs/api.md) is built on another branch: until it is
-merged, a small proxy in front of the real server adds it as the contract says (`preview_step` in the job, the
-frames side by side at latent size with X-Preview-Step and X-Preview-Frames), each generated frame a flat colour of
-its own so the test can tell which frame plays where. Everything else is the real server's answer."""
+One test runs against the server's own preview endpoint (GET /v1/jobs/{id}/preview, docs/api.md). The other puts
+a small proxy in front of the real server that answers that endpoint as the contract says (`preview_step` in the
+job, the frames side by side at latent size with X-Preview-Step and X-Preview-Frames) with each generated frame a
+flat colour of its own, so the test can tell which frame plays where, and that holds the job's end until one
+preview was fetched (a tiny job may end between two polls). Everything else is the real server's answer."""
 
 from __future__ import annotations
 
@@ -170,16 +171,23 @@ def test_the_clip_forms_where_the_final_strip_goes_is_never_saved_and_is_replace
     assert shot.sequence_editor is None or not all_strips(shot)  # the shot's own Sequencer untouched
 
 
-def test_a_cancel_removes_the_clip_forming(proxy, tmp_path, addon):
+def test_the_real_servers_preview_forms_and_a_cancel_removes_it(tiny_server, tmp_path, addon):  # noqa: F811
+    """Against the server's own preview endpoint (branch `previews`, merged): the clip forms from its PNG, and a
+    Cancel removes it, tiles and all."""
     ops, live = addon
-    _shot(proxy, tmp_path)
-    bpy.context.scene.sparsectrl.steps = 30  # long enough to cancel while it runs
+    _shot(tiny_server, tmp_path)
+    bpy.context.scene.sparsectrl.steps = 30  # long enough to see it and cancel while it runs
     assert bpy.ops.sparsectrl.generate() == {"FINISHED"}
     _until_forming(ops, live)
+    job = ops.STATUS.run.runner.state
+    assert 1 <= live.LIVE.step <= 30 and live.LIVE.total == 30
+    (forming,) = live.forming_strips()
+    assert (forming.frame_final_start, forming.frame_final_duration) == (1, 24) and len(forming.elements) == 24
     folder = live.LIVE.folder
-    assert len(live.forming_strips()) == 1
+    (tile,) = live.decode_tiles((folder / forming.elements[0].filename).read_bytes(), 1, tmp_path)
+    assert tile.shape == (8, 8, 3)  # a generated frame at latent size: 64 / 8
     assert bpy.ops.sparsectrl.cancel() == {"FINISHED"}
     ops.run_timers(120)
-    assert ops.STATUS.run is None
-    assert live.forming_strips() == [] and not folder.exists()
+    assert ops.STATUS.run is None and job.phase == "cancelled"
+    assert live.forming_strips() == [] and not folder.exists() and live.LIVE.panel_image() is None
     assert preview_strips(bpy.data.scenes["Scene previs"]) == []
