@@ -57,9 +57,9 @@ def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -
 def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = None):
     """Choose keyframes, render their passes and build the request, as steps: a generator that yields its
     PassProgress once the settings are checked (nothing rendered yet), then after each render, and returns the
-    PreparedJob. Closing it between steps (Cancel) removes the scene copy: the scene is as it was.
-    Raises ValueError-like errors with
-    messages for the artist (KeyframeError, PassError, ValueError): the settings' before anything is rendered.
+    PreparedJob. Closing it between steps (Cancel) removes the scene copy: the scene is as it was. Raises
+    ValueError-like errors with messages for the artist (KeyframeError, PassError, ValueError): the settings'
+    before anything is rendered.
     Clamped settings and empty passes are said in `messages` (and `empty_frames`). This is what the panel's
     Generate runs on Blender's main thread; the PNGs the request carries are made by `PreparedJob.encode`, which
     the job thread calls (the batch calls it itself). A `retake` keeps its parent's shot range, generated frames
