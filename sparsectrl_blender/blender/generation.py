@@ -114,6 +114,7 @@ def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = N
         if look_frames:
             further["rgb"] = yield from _counted(renderer.render_steps("rgb", look_frames), renderer, progress)
         seconds = list(renderer.seconds_per_keyframe)
+    yield progress  # the scene copy removed: the images' checks and the request are the last step
     stages.update(renderer.stage_seconds)
     looks = {}
     if files:

@@ -297,14 +297,14 @@ class PassRenderer:
             images = yield from self._rgb(frames)
         else:
             buffers = yield from self._geometry_steps(frames, ids=modality == "lineart")
-            if len(frames) > 1:
-                yield  # the condition images of many frames (depth's ranges follow them) are a step of their own
             with self.timed("process"):
                 if modality == "depth":
                     images = depth_images(buffers, frames)
                 else:
                     orthographic = self.orthographic
                     images = [lineart_image(b, orthographic=o) for b, o in zip(buffers, orthographic, strict=True)]
+            if len(frames) > 1:
+                yield  # the condition images of many frames (depth's ranges follow them) are a step of their own
         for frame, seconds in zip(frames, self.seconds_per_keyframe[-len(frames) :], strict=True):
             log.info("%s pass at frame %d: %.2f s", modality, frame, seconds)
         return dict(zip(frames, images, strict=True))

@@ -69,7 +69,8 @@ def test_the_benchmark_command_writes_a_section(tmp_path):
         text,
         re.M,
     )
-    assert [int(t) for _, t, _, _ in stepped] == [1 + 1 + 1, 1 + 3 + 1 + 1]  # call, renders, (processing,) sent
+    # the call, the renders, (the processing,) the cleanup, the job sent
+    assert [int(t) for _, t, _, _ in stepped] == [1 + 1 + 1 + 1, 1 + 3 + 1 + 1 + 1]
     assert all(0 < float(longest) <= float(total) for longest, _, total, _ in stepped)
     assert {"render", "scene copy"} <= {name for name, _, _ in per_frame}
 
