@@ -18,7 +18,10 @@ For each pass (depth, line art, RGB) at `--frames` keyframes spread over the sho
 
 Then the panel's Generate operator (bpy.ops.sparsectrl.generate, the add-on registered; the job goes to a server
 address nothing answers, which the job thread finds out after the operator returned) is timed from call to
-return: how long a Generate blocks Blender's UI, with its main-thread stages (PreparedJob.stage_seconds).
+return: how long a Generate blocked Blender's UI when it rendered its passes in one go (before #29; still so
+in the background), with its main-thread stages (PreparedJob.stage_seconds); then the same Generate as Blender
+with a UI runs it, a pass render per timer tick: its longest block (the operator's call or one tick) and the
+blocks' total.
 With `--depth-every-frame N`, a second Generate is timed the same way with Depth every frame alone (Keyframes:
 None, N generated frames): the depth pass at every generated frame, its cost per frame.
 
@@ -379,12 +382,17 @@ def measure_generate(
             size = (prepared.body["width"], prepared.body["height"])
             encode = getattr(prepared, "encode_seconds", 0.0)  # the job thread's, done by now
             runs.append({"total": seconds, "stages": dict(prepared.stage_seconds), "size": size, "encode": encode})
+            runs[-1].update(_stepped_generate(ops, scene))
     finally:
         unregister()
     warm = runs[1:]
     middle = _median_run(warm)
     stages = _with_rest(middle, "operator (rest)")
     return {
+        "longest": _median([r["longest"] for r in warm]),
+        "stepped": _median([r["stepped"] for r in warm]),
+        "ticks": middle["ticks"],
+        "render": _median([r["render"] for r in warm]),
         "total": middle["total"],
         "cold": runs[0]["total"],
         "stages": stages,
@@ -393,6 +401,41 @@ def measure_generate(
         "encode": middle["encode"],
         "depth_frames": len(prepared.dense_frames),
     }
+
+
+def _stepped_generate(ops, scene) -> dict:
+    """Generate as Blender with a UI runs it (operators.STEP_PASSES): the operator's call, then a timer tick per
+    pass render until the job is sent; each call timed, as each blocks the UI. The longest, the total, the count."""
+    import bpy
+
+    blocks = []
+    ops.STEP_PASSES = True
+    try:
+        with blender_log_hidden(), contextlib.redirect_stdout(io.StringIO()):
+            started = time.perf_counter()
+            with bpy.context.temp_override(scene=scene):
+                bpy.ops.sparsectrl.generate()
+            blocks.append(time.perf_counter() - started)
+            while ops.STATUS.preparing is not None:
+                started = time.perf_counter()
+                ops._poll_prepare()
+                blocks.append(time.perf_counter() - started)
+            held = ops.STATUS.run or ops.STATUS.pending
+            renders = list(held.prepared.pass_seconds) if held is not None else []
+            if ops.STATUS.run is not None:
+                ops.run_timers(30)
+    finally:
+        ops.STEP_PASSES = None
+        ops.STATUS.run = ops.STATUS.pending = None
+    return {"longest": max(blocks), "stepped": sum(blocks), "ticks": len(blocks), "render": max(renders, default=0.0)}
+
+
+def _stepped_line(run: dict) -> str:
+    return (
+        f"Stepped, as Blender with a UI runs it (#29: a pass render per timer tick): the longest block "
+        f"**{run['longest']:.3f} s** (its longest render {run['render']:.3f} s), all {run['ticks']} blocks "
+        f"{run['stepped']:.2f} s; before, in one block: {run['total']:.2f} s."
+    )
 
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -452,6 +495,7 @@ def _depth_every_frame_lines(args, depth: dict, passes: dict) -> list[str]:
         "| --- | ---: | ---: |",
     ]
     lines += [f"| {stage} | {s:.3f} | {s / n:.3f} |" for stage, s in depth["stages"].items()]
+    lines += ["", _stepped_line(depth)]
     if depth.get("encode"):
         lines += [
             "",
@@ -502,6 +546,7 @@ def _generate_lines(args, generate: dict) -> list[str]:
         "| --- | ---: | ---: |",
     ]
     lines += [f"| {stage} | {s:.3f} | {100 * s / generate['total']:.0f} % |" for stage, s in generate["stages"].items()]
+    lines += ["", _stepped_line(generate)]
     if generate.get("encode"):
         lines += [
             "",

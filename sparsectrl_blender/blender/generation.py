@@ -1,6 +1,10 @@
 """One generation, the same for the panel and the batch command, in its bpy steps: keyframes -> passes ->
 request (prepare, main thread; the passes' PNGs are made in the job thread, PreparedJob.encode), then, once
-core/job.py's JobRunner has the video, the strip (import_result, main thread)."""
+core/job.py's JobRunner has the video, the strip (import_result, main thread).
+
+The passes are rendered by one function, `prepare_steps`, a generator that pauses after each render: the panel
+runs a step per timer tick (Blender's UI answers between renders, and a Cancel closes it), `prepare` (the batch)
+runs them in a loop."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.frame_mapping import MappedKeyframes, generated_frame_count, generated_timeline_frames, map_keyframes
@@ -34,9 +39,27 @@ from ..core.retake import Retake, timing_note
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class PassProgress:
+    """Where `prepare_steps` is: pass renders done of those it will make (the panel's progress bar)."""
+
+    done: int = 0
+    total: int = 0
+
+
 def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -> PreparedJob:
-    """Choose keyframes, render their passes and build the request. Raises ValueError-like errors with
-    messages for the artist (KeyframeError, PassError, ValueError): the settings' before anything is rendered.
+    """`prepare_steps` run to its end in one go (the batch, scripts)."""
+    from .passes import run_steps
+
+    return run_steps(prepare_steps(scene, settings, retake))
+
+
+def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = None):
+    """Choose keyframes, render their passes and build the request, as steps: a generator that yields its
+    PassProgress once the settings are checked (nothing rendered yet), then after each render, and returns the
+    PreparedJob. Closing it between steps (Cancel) removes the scene copy: the scene is as it was. Raises
+    ValueError-like errors with messages for the artist (KeyframeError, PassError, ValueError): the settings'
+    before anything is rendered.
     Clamped settings and empty passes are said in `messages` (and `empty_frames`). This is what the panel's
     Generate runs on Blender's main thread; the PNGs the request carries are made by `PreparedJob.encode`, which
     the job thread calls (the batch calls it itself). A `retake` keeps its parent's shot range, generated frames
@@ -62,6 +85,7 @@ def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -
         dense_frames = generated_timeline_frames(start, end, num_frames, mapped.indices)
     stages = {"keyframes": time.perf_counter() - started}
     renderer = PassRenderer(scene, width, height)
+    progress = PassProgress()
     images, dense = {}, {}
     files = {f: path for f, path in parse_keyframe_images(settings.keyframe_images).items() if f in mapped.indices}
     if files:  # a missing file is said before anything renders
@@ -76,15 +100,21 @@ def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -
     # The look from a render: RGB at the first or every scene keyframe, but where an image file As RGB is the look.
     look_frames = sorted(scene_frames)[: 1 if settings.rgb_look == "FIRST" else None] if rgb_look(settings) else []
     look_frames = [f for f in look_frames if not (separate == "rgb" and f in files)]
+    reuse_depth = modality == "depth" and bool(dense_frames)  # depth keyframes: those frames' depth, as rendered
+    progress.total = len(set(dense_frames)) + (0 if reuse_depth else len(rendered)) + len(look_frames)
+    yield progress  # checked: nothing rendered yet
     with renderer:  # one scene copy for the keyframes and the depth at every frame
         if dense_frames:  # each frame's range follows the frames slowly (sparsectrl_passes depth_ranges)
-            dense = renderer.render("depth", sorted(set(dense_frames)))
-        if rendered and modality == "depth" and dense:  # depth keyframes: those frames' depth, as rendered
+            dense = yield from _counted(renderer.render_steps("depth", sorted(set(dense_frames))), renderer, progress)
+        if rendered and reuse_depth:
             images = {frame: dense[frame] for frame in rendered}
         elif rendered:
-            images = renderer.render(modality, rendered)
-        further = {"rgb": renderer.render("rgb", look_frames)} if look_frames else {}
+            images = yield from _counted(renderer.render_steps(modality, rendered), renderer, progress)
+        further = {}
+        if look_frames:
+            further["rgb"] = yield from _counted(renderer.render_steps("rgb", look_frames), renderer, progress)
         seconds = list(renderer.seconds_per_keyframe)
+    yield progress  # the scene copy removed: the images' checks and the request are the last step
     stages.update(renderer.stage_seconds)
     looks = {}
     if files:
@@ -121,6 +151,20 @@ def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -
     if empty_dense:
         messages.append(prepared.empty_dense_message)
     return prepared
+
+
+def _counted(steps, renderer, progress: PassProgress):
+    """A renderer's steps, each yielding the progress with the renders done so far; returns their result."""
+    try:
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+            progress.done = renderer.renders_done
+            yield progress
+    finally:
+        steps.close()
 
 
 def check(scene, settings: GenerationSettings) -> None:

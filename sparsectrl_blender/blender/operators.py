@@ -5,6 +5,11 @@ HTTP never runs on Blender's main thread: a worker thread talks to the server an
 the thread; the timer's first call starts it, once the operator has returned: a thread running Python while the
 main thread was still inside the operator's call segfaulted the bpy module (4.5.15, once in CI), as one running
 beside a render did (core/render_guard.py). Without an event loop (bpy as a module) call `run_timers()`.
+
+Generate renders its passes from a timer too, one render per tick (generation.prepare_steps), so Blender's UI
+answers between renders, shows the progress and can cancel (Esc or Cancel) before anything is sent. Blender run
+in the background (bpy as a module, scripts) has no UI to keep alive: there the operator renders them all at once
+(STEP_PASSES), as the batch does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from . import preferences
 from .properties import to_settings
 
 POLL_SECONDS = 0.25
+# Render the passes a step per timer tick (None: where Blender has a UI, i.e. not in the background).
+STEP_PASSES: bool | None = None
 # How long the server may be unreachable during a job before the panel says it went away.
 LOST_AFTER_SECONDS = 10.0
 
@@ -59,11 +66,24 @@ class PendingRun:
     target_name: str
 
 
+@dataclass
+class Preparing:
+    """Passes being rendered a step per timer tick (generation.prepare_steps); nothing sent yet."""
+
+    scene_name: str
+    steps: object  # the generator
+    progress: object  # generation.PassProgress
+    settings: GenerationSettings
+    replace_strip: str | None
+    target_name: str
+
+
 class Status:
     """Runtime state shown by the panel; not saved in the .blend."""
 
     def __init__(self):
         self.connection = Connection()
+        self.preparing: Preparing | None = None
         self.run: ActiveRun | None = None
         self.pending: PendingRun | None = None
         self.message = ""
@@ -119,8 +139,12 @@ def _poll_run():
         return None
     state = run.runner.state
     if not _started(run.thread) or run.thread.is_alive():
+        _show_forming(run)
         _redraw()
         return POLL_SECONDS
+    from .live_preview import LIVE
+
+    LIVE.clear()  # the final strip takes its place; a cancel or failure leaves nothing of it
     STATUS.run = None
     STATUS.can_resubmit = state.lost
     scene = bpy.data.scenes.get(run.scene_name)
@@ -147,6 +171,71 @@ def _poll_run():
     return None
 
 
+def _poll_prepare():
+    """One pass render per tick; then the job is sent (or held: empty passes), as the operator does at once."""
+    from .passes import PassError
+    from .scene_keyframes import KeyframeError
+
+    preparing = STATUS.preparing
+    if preparing is None:
+        return None
+    try:
+        next(preparing.steps)
+        _redraw()
+        return 0.0  # the UI's events are handled before the next tick
+    except StopIteration as stop:
+        STATUS.preparing = None
+        _prepared(preparing.scene_name, stop.value, preparing.settings, preparing.replace_strip, preparing.target_name)
+    except (KeyframeError, PassError, ValueError) as e:
+        STATUS.preparing = None
+        STATUS.say(str(e), error=True)
+        _report(str(e), True)
+    except Exception as e:  # noqa: BLE001 - a sentence, and the panel free again, never a stuck timer
+        STATUS.preparing = None
+        STATUS.say(f"rendering the passes failed: {type(e).__name__}: {e}", error=True)
+    _redraw()
+    return None
+
+
+def cancel_prepare() -> bool:
+    """Stop the pass renders before anything is sent: the scene copy is removed, the scene is as it was."""
+    preparing, STATUS.preparing = STATUS.preparing, None
+    if preparing is None:
+        return False
+    preparing.steps.close()
+    STATUS.say("cancelled: nothing was sent")
+    _redraw()
+    return True
+
+
+def _prepared(scene_name: str, prepared: PreparedJob, settings, replace_name, target_name: str, report=None) -> bool:
+    """The passes are rendered: send them, or hold them when some are empty (the panel asks). True if sent."""
+    for message in prepared.messages:
+        (report or (lambda text: _report(text, False)))(message)
+    if prepared.empty_frames:
+        STATUS.pending = PendingRun(scene_name, prepared, settings, replace_name, target_name)
+        STATUS.say(prepared.empty_message + ". Send anyway?", error=True)
+        return False
+    start_run(scene_name, prepared, settings, replace_name, target_name)
+    return True
+
+
+def _show_forming(run: ActiveRun) -> None:
+    """The job's newest preview on the previs scene's Sequencer, when one came that is not shown yet."""
+    from .live_preview import LIVE
+    from .strips import previs_scene, shot_offset
+
+    preview, shot = run.runner.state.preview, bpy.data.scenes.get(run.scene_name)
+    if preview is None or preview[0] == LIVE.step or shot is None:
+        return
+    try:
+        target = previs_scene(shot, run.target_name or run.settings.preview_scene)
+        LIVE.show(target, shot_offset(target, shot), run.prepared, preview, run.runner.state.total)
+    except Exception as e:  # noqa: BLE001 - a preview that cannot be shown never stops the job
+        print(f"SparseCtrl: the preview of step {preview[0]} could not be shown: {e}")
+        LIVE.step = preview[0]  # not tried again
+
+
 def _report(message: str, error: bool) -> None:
     """Put a message in Blender's Info report from a timer (only operators can report)."""
     try:
@@ -155,16 +244,16 @@ def _report(message: str, error: bool) -> None:
         pass
 
 
-TIMERS = (_poll_connection, _poll_run)
+TIMERS = (_poll_connection, _poll_prepare, _poll_run)  # the prepare before the run it starts
 
 
 def run_timers(timeout: float = 120.0) -> None:
     """What Blender's event loop does with the add-on's timers, for bpy as a module (scripts, tests), which has
     none: call them until the connection check and the job are over (the strip added). TimeoutError if not."""
     deadline = time.monotonic() + timeout
-    pending = list(TIMERS)
-    while pending:
-        pending = [timer for timer in pending if timer() is not None]
+    pending = True
+    while pending:  # all of them each round: one may start another's work (the passes rendered, the job sent)
+        pending = [timer for timer in TIMERS if timer() is not None]
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"the add-on's timers still run after {timeout:g} s: {STATUS.message}")
         if pending:
@@ -229,13 +318,28 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return STATUS.run is None
+        return STATUS.run is None and STATUS.preparing is None
+
+    def invoke(self, context, event):
+        result = self.execute(context)
+        if STATUS.preparing is not None and context.window is not None:
+            context.window_manager.modal_handler_add(self)  # only to hear Esc; the timer renders
+            return {"RUNNING_MODAL"}
+        return result
+
+    def modal(self, context, event):
+        if STATUS.preparing is None:
+            return {"FINISHED"}
+        if event.type == "ESC" and event.value == "PRESS":
+            cancel_prepare()
+            return {"CANCELLED"}
+        return {"PASS_THROUGH"}
 
     def execute(self, context):
         if self.pending != "NONE":
             return self._pending(self.pending == "SEND")
-        from .generation import prepare
-        from .passes import PassError
+        from .generation import prepare_steps
+        from .passes import PassError, run_steps
         from .scene_keyframes import KeyframeError
         from .strips import PlacementError, active_preview_strip, check_target, shot_scene_of
 
@@ -265,20 +369,25 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         settings = to_settings(props)
         if health is not None and (why := unavailable(settings, health)):  # said before anything is rendered
             return self._fail(why)
-        try:
-            prepared = prepare(shot, settings, retake)
-        except (KeyframeError, PassError, ValueError) as e:
-            return self._fail(str(e))
-        for message in prepared.messages:
-            self.report({"WARNING"}, message)
         target_name = target.name if target is not None else ""
         replace_name = replace.name if replace else None
-        if prepared.empty_frames:
-            STATUS.pending = PendingRun(shot.name, prepared, settings, replace_name, target_name)
-            STATUS.say(prepared.empty_message + ". Send anyway?", error=True)
-            return {"CANCELLED"}
-        start_run(shot.name, prepared, settings, replace_name, target_name)
-        return {"FINISHED"}
+        steps = prepare_steps(shot, settings, retake)
+        try:
+            progress = next(steps)  # the settings and keyframes checked, nothing rendered yet
+            if STEP_PASSES if STEP_PASSES is not None else not bpy.app.background:
+                STATUS.preparing = Preparing(shot.name, steps, progress, settings, replace_name, target_name)
+                STATUS.say(f"rendering {progress.total} passes (Esc or Cancel stops before anything is sent)")
+                if not bpy.app.timers.is_registered(_poll_prepare):
+                    bpy.app.timers.register(_poll_prepare, first_interval=0.0)
+                return {"FINISHED"}
+            prepared = run_steps(steps)
+        except (KeyframeError, PassError, ValueError) as e:
+            return self._fail(str(e))
+        sent = _prepared(shot.name, prepared, settings, replace_name, target_name, self._warn)
+        return {"FINISHED"} if sent else {"CANCELLED"}
+
+    def _warn(self, message: str) -> None:
+        self.report({"WARNING"}, message)
 
     def _pending(self, send: bool):
         pending, STATUS.pending = STATUS.pending, None
@@ -332,6 +441,7 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
         lost_after=LOST_AFTER_SECONDS,
         prepare=prepared.encode,
         default_owner=None if named else preferences.owner(),  # not sent where the token names the artist
+        previews=True,
     )  # the PNGs are made in the job thread: Blender's UI is not held for them
     thread = threading.Thread(target=runner.run, name="sparsectrl-job", daemon=True)  # started by the timer
     STATUS.run = ActiveRun(scene_name, prepared, runner, thread, settings, replace_name, target_name)
@@ -349,13 +459,15 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
 class SPARSECTRL_OT_cancel(bpy.types.Operator):
     bl_idname = "sparsectrl.cancel"
     bl_label = "Cancel"
-    bl_description = "Cancel the running generation on the server"
+    bl_description = "Stop the passes' renders (nothing sent), or cancel the running generation on the server"
 
     @classmethod
     def poll(cls, context):
-        return STATUS.run is not None
+        return STATUS.run is not None or STATUS.preparing is not None
 
     def execute(self, context):
+        if cancel_prepare():
+            return {"FINISHED"}
         STATUS.run.runner.cancel()
         STATUS.say("cancelling…")
         return {"FINISHED"}
@@ -390,10 +502,29 @@ def cancel_on_quit() -> None:
         print(f"SparseCtrl: Blender is quitting: job {STATUS.run.runner.state.job_id} cancelled on the server")
 
 
+@bpy.app.handlers.persistent
+def _stop_passes_before_save(*_args) -> None:
+    """A save while the passes render stops them: their temporary scene copy must not be saved."""
+    if STATUS.preparing is not None:
+        cancel_prepare()
+        STATUS.say("saving stopped the passes' renders (nothing was sent): press Generate again", error=True)
+
+
+def register_handlers() -> None:
+    if _stop_passes_before_save not in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.append(_stop_passes_before_save)
+
+
+def unregister_handlers() -> None:
+    while _stop_passes_before_save in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.remove(_stop_passes_before_save)
+
+
 def unregister_timers() -> None:
     for timer in TIMERS:
         while bpy.app.timers.is_registered(timer):  # every registration: one left makes bpy 4.2/4.5 fail at exit
             bpy.app.timers.unregister(timer)
+    cancel_prepare()
     if STATUS.run is not None:
         STATUS.run.runner.cancel_now()  # the job thread's next poll may never come
         STATUS.run.runner.cancel()

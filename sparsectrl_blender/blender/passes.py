@@ -7,7 +7,9 @@ removed afterwards, also when a render fails. The user's scene is never written 
 
 Everything here runs on Blender's main thread, reading and processing a keyframe's files included: a Python
 thread that runs Python code while bpy.ops.render.render renders crashes the bpy module (segfault, 4.2.23 and
-5.0.1; docs/troubleshooting.md), so they are not overlapped with the next keyframe's render.
+5.0.1; docs/troubleshooting.md), so they are not overlapped with the next keyframe's render. So that Blender's UI
+answers between renders, `PassRenderer.render_steps` is a generator that pauses (yields) after each render: the
+panel runs one step per timer tick, `render` runs them all in a loop (`run_steps`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ log = logging.getLogger(__name__)
 
 class PassError(RuntimeError):
     """A pass could not be rendered; the message is for the artist."""
+
+
+def run_steps(steps):
+    """Run a step generator (render_steps, generation.prepare_steps) to its end in one go; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -110,6 +121,7 @@ class PassRenderer:
         self.seconds_per_keyframe: list[float] = []
         # Where the time went, summed over keyframes: scene copy, frame_set, render, read, process, cleanup.
         self.stage_seconds: dict[str, float] = {}
+        self.renders_done = 0  # counted across render_steps calls: the panel's progress
 
     @contextmanager
     def timed(self, stage: str):
@@ -168,13 +180,17 @@ class PassRenderer:
         except RuntimeError as e:
             raise PassError(f"rendering frame {frame} failed: {e}") from None
         seconds = time.perf_counter() - started
+        self.renders_done += 1
         self.seconds_per_keyframe.append(seconds)
         self.stage_seconds["render"] = self.stage_seconds.get("render", 0.0) + seconds
 
     def _geometry_buffers(self, frames: list[int], ids: bool = False) -> list[RenderBuffers]:
+        return run_steps(self._geometry_steps(frames, ids))
+
+    def _geometry_steps(self, frames: list[int], ids: bool = False):
         """Camera Z and alpha at each frame (and, with `ids`, line art's: world positions and per-object and
         per-material ids from Cryptomatte): Cycles at one sample through the pixel centre, passes through a File
-        Output node."""
+        Output node. A generator: yields after each frame, returns the list of RenderBuffers."""
         tree, render_layers, sockets = self._geometry_setup(ids)
         scene = self._copy
         buffers = []
@@ -199,6 +215,7 @@ class PassRenderer:
                     extra["position"] = _read_pass(files["position"])[:, :, :3]
                 z, alpha = _read_pass(files["z"])[:, :, 0], _read_pass(files["alpha"])[:, :, 0]
                 buffers.append(RenderBuffers(z=z, alpha=alpha, **extra))
+            yield
         return buffers
 
     def _geometry_setup(self, ids: bool):
@@ -231,8 +248,9 @@ class PassRenderer:
         render_layers.layer = self.view_layer_name
         return tree, render_layers, sockets
 
-    def _png_frames(self, frames: list[int], prefix: str) -> list[np.ndarray]:
-        """Render `frames` with the copy's current engine to PNG; uint8 (h, w, 3) each."""
+    def _png_frames(self, frames: list[int], prefix: str):
+        """Render `frames` with the copy's current engine to PNG; uint8 (h, w, 3) each. A generator: yields after
+        each frame, returns the list."""
         scene = self._copy
         scene.render.film_transparent = False
         scene.render.use_compositing = False
@@ -249,12 +267,13 @@ class PassRenderer:
             with self.timed("read"):
                 pixels = _read_image(path)[:, :, :3]
                 images.append(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+            yield
         return images
 
-    def _rgb(self, frames: list[int]) -> list[np.ndarray]:
-        """A quick shaded render: Workbench, as the scene's viewport shading settings describe it."""
+    def _rgb(self, frames: list[int]):
+        """A quick shaded render: Workbench, as the scene's viewport shading settings describe it (steps)."""
         self._copy.render.engine = "BLENDER_WORKBENCH"
-        return self._png_frames(frames, "rgb")
+        return (yield from self._png_frames(frames, "rgb"))
 
     def render_shaded(self, frames: list[int], samples: int) -> dict[int, np.ndarray]:
         """Cycles RGB at `samples` samples (training images closer to real footage than Workbench's)."""
@@ -262,22 +281,30 @@ class PassRenderer:
         scene.render.engine = "CYCLES"
         scene.cycles.samples = samples
         scene.cycles.device = "CPU"
-        return dict(zip(frames, self._png_frames(frames, "shaded"), strict=True))
+        return dict(zip(frames, run_steps(self._png_frames(frames, "shaded")), strict=True))
 
     def render(self, modality: str, frames: list[int]) -> dict[int, np.ndarray]:
-        """Condition images (uint8 (h, w, 3)) for `modality` at each timeline frame."""
+        """Condition images (uint8 (h, w, 3)) for `modality` at each timeline frame, all in one go."""
+        return run_steps(self.render_steps(modality, frames))
+
+    def render_steps(self, modality: str, frames: list[int]):
+        """`render` as steps: a generator that yields after each frame's render (and once before the images are
+        made from the buffers), so that no step blocks the UI longer than one render; returns what `render` does.
+        Closing it between steps leaves nothing behind once the renderer's `with` ends."""
         if modality not in identifiers(MODALITIES):
             raise PassError(f"unknown pass {modality!r}")
         if modality == "rgb":
-            images = self._rgb(frames)
+            images = yield from self._rgb(frames)
         else:
-            buffers = self._geometry_buffers(frames, ids=modality == "lineart")
+            buffers = yield from self._geometry_steps(frames, ids=modality == "lineart")
             with self.timed("process"):
                 if modality == "depth":
                     images = depth_images(buffers, frames)
                 else:
                     orthographic = self.orthographic
                     images = [lineart_image(b, orthographic=o) for b, o in zip(buffers, orthographic, strict=True)]
+            if len(frames) > 1:
+                yield  # the condition images of many frames (depth's ranges follow them) are a step of their own
         for frame, seconds in zip(frames, self.seconds_per_keyframe[-len(frames) :], strict=True):
             log.info("%s pass at frame %d: %.2f s", modality, frame, seconds)
         return dict(zip(frames, images, strict=True))

@@ -65,11 +65,13 @@ class Client:
             url = "http://" + url
         self.url, self.timeout, self.token = url, timeout, token.strip()
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def _request(self, method: str, path: str, body: Any = None, raw: bool = False, timeout: float | None = None):
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers.update(self._auth())
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
@@ -106,6 +108,24 @@ class Client:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("DELETE", f"/v1/jobs/{_path(job_id)}")
+
+    def preview(self, job_id: str) -> tuple[int, int, bytes] | None:
+        """The job's newest preview (docs/api.md): (step, frames, PNG of the frames side by side), None before
+        the first step (404) or from a server without previews."""
+        req = urllib.request.Request(f"{self.url}/v1/jobs/{_path(job_id)}/preview", headers=self._auth())
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                png, headers = resp.read(), resp.headers
+        except urllib.error.HTTPError as e:
+            if e.code in (404, 405):
+                return None
+            raise _http_error(e) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise ServerError(f"lost the connection to the server at {self.url} ({e})", "unreachable") from None
+        try:
+            return int(headers["X-Preview-Step"]), int(headers["X-Preview-Frames"]), png
+        except (KeyError, TypeError, ValueError):
+            return None  # not a preview as docs/api.md says: none shown
 
     def video(self, job_id: str) -> bytes:
         return self._request("GET", f"/v1/jobs/{_path(job_id)}/video", raw=True, timeout=120.0)

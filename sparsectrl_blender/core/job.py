@@ -144,6 +144,8 @@ class RunnerState:
     lost: bool = False  # the server went away during the job
     job: dict = field(default_factory=dict)
     video: bytes | None = None
+    # The newest preview fetched (with previews on): (step, frames, PNG), replaced whole, read by the UI.
+    preview: tuple[int, int, bytes] | None = None
 
 
 class JobRunner:
@@ -163,9 +165,11 @@ class JobRunner:
         prepare=None,
         guard: RenderGuard = GUARD,
         default_owner: str | None = None,
+        previews: bool = False,
     ):
         self.client, self.body, self.prepare = client, body, prepare
         self.default_owner = default_owner
+        self.previews = previews  # fetch the newest preview when the job says there is one (the panel)
         self.poll_seconds, self.lost_after = poll_seconds, lost_after
         self.guard = guard
         self.state = RunnerState()
@@ -264,10 +268,24 @@ class JobRunner:
             return
         if job["status"] != "succeeded":
             s.phase = job["status"]
+            self._fetch_preview(job)
             return
         s.phase = "downloading"
         s.video = self.client.video(s.job_id)
         s.phase = "done"
+
+    def _fetch_preview(self, job: dict) -> None:
+        """The newest preview, when the job has one newer than the one held (servers before previews: none)."""
+        step = job.get("preview_step")
+        if not self.previews or not step or (self.state.preview and self.state.preview[0] >= step):
+            return
+        try:
+            preview = self.client.preview(self.state.job_id)
+        except ServerError as e:  # a preview missed is no reason to fail the job: the next poll tries again
+            log.info("preview of job %s: %s", self.state.job_id, e)
+            return
+        if preview is not None:
+            self.state.preview = preview
 
 
 def video_folder(blend_path: str) -> Path:

@@ -61,6 +61,17 @@ def test_the_benchmark_command_writes_a_section(tmp_path):
     )
     assert depth and float(depth.group(1)) > 0
     per_frame = re.findall(rf"^\| ([a-z_ ()]+) \| ({NUMBER}) \| ({NUMBER}) \|$", text, re.M)
+    # #29: the same Generates stepped, a pass render per tick: the longest block, beside the one block before.
+    stepped = re.findall(
+        rf"^Stepped, .*: the longest block \*\*({NUMBER}) s\*\* \(its longest render {NUMBER} s\), all (\d+) blocks "
+        r"(\d+\.\d\d) s; before, in one "
+        r"block: (\d+\.\d\d) s\.$",
+        text,
+        re.M,
+    )
+    # the call, the renders, (the processing,) the cleanup, the job sent
+    assert [int(t) for _, t, _, _ in stepped] == [1 + 1 + 1 + 1, 1 + 3 + 1 + 1 + 1]
+    assert all(0 < float(longest) <= float(total) for longest, _, total, _ in stepped)
     assert {"render", "scene copy"} <= {name for name, _, _ in per_frame}
 
 
@@ -71,6 +82,7 @@ def test_the_prompt_is_checked_before_anything_is_rendered(monkeypatch):
         raise AssertionError("rendered before the settings were checked")
 
     monkeypatch.setattr(passes.PassRenderer, "render", no_render)
+    monkeypatch.setattr(passes.PassRenderer, "render_steps", no_render)
     with pytest.raises(ValueError, match="write a prompt"):
         generation.prepare(bpy.context.scene, GenerationSettings(prompt=" ", size=64))
 

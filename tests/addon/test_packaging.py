@@ -172,7 +172,9 @@ def test_install_enable_disable_reenable_leaves_nothing_behind(tmp_path):
         "SPARSECTRL_OT_randomize_seed",
         "SPARSECTRL_OT_report",
         "SPARSECTRL_PT_sequencer",
+        *(f"SPARSECTRL_PT_sequencer_{k}" for k in ("depth", "generation", "keyframes", "look", "takes")),
         "SPARSECTRL_PT_view3d",
+        *(f"SPARSECTRL_PT_view3d_{k}" for k in ("depth", "generation", "keyframes", "look", "takes")),
     ]
     assert any(with_timers["timers"])
     assert not disabled["enabled"] and not disabled["scene_prop"]

@@ -3,6 +3,8 @@ in each state (not connected, connected with depth missing, running, failed with
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 bpy = pytest.importorskip("bpy")
@@ -41,6 +43,15 @@ class Layout:
 
     def progress(self, factor=0.0, text=""):
         self.log.append(("progress", text))
+
+    def template_icon(self, icon_value=0, scale=1.0):
+        assert icon_value, "an icon for nothing"
+        self.log.append(("icon", icon_value))
+
+    def icon(self, data):
+        # Not UILayout.icon: its preview of an image made in the background crashed bpy at exit (5.0.1).
+        assert isinstance(data, bpy.types.ID), f"an icon of {data!r}"
+        return 1
 
 
 @pytest.fixture
@@ -145,3 +156,63 @@ def test_the_panel_in_each_state(addon):
     ops.STATUS.can_resubmit = True
     assert ("operator", "sparsectrl.generate", "Resubmit") in draw(panels)
     ops.STATUS.can_resubmit = False
+
+
+def test_every_sub_panel_is_registered_under_its_parent_and_draws(addon):
+    """The panel as Blender's own: the common path in the parent, the rest in sub-panels (bl_parent_id), the
+    rarely changed ones closed, Depth every frame's checkbox in its header; each one drawn, in both editors."""
+    ops, panels = addon
+    build_shot()
+    parents = {"SPARSECTRL_PT_sequencer": "SEQUENCE_EDITOR", "SPARSECTRL_PT_view3d": "VIEW_3D"}
+    subs = [cls for cls in panels.CLASSES if getattr(cls, "bl_parent_id", "")]
+    assert len(subs) == 2 * len(panels.SECTIONS) == 10
+    for cls in subs:
+        assert getattr(bpy.types, cls.__name__, None) is cls, f"{cls.__name__} not registered"
+        assert parents[cls.bl_parent_id] == cls.bl_space_type
+        log = []
+        panel = type("Self", (), {"layout": Layout(log)})()
+        if hasattr(cls, "draw_header"):
+            cls.draw_header(panel, bpy.context)
+        cls.draw(panel, bpy.context)
+        assert log, f"{cls.__name__} draws nothing"
+    labels = {cls.bl_label: cls for cls in subs if cls.bl_space_type == "SEQUENCE_EDITOR"}
+    assert list(labels) == ["Keyframes", "Depth every frame", "Look", "Generation", "Takes"]
+    closed = {label for label, cls in labels.items() if "DEFAULT_CLOSED" in cls.bl_options}
+    assert closed == {"Depth every frame", "Look", "Generation"}
+    header = []
+    labels["Depth every frame"].draw_header(type("Self", (), {"layout": Layout(header)})(), bpy.context)
+    assert header == [("prop", "depth_every_frame")]
+    # The parent: the common path only (server, prompt, Generate), nothing that belongs to a sub-panel.
+    main = []
+    panels.draw_main(Layout(main), bpy.context)
+    assert {e[1] for e in main if e[0] == "prop"} == {"server_url", "prompt", "negative_prompt"}
+    assert ("operator", "sparsectrl.generate", "Generate") in main
+
+
+def test_the_panel_while_passes_render_and_while_the_clip_forms(addon):
+    import numpy as np
+
+    from sparsectrl_blender.blender.generation import PassProgress
+    from sparsectrl_blender.blender.live_preview import LIVE
+
+    ops, panels = addon
+    build_shot()
+    ops.STATUS.preparing = ops.Preparing("Scene", iter(()), PassProgress(3, 8), None, None, "")
+    rendering = draw(panels)
+    assert ("label", "rendering passes: 3/8") in rendering and ("progress", "passes 3/8") in rendering
+    assert ("operator", "sparsectrl.cancel", None) in rendering
+    assert ("operator", "sparsectrl.generate", "Generate") not in rendering
+    ops.STATUS.preparing = None
+
+    class Runner:
+        state = sys.modules["sparsectrl_blender.core.job"].RunnerState(phase="running", step=2, total=25)
+
+    ops.STATUS.run = ops.ActiveRun("Scene", None, Runner(), None, None)
+    running = draw(panels)
+    assert ("label", "running: step 2/25") in running and not any(e[0] == "icon" for e in running)
+    LIVE.step, LIVE.total = 2, 25
+    LIVE._panel_image(np.full((8, 12, 3), 200, np.uint8))
+    forming = draw(panels)
+    assert any(e[0] == "icon" for e in forming) and ("label", "step 2/25") in forming
+    LIVE.clear()
+    ops.STATUS.run = None

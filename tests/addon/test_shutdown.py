@@ -86,7 +86,7 @@ def test_an_addon_session_exits_cleanly_with_a_plain_exit():
     out, _ = _run(_ADDON_SESSION)
     assert out.returncode == 0, f"exit status {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     assert out.stdout.count("MESSAGE cannot reach the server") == 2, out.stdout[-2000:]
-    assert "TIMERS LEFT [False, False]" in out.stdout and "END" in out.stdout
+    assert "TIMERS LEFT [False, False, False]" in out.stdout and "END" in out.stdout
 
 
 @pytest.mark.parametrize("status", [0, 3])
