@@ -869,6 +869,19 @@ def _append(path: Path, lines: list[str]) -> None:
     print(f"appended to {path}")
 
 
+def _counting_parser(sub, name: str, help: str, arch: str, frames: int, size: int) -> argparse.ArgumentParser:
+    """A FLOP-counting command's parser with the arguments they all take (architecture, shot, device, output)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--arch", choices=["full", "tiny"], default=arch)
+    p.add_argument("--frames", type=int, default=frames)
+    p.add_argument("--size", type=int, default=size)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
+    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m server.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -934,33 +947,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the job also has a depth ControlNet on every frame (#16; --arch full: SD1.5's ControlNet architecture)",
     )
     lv.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    fl = sub.add_parser("flops", help="FLOPs of a final and of each kind of draft at the same shot")
-    fl.add_argument("--arch", choices=["full", "tiny"], default="full")
-    fl.add_argument("--frames", type=int, default=16)
-    fl.add_argument("--size", type=int, default=512)
+    fl = _counting_parser(sub, "flops", "FLOPs of a final and of each kind of draft at the same shot", "full", 16, 512)
     fl.add_argument("--steps", type=int, default=25, help="the final's steps")
-    fl.add_argument("--device", default="auto")
-    fl.add_argument("--dtype", default="auto")
-    fl.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
-    fl.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    rt = sub.add_parser("retake", help="FLOPs of a retake of a span beside the whole shot")
-    rt.add_argument("--arch", choices=["full", "tiny"], default="tiny")
-    rt.add_argument("--frames", type=int, default=128)
+    rt = _counting_parser(sub, "retake", "FLOPs of a retake of a span beside the whole shot", "tiny", 128, 64)
     rt.add_argument("--span", type=int, default=16, help="frames the retake generates anew, mid-shot")
-    rt.add_argument("--size", type=int, default=64)
     rt.add_argument("--steps", type=int, default=2)
-    rt.add_argument("--device", default="auto")
-    rt.add_argument("--dtype", default="auto")
-    rt.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
-    rt.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    pv = sub.add_parser("preview", help="FLOPs of a live preview (linear, TAESD) beside a denoising step's")
-    pv.add_argument("--arch", choices=["full", "tiny"], default="full")
-    pv.add_argument("--frames", type=int, default=16)
-    pv.add_argument("--size", type=int, default=128)
-    pv.add_argument("--device", default="auto")
-    pv.add_argument("--dtype", default="auto")
-    pv.add_argument("--data-dir", help="for --arch tiny: where the tiny model is kept")
-    pv.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    preview_help = "FLOPs of a live preview (linear, TAESD) beside a denoising step's"
+    _counting_parser(sub, "preview", preview_help, "full", 16, 128)
     t = sub.add_parser("train", help="training steps of a new encoder (server/train) on synthetic clips")
     t.add_argument("--arch", choices=["full", "tiny"], default="full")
     t.add_argument("--frames", type=int, default=16)

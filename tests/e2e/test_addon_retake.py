@@ -32,14 +32,6 @@ def tiny_server(tmp_path_factory, tiny_root):
     server.stop()
 
 
-def needs(server, *fields: str) -> None:
-    """Skip where the server has not the #28 fields yet (its server side: branches known-frames, color-lock)."""
-    schemas = server.client.get("/openapi.json").json()["components"]["schemas"].values()
-    known = {name for schema in schemas for name in schema.get("properties", {})}
-    if missing := [f for f in fields if f not in known]:
-        pytest.skip(f"this server has no {', '.join(missing)} yet (#28's server side)")
-
-
 @pytest.fixture
 def addon():
     import sparsectrl_blender
@@ -125,7 +117,6 @@ def test_retake_says_what_it_cannot_before_anything_is_sent(tiny_server, tmp_pat
 def test_retake_stacks_a_take_whose_frames_outside_the_span_are_the_parents(tiny_server, tmp_path, addon):
     """#28 item 6: the add-on's Retake on a .blend starting at 1001 at 29.97 fps stacks a take whose delivered
     frames outside the span equal the parent's; a retake of it too; a take gone from the server is said."""
-    needs(tiny_server, "retake")
     ops = addon
     previs, parent = _take(tiny_server, tmp_path, ops)
     parent_meta = json.loads(parent["sparsectrl"])
@@ -227,7 +218,6 @@ def test_batch_says_what_it_cannot_retake_pin_or_colour_lock_before_rendering(ti
 def test_batch_retakes_a_strip_or_a_job(tiny_server, tmp_path):
     """--retake-of a strip on the previs scene, or a job id, and --span in timeline frames: the delivered frames
     outside the span are the parent's."""
-    needs(tiny_server, "retake")
     common, parent, parent_job = _batch_take(tiny_server, tmp_path)
     out = run_batch(tmp_path / "shot.blend", *common, "--retake-of", parent, "--span", "1040:1060", "--seed", 4)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -265,7 +255,6 @@ def _rgb_look_job(server, tmp_path, *flags) -> dict:
 
 
 def test_batch_colour_locks_the_rgb_look(tiny_server, tmp_path):
-    needs(tiny_server, "color_lock")
     job = _rgb_look_job(tiny_server, tmp_path, "--color-lock")
     assert job["request"]["color_lock"] is True
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
@@ -274,7 +263,6 @@ def test_batch_colour_locks_the_rgb_look(tiny_server, tmp_path):
 
 
 def test_batch_pins_the_rgb_look(tiny_server, tmp_path):
-    needs(tiny_server, "pin")
     request = _rgb_look_job(tiny_server, tmp_path, "--pin")["request"]
     assert {(k["index"], k.get("modality", "")): k.get("pin", False) for k in request["keyframes"]} == {
         (0, ""): False,
