@@ -103,3 +103,14 @@ def test_preview_benchmark_counts_a_preview_beside_a_step(data_dir_with_tiny, tm
     # 8 frames of 8x8 latents, 4 channels to 3: 2 * 4 * 3 FLOPs a pixel (the counter's einsum), nothing else.
     assert linear == pytest.approx(2 * 4 * 3 * 8 * 8 * 8, rel=1e-3) and linear < step
     assert float(rows["| preview, TAESD"][1]) > linear
+
+
+def test_retake_benchmark_counts_a_span_beside_the_whole_shot(data_dir_with_tiny, tmp_path):
+    """#28: 40 frames in windows of 16 (starts 0, 12, 24), an 8-frame span mid-shot (16..23) touches two of the
+    three windows and decodes 8 of 40 frames: less than the whole, more than nothing."""
+    out_file = tmp_path / "BENCHMARKS.md"
+    bench(data_dir_with_tiny, out_file, "retake", "--frames", "40", "--span", "8", "--size", "64", "--steps", "1")
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in out_file.read_text().splitlines()}
+    assert rows["| whole shot"][1] == "0..39" and rows["| retake"][1] == "16..23"
+    assert 0.1 < float(rows["| retake"][3].rstrip(" |")) < 0.9
+    assert "python -m server.bench retake --arch tiny --frames 40 --size 64 --steps 1 --span 8" in out_file.read_text()
