@@ -42,6 +42,9 @@ say "step 2: one token for Ray on every box (and the server), token mode on, no 
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(32))')
 export RAY_USAGE_STATS_ENABLED=0
+# A raylet registers with the head within Ray's 30 s on an idle box; several on one busy box (CI's two cores) can
+# take longer ("The current node timed out during startup"): give them 2 minutes.
+export RAY_raylet_start_wait_time_s=${RAY_raylet_start_wait_time_s:-120}
 
 say "step 3: the head, on loopback here (on a real head: its LAN address), with fast node-loss detection"
 RAY_health_check_period_ms=500 RAY_health_check_failure_threshold=3 RAY_health_check_timeout_ms=500 \
