@@ -118,13 +118,12 @@ def clip_skip_embeddings(pipe, text: str, clip_skip: int) -> torch.Tensor:
 
 
 def _assembled(decoded: np.ndarray, indices: list[int], given: dict, num_frames: int) -> np.ndarray:
-    """The clip's frames in order: the decoded ones at `indices`, the given ones (uint8) at theirs."""
-    shape = next(iter(given.values())).shape
-    frames = np.empty((num_frames, *shape), dtype=np.uint8)
+    """The clip's frames in order: the decoded ones at `indices` (a retake's span: never empty), the given ones
+    (uint8) at theirs."""
+    frames = np.empty((num_frames, *decoded.shape[1:]), dtype=np.uint8)
     for f, frame in given.items():
         frames[f] = frame
-    if indices:
-        frames[indices] = decoded
+    frames[indices] = decoded
     return frames
 
 

@@ -110,8 +110,6 @@ def decode_frames(pipe, latents: torch.Tensor, decode_chunk: int, frames: Sequen
     if frames is not None:
         latents = latents[:, :, list(frames)]
     count = latents.shape[2]
-    if count == 0:
-        return np.zeros((0, 0, 0, 3), dtype=np.float32)
     chunks = [pipe.decode_latents(latents[:, :, s : s + decode_chunk]) for s in range(0, count, decode_chunk)]
     video = torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
     return pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
