@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +38,12 @@ class ServerProcess:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.url, timeout=30, headers=headers)
         self._wait_ready()
+
+    @classmethod
+    def tiny(cls, data_dir: Path, tiny_root: Path) -> ServerProcess:
+        """`--model tiny` on a fresh data dir holding a copy of the session's tiny model (not built again)."""
+        shutil.copytree(tiny_root, Path(data_dir) / "models" / "tiny")
+        return cls(["--model", "tiny"], data_dir, Path(data_dir) / "server.log")
 
     def _wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

@@ -29,11 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory, tiny_root):
-    import shutil
-
-    data = tmp_path_factory.mktemp("addon_server")
-    shutil.copytree(tiny_root, data / "models" / "tiny")
-    server = ServerProcess(["--model", "tiny"], data, data / "server.log")
+    server = ServerProcess.tiny(tmp_path_factory.mktemp("addon_server"), tiny_root)
     yield server
     server.stop()
 
