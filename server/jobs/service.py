@@ -89,6 +89,7 @@ class JobService:
             draft_adapter=model.draft_motion_module,
             loras=model.loras,
             controlnets=model.controlnets,
+            ip_adapter=model.ip_adapter is not None,
         )
         if request.retake is not None:
             request = self._with_take(request)
