@@ -102,9 +102,7 @@ def reference_condition(pipe, installed: InstalledAdapter, request: GenerationRe
     if moved:
         encoder.to(device)
     try:
-        embeds = pipe.prepare_ip_adapter_image_embeds(
-            [reference.decoded], None, device, 1, request.guidance_scale > 1
-        )
+        embeds = pipe.prepare_ip_adapter_image_embeds([reference.decoded], None, device, 1, request.guidance_scale > 1)
     finally:
         if moved:
             encoder.to("cpu")
