@@ -362,7 +362,7 @@ class Engine:
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(pipe, request)
             reference = None
             if pipe.image_encoder is not None:  # a job with a reference (build_pipeline)
-                reference = reference_condition(pipe, self.reference_adapter, request, self.device)
+                reference = reference_condition(pipe, self.reference_adapter, request, self.device, self.move)
             known = known_frames_for(pipe, request, prompt_embeds.dtype)
             try:
                 latents = denoise_windowed(

@@ -92,19 +92,22 @@ def install_ip_adapter(pipe, weights) -> InstalledAdapter:
 
 
 @torch.no_grad()
-def reference_condition(pipe, installed: InstalledAdapter, request: GenerationRequest, device) -> ReferenceCondition:
+def reference_condition(
+    pipe, installed: InstalledAdapter, request: GenerationRequest, device, move
+) -> ReferenceCondition:
     """The reference's image embeddings, by the pipeline's own prepare_ip_adapter_image_embeds (the images of one
     adapter side by side, as diffusers takes `ip_adapter_image=[[a, b]]`), with the image encoder on the device
-    only for this (unless diffusers' offload hooks move it)."""
+    only for this: `move(module, device)` brings it and takes it back (the engine's move; diffusers' offload hooks
+    move it themselves)."""
     reference = request.reference
     encoder = installed.weights.image_encoder
     moved = getattr(encoder, "_hf_hook", None) is None  # offloaded: the hooks move it
     if moved:
-        encoder.to(device)
+        move(encoder, device)
     try:
         embeds = pipe.prepare_ip_adapter_image_embeds([reference.decoded], None, device, 1, request.guidance_scale > 1)
     finally:
         if moved:
-            encoder.to("cpu")
+            move(encoder, torch.device("cpu"))
     guidance = (reference.guidance_start, reference.guidance_end)
     return ReferenceCondition(embeds, installed.ip_processors, reference.strength, guidance)
