@@ -10,6 +10,8 @@ Layout written (the same as the real weights' folders, see docs/weights.md):
     ROOT/encoders/{lineart,rgb,depth}/
     ROOT/controlnets/depth/ (a per-frame ControlNet made from the tiny UNet, as lllyasviel's are from SD1.5's;
     built apart, with its own stamp and seed, so the parts above and their parity data never change for it)
+    ROOT/ip_adapter/models/ (an IP-Adapter, plain and plus, and its image encoder in h94/IP-Adapter's layout;
+    built apart likewise)
 """
 
 from __future__ import annotations
@@ -274,9 +276,10 @@ def build_tiny_controlnet(folder: Path, base_unet: Path, seed: int = 7) -> Path:
 
 
 def build_tiny_all(root: Path) -> Path:
-    """The tiny model and its depth ControlNet: everything `--model tiny` loads."""
+    """The tiny model, its depth ControlNet and its IP-Adapter: everything `--model tiny` loads."""
     root = build_tiny_model(root)
     build_tiny_controlnet(root / "controlnets" / "depth", root / "base" / "unet")
+    build_tiny_ip_adapter(root / "ip_adapter", root / "base" / "unet")
     return root
 
 
@@ -301,3 +304,106 @@ def build_tiny_taesd(folder: Path, seed: int = 11, suffix: str = ".safetensors")
     else:
         torch.save(weights, path)
     return path
+
+
+# Bump when the tiny IP-Adapter changes; apart from TINY_VERSION, whose weights it must not move.
+TINY_IP_ADAPTER_VERSION = "1"
+TINY_IMAGE_SIZE, TINY_PATCH = 224, 32  # diffusers' default CLIPImageProcessor (224) fits the tiny image encoder
+
+
+def build_tiny_ip_adapter(folder: Path, base_unet: Path, seed: int = 13) -> Path:
+    """A tiny IP-Adapter in h94/IP-Adapter's layout (docs/weights.md), idempotent like build_tiny_model:
+    `models/image_encoder/` (a transformers CLIPVisionModelWithProjection, 16 heads as ViT-H/14 has, so a single
+    file of it loads as ComfyUI's clip_vision files do), `models/ip-adapter_sd15.safetensors` (the plain adapter)
+    and `models/ip-adapter-plus_sd15.safetensors` (the plus one, a Resampler of 4 layers as the released one), in
+    the original key names diffusers' load_ip_adapter converts, shaped for the tiny base's UNet. Drawn under a
+    forked RNG with its own seed."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    if _up_to_date(folder / "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = _build_folder(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=16,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=TINY_PATCH,
+        )
+        CLIPVisionModelWithProjection(vision).save_pretrained(tmp / "models" / "image_encoder")
+        hidden_sizes = _cross_attention_sizes(UNet2DConditionModel.from_pretrained(base_unet))
+        plain = _ip_attention(hidden_sizes) | _plain_projection(vision.projection_dim)
+        save_file(_flat(plain), str(tmp / "models" / "ip-adapter_sd15.safetensors"))
+        plus = _ip_attention(hidden_sizes) | _plus_projection(vision.hidden_size, queries=16)
+        save_file(_flat(plus), str(tmp / "models" / "ip-adapter-plus_sd15.safetensors"))
+    (tmp / "tiny_ip_adapter.json").write_text(json.dumps({"version": TINY_IP_ADAPTER_VERSION, "seed": seed}))
+    _publish(tmp, folder, "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION)
+    return folder
+
+
+def _cross_attention_sizes(unet) -> list[int]:
+    """The hidden size of each cross-attention of `unet`, in the order diffusers numbers an IP-Adapter's layers
+    (1, 3, 5, ...: its attention processors' order, self-attentions skipped)."""
+    sizes = []
+    for name in unet.attn_processors:
+        if not name.endswith("attn1.processor"):
+            sizes.append(unet.get_submodule(name.removesuffix(".processor")).to_q.out_features)
+    return sizes
+
+
+def _linear(rows: int, cols: int) -> torch.Tensor:
+    return torch.randn(rows, cols) / cols**0.5
+
+
+def _ip_attention(hidden_sizes: list[int]) -> dict:
+    """The adapter's key and value projections of the image tokens, one pair per cross-attention."""
+    layers = {}
+    for n, hidden in enumerate(hidden_sizes):
+        layers[f"{2 * n + 1}.to_k_ip.weight"] = _linear(hidden, CROSS_ATTENTION_DIM)
+        layers[f"{2 * n + 1}.to_v_ip.weight"] = _linear(hidden, CROSS_ATTENTION_DIM)
+    return {"ip_adapter": layers}
+
+
+def _plain_projection(image_embed_dim: int, tokens: int = 4) -> dict:
+    """IP-Adapter's ImageProjModel: the image embedding to `tokens` text-sized tokens, layer-normed."""
+    return {
+        "image_proj": {
+            "proj.weight": _linear(CROSS_ATTENTION_DIM * tokens, image_embed_dim),
+            "proj.bias": torch.randn(CROSS_ATTENTION_DIM * tokens) * 0.02,
+            "norm.weight": 1 + torch.randn(CROSS_ATTENTION_DIM) * 0.02,
+            "norm.bias": torch.randn(CROSS_ATTENTION_DIM) * 0.02,
+        }
+    }
+
+
+def _plus_projection(embed_dim: int, queries: int, dim: int = 64, depth: int = 4) -> dict:
+    """IP-Adapter Plus's Resampler (perceiver attention over the encoder's penultimate hidden states), with the
+    original names: 64 per head as diffusers reads it, `depth` layers as the released adapters have."""
+    norm = lambda d: (1 + torch.randn(d) * 0.02, torch.randn(d) * 0.02)  # noqa: E731
+    proj = {"latents": torch.randn(1, queries, dim) / dim**0.5}
+    proj |= {"proj_in.weight": _linear(dim, embed_dim), "proj_in.bias": torch.zeros(dim)}
+    proj |= {"proj_out.weight": _linear(CROSS_ATTENTION_DIM, dim), "proj_out.bias": torch.zeros(CROSS_ATTENTION_DIM)}
+    proj["norm_out.weight"], proj["norm_out.bias"] = norm(CROSS_ATTENTION_DIM)
+    for i in range(depth):
+        for name in ("norm1", "norm2"):
+            proj[f"layers.{i}.0.{name}.weight"], proj[f"layers.{i}.0.{name}.bias"] = norm(dim)
+        proj[f"layers.{i}.0.to_q.weight"] = _linear(dim, dim)
+        proj[f"layers.{i}.0.to_kv.weight"] = _linear(2 * dim, dim)
+        proj[f"layers.{i}.0.to_out.weight"] = _linear(dim, dim)
+        proj[f"layers.{i}.1.0.weight"], proj[f"layers.{i}.1.0.bias"] = norm(dim)
+        proj[f"layers.{i}.1.1.weight"] = _linear(4 * dim, dim)
+        proj[f"layers.{i}.1.3.weight"] = _linear(dim, 4 * dim)
+    return {"image_proj": proj}
+
+
+def _flat(nested: dict) -> dict:
+    """h94's .safetensors form: "image_proj.<name>" and "ip_adapter.<name>" (its .bin files nest the two)."""
+    return {f"{part}.{name}": t.contiguous() for part, tensors in nested.items() for name, t in tensors.items()}
