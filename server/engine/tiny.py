@@ -335,6 +335,7 @@ def build_tiny_ip_adapter(folder: Path, base_unet: Path, seed: int = 13) -> Path
             projection_dim=32,
             num_hidden_layers=2,
             num_attention_heads=16,
+            hidden_act="gelu",  # as ViT-H/14's (configs/clip_vit_h14), so a single file of it reads the same
             image_size=TINY_IMAGE_SIZE,
             patch_size=TINY_PATCH,
         )

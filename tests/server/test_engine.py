@@ -54,6 +54,7 @@ def bare_diffusers_frames(
     from diffusers import AnimateDiffSparseControlNetPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
     from server.engine.schedulers import SCHEDULERS, overrides_for
+    from server.engine.tiny import build_tiny_ip_adapter
 
     scheduler_class = scheduler_class or DDIMScheduler
     name = next(n for n, kind in SCHEDULERS.items() if kind.cls is scheduler_class)  # its [scheduler.NAME] table
@@ -72,6 +73,7 @@ def bare_diffusers_frames(
         pipe.set_adapters([name], [scale])
     reference = {}
     if request.reference is not None:  # diffusers' documented IP-Adapter recipe
+        build_tiny_ip_adapter(tiny_root / "ip_adapter", tiny_root / "base" / "unet")  # as --model tiny builds it
         pipe.load_ip_adapter(
             tiny_root / "ip_adapter", subfolder="models", weight_name="ip-adapter_sd15.safetensors",
             image_encoder_folder="image_encoder",
