@@ -340,14 +340,31 @@ def build_tiny_ip_adapter(folder: Path, base_unet: Path, seed: int = 13) -> Path
             patch_size=TINY_PATCH,
         )
         CLIPVisionModelWithProjection(vision).save_pretrained(tmp / "models" / "image_encoder")
-        hidden_sizes = _cross_attention_sizes(UNet2DConditionModel.from_pretrained(base_unet))
-        plain = _ip_attention(hidden_sizes) | _plain_projection(vision.projection_dim)
+        unet = UNet2DConditionModel.from_pretrained(base_unet)
+        plain = random_ip_adapter(unet, "plain", vision.projection_dim)
         save_file(_flat(plain), str(tmp / "models" / "ip-adapter_sd15.safetensors"))
-        plus = _ip_attention(hidden_sizes) | _plus_projection(vision.hidden_size, queries=16)
+        plus = random_ip_adapter(unet, "plus", vision.hidden_size, plus_dim=64)
         save_file(_flat(plus), str(tmp / "models" / "ip-adapter-plus_sd15.safetensors"))
     (tmp / "tiny_ip_adapter.json").write_text(json.dumps({"version": TINY_IP_ADAPTER_VERSION, "seed": seed}))
     _publish(tmp, folder, "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION)
     return folder
+
+
+def random_ip_adapter(unet, kind: str, image_dim: int, plus_dim: int | None = None) -> dict:
+    """A random IP-Adapter for `unet` (a 2-D SD UNet) in h94's original names, nested as its .bin files are:
+    plain (`image_dim`: the encoder's projected embedding) or plus (`image_dim`: its hidden size; a Resampler of
+    `plus_dim` channels, the cross-attention size by default, as the released one is). The tiny model's and the
+    memory benchmark's full-size one (engine/full_size.py)."""
+    cross = unet.config.cross_attention_dim
+    layers = {}
+    for n, hidden in enumerate(_cross_attention_sizes(unet)):
+        layers[f"{2 * n + 1}.to_k_ip.weight"] = _linear(hidden, cross)
+        layers[f"{2 * n + 1}.to_v_ip.weight"] = _linear(hidden, cross)
+    if kind == "plain":
+        projection = _plain_projection(image_dim, cross)
+    else:
+        projection = _plus_projection(image_dim, cross, queries=16, dim=plus_dim or cross)
+    return {"image_proj": projection, "ip_adapter": layers}
 
 
 def _cross_attention_sizes(unet) -> list[int]:
@@ -364,45 +381,34 @@ def _linear(rows: int, cols: int) -> torch.Tensor:
     return torch.randn(rows, cols) / cols**0.5
 
 
-def _ip_attention(hidden_sizes: list[int]) -> dict:
-    """The adapter's key and value projections of the image tokens, one pair per cross-attention."""
-    layers = {}
-    for n, hidden in enumerate(hidden_sizes):
-        layers[f"{2 * n + 1}.to_k_ip.weight"] = _linear(hidden, CROSS_ATTENTION_DIM)
-        layers[f"{2 * n + 1}.to_v_ip.weight"] = _linear(hidden, CROSS_ATTENTION_DIM)
-    return {"ip_adapter": layers}
+def _norm(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return 1 + torch.randn(size) * 0.02, torch.randn(size) * 0.02
 
 
-def _plain_projection(image_embed_dim: int, tokens: int = 4) -> dict:
+def _plain_projection(image_dim: int, cross: int, tokens: int = 4) -> dict:
     """IP-Adapter's ImageProjModel: the image embedding to `tokens` text-sized tokens, layer-normed."""
-    return {
-        "image_proj": {
-            "proj.weight": _linear(CROSS_ATTENTION_DIM * tokens, image_embed_dim),
-            "proj.bias": torch.randn(CROSS_ATTENTION_DIM * tokens) * 0.02,
-            "norm.weight": 1 + torch.randn(CROSS_ATTENTION_DIM) * 0.02,
-            "norm.bias": torch.randn(CROSS_ATTENTION_DIM) * 0.02,
-        }
-    }
+    proj = {"proj.weight": _linear(cross * tokens, image_dim), "proj.bias": torch.randn(cross * tokens) * 0.02}
+    proj["norm.weight"], proj["norm.bias"] = _norm(cross)
+    return proj
 
 
-def _plus_projection(embed_dim: int, queries: int, dim: int = 64, depth: int = 4) -> dict:
+def _plus_projection(image_dim: int, cross: int, queries: int, dim: int, depth: int = 4) -> dict:
     """IP-Adapter Plus's Resampler (perceiver attention over the encoder's penultimate hidden states), with the
-    original names: 64 per head as diffusers reads it, `depth` layers as the released adapters have."""
-    norm = lambda d: (1 + torch.randn(d) * 0.02, torch.randn(d) * 0.02)  # noqa: E731
+    original names: 64 channels per head as diffusers reads it, `depth` layers as the released adapters have."""
     proj = {"latents": torch.randn(1, queries, dim) / dim**0.5}
-    proj |= {"proj_in.weight": _linear(dim, embed_dim), "proj_in.bias": torch.zeros(dim)}
-    proj |= {"proj_out.weight": _linear(CROSS_ATTENTION_DIM, dim), "proj_out.bias": torch.zeros(CROSS_ATTENTION_DIM)}
-    proj["norm_out.weight"], proj["norm_out.bias"] = norm(CROSS_ATTENTION_DIM)
+    proj |= {"proj_in.weight": _linear(dim, image_dim), "proj_in.bias": torch.zeros(dim)}
+    proj |= {"proj_out.weight": _linear(cross, dim), "proj_out.bias": torch.zeros(cross)}
+    proj["norm_out.weight"], proj["norm_out.bias"] = _norm(cross)
     for i in range(depth):
         for name in ("norm1", "norm2"):
-            proj[f"layers.{i}.0.{name}.weight"], proj[f"layers.{i}.0.{name}.bias"] = norm(dim)
+            proj[f"layers.{i}.0.{name}.weight"], proj[f"layers.{i}.0.{name}.bias"] = _norm(dim)
         proj[f"layers.{i}.0.to_q.weight"] = _linear(dim, dim)
         proj[f"layers.{i}.0.to_kv.weight"] = _linear(2 * dim, dim)
         proj[f"layers.{i}.0.to_out.weight"] = _linear(dim, dim)
-        proj[f"layers.{i}.1.0.weight"], proj[f"layers.{i}.1.0.bias"] = norm(dim)
+        proj[f"layers.{i}.1.0.weight"], proj[f"layers.{i}.1.0.bias"] = _norm(dim)
         proj[f"layers.{i}.1.1.weight"] = _linear(4 * dim, dim)
         proj[f"layers.{i}.1.3.weight"] = _linear(dim, 4 * dim)
-    return {"image_proj": proj}
+    return proj
 
 
 def _flat(nested: dict) -> dict:
