@@ -58,6 +58,8 @@ class InstalledAdapter:
         return [p for p in self.processors_on.values() if _is_ip(p)]
 
     def turn_on(self, unet) -> None:
+        """The processors first: a plus adapter's projection has attentions of its own, which set_attn_processor
+        would count among the UNet's."""
         unet = _bare(unet)
         unet.set_attn_processor(dict(self.processors_on))  # set_attn_processor pops from the dict it is given
         unet.encoder_hid_proj = self.projection
@@ -65,9 +67,9 @@ class InstalledAdapter:
 
     def turn_off(self, unet) -> None:
         unet = _bare(unet)
-        unet.set_attn_processor(dict(self.processors_off))
         unet.encoder_hid_proj = None
         unet.config.encoder_hid_dim_type = None
+        unet.set_attn_processor(dict(self.processors_off))
 
 
 def _is_ip(processor) -> bool:
@@ -84,8 +86,10 @@ def install_ip_adapter(pipe, weights) -> InstalledAdapter:
     before = dict(unet.attn_processors)
     pipe.register_modules(image_encoder=weights.image_encoder, feature_extractor=weights.feature_extractor)
     pipe.load_ip_adapter(weights.state_dict, subfolder="", weight_name="", image_encoder_folder=None)
-    # diffusers gives every other attention a fresh processor of its class: the UNet's own ones stay instead.
-    on = {name: p if _is_ip(p) else before[name] for name, p in unet.attn_processors.items()}
+    # diffusers gives every other attention a fresh processor of its class: the UNet's own ones stay instead (and a
+    # plus adapter's projection, with attentions of its own, keeps its processors inside it).
+    after = unet.attn_processors
+    on = {name: after[name] if _is_ip(after[name]) else processor for name, processor in before.items()}
     installed = InstalledAdapter(weights, unet.encoder_hid_proj, on, before)
     installed.turn_off(unet)
     return installed

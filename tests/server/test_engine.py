@@ -42,6 +42,7 @@ def bare_diffusers_frames(
     motion_adapter: str = "motion_adapter",
     scheduler_class=None,
     embed=None,
+    ip_adapter_file: str = "ip-adapter_sd15.safetensors",
 ) -> np.ndarray:
     """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe).
 
@@ -75,7 +76,7 @@ def bare_diffusers_frames(
     if request.reference is not None:  # diffusers' documented IP-Adapter recipe
         build_tiny_ip_adapter(tiny_root / "ip_adapter", tiny_root / "base" / "unet")  # as --model tiny builds it
         pipe.load_ip_adapter(
-            tiny_root / "ip_adapter", subfolder="models", weight_name="ip-adapter_sd15.safetensors",
+            tiny_root / "ip_adapter", subfolder="models", weight_name=ip_adapter_file,
             image_encoder_folder="image_encoder",
         )  # fmt: skip
         pipe.set_ip_adapter_scale(request.reference.strength)

@@ -62,6 +62,35 @@ def test_a_reference_equals_diffusers_with_ip_adapter_image(engine, tiny_root, t
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.fixture(scope="module")
+def plus_engine(tiny_config):
+    """The tiny model with its plus adapter ([model.ip_adapter] adapter = the file; the encoder beside it)."""
+    from server.config import load_config
+    from server.engine.engine import Engine
+    from server.engine.models import load_model
+
+    plus = tiny_config.data_dir / "models" / "tiny" / "ip_adapter" / "models" / "ip-adapter-plus_sd15.safetensors"
+    overrides = {"model": {"base": "tiny", "ip_adapter": {"adapter": str(plus)}}}
+    config = load_config(overrides=overrides | {"server": {"data_dir": str(tiny_config.data_dir)}})
+    return Engine(load_model(config.model, config.data_dir), config.scheduler, config.long_video)
+
+
+def test_a_plus_adapter_equals_diffusers_too_and_leaves_the_unet_as_it_was(plus_engine, tiny_root, tiny_config):
+    """ip-adapter-plus: a Resampler over the encoder's penultimate hidden states (its negative: the encoder on a
+    black image), with attentions of its own inside the projection."""
+    assert plus_engine.reference_adapter.weights.kind == "plus"
+    request = with_reference(make_request(), reference_of(1, 2))
+    ours = plus_engine.generate(request).frames
+    theirs = bare_diffusers_frames(
+        tiny_root, tiny_config.scheduler, request, ip_adapter_file="ip-adapter-plus_sd15.safetensors"
+    )
+    np.testing.assert_array_equal(ours, theirs)
+    unet = plus_engine.model.unet
+    assert unet.encoder_hid_proj is None and not any(hasattr(p, "to_k_ip") for p in unet.attn_processors.values())
+    plain = bare_diffusers_frames(tiny_root, tiny_config.scheduler, make_request())
+    np.testing.assert_array_equal(plus_engine.generate(make_request()).frames, plain)
+
+
 def test_strength_0_is_the_job_without_a_reference_bit_for_bit(engine):
     request = make_request(steps=3)
     plain = engine.generate(request).frames
