@@ -147,12 +147,15 @@ class Engine:
         self.scheduler_overrides = dict(scheduler_overrides)
         self.long_video = long_video
         self.performance = performance or DEFAULT_PERFORMANCE
-        # The IP-Adapter (reference.py), installed before the levers (fused projections, compile) see the UNet.
-        self.reference_adapter: InstalledAdapter | None = None
-        if model.ip_adapter is not None:
-            self.reference_adapter = install_ip_adapter(self.build_pipeline(None, "ddim"), model.ip_adapter)
         if performance is not None:
             apply_performance(model, performance, compile_cache)
+        # The IP-Adapter (reference.py), installed once per loaded model after the levers: a job without a
+        # reference runs the UNet's processors as the levers left them (fused projections included).
+        self.reference_adapter: InstalledAdapter | None = None
+        if model.ip_adapter is not None:
+            if model.installed_ip_adapter is None:
+                model.installed_ip_adapter = install_ip_adapter(self.build_pipeline(None, "ddim"), model.ip_adapter)
+            self.reference_adapter = model.installed_ip_adapter
         # How idle weights move (IdleWeights); the memory benchmark swaps in one its tensor counter sees.
         self.move = lambda module, where: module.to(where)
         self.release_residuals = True  # exact and free; off only to measure it (server.bench levers)

@@ -35,6 +35,7 @@ class LoadedModel:
     # The IP-Adapter for references (weights/ip_adapter.py IPAdapterWeights; None: none configured). The engine
     # installs it into the UNet (engine/reference.py).
     ip_adapter: Any = None
+    installed_ip_adapter: Any = None  # engine/reference.py InstalledAdapter, once an engine has installed it
 
     @property
     def has_draft_adapter(self) -> bool:

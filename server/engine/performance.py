@@ -101,9 +101,6 @@ def apply_performance(model: LoadedModel, performance: Performance, compile_cach
     elif performance.fuse_qkv and model.loras:
         # LoRA adapters sit on the separate q/k/v projections that fusing replaces.
         log.warning("performance: fuse_qkv is off because LoRAs are configured ([model.loras])")
-    elif performance.fuse_qkv and model.ip_adapter is not None:
-        # Fusing gives every attention the fused processor, the IP-Adapter's cross-attentions included.
-        log.warning("performance: fuse_qkv is off because an IP-Adapter is configured ([model.ip_adapter])")
     elif performance.fuse_qkv:
         model.unet.fuse_qkv_projections()
         applied.append("fused QKV")
