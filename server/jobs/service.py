@@ -266,6 +266,7 @@ class JobService:
             "loras": dict(model.loras),
             "controlnets": model.controlnets,
             "draft_motion_module": model.draft_motion_module,
+            "ip_adapter": model.ip_adapter,
             "temporal_norm": self.config.model.temporal_norm,
             "weights": [e.to_dict() for e in self.weights],
         }
