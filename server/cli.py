@@ -150,6 +150,13 @@ def _lora_arg(item: str) -> dict[str, Any]:
         raise ConfigError(f"--lora takes NAME or NAME:SCALE, got {item!r}") from None
 
 
+def _read_image(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def generate(config: Config, args: argparse.Namespace) -> int:
     from .engine.engine import random_seed
     from .jobs.execute import JobOutputs, run_job
@@ -185,6 +192,10 @@ def generate(config: Config, args: argparse.Namespace) -> int:
         "quality": "draft" if args.draft else None,
         "loras": [_lora_arg(item) for item in args.lora],
     }
+    if args.reference:
+        fields["reference"] = {"images": [_read_image(path, "reference image") for path in args.reference]}
+        if args.reference_strength is not None:
+            fields["reference"]["strength"] = args.reference_strength
     engine = _load_engine(config)
     try:
         request = resolve_request(
@@ -256,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--lora", action="append", default=[], metavar="NAME[:SCALE]", help="a [model.loras] LoRA to use; repeatable"
     )
+    g.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="a reference look (IP-Adapter, [model.ip_adapter]): a character or style image; repeatable (a sheet's "
+        "views)",
+    )
+    g.add_argument("--reference-strength", type=float, metavar="S", help="the reference's strength (default 1.0)")
     g.add_argument("--out", required=True, metavar="CLIP.mp4")
     g.add_argument("--frames-dir", metavar="DIR", help="also write every frame as DIR/NNNN.png")
     return parser

@@ -44,6 +44,12 @@ def test_generate_writes_the_clip_and_frames(data_dir_with_tiny, tmp_path):
         str(tmp_path / "clip.mp4"),
         "--frames-dir",
         str(tmp_path / "frames"),
+        "--reference",  # a look (the tiny model's IP-Adapter), two views
+        str(tmp_path / "a.png"),
+        "--reference",
+        str(tmp_path / "b.png"),
+        "--reference-strength",
+        "0.5",
     )
     assert out.returncode == 0, out.stderr
     assert "seed 3" in out.stdout
@@ -89,6 +95,8 @@ def test_generate_from_a_config_file(tiny_root, tmp_path):
         (["--model", "tiny", "--modality", "lineart", "--frames", "4"], "keyframe index 9 is outside 0..3"),
         (["--model", "tiny", "--keyframe", "x:y.png"], "--keyframe takes INDEX:IMAGE"),
         (["--model", "tiny", "--keyframe", "rgb:y.png"], "--keyframe takes INDEX:IMAGE or MODALITY:INDEX:IMAGE"),
+        (["--model", "tiny", "--reference", "/nonexistent/knight.png"], "cannot read reference image"),
+        (["--model", "tiny", "--reference", "docs/queue-page.png", "--reference-strength", "3"], "reference.strength"),
     ],
 )
 def test_generate_errors_are_one_line(data_dir_with_tiny, tmp_path, args, message):
