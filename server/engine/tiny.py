@@ -259,19 +259,28 @@ def build_tiny_controlnet(folder: Path, base_unet: Path, seed: int = 7) -> Path:
     filled so that it steers; idempotent like build_tiny_model. Drawn under a forked RNG with its own seed."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    folder = Path(folder)
-    if _up_to_date(folder / "tiny_controlnet.json", TINY_CONTROLNET_VERSION):
+    def build(tmp: Path) -> None:
+        unet = UNet2DConditionModel.from_pretrained(base_unet)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
+        _randomise_zero_params(controlnet, torch.Generator().manual_seed(seed))
+        controlnet.save_pretrained(tmp)
+
+    return _build_apart(Path(folder), "tiny_controlnet.json", TINY_CONTROLNET_VERSION, seed, build)
+
+
+def _build_apart(folder: Path, stamp: str, version: str, seed: int, build) -> Path:
+    """A part built apart from the tiny model (its own stamp, version and seed, drawn under a forked RNG, so the
+    model's weights and their parity data never move for it): `build(tmp)` writes it into a fresh folder, which
+    is published in one rename. Idempotent: an up-to-date folder is kept."""
+    if _up_to_date(folder / stamp, version):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     tmp = _build_folder(folder)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_pretrained(base_unet)
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 8))
-    _randomise_zero_params(controlnet, torch.Generator().manual_seed(seed))
-    controlnet.save_pretrained(tmp)
-    (tmp / "tiny_controlnet.json").write_text(json.dumps({"version": TINY_CONTROLNET_VERSION, "seed": seed}))
-    _publish(tmp, folder, "tiny_controlnet.json", TINY_CONTROLNET_VERSION)
+        build(tmp)
+    (tmp / stamp).write_text(json.dumps({"version": version, "seed": seed}))
+    _publish(tmp, folder, stamp, version)
     return folder
 
 
@@ -322,13 +331,7 @@ def build_tiny_ip_adapter(folder: Path, base_unet: Path, seed: int = 13) -> Path
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    folder = Path(folder)
-    if _up_to_date(folder / "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp = _build_folder(folder)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    def build(tmp: Path) -> None:
         vision = CLIPVisionConfig(
             hidden_size=32,
             intermediate_size=37,
@@ -345,9 +348,8 @@ def build_tiny_ip_adapter(folder: Path, base_unet: Path, seed: int = 13) -> Path
         save_file(_flat(plain), str(tmp / "models" / "ip-adapter_sd15.safetensors"))
         plus = random_ip_adapter(unet, "plus", vision.hidden_size, plus_dim=64)
         save_file(_flat(plus), str(tmp / "models" / "ip-adapter-plus_sd15.safetensors"))
-    (tmp / "tiny_ip_adapter.json").write_text(json.dumps({"version": TINY_IP_ADAPTER_VERSION, "seed": seed}))
-    _publish(tmp, folder, "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION)
-    return folder
+
+    return _build_apart(Path(folder), "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION, seed, build)
 
 
 def random_ip_adapter(unet, kind: str, image_dim: int, plus_dim: int | None = None) -> dict:

@@ -13,6 +13,15 @@ def keyframe(index: int, shift: int = 0) -> dict:
     return {"index": index, "image": base64.b64encode(png_bytes(sketch(shift=shift))).decode()}
 
 
+def finished(server, body: dict) -> dict:
+    """POST `body`, wait for the job; it must succeed."""
+    r = server.client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job = server.wait_for(r.json()["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
 def job_body(**changes) -> dict:
     body = {
         "prompt": "a ball rolling",

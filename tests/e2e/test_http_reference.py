@@ -11,7 +11,7 @@ import hashlib
 import pytest
 
 from tests.conftest import png_bytes
-from tests.e2e.conftest import job_body
+from tests.e2e.conftest import finished, job_body
 from tests.e2e.server_process import ServerProcess
 from tests.server.test_reference import look
 
@@ -27,14 +27,6 @@ def server(tmp_path_factory, tiny_root):
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def finished(server, body: dict) -> dict:
-    r = server.client.post("/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    job = server.wait_for(r.json()["id"])
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def frames(server, job: dict, count: int = 16) -> list[bytes]:

@@ -6,17 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import job_body, keyframe
+from tests.e2e.conftest import finished, job_body, keyframe
 
 pytestmark = pytest.mark.slow
-
-
-def finished(server, body: dict) -> dict:
-    r = server.client.post("/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    job = server.wait_for(r.json()["id"])
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def png_frame(server, job: dict, n: int) -> bytes:
