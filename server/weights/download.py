@@ -34,6 +34,8 @@ _SD15_FILES = (
     "vae/diffusion_pytorch_model.safetensors",
 )
 _DIFFUSERS_MODEL = ("config.json", "diffusion_pytorch_model.safetensors")
+# h94's CLIP ViT-H/14 (~2.5 GB fp16), found beside the adapter once fetched (weights/ip_adapter.py).
+_IMAGE_ENCODER = ("models/image_encoder/config.json", "models/image_encoder/model.safetensors")
 
 DOWNLOADS = {
     d.name: d
@@ -85,6 +87,30 @@ DOWNLOADS = {
             "~0.1 GB",
             "AnimateDiff v3 domain adapter LoRA (optional)",
             'domain_adapter = "guoyww/animatediff/v3_sd15_adapter.ckpt"',
+        ),
+        Download(
+            "ip-adapter",
+            "h94/IP-Adapter",
+            ("models/ip-adapter_sd15.safetensors", *_IMAGE_ENCODER),
+            "~2.6 GB",
+            "SD1.5 IP-Adapter + its ViT-H/14 image encoder, for a job's reference look (on request)",
+            'ip_adapter.adapter = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"',
+        ),
+        Download(
+            "ip-adapter-plus",
+            "h94/IP-Adapter",
+            ("models/ip-adapter-plus_sd15.safetensors", *_IMAGE_ENCODER),
+            "~2.6 GB",
+            "SD1.5 IP-Adapter Plus (closer to the reference) + its image encoder (on request)",
+            'ip_adapter.adapter = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"',
+        ),
+        Download(
+            "ip-adapter-plus-face",
+            "h94/IP-Adapter",
+            ("models/ip-adapter-plus-face_sd15.safetensors", *_IMAGE_ENCODER),
+            "~2.6 GB",
+            "SD1.5 IP-Adapter Plus Face (a character's face) + its image encoder (on request)",
+            'ip_adapter.adapter = "h94/IP-Adapter/models/ip-adapter-plus-face_sd15.safetensors"',
         ),
         Download(
             "animatelcm",
