@@ -6,8 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from server.config import ConfigError, load_config
@@ -178,3 +180,44 @@ def test_download_offers_the_adapters_on_request_only():
         )
         assert d.config.startswith("ip_adapter.adapter = ") and name in describe()
     assert load_config(overrides={"model": {"ip_adapter": {"adapter": DOWNLOADS["ip-adapter"].config.split('"')[1]}}})
+
+
+@pytest.mark.slow
+def test_the_contract_call_installs_it_into_a_sparsectrl_pipeline(h94, tiny_root, tmp_path):
+    """pipe.load_ip_adapter(state_dict, subfolder=None, weight_name=None, image_encoder_folder=None), as the engine
+    calls it, on diffusers' AnimateDiffSparseControlNetPipeline; a motion UNet forward reads the image embeddings."""
+    from diffusers import AnimateDiffSparseControlNetPipeline, MotionAdapter, SparseControlNetModel
+
+    weights = loaded(tmp_path, {"adapter": str(h94 / "models" / "ip-adapter-plus_sd15.safetensors")})
+    pipe = AnimateDiffSparseControlNetPipeline.from_pretrained(
+        tiny_root / "base",
+        motion_adapter=MotionAdapter.from_pretrained(tiny_root / "motion_adapter"),
+        controlnet=SparseControlNetModel.from_pretrained(tiny_root / "encoders" / "rgb"),
+    )
+    pipe.load_ip_adapter(weights.state_dict, subfolder=None, weight_name=None, image_encoder_folder=None)
+    pipe.register_modules(image_encoder=weights.image_encoder, feature_extractor=weights.feature_extractor)
+    images = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 255)]
+    embeds = [pipe.prepare_ip_adapter_image_embeds([[im]], None, "cpu", 1, False) for im in images]
+    unet, frames = pipe.unet, 2
+    size = unet.config.sample_size
+    latents = torch.randn(1, unet.config.in_channels, frames, size, size)
+    text = torch.randn(frames, 4, unet.config.cross_attention_dim)  # per frame, as the pipelines pass it
+    with torch.no_grad():
+        a, b = (unet(latents, 10, text, added_cond_kwargs={"image_embeds": e}).sample for e in embeds)
+    assert a.shape == latents.shape and not torch.equal(a, b)
+
+
+class Payload:
+    """Not a tensor: a pickle holding it is refused unread."""
+
+
+def test_a_bin_with_python_objects_is_refused(h94, tmp_path):
+    from server.weights.ip_adapter import read_ip_adapter
+
+    nested = read_ip_adapter(h94 / "models" / "ip-adapter_sd15.safetensors")
+    torch.save({**nested, "extra": Payload()}, tmp_path / "ip-adapter_sd15.bin")
+    with pytest.raises(ModelLoadError, match="pickled Python objects"):
+        loaded(
+            tmp_path,
+            {"adapter": str(tmp_path / "ip-adapter_sd15.bin"), "image_encoder": str(h94 / "models" / "image_encoder")},
+        )
