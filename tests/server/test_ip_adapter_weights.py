@@ -4,6 +4,7 @@ ComfyUI's models/ipadapter + models/clip_vision single file, the HF cache; wrong
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from server.config import ConfigError, load_config
 from server.engine.models import ModelLoadError, load_ip_adapter
-from server.weights.download import DEFAULT_SET, DOWNLOADS, describe
+from server.weights.download import DEFAULT_SET, DOWNLOADS, config_lines, describe
 from server.weights.inventory import inventory
 from tests.server.test_weights_formats import fake_hf_cache
 
@@ -178,8 +179,10 @@ def test_download_offers_the_adapters_on_request_only():
         assert (
             d.repo_id == "h94/IP-Adapter" and name not in DEFAULT_SET and "models/image_encoder/config.json" in d.files
         )
-        assert d.config.startswith("ip_adapter.adapter = ") and name in describe()
-    assert load_config(overrides={"model": {"ip_adapter": {"adapter": DOWNLOADS["ip-adapter"].config.split('"')[1]}}})
+        assert d.table == "model.ip_adapter" and d.config.startswith("adapter = ") and name in describe()
+    pasted = tomllib.loads(config_lines([DOWNLOADS["sd15"], DOWNLOADS["ip-adapter-plus"]]))
+    assert pasted["model"]["ip_adapter"]["adapter"] == "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"
+    assert load_config(overrides=pasted).model.ip_adapter.adapter.ref.endswith("ip-adapter-plus_sd15.safetensors")
 
 
 @pytest.mark.slow
