@@ -110,7 +110,7 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
     entry.found, entry.path, entry.source = True, str(path), located.source
     entry.size_bytes = located.size_bytes
     if path.is_dir():
-        entry.format = "diffusers folder"
+        entry.format = "transformers folder" if role == "image_encoder" else "diffusers folder"
         missing = [p for p in folder_parts if not (path / p).exists()]
         if role == "tokenizer":  # the test the loader applies (engine/models.py find_tokenizer)
             ok = is_tokenizer_dir(path) or is_tokenizer_dir(path / "tokenizer")
@@ -118,7 +118,7 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
         if role == "vae" and (path / "vae").is_dir():
             missing = []
         entry.loadable = not missing
-        entry.detail = f"lacks {', '.join(missing)}" if missing else "diffusers layout"
+        entry.detail = f"lacks {', '.join(missing)}" if missing else entry.format.replace("folder", "layout")
         if role == "encoder":
             entry.condition_input = _condition_input({}, path)
         return entry
