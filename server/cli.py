@@ -296,7 +296,7 @@ def models(config: Config, args: argparse.Namespace) -> int:
         size = f"{e.size_bytes / 2**20:,.0f} MiB" if e.size_bytes is not None else ""
         label = e.role if e.name == e.role else f"{e.role} {e.name}"
         extra = f", input: {e.condition_input}" if e.condition_input else ""
-        print(f"{label:28s} {state:8s} {size:>10s}  {e.format or '':17s} {e.path or e.ref}")
+        print(f"{label:28s} {state:8s} {size:>10s}  {e.format or '':19s} {e.path or e.ref}")
         print(f"{'':28s} {e.detail}{extra}")
     bad = [e for e in entries if not e.found or e.loadable is False]
     return 1 if bad else 0

@@ -31,6 +31,7 @@ from ..weights.ip_adapter import (
     IPAdapterWeights,
     default_image_encoder,
     load_ip_adapter_weights,
+    read_ip_adapter,
 )
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
@@ -306,6 +307,7 @@ def load_ip_adapter(refs: IPAdapterRefs, section: ModelSection, dtype: torch.dty
     else:
         encoder = default_image_encoder(adapter) or _clip_vision_in_folders(section)
     if encoder is None:
+        _load("IP-Adapter", adapter, read_ip_adapter, adapter)  # a file that is no IP-Adapter says so first
         raise ModelLoadError(
             f"IP-Adapter image encoder: none beside {adapter} (h94's models/image_encoder) and no "
             f"{' / '.join(CLIP_VISION_NAMES[:2])} file in {section.search.described('clip_vision')}: set "

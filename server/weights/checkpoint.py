@@ -37,7 +37,8 @@ def _read_safetensors(path: Path) -> dict:
         ) from e
 
 
-def _read_pickle(path: Path) -> dict:
+def read_pickle(path: Path) -> dict:
+    """A pickled checkpoint as tensors only (weights_only), its nesting kept; CheckpointError says what is wrong."""
     log.info(
         "%s: a pickled checkpoint, read as tensors only (weights_only); a .safetensors copy loads safer", path.name
     )
@@ -64,7 +65,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if suffix == ".safetensors":
         data = _read_safetensors(path)
     elif suffix in PICKLE_SUFFIXES:
-        data = _read_pickle(path)
+        data = read_pickle(path)
     else:
         raise CheckpointError(f"{path}: unknown weights format {suffix!r}; expected .safetensors or .ckpt")
     if not isinstance(data, dict):

@@ -19,6 +19,7 @@ class Download:
     size: str  # roughly, for the listing
     what: str
     config: str  # the line to put in the config
+    table: str = "model"  # the config table it goes in
 
 
 # diffusers-format SD1.5 without the safety checker and the duplicate .ckpt/fp16/non-safetensors weights.
@@ -34,6 +35,8 @@ _SD15_FILES = (
     "vae/diffusion_pytorch_model.safetensors",
 )
 _DIFFUSERS_MODEL = ("config.json", "diffusion_pytorch_model.safetensors")
+# h94's CLIP ViT-H/14 (~2.5 GB fp16), found beside the adapter once fetched (weights/ip_adapter.py).
+_IMAGE_ENCODER = ("models/image_encoder/config.json", "models/image_encoder/model.safetensors")
 
 DOWNLOADS = {
     d.name: d
@@ -85,6 +88,33 @@ DOWNLOADS = {
             "~0.1 GB",
             "AnimateDiff v3 domain adapter LoRA (optional)",
             'domain_adapter = "guoyww/animatediff/v3_sd15_adapter.ckpt"',
+        ),
+        Download(
+            "ip-adapter",
+            "h94/IP-Adapter",
+            ("models/ip-adapter_sd15.safetensors", *_IMAGE_ENCODER),
+            "~2.6 GB",
+            "SD1.5 IP-Adapter + its ViT-H/14 image encoder, for a job's reference look (on request)",
+            'adapter = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"',
+            "model.ip_adapter",
+        ),
+        Download(
+            "ip-adapter-plus",
+            "h94/IP-Adapter",
+            ("models/ip-adapter-plus_sd15.safetensors", *_IMAGE_ENCODER),
+            "~2.6 GB",
+            "SD1.5 IP-Adapter Plus (closer to the reference) + its image encoder (on request)",
+            'adapter = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"',
+            "model.ip_adapter",
+        ),
+        Download(
+            "ip-adapter-plus-face",
+            "h94/IP-Adapter",
+            ("models/ip-adapter-plus-face_sd15.safetensors", *_IMAGE_ENCODER),
+            "~2.6 GB",
+            "SD1.5 IP-Adapter Plus Face (a character's face) + its image encoder (on request)",
+            'adapter = "h94/IP-Adapter/models/ip-adapter-plus-face_sd15.safetensors"',
+            "model.ip_adapter",
         ),
         Download(
             "animatelcm",
@@ -141,5 +171,13 @@ def download(names: list[str], say: Callable[[str], None] = print) -> int:
                 "run the same command again to resume."
             )
             return 2
-    say("done. In the config file's [model] table:\n" + "\n".join(f"  {d.config}" for d in chosen))
+    say("done. In the config file:\n" + config_lines(chosen))
     return 0
+
+
+def config_lines(chosen: list[Download]) -> str:
+    """The TOML to paste for `chosen`, each line under its table ([model], [model.ip_adapter])."""
+    tables: dict[str, list[str]] = {}
+    for d in chosen:
+        tables.setdefault(d.table, []).append(d.config)
+    return "\n".join(f"[{table}]\n" + "\n".join(lines) for table, lines in tables.items())

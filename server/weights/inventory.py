@@ -28,12 +28,15 @@ ROLES = {
     "encoder": ("encoder", "sparsectrl", ("config.json",)),
     "controlnet": ("controlnet", "controlnet", ("config.json",)),
     "lora": ("lora", "lora", ()),
+    "ip_adapter": ("ip_adapter", "ip_adapter", ()),
+    "image_encoder": ("clip_vision", "clip_vision", ("config.json",)),
 }
 
 
 @dataclass
 class Entry:
-    role: str  # base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder, controlnet, lora
+    role: str  # base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder, controlnet,
+    # lora, ip_adapter, image_encoder
     name: str  # the modality for encoders, the name for ControlNets and LoRAs, else the role
     ref: str  # as configured
     found: bool
@@ -78,6 +81,23 @@ def _condition_input(keys: dict[str, Any], folder: Path | None) -> str | None:
     return "latents" if "controlnet_cond_embedding.weight" in keys else "pixels"
 
 
+def _identify(role: str, keys: dict[str, Any], path: Path) -> str:
+    """convert.identify, plus the IP-Adapter's two files (weights/ip_adapter.py reads them at load time)."""
+    if role == "ip_adapter" and any(k.startswith("image_proj.") for k in keys):
+        if not any(k.startswith("ip_adapter.") for k in keys):
+            return "unknown"
+        return "ip_adapter"
+    if role == "image_encoder" and "visual_projection.weight" in keys:
+        return "clip_vision" if any(k.startswith("vision_model.") for k in keys) else "unknown"
+    return identify(keys)
+
+
+def _ip_kind(keys: dict[str, Any], path: Path) -> str:
+    if "image_proj.proj.weight" in keys:
+        return "plain"
+    return "plus-face" if "face" in path.name.lower() else "plus"
+
+
 def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> Entry:
     kind, expected, folder_parts = ROLES[role]
     entry = Entry(role, name, ref.ref, found=False)
@@ -90,7 +110,7 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
     entry.found, entry.path, entry.source = True, str(path), located.source
     entry.size_bytes = located.size_bytes
     if path.is_dir():
-        entry.format = "diffusers folder"
+        entry.format = "transformers folder" if role == "image_encoder" else "diffusers folder"
         missing = [p for p in folder_parts if not (path / p).exists()]
         if role == "tokenizer":  # the test the loader applies (engine/models.py find_tokenizer)
             ok = is_tokenizer_dir(path) or is_tokenizer_dir(path / "tokenizer")
@@ -98,7 +118,7 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
         if role == "vae" and (path / "vae").is_dir():
             missing = []
         entry.loadable = not missing
-        entry.detail = f"lacks {', '.join(missing)}" if missing else "diffusers layout"
+        entry.detail = f"lacks {', '.join(missing)}" if missing else entry.format.replace("folder", "layout")
         if role == "encoder":
             entry.condition_input = _condition_input({}, path)
         return entry
@@ -113,12 +133,14 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
     if not keys:
         entry.detail = "pickled checkpoint: read safely at load time (--deep checks it now)"
         return entry
-    found = identify(keys)
+    found = _identify(role, keys, path)
     if role == "vae":
         ok = any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys)
         found = "vae" if ok else found
     entry.loadable = found == expected
     entry.detail = f"holds: {found}" if entry.loadable else f"holds {found}, expected {expected}"
+    if entry.loadable and role == "ip_adapter":
+        entry.detail += f" ({_ip_kind(keys, path)})"
     return entry
 
 
@@ -132,6 +154,10 @@ def configured(section) -> list[tuple[str, str, WeightRef]]:
     out += [("encoder", modality, ref) for modality, ref in section.encoders.items()]
     out += [("controlnet", name, ref) for name, ref in section.controlnets.items()]
     out += [("lora", name, ref) for name, ref in section.loras.items()]
+    if section.ip_adapter is not None:
+        out.append(("ip_adapter", "ip_adapter", section.ip_adapter.adapter))
+        if section.ip_adapter.image_encoder is not None:
+            out.append(("image_encoder", "image_encoder", section.ip_adapter.image_encoder))
     return out
 
 
@@ -142,4 +168,23 @@ def inventory(section, deep: bool = False) -> list[Entry]:
             entries.append(Entry(role, name, "tiny", True, source="built", format="tiny random model", loadable=True))
             continue
         entries.append(check(role, name, ref, section.search, deep))
+        if role == "ip_adapter" and section.ip_adapter.image_encoder is None:
+            entries.append(_default_image_encoder(entries[-1], section, deep))
     return entries
+
+
+def _default_image_encoder(adapter: Entry, section, deep: bool) -> Entry:
+    """The encoder the loader takes when none is configured: h94's image_encoder folder beside the adapter, else a
+    ViT-H/14 file in the clip_vision folders (engine/models.py load_ip_adapter)."""
+    from .ip_adapter import CLIP_VISION_NAMES, default_image_encoder
+
+    beside = default_image_encoder(Path(adapter.path)) if adapter.path else None
+    for ref in ([str(beside)] if beside else []) + list(CLIP_VISION_NAMES):
+        try:
+            locate(ref, "clip_vision", section.search)
+        except WeightsNotFound:
+            continue
+        return check("image_encoder", "image_encoder", WeightRef(ref), section.search, deep)
+    where = section.search.described("clip_vision")
+    detail = f"none beside the adapter (h94's models/image_encoder) and no {CLIP_VISION_NAMES[0]} file in {where}"
+    return Entry("image_encoder", "image_encoder", "", found=False, detail=detail)

@@ -3,7 +3,7 @@
 Adapter files: h94/IP-Adapter's `models/ip-adapter_sd15`, `ip-adapter-plus_sd15`, `ip-adapter-plus-face_sd15`, as
 .safetensors (flat "image_proj.*" / "ip_adapter.*" keys) or .bin (the two nested), wherever they are (h94's folder,
 ComfyUI's models/ipadapter, the HF cache). They become the nested dict diffusers' load_ip_adapter takes, which
-does the installing (engine/reference.py). .bin files are read as tensors only (torch.load weights_only).
+does the installing (engine/reference.py). .bin files are read as tensors only (checkpoint.read_pickle).
 
 Image encoders: a transformers folder (h94's `models/image_encoder`: config.json + weights) or one file without a
 config (ComfyUI's models/clip_vision, e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors, which is h94's
@@ -15,7 +15,6 @@ IP-Adapters use has (ViT-H/14, ViT-bigG/14).
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, read_state_dict
+from .checkpoint import CheckpointError, read_pickle, read_state_dict
 
 CONFIGS = Path(__file__).parent / "configs"
 KINDS = ("plain", "plus", "plus-face")
@@ -66,18 +65,10 @@ def read_ip_adapter(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _read_nested_pickle(path: Path) -> dict:
-    """A .bin's nested dict of tensors, through torch.load(weights_only=True): nothing but tensors and dicts."""
+    """A .bin's nested dict of tensors, through the project's safe reader (checkpoint.py: weights_only)."""
     if path.suffix.lower() not in (".bin", ".pt", ".pth", ".ckpt"):
         raise CheckpointError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors or .bin")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: holds pickled Python objects besides tensors, which would run code when loaded; use the "
-            ".safetensors version of this adapter"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?)") from e
+    data = read_pickle(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a dictionary of weights")
     return {part: dict(data[part]) for part in ("image_proj", "ip_adapter") if isinstance(data.get(part), dict)}

@@ -114,7 +114,8 @@ def _hf_offline_note() -> str:
 
 
 def locate_in_hf_cache(ref: str) -> Located | None:
-    """`org/name` -> the cached snapshot folder; `org/name/sub/file.ckpt` -> that cached file. Never online."""
+    """`org/name` -> the cached snapshot folder; `org/name/sub/file.ckpt` -> that cached file; `org/name/sub` ->
+    that folder of the cached snapshot (h94/IP-Adapter/models/image_encoder). Never online."""
     from huggingface_hub import snapshot_download, try_to_load_from_cache
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -123,7 +124,10 @@ def locate_in_hf_cache(ref: str) -> Located | None:
     try:
         if len(parts) > 2:
             found = try_to_load_from_cache(repo_id, "/".join(parts[2:]))
-            return Located(Path(found), "hf-cache") if isinstance(found, str) else None
+            if isinstance(found, str):
+                return Located(Path(found), "hf-cache")
+            folder = Path(snapshot_download(repo_id, local_files_only=True)).joinpath(*parts[2:])
+            return Located(folder, "hf-cache") if folder.is_dir() else None
         return Located(Path(snapshot_download(repo_id, local_files_only=True)), "hf-cache")
     except (LocalEntryNotFoundError, OSError, ValueError):  # not cached, or not a valid repo id at all
         return None
@@ -153,6 +157,9 @@ def fetch_from_hub(ref: str) -> Located:
     parts = ref.split("/")
     repo_id = "/".join(parts[:2])
     try:
+        if len(parts) > 2 and not ref.lower().endswith(WEIGHT_SUFFIXES + (".json",)):  # a folder of the repo
+            sub = "/".join(parts[2:])
+            return Located(Path(snapshot_download(repo_id, allow_patterns=[f"{sub}/*"])) / sub, "hf-download")
         if len(parts) > 2:
             return Located(Path(hf_hub_download(repo_id, "/".join(parts[2:]))), "hf-download")
         return Located(Path(snapshot_download(repo_id)), "hf-download")
