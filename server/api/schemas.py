@@ -141,7 +141,7 @@ class Health(BaseModel):
 class WeightEntry(BaseModel):
     role: str = Field(
         description="base, vae, tokenizer, motion_adapter, draft_motion_adapter, domain_adapter, encoder, "
-        "controlnet or lora"
+        "controlnet, lora, ip_adapter or image_encoder"
     )
     name: str = Field(description="the modality for encoders, the name for ControlNets and LoRAs, else the role")
     ref: str = Field(description="as configured")

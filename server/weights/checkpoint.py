@@ -48,8 +48,8 @@ def read_pickle(path: Path) -> dict:
         first = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(
             f"{path}: holds pickled Python objects besides tensors, which would run code when loaded ({first}). "
-            ".ckpt files are only read with torch.load(weights_only=True): use the .safetensors version of this "
-            "model, or convert it once where you trust it"
+            "Pickled checkpoints (.ckpt, .pt, .pth, .bin) are only read with torch.load(weights_only=True): use "
+            "the .safetensors version of this model, or convert it once where you trust it"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(
