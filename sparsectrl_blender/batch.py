@@ -756,7 +756,7 @@ class Sequence:
         shot.client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
         if why := unavailable(settings, shot.client.health()):
             raise ServerError(why)
-        if shot.reference is not None and (why := reference_unavailable(shot.client.models())):
+        if shot.reference is not None and (why := reference_unavailable(_models(shot.client))):
             raise ServerError(why)
 
     def _submit(self, shot: ShotRun) -> None:
@@ -837,6 +837,18 @@ class Sequence:
             f"strip '{strip.name}' on scene '{target.name}' channel {strip.channel}, frames {strip.frame_final_start}-"
             f"{strip.frame_final_end - 1}, video {strip.filepath}; saved {shot.out}"
         )
+
+
+def _models(client) -> dict:
+    """GET /v1/models; {} from a server without it (older than its models listing: no reference either)."""
+    from .core.client import ServerError
+
+    try:
+        return client.models()
+    except ServerError as e:
+        if e.status == 404:
+            return {}
+        raise
 
 
 def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:

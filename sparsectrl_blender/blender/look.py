@@ -183,8 +183,9 @@ def _plain_output(scene, width: int, height: int, path: Path) -> None:
 def frame_path(strip, frame: int) -> Path:
     """Where a take's frame grabbed as a reference goes: a 'reference' folder beside the add-on's videos."""
     from ..core.job import video_folder
+    from .strips import job_of
 
-    return video_folder(bpy.data.filepath) / "reference" / frame_file_name(strip.name, frame)
+    return video_folder(bpy.data.filepath) / "reference" / frame_file_name(strip.name, frame, job_of(strip))
 
 
 def stored_path(path: Path) -> str:

@@ -34,6 +34,22 @@ def look_scene(context, which: str, make: bool = False):
     return sequence
 
 
+def selected_take(context):
+    """(the scene, the take) the frame comes from: the active preview strip of the scene shown, or, shown in the
+    shot itself, of its sequence; (None, None) when no take is selected."""
+    from .strips import PlacementError, active_preview_strip
+
+    try:
+        sequence = look_scene(context, "SEQUENCE")
+    except PlacementError:
+        sequence = None
+    for scene in (context.scene, sequence):
+        strip = active_preview_strip(scene) if scene is not None else None
+        if strip is not None and strip.type == "MOVIE":
+            return scene, strip
+    return None, None
+
+
 def _look(context, which: str, make: bool):
     from .strips import PlacementError
 
@@ -132,12 +148,10 @@ class SPARSECTRL_OT_reference_from_frame(bpy.types.Operator):
     def execute(self, context):
         from ..core.reference import MAX_IMAGES, ReferenceError
         from .look import frame_path, grab_frame, stored_path
-        from .strips import active_preview_strip
 
-        scene = context.scene
-        strip = active_preview_strip(scene)
-        if strip is None or strip.type != "MOVIE":
-            return _fail(self, f"select a take first: click a preview strip on the Sequencer of '{scene.name}'")
+        scene, strip = selected_take(context)
+        if strip is None:
+            return _fail(self, "select a take first: click a preview strip on the sequence's Sequencer")
         look, why = _look(context, self.which, make=False)
         if look is None:
             return _fail(self, why)

@@ -197,10 +197,10 @@ def _draw_look(layout, look, which: str, context) -> None:
         layout.label(text="No images: this shot has no reference", icon="INFO")
     row = layout.row(align=True)
     row.operator("sparsectrl.reference_add", text="Add Images", icon="ADD").which = which
-    from .strips import active_preview_strip
+    from .look_operators import selected_take
 
     sub = row.row(align=True)
-    sub.active = active_preview_strip(context.scene) is not None  # a take selected on the Sequencer shown
+    sub.active = selected_take(context)[1] is not None  # a take selected on the sequence's Sequencer
     sub.operator("sparsectrl.reference_from_frame", text="Use This Frame", icon="SEQUENCE").which = which
     layout.prop(look, "strength")
     row = layout.row(align=True)

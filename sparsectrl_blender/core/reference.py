@@ -154,7 +154,9 @@ def unavailable(models: dict | None) -> str | None:
     return None
 
 
-def frame_file_name(strip_name: str, frame: int) -> str:
-    """The file a Sequencer frame grabbed as a reference is written to: the strip's name made safe, the frame."""
+def frame_file_name(strip_name: str, frame: int, job_id: str = "") -> str:
+    """The file a Sequencer frame grabbed as a reference is written to: the strip's name made safe, its job (two
+    files beside each other may have strips of one name), the frame."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in strip_name).strip("_") or "take"
-    return f"{safe}_frame{frame}.png"
+    job = "".join(c for c in job_id if c.isalnum())[:8]
+    return f"{safe}_{job}_frame{frame}.png" if job else f"{safe}_frame{frame}.png"

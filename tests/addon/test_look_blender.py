@@ -143,10 +143,10 @@ def test_use_this_frame_writes_the_takes_frame_as_a_png_and_leaves_the_artists_f
 
     previs = previs_scene(shot)
     take = _strips(previs).new_movie("SparseCtrl lineart 7", str(video), channel=2, frame_start=1001)
-    take["sparsectrl"] = '{"shot": "Scene", "job_id": "j1"}'
+    take["sparsectrl"] = '{"shot": "Scene", "job_id": "0123456789abcdef"}'
     with bpy.context.temp_override(scene=previs):
         previs.sequence_editor.active_strip = None
-        with pytest.raises(RuntimeError, match="select a take first"):
+        with pytest.raises(RuntimeError, match="select a take first: click a preview strip on the sequence's"):
             bpy.ops.sparsectrl.reference_from_frame()
         previs.sequence_editor.active_strip = take
         previs.frame_current = 1010
@@ -156,7 +156,7 @@ def test_use_this_frame_writes_the_takes_frame_as_a_png_and_leaves_the_artists_f
         scenes, images = len(bpy.data.scenes), len(bpy.data.images)
         assert bpy.ops.sparsectrl.reference_from_frame() == {"FINISHED"}
     assert (len(bpy.data.scenes), len(bpy.data.images)) == (scenes, images)  # the grab's scene is gone
-    written = "//sparsectrl/reference/SparseCtrl_lineart_7_frame1003.png"  # beside the add-on's videos
+    written = "//sparsectrl/reference/SparseCtrl_lineart_7_01234567_frame1003.png"  # beside the add-on's videos
     assert [i.filepath for i in previs.sparsectrl_look.images] == [written]
     grabbed = tmp_path / written[2:]
     from PIL import Image
@@ -166,6 +166,13 @@ def test_use_this_frame_writes_the_takes_frame_as_a_png_and_leaves_the_artists_f
     assert abs(pixels[..., 2].mean() - 255) < 8 and pixels[..., :2].mean() < 8  # the third frame: blue
     assert video.read_bytes() == video_bytes  # the take's file is only read
     assert look.reference_for(shot).files == (written,)
+    # Shown in the shot itself, the take selected on its sequence: that take's frame there, added to the images.
+    previs.frame_current = 1001
+    with bpy.context.temp_override(scene=shot):
+        assert bpy.ops.sparsectrl.reference_from_frame(add=True) == {"FINISHED"}
+    assert look.reference_for(shot).files == (written, written.replace("1003", "1001"))
+    first = np.asarray(Image.open(tmp_path / written.replace("1003", "1001")[2:]).convert("RGB")).astype(int)
+    assert abs(first[..., 0].mean() - 255) < 8 and first[..., 1:].mean() < 8  # the first frame: red
 
 
 def test_the_panel_shows_both_references_and_greys_them_out_without_an_ip_adapter(addon, tmp_path):

@@ -107,7 +107,8 @@ def test_reference_flags_parse_and_a_shot_list_line_carries_its_own(tmp_path):
         "none",
     ]
     assert [p.reference_strength for p in plans] == [None, 0.4, None]
-    assert look.frame_file_name("SparseCtrl lineart 7", 1012) == "SparseCtrl_lineart_7_frame1012.png"
+    name = look.frame_file_name("SparseCtrl lineart 7", 1012, "0123456789ab")
+    assert name == "SparseCtrl_lineart_7_01234567_frame1012.png"
 
 
 def test_batch_help_has_a_look_reference_group(capsys):
