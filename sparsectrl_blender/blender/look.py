@@ -22,12 +22,11 @@ _DEFAULTS = LookReference()
 
 
 def _relative_path_options() -> set[str]:
-    """A file path property that may be "//" relative: Blender 5.0 asks for the option, which 4.x does not know."""
-    try:
-        bpy.props.StringProperty(options={"PATH_SUPPORTS_BLEND_RELATIVE"})
-    except TypeError:
-        return set()
-    return {"PATH_SUPPORTS_BLEND_RELATIVE"}
+    """A file path property that may be "//" relative: Blender 5.x asks for the option (its properties say
+    is_path_supports_blend_relative), which 4.x does not know (it refuses the class)."""
+    if "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties.keys():
+        return {"PATH_SUPPORTS_BLEND_RELATIVE"}
+    return set()
 
 
 class SparseCtrlReferenceImage(bpy.types.PropertyGroup):
