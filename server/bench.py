@@ -62,7 +62,8 @@ def _point(args: argparse.Namespace) -> dict:
     config, engine = _build(args)
     device, m = engine.device, engine.model
     n = args.frames
-    request = _request(config, m, n, args.size, args.steps, depth=getattr(args, "depth", False))
+    reference = getattr(args, "reference", False)
+    request = _request(config, m, n, args.size, args.steps, depth=getattr(args, "depth", False), reference=reference)
     if request.controlnets and args.runner == "diffusers":
         raise SystemExit("error: --depth compares with no bare diffusers call (it has no SparseCtrl + ControlNet)")
     denoisers = [m.unet, *m.encoders.values()]
@@ -96,10 +97,15 @@ def _point(args: argparse.Namespace) -> dict:
         weights = torch.cuda.memory_allocated(device)
     else:
         float32_as = resolve_dtype(args.count_as, device) if getattr(args, "count_as", None) else None
-        counter = PeakTensorMemory(*on_device, float32_as=float32_as)
-        weights = counter.start
-    if counter is not None and engine.performance.park_idle_weights == "on":
-        engine.move = counter.move  # no second device here: the count moves the idle weights (IdleWeights)
+        adapter = engine.reference_adapter if reference else None
+        installed = [adapter.projection, *adapter.ip_processors] if adapter else []  # in the UNet for the job
+        encoder = [adapter.weights.image_encoder] if adapter else []  # on the device only while it encodes
+        counter = PeakTensorMemory(*on_device, *installed, *encoder, float32_as=float32_as)
+        for module in encoder:
+            counter.move(module, torch.device("cpu"))
+        weights = counter.current
+    if counter is not None and (engine.performance.park_idle_weights == "on" or reference):
+        engine.move = counter.move  # no second device here: the count moves idle weights and the image encoder
     marks: list[tuple[int | None, int | None]] = []  # (peak since the last mark, FLOPs so far) per step
     flops = FlopCounterMode(display=False) if args.flops else contextlib.nullcontext()
     started = time.perf_counter()
@@ -204,6 +210,8 @@ def _run_point(args: argparse.Namespace, frames: int, runner: str) -> dict | Non
         cmd.append("--flops")
     if getattr(args, "depth", False):
         cmd.append("--depth")
+    if getattr(args, "reference", False):
+        cmd.append("--reference")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
@@ -324,6 +332,7 @@ def levers(args: argparse.Namespace) -> int:
         f"{args.size}², {args.steps} step(s), {first['dtype']}, CFG on, VAE slicing "
         f"{'on' if first['vae_slicing'] else 'off'}"
         + (", line-art keyframes + depth ControlNet on every frame" if args.depth else "")
+        + (" + a reference (IP-Adapter plus, two images)" if args.reference else "")
     )
     lines = [
         "",
@@ -333,6 +342,7 @@ def levers(args: argparse.Namespace) -> int:
         f"{args.dtype}"
         + (f" --count-as {args.count_as}" if args.count_as else "")
         + (" --depth" if args.depth else "")
+        + (" --reference" if args.reference else "")
         + (f' --sets "{args.sets}"' if args.sets != LEVER_SETS else "")
         + "`. Each set in "
         "a fresh process. Peak allocated: "
@@ -545,17 +555,24 @@ def _build(args: argparse.Namespace):
         from .engine.full_size import build_full_size_model
 
         model = build_full_size_model(
-            device, dtype, draft=getattr(args, "quality", "final") == "draft", depth=getattr(args, "depth", False)
+            device,
+            dtype,
+            draft=getattr(args, "quality", "final") == "draft",
+            depth=getattr(args, "depth", False),
+            reference=getattr(args, "reference", False),
         )
     else:
         model = load_model(config.model, config.data_dir)
     return config, Engine(model, config.scheduler, config.long_video)
 
 
-def _request(config, model, frames: int, size: int, steps: int, quality: str = "final", depth: bool = False):
+def _request(
+    config, model, frames: int, size: int, steps: int, quality: str = "final", depth: bool = False, reference=False
+):
     """The benchmark's request, through the server's own request resolution (a draft gets the draft's size,
     steps, scheduler and guidance from [draft], as a real draft request would). `depth`: also a depth map on
-    every frame for the model's depth ControlNet (#16: Blender's depth beside line-art keyframes)."""
+    every frame for the model's depth ControlNet (#16: Blender's depth beside line-art keyframes); `reference`:
+    also a reference look of two images (a character sheet's views; #30) for the model's IP-Adapter."""
     import io
 
     from PIL import Image, ImageDraw
@@ -587,6 +604,15 @@ def _request(config, model, frames: int, size: int, steps: int, quality: str = "
         fields["controlnets"] = [
             {"name": "depth", "frames": [{"index": i, "image": frame.getvalue()} for i in range(frames)]}
         ]
+    if reference:
+        views = []
+        for colour in ("red", "navy"):
+            view = Image.new("RGB", (512, 768), "grey")
+            ImageDraw.Draw(view).ellipse((96, 96, 416, 672), fill=colour)
+            buf = io.BytesIO()
+            view.save(buf, format="PNG")
+            views.append(buf.getvalue())
+        fields["reference"] = {"images": views, "strength": 0.6}
     return resolve_request(
         fields,
         config,
@@ -594,6 +620,7 @@ def _request(config, model, frames: int, size: int, steps: int, quality: str = "
         seed=0,
         draft_adapter=model.has_draft_adapter,
         controlnets=list(model.controlnets),
+        ip_adapter=model.ip_adapter is not None,
     )
 
 
@@ -922,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--frames-out", help="save the frames (.npy) to compare levers")
             p.add_argument("--count-as", help="count float32 tensors at this dtype's size (PeakTensorMemory)")
             p.add_argument("--depth", action="store_true", help="a depth ControlNet on every frame too")
+            p.add_argument("--reference", action="store_true", help="a reference look (IP-Adapter) too")
     lv = sub.add_parser("levers", help="the memory levers side by side: peak, FLOPs, time, how far frames move")
     lv.add_argument("--arch", choices=["full", "tiny"], default="full")
     lv.add_argument("--frames", type=int, default=16)
@@ -945,6 +973,12 @@ def main(argv: list[str] | None = None) -> int:
         "--depth",
         action="store_true",
         help="the job also has a depth ControlNet on every frame (#16; --arch full: SD1.5's ControlNet architecture)",
+    )
+    lv.add_argument(
+        "--reference",
+        action="store_true",
+        help="the job also has a reference look of two images (#30; --arch full: ip-adapter-plus_sd15's shapes and "
+        "CLIP ViT-H/14, the image encoder on the device only while it encodes)",
     )
     lv.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     fl = _counting_parser(sub, "flops", "FLOPs of a final and of each kind of draft at the same shot", "full", 16, 512)

@@ -194,6 +194,7 @@ def generate(config: Config, args: argparse.Namespace) -> int:
             seed=random_seed(),
             draft_adapter=engine.model.has_draft_adapter,
             loras=engine.model.loras,
+            ip_adapter=engine.reference_adapter is not None,
         )
     except RequestError as e:
         print(f"error: {e.message}", file=sys.stderr)

@@ -40,6 +40,16 @@ class ServerSection:
 # [model] keys that name weights (a string or { path, config, scale }); see server/weights/refs.py.
 WEIGHT_KEYS = ("base", "vae", "tokenizer", "motion_adapter", "draft_motion_adapter", "domain_adapter")
 TEMPORAL_NORMS = ("per_frame", "joint")
+IP_ADAPTER_KEYS = ("adapter", "image_encoder")  # [model.ip_adapter]
+
+
+@dataclass(frozen=True)
+class IPAdapterRefs:
+    """[model.ip_adapter]: the adapter file and its CLIP image encoder (None: found beside the adapter or in the
+    clip_vision folders; weights/ip_adapter.py)."""
+
+    adapter: WeightRef
+    image_encoder: WeightRef | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class ModelSection:
     controlnets: dict[str, WeightRef] = field(default_factory=dict)
     loras: dict[str, WeightRef] = field(default_factory=dict)
     search: SearchFolders = field(default_factory=SearchFolders)
+    ip_adapter: IPAdapterRefs | None = None  # for a job's reference (#30)
 
     @property
     def is_tiny(self) -> bool:
@@ -284,6 +295,8 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
             for k, v in table.pop("loras", {}).items()
             if (ref := WeightRef.parse(v, f"model.loras.{k}")) is not None
         }
+        ip_table = table.pop("ip_adapter", {})
+        ip_refs = {k: WeightRef.parse(ip_table.get(k, ""), f"model.ip_adapter.{k}") for k in IP_ADAPTER_KEYS}
     except WeightRefError as e:
         raise ConfigError(str(e)) from None
     unknown = sorted(set(encoders) - set(MODALITIES))
@@ -300,7 +313,11 @@ def _model_section(table: dict[str, Any]) -> ModelSection:
     model = _typed(ModelSection, table, "model")
     if model.temporal_norm not in TEMPORAL_NORMS:
         raise ConfigError(f"[model] temporal_norm must be one of {list(TEMPORAL_NORMS)}")
+    if ip_refs["image_encoder"] is not None and ip_refs["adapter"] is None:
+        raise ConfigError("[model.ip_adapter] names an image_encoder but no adapter: set adapter too (docs/weights.md)")
+    ip_adapter = IPAdapterRefs(ip_refs["adapter"], ip_refs["image_encoder"]) if ip_refs["adapter"] else None
     parts = {"encoders": encoders, "controlnets": controlnets, "loras": loras, "search": search}
+    parts["ip_adapter"] = ip_adapter
     return ModelSection(**{**model.__dict__, **refs, **parts})
 
 

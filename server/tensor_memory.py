@@ -31,6 +31,7 @@ class PeakTensorMemory(TorchDispatchMode):
         self._scale = 1.0 if float32_as is None else torch.empty((), dtype=float32_as).element_size() / 4
         self._sizes: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.current = self.peak = self.window_peak = 0
+        self._away: set[int] = set()  # modules counted as off the device (move)
         for module in modules:
             for tensor in chain(module.parameters(), module.buffers()):
                 self._count(tensor)
@@ -61,10 +62,17 @@ class PeakTensorMemory(TorchDispatchMode):
         return peak
 
     def move(self, module: torch.nn.Module, device: torch.device) -> None:
-        """Count `module`'s weights as leaving the device (to the CPU) or coming back: on a CPU-only machine
-        the weights stay where they are, so a lever that moves idle weights off a GPU (IdleWeights) is
-        measured by moving them in the count."""
-        sign = -1 if device.type == "cpu" else 1
+        """Count `module`'s weights as leaving the device or coming back: on a CPU-only machine the weights stay
+        where they are, so a lever that moves idle weights off a GPU (IdleWeights) is measured by moving them in
+        the count. There the device is the CPU too, so `device` cannot say which way: each call moves the module
+        the other way (a module's first move takes it off the device). Until 2026-12-08 a move to the CPU counted
+        as leaving whatever the device, so on a CPU the VAE's return to decode was counted as a second departure."""
+        away = id(module) in self._away
+        if away:
+            self._away.discard(id(module))
+        else:
+            self._away.add(id(module))
+        sign = 1 if away else -1
         tensors = chain(module.parameters(), module.buffers())
         self.current += sign * sum(self._sizes.get(t.untyped_storage(), 0) for t in tensors)
         self._rise()

@@ -155,6 +155,12 @@ class WeightEntry(BaseModel):
     condition_input: str | None = Field(description='encoders: "latents" (RGB-type) or "pixels" (scribble-type)')
 
 
+class IPAdapterOut(BaseModel):
+    name: str = Field(description="the adapter file's name, e.g. ip-adapter-plus_sd15")
+    kind: Literal["plain", "plus", "plus-face"]
+    image_encoder: str | None = Field(description="where its CLIP image encoder was found")
+
+
 class ModelsOut(BaseModel):
     model: ModelInfo
     device: str
@@ -163,5 +169,8 @@ class ModelsOut(BaseModel):
     loras: dict[str, float] = Field(description="loaded LoRAs: name -> default scale")
     controlnets: list[str] = Field(description="loaded per-frame ControlNets, by name")
     draft_motion_module: bool
+    ip_adapter: IPAdapterOut | None = Field(
+        description="the IP-Adapter a job's reference uses; null: none configured (a reference is refused)"
+    )
     temporal_norm: str
     weights: list[WeightEntry] = Field(description="every weight the config names, as found at start")

@@ -37,6 +37,7 @@ from .performance import (
     plan_memory,
     working_memory,
 )
+from .reference import InstalledAdapter, install_ip_adapter, reference_condition
 from .schedulers import build_scheduler
 from .step_hooks import OnStep, StepHook
 from .windowed import (
@@ -69,6 +70,11 @@ CancelCheck = Callable[[], bool]
 
 class JobCancelled(Exception):
     """Raised from the step callback when the job was cancelled; the pipeline unwinds through it."""
+
+
+class ReferenceUnavailable(ValueError):
+    def __init__(self):
+        super().__init__("a reference needs an IP-Adapter, and none is configured ([model.ip_adapter])")
 
 
 class ModalityUnavailable(ValueError):
@@ -143,6 +149,13 @@ class Engine:
         self.performance = performance or DEFAULT_PERFORMANCE
         if performance is not None:
             apply_performance(model, performance, compile_cache)
+        # The IP-Adapter (reference.py), installed once per loaded model after the levers: a job without a
+        # reference runs the UNet's processors as the levers left them (fused projections included).
+        self.reference_adapter: InstalledAdapter | None = None
+        if model.ip_adapter is not None:
+            if model.installed_ip_adapter is None:
+                model.installed_ip_adapter = install_ip_adapter(self.build_pipeline(None, "ddim"), model.ip_adapter)
+            self.reference_adapter = model.installed_ip_adapter
         # How idle weights move (IdleWeights); the memory benchmark swaps in one its tensor counter sees.
         self.move = lambda module, where: module.to(where)
         self.release_residuals = True  # exact and free; off only to measure it (server.bench levers)
@@ -172,12 +185,14 @@ class Engine:
         self._active_modality = modality
         return encoders[modality].to(self.device)
 
-    def build_pipeline(self, modality: str | None, scheduler: str):
+    def build_pipeline(self, modality: str | None, scheduler: str, reference: bool = False):
         """diffusers' SparseCtrl pipeline around the loaded components, with this request's encoder (None: no
-        keyframes, only per-frame ControlNets steer) and scheduler."""
+        keyframes, only per-frame ControlNets or a reference steer), scheduler and, for a reference, the
+        IP-Adapter's image encoder."""
         from diffusers import AnimateDiffSparseControlNetPipeline
 
         m = self.model
+        adapter = self.reference_adapter.weights if reference else None
         pipe = AnimateDiffSparseControlNetPipeline(
             vae=m.vae,
             text_encoder=m.text_encoder,
@@ -186,6 +201,8 @@ class Engine:
             motion_adapter=None,  # already merged into m.unet (a UNetMotionModel)
             controlnet=self._activate_encoder(modality) if modality is not None else None,
             scheduler=build_scheduler(scheduler, m.scheduler_config, self.scheduler_overrides),
+            feature_extractor=adapter.feature_extractor if adapter is not None else None,
+            image_encoder=adapter.image_encoder if adapter is not None else None,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -214,9 +231,12 @@ class Engine:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        # 1. Pipeline with this request's encoder, scheduler and LoRAs (and the draft motion module).
+        # 1. Pipeline with this request's encoder, scheduler and LoRAs (the draft motion module, the IP-Adapter).
         draft_motion = request.quality == "draft" and self.model.has_draft_adapter
-        pipe = self._pipeline_for(request, draft_motion)
+        reference = request.reference is not None and request.reference.steers
+        if reference and self.reference_adapter is None:
+            raise ReferenceUnavailable()
+        pipe = self._pipeline_for(request, draft_motion, reference)
 
         # 2. Keyframes in index order, each fitted to the generation size; so are the per-frame ControlNets' images
         #    and further SparseCtrl encoders' keyframes.
@@ -240,7 +260,7 @@ class Engine:
             step_hooks = [*hooks, OnStep(step_end)]
             latents, frames = self._denoise(pipe, request, images, indices, dense, step_hooks, **keyframe_args)
         finally:
-            self._release(pipe, draft_motion, moved)
+            self._release(pipe, draft_motion, moved, reference)
 
         peak = torch.cuda.max_memory_allocated(self.device) if cuda else None
         seconds = time.perf_counter() - started
@@ -294,15 +314,17 @@ class Engine:
             conditions.append(DenseCondition(controlnet, frames, group.strength, None if every else indices, guidance))
         return conditions
 
-    def _pipeline_for(self, request: GenerationRequest, draft_motion: bool):
-        """The pipeline for `request`; a draft's motion module is copied into the UNet's motion layers for the
-        job before any offload hooks take the weights (and copied back if building the pipeline fails)."""
+    def _pipeline_for(self, request: GenerationRequest, draft_motion: bool, reference: bool):
+        """The pipeline for `request`; a draft's motion module is copied into the UNet's motion layers and the
+        IP-Adapter turned on for the job before any offload hooks take the weights (both undone if building the
+        pipeline fails)."""
         if draft_motion:
             use_motion_modules(self.model.unet, self.model.motion_adapters["draft"])
+        if reference:
+            self.reference_adapter.turn_on(self.model.unet)
         try:
-            pipe = self.build_pipeline(
-                request.modality if request.keyframes_for(request.modality) else None, request.scheduler
-            )
+            modality = request.modality if request.keyframes_for(request.modality) else None
+            pipe = self.build_pipeline(modality, request.scheduler, reference)
             self._use_loras(pipe, request.loras)
             if self.model.offload == "model":
                 pipe.enable_model_cpu_offload(device=self.device)
@@ -311,6 +333,8 @@ class Engine:
         except BaseException:
             if draft_motion:
                 use_motion_modules(self.model.unet, self.model.motion_adapters["final"])
+            if reference:
+                self.reference_adapter.turn_off(self.model.unet)
             raise
         return pipe
 
@@ -339,6 +363,9 @@ class Engine:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(request.seed)
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(pipe, request)
+            reference = None
+            if pipe.image_encoder is not None:  # a job with a reference (build_pipeline)
+                reference = reference_condition(pipe, self.reference_adapter, request, self.device, self.move)
             known = known_frames_for(pipe, request, prompt_embeds.dtype)
             try:
                 latents = denoise_windowed(
@@ -361,6 +388,7 @@ class Engine:
                     idle_weights=idle,
                     release_residuals=self.release_residuals,
                     dense=dense,
+                    reference=reference,
                     **keyframes,
                 )
             finally:
@@ -393,16 +421,19 @@ class Engine:
             )
         return plan
 
-    def _release(self, pipe, draft_motion: bool, controlnets: list = ()) -> None:
+    def _release(self, pipe, draft_motion: bool, controlnets: list = (), reference: bool = False) -> None:
         """Give the accelerator's cached memory back before the next job (the reference scripts ran out of
         memory on the second one); with offload, every model back on the CPU with its hooks off; the per-frame
         ControlNets back on the CPU unless encoders stay on the device; the final motion module back after a
-        draft. The full gc pass (~0.2 s) runs in the worker after the job."""
+        draft, the IP-Adapter out of the UNet after a reference. The full gc pass (~0.2 s) runs in the worker
+        after the job."""
         if self.model.offload != "none":
             pipe.remove_all_hooks()
-            for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
+            for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet, pipe.image_encoder):
                 if module is not None:
                     module.to("cpu")
+        if reference:
+            self.reference_adapter.turn_off(self.model.unet)
         if self.model.offload != "none" or not self.keep_encoders_on_device:
             for controlnet in controlnets:
                 controlnet.to("cpu")

@@ -44,10 +44,16 @@ def build_full_size_parts(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def build_full_size_model(
-    device: torch.device, dtype: torch.dtype, modality: str = "lineart", draft: bool = False, depth: bool = False
+    device: torch.device,
+    dtype: torch.dtype,
+    modality: str = "lineart",
+    draft: bool = False,
+    depth: bool = False,
+    reference: bool = False,
 ) -> LoadedModel:
     """`draft`: also a draft motion module shaped as AnimateLCM's (v3's layout plus a middle-block module);
-    `depth`: also a per-frame ControlNet named "depth" with SD1.5 ControlNet's architecture (lllyasviel's)."""
+    `depth`: also a per-frame ControlNet named "depth" with SD1.5 ControlNet's architecture (lllyasviel's);
+    `reference`: also an IP-Adapter shaped as ip-adapter-plus_sd15 with its CLIP ViT-H/14 image encoder."""
     from diffusers import ControlNetModel, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
     from ..weights.convert import CONFIGS
@@ -58,6 +64,7 @@ def build_full_size_model(
     if draft:
         config = MotionAdapter.load_config(CONFIGS / "motion_adapter_mid_block")  # AnimateLCM's layout
         adapters["draft"] = MotionAdapter.from_config(config).eval().requires_grad_(False)
+    ip_adapter = full_size_ip_adapter(parts["unet2d"], dtype) if reference else None
     unet = build_motion_unet(parts["unet2d"], adapters["final"], adapters.get("draft"))
     del parts["unet2d"], parts["adapter"]
     config = CONFIGS / ("sparsectrl_rgb" if modality == "rgb" else "sparsectrl_scribble")
@@ -69,7 +76,7 @@ def build_full_size_model(
         controlnets["depth"] = ControlNetModel.from_config(config)
     for module in (text_encoder, vae, unet, encoder, *controlnets.values()):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel(
+    model = LoadedModel(
         FULL_NAME,
         False,
         device,
@@ -83,3 +90,21 @@ def build_full_size_model(
         {name: adapter.to(dtype) for name, adapter in adapters.items()},
         controlnets=controlnets,
     )
+    model.ip_adapter = ip_adapter
+    return model
+
+
+def full_size_ip_adapter(unet2d, dtype: torch.dtype):
+    """ip-adapter-plus_sd15's shapes (a 16-query Resampler of 768 channels over ViT-H/14's hidden states) with random
+    weights, and the image encoder with the shipped ViT-H/14 config, on the CPU in `dtype` as the loader leaves it."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from ..weights.ip_adapter import CONFIGS, IPAdapterWeights
+    from .tiny import random_ip_adapter
+
+    config = CLIPVisionConfig.from_pretrained(CONFIGS / "clip_vit_h14")
+    encoder = CLIPVisionModelWithProjection(config).to(dtype).eval().requires_grad_(False)
+    state_dict = random_ip_adapter(unet2d, "plus", config.hidden_size)
+    extractor = CLIPImageProcessor(size=config.image_size, crop_size=config.image_size)
+    where = Path("random")
+    return IPAdapterWeights("ip-adapter-plus_sd15 (random)", "plus", state_dict, encoder, extractor, where, where)

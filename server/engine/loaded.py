@@ -32,6 +32,10 @@ class LoadedModel:
     # "none", or diffusers' "model" / "sequential" CPU offload for GPUs too small to hold it all (performance.py).
     offload: str = "none"
     encoders_on_device: bool = False
+    # The IP-Adapter for references (weights/ip_adapter.py IPAdapterWeights; None: none configured). The engine
+    # installs it into the UNet (engine/reference.py).
+    ip_adapter: Any = None
+    installed_ip_adapter: Any = None  # engine/reference.py InstalledAdapter, once an engine has installed it
 
     @property
     def has_draft_adapter(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelSection
+from ..config import IPAdapterRefs, ModelSection
 from ..request.model import MODALITIES
 from ..weights.checkpoint import CheckpointError
 from ..weights.convert import (
@@ -25,6 +25,12 @@ from ..weights.convert import (
     load_sd15_file,
     load_sparsectrl_file,
     load_vae_file,
+)
+from ..weights.ip_adapter import (
+    CLIP_VISION_NAMES,
+    IPAdapterWeights,
+    default_image_encoder,
+    load_ip_adapter_weights,
 )
 from ..weights.locate import WeightsNotFound, is_tokenizer_dir, locate
 from ..weights.lora import load_loras, merge_domain_adapter
@@ -237,6 +243,7 @@ class _Refs:
     draft_motion_adapter: WeightRef | None
     encoders: dict[str, WeightRef]
     controlnets: dict[str, WeightRef]
+    ip_adapter: IPAdapterRefs | None = None
 
 
 def _refs(section: ModelSection, data_dir: Path) -> _Refs:
@@ -248,7 +255,11 @@ def _refs(section: ModelSection, data_dir: Path) -> _Refs:
         controlnets = {"depth": WeightRef(str(root / "controlnets" / "depth"))} | dict(section.controlnets)
         draft = section.draft_motion_adapter or WeightRef(str(root / "motion_adapter_draft"))
         base, adapter = WeightRef(str(root / "base")), WeightRef(str(root / "motion_adapter"))
-        return _Refs(TINY_NAME, base, adapter, draft, tiny_encoders | dict(section.encoders), controlnets)
+        ip_adapter = section.ip_adapter or IPAdapterRefs(
+            WeightRef(str(root / "ip_adapter" / "models" / "ip-adapter_sd15.safetensors"))
+        )
+        encoders = tiny_encoders | dict(section.encoders)
+        return _Refs(TINY_NAME, base, adapter, draft, encoders, controlnets, ip_adapter)
     if section.base is None:
         raise ModelLoadError("no base model configured: set [model] base in the config file (docs/weights.md)")
     _located(section.base, "base", "base model", section)  # a missing base is the first thing to say
@@ -258,7 +269,8 @@ def _refs(section: ModelSection, data_dir: Path) -> _Refs:
         )
     name = section.name or Path(section.base.ref).stem or section.base.ref
     adapters = (section.motion_adapter, section.draft_motion_adapter)
-    return _Refs(name, section.base, *adapters, dict(section.encoders), dict(section.controlnets))
+    conditions = (dict(section.encoders), dict(section.controlnets), section.ip_adapter)
+    return _Refs(name, section.base, *adapters, *conditions)
 
 
 def _motion_unet(refs: _Refs, base: dict[str, Any], section: ModelSection, data_dir: Path, dtype: torch.dtype):
@@ -285,6 +297,32 @@ def _motion_unet(refs: _Refs, base: dict[str, Any], section: ModelSection, data_
     return unet, {"final": adapter} | ({"draft": draft} if draft is not None else {})
 
 
+def load_ip_adapter(refs: IPAdapterRefs, section: ModelSection, dtype: torch.dtype) -> IPAdapterWeights:
+    """The IP-Adapter a job's reference uses and its image encoder: the configured one, else h94's image_encoder
+    folder beside the adapter, else a ViT-H/14 file in the clip_vision folders (weights/ip_adapter.py)."""
+    adapter = _located(refs.adapter, "ip_adapter", "IP-Adapter", section).path
+    if refs.image_encoder is not None:
+        encoder = _located(refs.image_encoder, "clip_vision", "IP-Adapter image encoder", section).path
+    else:
+        encoder = default_image_encoder(adapter) or _clip_vision_in_folders(section)
+    if encoder is None:
+        raise ModelLoadError(
+            f"IP-Adapter image encoder: none beside {adapter} (h94's models/image_encoder) and no "
+            f"{' / '.join(CLIP_VISION_NAMES[:2])} file in {section.search.described('clip_vision')}: set "
+            "[model.ip_adapter] image_encoder (docs/weights.md)"
+        )
+    return _load("IP-Adapter", adapter, load_ip_adapter_weights, adapter, encoder, dtype)
+
+
+def _clip_vision_in_folders(section: ModelSection) -> Path | None:
+    for name in CLIP_VISION_NAMES:
+        try:
+            return locate(name, "clip_vision", section.search).path
+        except WeightsNotFound:
+            continue
+    return None
+
+
 def load_model(section: ModelSection, data_dir: Path, performance=None) -> LoadedModel:
     """Load everything `section` names onto its device. `base = "tiny"` builds the tiny model first.
     `performance` ([performance]): its offload setting decides whether the models move to the GPU now."""
@@ -299,6 +337,7 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
         m: load_encoder(refs.encoders[m], m, section, data_dir, dtype).eval() for m in MODALITIES if m in refs.encoders
     }
     controlnets = {n: load_controlnet(r, n, section, data_dir, dtype).eval() for n, r in refs.controlnets.items()}
+    ip_adapter = load_ip_adapter(refs.ip_adapter, section, dtype) if refs.ip_adapter is not None else None
     if section.temporal_norm == "per_frame":  # the ControlNets are per frame already: no temporal layers
         for module in (unet, *encoders.values()):
             use_per_frame_temporal_norm(module)
@@ -309,6 +348,7 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
     parts = (base["vae"], base["text_encoder"], base["tokenizer"], unet, base["scheduler_config"])
     model = LoadedModel(refs.name, section.is_tiny, device, dtype, *parts, encoders, motion_adapters, controlnets)
     model.encoders_on_device = section.encoders_on_device
+    model.ip_adapter = ip_adapter
     if performance is not None:
         model.offload = pick_offload(model, performance)
     if model.offload == "none":  # offloaded models stay on the CPU; diffusers' hooks move them per job
@@ -324,6 +364,7 @@ def load_model(section: ModelSection, data_dir: Path, performance=None) -> Loade
     if section.loras:
         model.loras = _load("LoRAs", data_dir, load_loras, unet, model.text_encoder, section, model.has_draft_adapter)
     loras = f"; ControlNets: {', '.join(controlnets)}" if controlnets else ""
+    loras += f"; IP-Adapter: {ip_adapter.name} ({ip_adapter.kind})" if ip_adapter else ""
     loras += f"; LoRAs: {', '.join(model.loras)}" if model.loras else ""
     seconds = time.perf_counter() - started
     log.info(

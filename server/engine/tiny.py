@@ -10,6 +10,8 @@ Layout written (the same as the real weights' folders, see docs/weights.md):
     ROOT/encoders/{lineart,rgb,depth}/
     ROOT/controlnets/depth/ (a per-frame ControlNet made from the tiny UNet, as lllyasviel's are from SD1.5's;
     built apart, with its own stamp and seed, so the parts above and their parity data never change for it)
+    ROOT/ip_adapter/models/ (an IP-Adapter, plain and plus, and its image encoder in h94/IP-Adapter's layout;
+    built apart likewise)
 """
 
 from __future__ import annotations
@@ -274,9 +276,10 @@ def build_tiny_controlnet(folder: Path, base_unet: Path, seed: int = 7) -> Path:
 
 
 def build_tiny_all(root: Path) -> Path:
-    """The tiny model and its depth ControlNet: everything `--model tiny` loads."""
+    """The tiny model, its depth ControlNet and its IP-Adapter: everything `--model tiny` loads."""
     root = build_tiny_model(root)
     build_tiny_controlnet(root / "controlnets" / "depth", root / "base" / "unet")
+    build_tiny_ip_adapter(root / "ip_adapter", root / "base" / "unet")
     return root
 
 
@@ -301,3 +304,113 @@ def build_tiny_taesd(folder: Path, seed: int = 11, suffix: str = ".safetensors")
     else:
         torch.save(weights, path)
     return path
+
+
+# Bump when the tiny IP-Adapter changes; apart from TINY_VERSION, whose weights it must not move.
+TINY_IP_ADAPTER_VERSION = "1"
+TINY_IMAGE_SIZE, TINY_PATCH = 224, 32  # diffusers' default CLIPImageProcessor (224) fits the tiny image encoder
+
+
+def build_tiny_ip_adapter(folder: Path, base_unet: Path, seed: int = 13) -> Path:
+    """A tiny IP-Adapter in h94/IP-Adapter's layout (docs/weights.md), idempotent like build_tiny_model:
+    `models/image_encoder/` (a transformers CLIPVisionModelWithProjection, 16 heads as ViT-H/14 has, so a single
+    file of it loads as ComfyUI's clip_vision files do), `models/ip-adapter_sd15.safetensors` (the plain adapter)
+    and `models/ip-adapter-plus_sd15.safetensors` (the plus one, a Resampler of 4 layers as the released one), in
+    the original key names diffusers' load_ip_adapter converts, shaped for the tiny base's UNet. Drawn under a
+    forked RNG with its own seed."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    if _up_to_date(folder / "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = _build_folder(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=16,
+            hidden_act="gelu",  # as ViT-H/14's (configs/clip_vit_h14), so a single file of it reads the same
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=TINY_PATCH,
+        )
+        CLIPVisionModelWithProjection(vision).save_pretrained(tmp / "models" / "image_encoder")
+        unet = UNet2DConditionModel.from_pretrained(base_unet)
+        plain = random_ip_adapter(unet, "plain", vision.projection_dim)
+        save_file(_flat(plain), str(tmp / "models" / "ip-adapter_sd15.safetensors"))
+        plus = random_ip_adapter(unet, "plus", vision.hidden_size, plus_dim=64)
+        save_file(_flat(plus), str(tmp / "models" / "ip-adapter-plus_sd15.safetensors"))
+    (tmp / "tiny_ip_adapter.json").write_text(json.dumps({"version": TINY_IP_ADAPTER_VERSION, "seed": seed}))
+    _publish(tmp, folder, "tiny_ip_adapter.json", TINY_IP_ADAPTER_VERSION)
+    return folder
+
+
+def random_ip_adapter(unet, kind: str, image_dim: int, plus_dim: int | None = None) -> dict:
+    """A random IP-Adapter for `unet` (a 2-D SD UNet) in h94's original names, nested as its .bin files are:
+    plain (`image_dim`: the encoder's projected embedding) or plus (`image_dim`: its hidden size; a Resampler of
+    `plus_dim` channels, the cross-attention size by default, as the released one is). The tiny model's and the
+    memory benchmark's full-size one (engine/full_size.py)."""
+    cross = unet.config.cross_attention_dim
+    layers = {}
+    for n, hidden in enumerate(_cross_attention_sizes(unet)):
+        layers[f"{2 * n + 1}.to_k_ip.weight"] = _linear(hidden, cross)
+        layers[f"{2 * n + 1}.to_v_ip.weight"] = _linear(hidden, cross)
+    if kind == "plain":
+        projection = _plain_projection(image_dim, cross)
+    else:
+        projection = _plus_projection(image_dim, cross, queries=16, dim=plus_dim or cross)
+    return {"image_proj": projection, "ip_adapter": layers}
+
+
+def _cross_attention_sizes(unet) -> list[int]:
+    """The hidden size of each cross-attention of `unet`, in the order diffusers numbers an IP-Adapter's layers
+    (1, 3, 5, ...: its attention processors' order, self-attentions skipped)."""
+    sizes = []
+    for name in unet.attn_processors:
+        if not name.endswith("attn1.processor"):
+            sizes.append(unet.get_submodule(name.removesuffix(".processor")).to_q.out_features)
+    return sizes
+
+
+def _linear(rows: int, cols: int) -> torch.Tensor:
+    return torch.randn(rows, cols) / cols**0.5
+
+
+def _norm(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return 1 + torch.randn(size) * 0.02, torch.randn(size) * 0.02
+
+
+def _plain_projection(image_dim: int, cross: int, tokens: int = 4) -> dict:
+    """IP-Adapter's ImageProjModel: the image embedding to `tokens` text-sized tokens, layer-normed."""
+    proj = {"proj.weight": _linear(cross * tokens, image_dim), "proj.bias": torch.randn(cross * tokens) * 0.02}
+    proj["norm.weight"], proj["norm.bias"] = _norm(cross)
+    return proj
+
+
+def _plus_projection(image_dim: int, cross: int, queries: int, dim: int, depth: int = 4) -> dict:
+    """IP-Adapter Plus's Resampler (perceiver attention over the encoder's penultimate hidden states), with the
+    original names: 64 channels per head as diffusers reads it, `depth` layers as the released adapters have."""
+    proj = {"latents": torch.randn(1, queries, dim) / dim**0.5}
+    proj |= {"proj_in.weight": _linear(dim, image_dim), "proj_in.bias": torch.zeros(dim)}
+    proj |= {"proj_out.weight": _linear(cross, dim), "proj_out.bias": torch.zeros(cross)}
+    proj["norm_out.weight"], proj["norm_out.bias"] = _norm(cross)
+    for i in range(depth):
+        for name in ("norm1", "norm2"):
+            proj[f"layers.{i}.0.{name}.weight"], proj[f"layers.{i}.0.{name}.bias"] = _norm(dim)
+        proj[f"layers.{i}.0.to_q.weight"] = _linear(dim, dim)
+        proj[f"layers.{i}.0.to_kv.weight"] = _linear(2 * dim, dim)
+        proj[f"layers.{i}.0.to_out.weight"] = _linear(dim, dim)
+        proj[f"layers.{i}.1.0.weight"], proj[f"layers.{i}.1.0.bias"] = _norm(dim)
+        proj[f"layers.{i}.1.1.weight"] = _linear(4 * dim, dim)
+        proj[f"layers.{i}.1.3.weight"] = _linear(dim, 4 * dim)
+    return proj
+
+
+def _flat(nested: dict) -> dict:
+    """h94's .safetensors form: "image_proj.<name>" and "ip_adapter.<name>" (its .bin files nest the two)."""
+    return {f"{part}.{name}": t.contiguous() for part, tensors in nested.items() for name, t in tensors.items()}

@@ -41,6 +41,7 @@ import torch
 
 from ..request.model import guided
 from .performance import IdleWeights
+from .reference import ReferenceCondition
 from .step_hooks import StepHook, StepState, run_hooks
 from .windows import context_windows, share_noise
 
@@ -141,6 +142,7 @@ def denoise_windowed(
     keyframe_scales: Sequence[float] | None = None,
     keyframe_guidance: tuple[float, float] = FULL_WINDOW,
     sparse: Sequence[SparseCondition] = (),
+    reference: ReferenceCondition | None = None,
 ) -> torch.Tensor:
     """The final latents (batch, channels, num_frames, h, w), before the VAE.
 
@@ -149,7 +151,9 @@ def denoise_windowed(
     SparseCtrl encoder on the pipeline: only the dense conditions steer. `keyframe_scales`: the encoder's scale
     per frame (keyframe_frame_scales; None: `controlnet_conditioning_scale` everywhere), `keyframe_guidance`:
     the steps the keyframes steer; `sparse`: further SparseCtrl encoders' keyframes, after the pipeline's;
-    `step_hooks`: what happens after each step (step_hooks.py). A linear loop, as the pipeline's __call__ is:
+    `reference`: the IP-Adapter's image embeddings (reference.py), the UNet's added_cond_kwargs as the pipeline
+    passes them, at its strength inside its guidance window and 0 outside; `step_hooks`: what happens after each
+    step (step_hooks.py). A linear loop, as the pipeline's __call__ is:
     its numbered steps read best in one place."""
     device = pipe._execution_device
     controlnet = pipe.controlnet
@@ -192,7 +196,7 @@ def denoise_windowed(
     embeds_by_length: dict[int, torch.Tensor] = {}
     joint_cfg = do_cfg and not sequential_cfg
     dense_by_window = {w.start: _window_dense(dense, w.start, w.stop, joint_cfg) for w in windows}
-    options = _Options(guidance_scale, do_cfg, sequential_cfg, release_residuals)
+    options = _Options(guidance_scale, do_cfg, sequential_cfg, release_residuals, reference)
     keyframes_by_window = {
         w.start: [
             (enc, cond[:, :, w.start : w.stop], mask[:, :, w.start : w.stop], _window_scale(scale, w), guidance)
@@ -210,6 +214,8 @@ def denoise_windowed(
     steps = len(timesteps)
     run = [w for w in windows if all(h.needs_window(w.start, w.stop) for h in step_hooks)]
     for i, t in enumerate(timesteps):
+        if reference is not None:  # diffusers' IP-Adapter processors skip the image tokens at scale 0
+            reference.set_scale(reference.strength if guided(i, steps, reference.guidance) else 0.0)
         noise_pred = torch.zeros_like(latents)
         for window in run:
             sl = slice(window.start, window.stop)
@@ -293,6 +299,15 @@ class _Options(NamedTuple):
     do_cfg: bool
     sequential_cfg: bool  # CFG's negative and positive halves one after the other: half the activations
     release_residuals: bool  # off only to measure what releasing saves (server.bench levers)
+    reference: ReferenceCondition | None = None  # the IP-Adapter's image embeddings (None: no reference)
+
+    def added_cond(self, half: int | None = None) -> dict | None:
+        """The UNet's added_cond_kwargs as the pipeline passes them (None without a reference); `half`: CFG's
+        negative (0) or positive (1) half alone."""
+        if self.reference is None:
+            return None
+        embeds = self.reference.embeds if half is None else self.reference.halves()[half]
+        return {"image_embeds": embeds}
 
 
 def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, keyframes, dense, options: _Options):
@@ -302,19 +317,25 @@ def _predict(pipe, latents, t, prompt_embeds, embeds_by_length, keyframes, dense
         embeds_by_length[frames] = prompt_embeds.repeat_interleave(repeats=frames, dim=0)
     embeds = embeds_by_length[frames]
     if not options.do_cfg:
-        return _denoiser(pipe, pipe.scheduler.scale_model_input(latents, t), t, embeds, keyframes, dense, options)
+        scaled = pipe.scheduler.scale_model_input(latents, t)
+        return _denoiser(pipe, scaled, t, embeds, keyframes, dense, options, options.added_cond())
     if options.sequential_cfg:
         scaled = pipe.scheduler.scale_model_input(latents, t)
-        uncond, text = (_denoiser(pipe, scaled, t, half, keyframes, dense, options) for half in embeds.chunk(2))
+        uncond, text = (
+            _denoiser(pipe, scaled, t, half, keyframes, dense, options, options.added_cond(n))
+            for n, half in enumerate(embeds.chunk(2))
+        )
     else:
         model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        uncond, text = _denoiser(pipe, model_input, t, embeds, keyframes, dense, options).chunk(2)
+        added = options.added_cond()
+        uncond, text = _denoiser(pipe, model_input, t, embeds, keyframes, dense, options, added).chunk(2)
     return uncond + options.guidance_scale * (text - uncond)
 
 
-def _denoiser(pipe, model_input, t, embeds, keyframes, dense, options: _Options):
+def _denoiser(pipe, model_input, t, embeds, keyframes, dense, options: _Options, added_cond: dict | None = None):
     """The SparseCtrl encoders (`keyframes`: (encoder, cond, mask, scale) each, the pipeline's first) and the
-    per-frame ControlNets, then the UNet with their summed residuals (released as they are added)."""
+    per-frame ControlNets, then the UNet with their summed residuals (released as they are added) and, with a
+    reference, the image embeddings (`added_cond`, the pipeline's added_cond_kwargs)."""
     down = mid = None
     for encoder, cond, mask, scale in keyframes:
         frame_scales = None
@@ -344,6 +365,7 @@ def _denoiser(pipe, model_input, t, embeds, keyframes, dense, options: _Options)
         model_input,
         t,
         encoder_hidden_states=embeds,
+        added_cond_kwargs=added_cond,
         down_block_additional_residuals=residuals,
         mid_block_additional_residual=mid,
     ).sample

@@ -18,6 +18,8 @@ class ModelInfo:
     loras: dict[str, float] = field(default_factory=dict)  # name -> default scale
     draft_motion_module: bool = False
     controlnets: list[str] = field(default_factory=list)  # per-frame ControlNets by name
+    # The IP-Adapter references use: {"name", "kind", "image_encoder"}; None: none configured.
+    ip_adapter: dict | None = None
 
     @classmethod
     def of(cls, model) -> ModelInfo:
@@ -31,4 +33,12 @@ class ModelInfo:
             loras=dict(model.loras),
             draft_motion_module=model.has_draft_adapter,
             controlnets=sorted(model.controlnets),
+            ip_adapter=_ip_adapter(model.ip_adapter),
         )
+
+
+def _ip_adapter(weights) -> dict | None:
+    if weights is None:
+        return None
+    encoder = getattr(weights, "image_encoder_path", None)
+    return {"name": weights.name, "kind": weights.kind, "image_encoder": str(encoder) if encoder else None}

@@ -89,6 +89,7 @@ class JobService:
             draft_adapter=model.draft_motion_module,
             loras=model.loras,
             controlnets=model.controlnets,
+            ip_adapter=model.ip_adapter is not None,
         )
         if request.retake is not None:
             request = self._with_take(request)
@@ -265,6 +266,7 @@ class JobService:
             "loras": dict(model.loras),
             "controlnets": model.controlnets,
             "draft_motion_module": model.draft_motion_module,
+            "ip_adapter": model.ip_adapter,
             "temporal_norm": self.config.model.temporal_norm,
             "weights": [e.to_dict() for e in self.weights],
         }

@@ -83,6 +83,30 @@ def _fitted_png(data: bytes, size: tuple[int, int], max_pixels: int, budget: Pix
     return buf.getvalue()
 
 
+# A reference image (IP-Adapter's look) is kept at most this on its short side: the image encoder sees a 224x224
+# centre crop of it, so more pixels only cost memory and disk.
+REFERENCE_SIDE = 512
+
+
+def reference_png(data: bytes, max_pixels: int, budget: PixelBudget) -> bytes:
+    """The bytes a job keeps for one reference image: as sent when it is a PNG no larger than REFERENCE_SIDE on
+    its short side, else decoded and scaled down (Lanczos) to that, as PNG; in the one decoding thread."""
+    return _decoder.submit(_reference_png, data, max_pixels, budget).result()
+
+
+def _reference_png(data: bytes, max_pixels: int, budget: PixelBudget) -> bytes:
+    image = decode_image(data, max_pixels, budget)
+    short = min(image.size)
+    if short <= REFERENCE_SIDE and data.startswith(b"\x89PNG"):
+        return data
+    if short > REFERENCE_SIDE:
+        w, h = (round(v * REFERENCE_SIDE / short) for v in image.size)
+        image = image.resize((max(w, REFERENCE_SIDE), max(h, REFERENCE_SIDE)), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

@@ -31,6 +31,8 @@ QUALITIES = ("final", "draft")
 SEED_MAX = 2**32 - 1
 LORA_SCALE = (-4.0, 4.0)  # the strength a request or [model.loras] may give a LoRA
 CLIP_SKIP_MAX = 11  # SD1.5's text encoder has 12 layers
+REFERENCE_IMAGES_MAX = 8  # a character sheet's views
+REFERENCE_STRENGTH_MAX = 2.0  # the IP-Adapter's scale (1.0: diffusers' and ComfyUI's default)
 
 
 def api(description: str, *, default_from_config: bool = False, **limits: Any) -> dict[str, Any]:
@@ -112,6 +114,34 @@ class Retake:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A look to hold (IP-Adapter, engine/reference.py): images of a character or a style, combined as diffusers'
+    IP-Adapter combines several (their image tokens side by side), at `strength` (the adapter's scale) over the
+    guidance window. `images` are the bytes kept (PNG, request/images.py reference_png); `sha256` the images' as
+    they were sent, so a client can tell which reference a take used."""
+
+    images: tuple[bytes, ...] = field(repr=False)
+    strength: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    sha256: tuple[str, ...] = ()
+
+    @cached_property
+    def decoded(self) -> list[Image.Image]:
+        out = []
+        for data in self.images:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                out.append(to_rgb(img))
+        return out
+
+    @property
+    def steers(self) -> bool:
+        """Strength 0 is the job without a reference, bit for bit: the engine leaves the adapter out."""
+        return self.strength > 0
+
+
+@dataclass(frozen=True)
 class KeyframeGroup:
     """The strength and guidance window of one SparseCtrl encoder's keyframes, where they differ from the
     request's conditioning_scale and keyframe_guidance_start/end (which every other encoder takes)."""
@@ -159,6 +189,10 @@ def dense_frame_path(group: int, index: int) -> str:
     return f"controlnets/{group}/{index:04d}.png"
 
 
+def reference_path(n: int) -> str:
+    return f"reference/{n}.png"
+
+
 def image_paths(fields: dict[str, Any]) -> list[str]:
     """The images a request record refers to, as relative paths in its job's folder."""
     paths = [keyframe_path(k["index"], k.get("modality", "")) for k in fields.get("keyframes", ())]
@@ -166,6 +200,8 @@ def image_paths(fields: dict[str, Any]) -> list[str]:
         paths += [dense_frame_path(g, index) for index in group["frames"]]
     if fields.get("retake"):
         paths += [PARENT_LATENTS, PARENT_FRAMES]
+    if reference := fields.get("reference"):
+        paths += [reference_path(n) for n in range(reference["images"])]
     return paths
 
 
@@ -259,6 +295,8 @@ class GenerationRequest:
     )
     # A retake of a succeeded job's span (None: a new take); the API's shape is schema.py's RetakeIn.
     retake: Retake | None = None
+    # A look to hold across shots (IP-Adapter; None: none); the API's shape is schema.py's ReferenceIn.
+    reference: Reference | None = None
 
     @property
     def delivered_frames(self) -> int:
@@ -287,7 +325,7 @@ class GenerationRequest:
     def to_record(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """(the fields as stored and echoed by the API, conditions without their images; the images' bytes by
         their path in the job's folder, image_paths)."""
-        images = {"keyframes", "controlnets", "keyframe_groups", "retake"}
+        images = {"keyframes", "controlnets", "keyframe_groups", "retake", "reference"}
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in images}
         fields["keyframes"] = [
             {"index": k.index, "output_index": k.output_index, "strength": k.strength}
@@ -297,6 +335,15 @@ class GenerationRequest:
         ]
         if self.retake is not None:
             fields["retake"] = {"job": self.retake.job, "frames": [self.retake.start, self.retake.end]}
+        if self.reference is not None:
+            ref = self.reference
+            fields["reference"] = {
+                "images": len(ref.images),
+                "strength": ref.strength,
+                "guidance_start": ref.guidance_start,
+                "guidance_end": ref.guidance_end,
+                "sha256": list(ref.sha256),
+            }
         fields["keyframe_groups"] = [dataclasses.asdict(g) for g in self.keyframe_groups]
         fields["controlnets"] = [
             {
@@ -315,13 +362,16 @@ class GenerationRequest:
             data |= {dense_frame_path(n, f.index): f.data for f in group.frames}
         if self.retake is not None:
             data |= {PARENT_LATENTS: self.retake.latents_data, PARENT_FRAMES: self.retake.frames_data}
+        if self.reference is not None:
+            data |= {reference_path(n): image for n, image in enumerate(self.reference.images)}
         return fields, data
 
     @classmethod
     def from_record(cls, fields: dict[str, Any], read_image: Callable[[str], bytes]) -> GenerationRequest:
         """The request a record holds; `read_image(path)` gives an image's bytes (paths as image_paths names
         them). Fields a record from an older release lacks take their defaults."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"keyframes", "controlnets", "keyframe_groups", "retake"}
+        conditions = {"keyframes", "controlnets", "keyframe_groups", "retake", "reference"}
+        known = {f.name for f in dataclasses.fields(cls)} - conditions
         values = {k: v for k, v in fields.items() if k in known}
         values["loras"] = tuple((name, scale) for name, scale in values.get("loras", ()))
         keyframes = [
@@ -339,6 +389,11 @@ class GenerationRequest:
         if parent := fields.get("retake"):
             start, end = parent["frames"]
             retake = Retake(parent["job"], start, end, read_image(PARENT_LATENTS), read_image(PARENT_FRAMES))
+        reference = None
+        if ref := fields.get("reference"):
+            images = tuple(read_image(reference_path(n)) for n in range(ref["images"]))
+            window = (ref.get("guidance_start", 0.0), ref.get("guidance_end", 1.0))
+            reference = Reference(images, ref["strength"], *window, tuple(ref.get("sha256", ())))
         groups = tuple(KeyframeGroup(**g) for g in fields.get("keyframe_groups", ()))
         controlnets = tuple(
             DenseGroup(
@@ -350,7 +405,8 @@ class GenerationRequest:
             )
             for n, g in enumerate(fields.get("controlnets", ()))
         )
-        return cls(**values, keyframes=keyframes, keyframe_groups=groups, controlnets=controlnets, retake=retake)
+        conditions = dict(keyframe_groups=groups, controlnets=controlnets, retake=retake, reference=reference)
+        return cls(**values, keyframes=keyframes, **conditions)
 
 
 def api_fields() -> dict[str, dataclasses.Field]:

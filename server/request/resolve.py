@@ -10,19 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 from typing import Any
 
 from pydantic import BaseModel
 
 from ..config import Config
 from .errors import RequestError
-from .images import ImageError, PixelBudget, fitted_png
+from .images import ImageError, PixelBudget, fitted_png, reference_png
 from .model import (
     MODALITIES,
     DenseGroup,
     GenerationRequest,
     Keyframe,
     KeyframeGroup,
+    Reference,
     Retake,
     api_fields,
     configurable_fields,
@@ -39,12 +41,15 @@ def resolve_request(
     draft_adapter: bool = False,
     loras: dict[str, float] | None = None,
     controlnets: list[str] | None = None,
+    ip_adapter: bool = False,
 ) -> GenerationRequest:
     """Check `fields` (schema.py; an already validated body passes as it is), apply the config's defaults,
     decode the images. `seed` is used when none is given. `loras`: the configured LoRAs a request may name
-    (name -> default scale); `controlnets`: the configured ControlNets' names; never paths."""
+    (name -> default scale); `controlnets`: the configured ControlNets' names; never paths. `ip_adapter`: whether
+    the server has one (a `reference` needs it)."""
     body = parse_body(fields, config.limits)
     _check_conditions(body, modalities)
+    _check_reference(body, ip_adapter)
     values = {name: getattr(body, name) for name in api_fields()}
     for name in configurable_fields():
         if values[name] is None:
@@ -68,6 +73,7 @@ def resolve_request(
     values["controlnets"] = _controlnets(body, values["num_frames"], images, controlnets or [])
     values["loras"] = _loras([(lora.name, lora.scale) for lora in body.loras or ()], loras or {})
     values["retake"] = _retake(body, values["num_frames"])
+    values["reference"] = _reference(body, images)
     request = GenerationRequest(**values)
     if request.quality == "draft":
         request = _draft(request, config, draft_adapter, loras or {})
@@ -96,6 +102,8 @@ def _check_steered(request: GenerationRequest) -> None:
         for m in request.keyframe_modalities()
     ]
     windows += [(f"ControlNet {g.name!r}", (g.guidance_start, g.guidance_end)) for g in request.controlnets]
+    if (ref := request.reference) is not None and ref.steers:
+        windows.append(("reference", (ref.guidance_start, ref.guidance_end)))
     for what, window in windows:
         if not any(guided(i, request.steps, window) for i in range(request.steps)):
             raise RequestError(
@@ -108,11 +116,12 @@ def _check_steered(request: GenerationRequest) -> None:
 def _check_conditions(body: BaseModel, modalities: list[str]) -> None:
     """Something steers the clip (keyframes, per-frame ControlNets or both); keyframes come with a modality the
     server has."""
-    if not body.keyframes and not body.controlnets and not body.retake:
+    reference = body.reference is not None and body.reference.strength != 0
+    if not body.keyframes and not body.controlnets and not body.retake and not reference:
         raise RequestError(
             "invalid_request",
-            "nothing conditions the clip: send keyframes (with a modality), controlnets (per-frame images) or a "
-            "retake of a job",
+            "nothing conditions the clip: send keyframes (with a modality), controlnets (per-frame images), a "
+            "reference (with a strength above 0) or a retake of a job",
         )
     if not body.keyframes:
         if body.keyframe_groups:
@@ -208,6 +217,37 @@ def _retake(body: BaseModel, num_frames: int) -> Retake | None:
     return Retake(body.retake.job, start, end)
 
 
+def _check_reference(body: BaseModel, ip_adapter: bool) -> None:
+    """A reference needs the server's IP-Adapter ([model.ip_adapter]); said before any image is decoded."""
+    if body.reference is not None and not ip_adapter:
+        raise RequestError(
+            "reference_unavailable",
+            "reference: this server has no IP-Adapter configured ([model.ip_adapter] in its config, docs/weights.md; "
+            "GET /v1/models shows ip_adapter: null); send the job without a reference",
+        )
+
+
+def _reference(body: BaseModel, images: _Images) -> Reference | None:
+    """The reference images, each decoded (and so checked) once and kept at most REFERENCE_SIDE on the short side,
+    with their sha256 as sent; strength and window with their defaults."""
+    ref = body.reference
+    if ref is None:
+        return None
+    kept, hashes = [], []
+    for n, text in enumerate(ref.images):
+        data = images.raw(text, f"reference image {n}")
+        hashes.append(hashlib.sha256(data).hexdigest())
+        try:
+            kept.append(reference_png(data, images.max_pixels, images.budget))
+        except ImageError as e:
+            raise RequestError("invalid_image", f"reference image {n}: {e}") from None
+    strength = 1.0 if ref.strength is None else float(ref.strength)
+    start = 0.0 if ref.guidance_start is None else float(ref.guidance_start)
+    end = 1.0 if ref.guidance_end is None else float(ref.guidance_end)
+    _check_window("reference", start, end)
+    return Reference(tuple(kept), strength, start, end, tuple(hashes))
+
+
 def _keyframe_groups(body: BaseModel, values: dict[str, Any]) -> tuple[KeyframeGroup, ...]:
     """Each keyframe_groups entry with its omitted values taken from the request's (conditioning_scale,
     keyframe_guidance_start/end), its window checked."""
@@ -276,14 +316,18 @@ class _Images:
     max_pixels: int
     budget: PixelBudget
 
-    def decode(self, text: str, what: str) -> bytes:
-        """The bytes the record keeps (request/images.py's fitted_png) for one base64 image."""
+    def raw(self, text: str, what: str) -> bytes:
+        """One base64 image's bytes (a data: URL's too)."""
         if text.startswith("data:"):
             text = text.partition(",")[2]
         try:
-            data = base64.b64decode(text, validate=True)
+            return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError("invalid_image", f"{what}: image is not valid base64") from None
+
+    def decode(self, text: str, what: str) -> bytes:
+        """The bytes the record keeps (request/images.py's fitted_png) for one base64 image."""
+        data = self.raw(text, what)
         try:
             return fitted_png(data, self.size, self.max_pixels, self.budget)
         except ImageError as e:

@@ -13,7 +13,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import RequestError
 from .limits import Limits
-from .model import LORA_SCALE, MODALITIES, GenerationRequest, api_fields
+from .model import (
+    LORA_SCALE,
+    MODALITIES,
+    REFERENCE_IMAGES_MAX,
+    REFERENCE_STRENGTH_MAX,
+    GenerationRequest,
+    api_fields,
+)
 from .owner import OWNER_MAX_CHARS, PRIORITY_RANGE, check_owner
 
 _REQUIRED = ("prompt",)
@@ -47,6 +54,14 @@ def job_create_model(limits: Limits) -> type[BaseModel]:
             "prompt, keyframes, strengths, ControlNets and LoRAs are this request's",
         ),
     )
+    fields["reference"] = (
+        ReferenceIn | None,
+        Field(
+            None,
+            description="a look to hold (IP-Adapter): images of a character or a style, the same for every shot of "
+            "a sequence; with the prompt alone it is enough to steer a job",
+        ),
+    )
     fields["loras"] = (list[LoraIn] | None, Field(None, max_length=8, description="configured LoRAs to turn on"))
     fields |= _queue_fields()
     return create_model(
@@ -65,6 +80,26 @@ class RetakeIn(BaseModel):
         max_length=2,
         description="[start, end]: the generated frames to regenerate (0-based, inclusive); every other generated "
         "frame comes back bit for bit the take's",
+    )
+
+
+class ReferenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    images: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        max_length=REFERENCE_IMAGES_MAX,
+        description="base64-encoded PNG/JPEG/WebP images; several (a character sheet's views) are combined as "
+        "IP-Adapter combines them (their image tokens side by side). Kept at most 512 px on the short side; the "
+        "image encoder sees a 224x224 centre crop",
+    )
+    strength: float | None = Field(
+        None, ge=0, le=REFERENCE_STRENGTH_MAX, description="the IP-Adapter's scale; 0: no reference; omitted: 1.0"
+    )
+    guidance_start: float | None = Field(
+        None, ge=0, le=1, description="the fraction of the steps before it starts to steer; omitted: 0"
+    )
+    guidance_end: float | None = Field(
+        None, ge=0, le=1, description="the fraction of the steps after which it stops steering; omitted: 1"
     )
 
 
@@ -247,6 +282,10 @@ def parse_body(fields: dict[str, Any] | BaseModel, limits: Limits) -> BaseModel:
             {**g, "frames": _encoded(g["frames"])} if isinstance(g, dict) and isinstance(g.get("frames"), list) else g
             for g in fields["controlnets"]
         ]
+    reference = fields.get("reference")
+    if isinstance(reference, dict) and isinstance(reference.get("images"), list):
+        images = [base64.b64encode(i).decode("ascii") if isinstance(i, bytes) else i for i in reference["images"]]
+        fields["reference"] = {**reference, "images": images}
     try:
         return body_model(limits).model_validate(fields)
     except ValidationError as e:

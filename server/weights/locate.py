@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-KINDS = ("base", "motion_adapter", "encoder", "controlnet", "lora", "tokenizer", "vae_approx")
+KINDS = (
+    "base",
+    "motion_adapter",
+    "encoder",
+    "controlnet",
+    "lora",
+    "tokenizer",
+    "vae_approx",
+    "ip_adapter",
+    "clip_vision",
+)
 
 # Sub-folders of a ComfyUI / AUTOMATIC1111 install where each kind of weight lives.
 COMFYUI_FOLDERS = {
@@ -23,6 +33,8 @@ COMFYUI_FOLDERS = {
     "lora": ["models/loras", "models/animatediff_motion_lora"],
     "tokenizer": ["comfy"],
     "vae_approx": ["models/vae_approx"],  # TAESD's taesd_decoder for live previews (engine/previews.py)
+    "ip_adapter": ["models/ipadapter"],  # ComfyUI IPAdapter Plus's folder
+    "clip_vision": ["models/clip_vision"],  # the IP-Adapter's image encoder
 }
 A1111_FOLDERS = {
     "base": ["models/Stable-diffusion"],
@@ -32,6 +44,8 @@ A1111_FOLDERS = {
     "lora": ["models/Lora"],
     "tokenizer": [],
     "vae_approx": [],
+    "ip_adapter": ["models/ControlNet", "extensions/sd-webui-controlnet/models"],  # sd-webui-controlnet keeps them
+    "clip_vision": [],
 }
 
 

@@ -154,6 +154,24 @@ def test_a_retake_gets_its_parents_take_on_a_worker(simulated_cluster):
     assert not np.array_equal(frame(server, child, 5), frame(server, parent["id"], 5))
 
 
+def test_a_reference_reaches_the_worker_with_the_keyframes(simulated_cluster):
+    """#30: the head (no weights) accepts a reference because its workers have an IP-Adapter; the images travel
+    to the worker as the keyframes do, and steer there."""
+    import base64
+
+    from tests.conftest import png_bytes
+    from tests.server.test_reference import look
+
+    server = with_nodes(simulated_cluster, 2)
+    assert server.client.get("/v1/models").json()["ip_adapter"]["kind"] == "plain"
+    reference = {"images": [base64.b64encode(png_bytes(look(1))).decode()], "strength": 0.8}
+    plain = server.client.post("/v1/jobs", json=job_body(steps=3)).json()["id"]
+    looked = server.client.post("/v1/jobs", json=job_body(steps=3, reference=reference)).json()["id"]
+    assert server.wait_for(looked, timeout=120)["status"] == "succeeded"
+    assert server.wait_for(plain, timeout=120)["status"] == "succeeded"
+    assert not np.array_equal(frame(server, looked, 5), frame(server, plain, 5))
+
+
 def test_a_head_restart_runs_the_jobs_that_were_running_again_and_loses_none(simulated_cluster):
     """The restarted server answers at once, health saying its workers are starting; the restart uses up no
     attempt (only a lost worker does); a farm's batch waiting on a job through the restart (its runner, with the

@@ -42,6 +42,7 @@ def bare_diffusers_frames(
     motion_adapter: str = "motion_adapter",
     scheduler_class=None,
     embed=None,
+    ip_adapter_file: str = "ip-adapter_sd15.safetensors",
 ) -> np.ndarray:
     """What a user gets calling diffusers directly on the same folders (the documented diffusers recipe).
 
@@ -49,10 +50,12 @@ def bare_diffusers_frames(
     official AnimateDiff normalisation; docs/rgb-correctness.md) applied to them, or without it.
     `motion_adapter`: the tiny model's folder of the motion module; `scheduler_class`: DDIM unless given.
     `embed(pipe, text)`: prompt embeddings made by the caller, for the prompt and the negative prompt.
+    `request.reference`: the tiny IP-Adapter loaded by diffusers from h94's layout, its images as ip_adapter_image.
     """
     from diffusers import AnimateDiffSparseControlNetPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel
 
     from server.engine.schedulers import SCHEDULERS, overrides_for
+    from server.engine.tiny import build_tiny_ip_adapter
 
     scheduler_class = scheduler_class or DDIMScheduler
     name = next(n for n, kind in SCHEDULERS.items() if kind.cls is scheduler_class)  # its [scheduler.NAME] table
@@ -69,6 +72,15 @@ def bare_diffusers_frames(
         ((name, scale),) = request.loras
         pipe.load_lora_weights(str(lora_file), adapter_name=name)
         pipe.set_adapters([name], [scale])
+    reference = {}
+    if request.reference is not None:  # diffusers' documented IP-Adapter recipe
+        build_tiny_ip_adapter(tiny_root / "ip_adapter", tiny_root / "base" / "unet")  # as --model tiny builds it
+        pipe.load_ip_adapter(
+            tiny_root / "ip_adapter", subfolder="models", weight_name=ip_adapter_file,
+            image_encoder_folder="image_encoder",
+        )  # fmt: skip
+        pipe.set_ip_adapter_scale(request.reference.strength)
+        reference = dict(ip_adapter_image=[request.reference.decoded])
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(request.seed)  # the RGB encoder's VAE sampling draws from the global RNG
     if embed is None:
@@ -89,6 +101,7 @@ def bare_diffusers_frames(
         controlnet_conditioning_scale=request.conditioning_scale,
         generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="np",
+        **reference,
     )
     return to_uint8(out.frames[0])
 

@@ -16,6 +16,7 @@ from server.request.resolve import resolve_request
 from server.video.deliver import deliver
 from tests.conftest import png_bytes, sketch
 from tests.server.test_engine import make_request
+from tests.server.test_reference import reference_of
 
 
 def test_vae_slicing_and_chunking_are_on_for_accelerators_only_by_default():
@@ -43,6 +44,11 @@ def test_levers_keep_the_frames_and_compile_wraps_the_unet(engine, own_model, ti
     reference = engine.generate(request).frames.astype(int)
     levered = fast.generate(request).frames.astype(int)
     assert np.abs(levered - reference).max() <= 2  # float reassociation only, not a different picture
+    # A reference (IP-Adapter, installed after fusing): its processors on the cross-attentions for the job only.
+    looked = dataclasses.replace(request, reference=reference_of(1))
+    levered_look = fast.generate(looked).frames.astype(int)
+    assert np.abs(levered_look - engine.generate(looked).frames.astype(int)).max() <= 2
+    assert np.abs(levered_look - levered).mean() > 1 and attention.fused_projections
 
     compiled = dataclasses.replace(tiny_config.performance, compile=True)
     Engine(own_model, tiny_config.scheduler, tiny_config.long_video, performance=compiled)
