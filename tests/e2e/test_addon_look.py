@@ -129,7 +129,7 @@ def test_the_panel_sends_the_sequences_reference_for_two_shots_of_one_edit(look_
         assert (look_server.data_dir / "jobs" / meta["job_id"] / "reference" / "1.png").is_file()
 
 
-def test_the_batch_sends_the_sequences_reference_and_a_shot_lists_own(look_server, tmp_path):
+def test_the_batch_sends_the_sequences_reference_and_a_shot_lists_own(look_server, tmp_path, addon):
     """A shot list of the two shots: sh010 inherits the edit's reference, sh020's line gives its own."""
     files = art(tmp_path / "art")
     blend = edit_of_two_shots(tmp_path, look_server.url)
