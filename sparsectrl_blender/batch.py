@@ -4,6 +4,7 @@
         [--scene NAME] [--modality lineart|depth|rgb] [--keyframes every:N|markers|camera|1,24,48|none] [--frames N]
         [--depth-every-frame [--depth-strength S]] [--keyframe-images FRAME:PATH,... [--keyframe-images-as rgb]]
         [--pin] [--color-lock] [--retake-of STRIP_OR_JOB --span START:END] [--prompt ...]
+        [--reference FILE[,FILE...] [--reference-strength S] [--reference-guidance START:END]]
         [--passes-dir DIR] [--out OUT.blend] [--owner NAME] [--priority N]
 
 Works with bpy from PyPI and inside Blender: `blender -b --python-expr "import sys; from
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keyframe_flags(p.add_argument_group("keyframes"))
     _add_generation_flags(p.add_argument_group("generation"))
     _add_retake_flags(p.add_argument_group("retake"))
+    _add_reference_flags(p.add_argument_group("look reference"))
     _add_output_flags(p.add_argument_group("output"))
     return p
 
@@ -282,6 +284,23 @@ def _add_retake_flags(p) -> None:
     )
 
 
+def _add_reference_flags(p) -> None:
+    """The Look reference: images that keep a character and a style from shot to shot (the server's IP-Adapter)."""
+    p.add_argument(
+        "--reference",
+        metavar="FILE[,FILE...]",
+        help="reference images (PNG, JPEG, WebP; up to 8: a character sheet's views) in place of the one saved in "
+        "the .blend (the shot's own, else its sequence's); 'none': no reference; // is beside the .blend",
+    )
+    p.add_argument(
+        "--reference-strength",
+        type=float,
+        metavar="S",
+        help="the IP-Adapter's scale, 0-2 (default: as saved, else 1.0; 0: the reference is not sent)",
+    )
+    p.add_argument("--reference-guidance", metavar="START:END", help="the part of the denoising the reference steers")
+
+
 def _add_generation_flags(p) -> None:
     """What the server generates: length, size, steps, seed, prompt."""
     p.add_argument("--frames", type=int, help="generated frames, 1-256 (default: --motion-rate per second of shot)")
@@ -397,6 +416,35 @@ def settings_from(args: argparse.Namespace, saved: dict) -> GenerationSettings:
             except ValueError as e:
                 raise BatchError(f"--{flag.replace('_', '-')}: {e}") from None
     return GenerationSettings(**values)
+
+
+def reference_from(args: argparse.Namespace, scene, settings: GenerationSettings):
+    """The shot's Look reference (core/reference.LookReference, or None): --reference's files, else the one saved
+    in the .blend (the shot's own, else its sequence's: blender/look.py), with --reference-strength and
+    --reference-guidance over it. BatchError for settings the server would refuse."""
+    from .blender.look import reference_for
+    from .core.reference import LookReference, ReferenceError, check, is_on, parse_files
+
+    if args.reference is not None:
+        reference = LookReference(parse_files(args.reference), source="--reference")
+    else:
+        reference = reference_for(scene, settings.preview_scene)
+    if reference is None:
+        return None
+    changes = {}
+    if args.reference_strength is not None:
+        changes["strength"] = args.reference_strength
+    if args.reference_guidance is not None:
+        try:
+            changes["guidance_start"], changes["guidance_end"] = parse_window(args.reference_guidance, "reference")
+        except ValueError as e:
+            raise BatchError(f"--reference-guidance: {e}") from None
+    reference = dataclasses.replace(reference, **changes)
+    try:
+        check(reference)
+    except ReferenceError as e:
+        raise BatchError(str(e)) from None
+    return reference if is_on(reference) else None
 
 
 def server_root(url: str) -> tuple[str, str]:
@@ -558,6 +606,7 @@ class ShotRun:
     label: str  # what its lines begin with: "" when the run has one shot, else "sh010.blend: "
     scene_name: str = ""
     settings: GenerationSettings | None = None
+    reference: object = None  # core.reference.LookReference, when the shot has one
     prepared: object = None  # core.job.PreparedJob
     runner: object = None  # core.job.JobRunner, once submitted
     stamp: tuple[int, int] = (0, 0)  # the shot file's (mtime_ns, size) when its passes were rendered
@@ -685,6 +734,7 @@ class Sequence:
         from .blender.generation import check
         from .blender.strips import check_target
         from .core.client import Client, ServerError
+        from .core.reference import unavailable as reference_unavailable
         from .core.request import unavailable
 
         args = shot.args
@@ -701,9 +751,12 @@ class Sequence:
             settings = dataclasses.replace(settings, seed=random.randrange(0, 2**31 - 1))
         shot.settings = settings
         check_target(scene, settings.preview_scene)
-        check(scene, settings)
+        shot.reference = reference_from(args, scene, settings)
+        check(scene, settings, shot.reference)
         shot.client = Client(settings.server_url, token=args.token or os.environ.get("SPARSECTRL_TOKEN", ""))
         if why := unavailable(settings, shot.client.health()):
+            raise ServerError(why)
+        if shot.reference is not None and (why := reference_unavailable(_models(shot.client))):
             raise ServerError(why)
 
     def _submit(self, shot: ShotRun) -> None:
@@ -715,7 +768,7 @@ class Sequence:
         shot.stamp = (stat.st_mtime_ns, stat.st_size)
         scene = bpy_scene(shot.scene_name)
         settings = shot.settings
-        prepared, client = _prepare(scene, settings, args, shot.notes, shot.label)
+        prepared, client = _prepare(scene, settings, args, shot.notes, shot.label, shot.reference)
         prepared.images = {}  # sent as PNGs (prepared.passes); a sequence's frames are not held meanwhile
         prepared.body["priority"] = args.priority
         if args.owner is not None and (owner := owner_name(args.owner)):
@@ -786,6 +839,18 @@ class Sequence:
         )
 
 
+def _models(client) -> dict:
+    """GET /v1/models; {} from a server without it (older than its models listing: no reference either)."""
+    from .core.client import ServerError
+
+    try:
+        return client.models()
+    except ServerError as e:
+        if e.status == 404:
+            return {}
+        raise
+
+
 def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
     """(the shot, the result file, the shot's compression): flags and files checked before Blender reads any."""
     if not -10 <= args.priority <= 10:
@@ -806,6 +871,13 @@ def _check_arguments(args, notes: list[str]) -> tuple[Path, Path, str]:
     if args.server:
         args.server, note = server_root(args.server)
         notes.append(note)
+    if args.reference_strength is not None and not 0.0 <= args.reference_strength <= 2.0:
+        raise BatchError(f"--reference-strength must be 0 to 2 (got {args.reference_strength:g})")
+    if args.reference is not None:  # relative to where the command runs (a shot list's lines: to the list)
+        from .core.reference import parse_files
+
+        files = parse_files(args.reference)
+        args.reference = ",".join(f if f.startswith("//") else str(Path(f).expanduser().absolute()) for f in files)
     shot = Path(args.shot).expanduser()
     if not shot.exists():
         raise BatchError(f"no such .blend file: {shot}")
@@ -944,9 +1016,9 @@ def bpy_scene(name: str):
     return scene
 
 
-def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label: str = ""):
+def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label: str = "", reference=None):
     """(the passes and request, a client of the server): the target and the server checked first, the passes
-    rendered, every warning said once."""
+    rendered, every warning said once. `reference`: the shot's Look reference (reference_from)."""
     from .blender.generation import prepare
     from .blender.strips import check_target
     from .core.client import Client, ServerError
@@ -969,7 +1041,7 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
             flush=True,
         )
     # Blender's own render log repeats per keyframe (a missing texture: one line per render); ours is kept.
-    prepared, captured = _quietly(lambda: prepare(scene, settings, retake))
+    prepared, captured = _quietly(lambda: prepare(scene, settings, retake, reference))
     for line in captured.splitlines():
         if line.startswith(("INFO ", "WARNING ", "ERROR ")):
             print(label + line, file=sys.stderr)
@@ -991,6 +1063,9 @@ def _prepare(scene, settings: GenerationSettings, args, notes: list[str], label:
         )
     for modality, passes in prepared.further_passes.items():  # the look's group, beside the keyframes
         sent.append(f"{len(passes)} {modality} keyframes {sorted(passes)} beside them")
+    if prepared.reference:  # files and hashes, as the strip records them
+        files = prepared.reference["files"]
+        sent.append(f"the Look reference of {prepared.reference['source']} ({', '.join(files)})")
     if prepared.dense_frames:
         sent.append(
             f"depth at {len(prepared.dense_frames)} generated frames (timeline {prepared.dense_frames[0]}-"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..core.frame_mapping import MappedKeyframes, generated_frame_count, generated_timeline_frames, map_keyframes
 from ..core.job import PreparedJob, RunnerState, frame_list, is_empty_pass, save_video
+from ..core.reference import LookReference
 from ..core.request import (
     MAX_GENERATED_FRAMES,
     MAX_SIZE,
@@ -47,14 +48,31 @@ class PassProgress:
     total: int = 0
 
 
-def prepare(scene, settings: GenerationSettings, retake: Retake | None = None) -> PreparedJob:
+def prepare(
+    scene, settings: GenerationSettings, retake: Retake | None = None, reference: LookReference | None = None
+) -> PreparedJob:
     """`prepare_steps` run to its end in one go (the batch, scripts)."""
     from .passes import run_steps
 
-    return run_steps(prepare_steps(scene, settings, retake))
+    return run_steps(prepare_steps(scene, settings, retake, reference))
 
 
-def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = None):
+def reference_parts(reference: LookReference | None) -> tuple[dict | None, dict]:
+    """(the body's "reference", what the strip records of it) for a reference that is on; (None, {}) otherwise.
+    The files are read (and checked) here: ReferenceError naming the file."""
+    import bpy
+
+    from ..core import reference as look
+
+    if not look.is_on(reference):
+        return None, {}
+    images = look.read_images(reference, lambda text: look.absolute(text, bpy.data.filepath))
+    return look.entry(reference, images), look.record(reference, images)
+
+
+def prepare_steps(
+    scene, settings: GenerationSettings, retake: Retake | None = None, reference: LookReference | None = None
+):
     """Choose keyframes, render their passes and build the request, as steps: a generator that yields its
     PassProgress once the settings are checked (nothing rendered yet), then after each render, and returns the
     PreparedJob. Closing it between steps (Cancel) removes the scene copy: the scene is as it was. Raises
@@ -63,7 +81,8 @@ def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = N
     Clamped settings and empty passes are said in `messages` (and `empty_frames`). This is what the panel's
     Generate runs on Blender's main thread; the PNGs the request carries are made by `PreparedJob.encode`, which
     the job thread calls (the batch calls it itself). A `retake` keeps its parent's shot range, generated frames
-    and size (the server refuses others) and regenerates its span; the rest is the settings'."""
+    and size (the server refuses others) and regenerates its span; the rest is the settings'. `reference`: the
+    Look reference resolved for the shot (blender/look.py), its files read before anything renders."""
     from .passes import PassRenderer
 
     started = time.perf_counter()
@@ -75,7 +94,10 @@ def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = N
     r = scene.render
     fps = r.fps / r.fps_base
     entry = retake.entry() if retake else None
-    body = job_body(settings, num_frames, width, height, max(1, round(fps)), end - start + 1, [], entry)
+    reference_entry, reference_record = reference_parts(reference)
+    body = job_body(
+        settings, num_frames, width, height, max(1, round(fps)), end - start + 1, [], entry, reference_entry
+    )
     if retake and (note := timing_note(retake, [(f - start, i) for f, i in mapped.indices.items()])):
         messages.append(note)
     frames = list(mapped.indices)
@@ -140,6 +162,7 @@ def prepare_steps(scene, settings: GenerationSettings, retake: Retake | None = N
         further[separate] = dict(sorted((further.get(separate, {}) | looks).items()))
     prepared.further, prepared.look_group = further, look_group(settings)
     prepared.pin, prepared.retake = settings.pin and rgb_keyframes(settings), retake
+    prepared.reference = reference_record
     if empty:
         messages.append(prepared.empty_message)
     if flat:
@@ -167,9 +190,10 @@ def _counted(steps, renderer, progress: PassProgress):
         steps.close()
 
 
-def check(scene, settings: GenerationSettings) -> None:
+def check(scene, settings: GenerationSettings, reference: LookReference | None = None) -> None:
     """Everything `prepare` would refuse before rendering, without rendering: the camera, the keyframes, the
-    image files, the request's own settings (prompt, LoRAs). The batch checks every shot so before sending any."""
+    image files, the Look reference's files, the request's own settings (prompt, LoRAs). The batch checks every
+    shot so before sending any."""
     from .passes import check_camera
 
     check_camera(scene)
@@ -181,7 +205,8 @@ def check(scene, settings: GenerationSettings) -> None:
         from .keyframe_images import check_keyframe_files
 
         check_keyframe_files(files)
-    job_body(settings, num_frames, width, height, 24, end - start + 1, [])
+    reference_entry, _ = reference_parts(reference)
+    job_body(settings, num_frames, width, height, 24, end - start + 1, [], reference=reference_entry)
 
 
 def _strengths(settings: GenerationSettings, keyframes: dict[int, int], messages: list[str]) -> dict[int, float]:
@@ -329,4 +354,5 @@ def _metadata(shot, prepared: PreparedJob, state: RunnerState, settings: Generat
         "size": [prepared.body["width"], prepared.body["height"]],
         "pin": any(k.get("pin") for k in prepared.body.get("keyframes", [])),
         "color_lock": bool(prepared.body.get("color_lock")),
+        **({"reference": prepared.reference} if prepared.reference else {}),  # files and hashes, when one was sent
     }

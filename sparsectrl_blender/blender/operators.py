@@ -39,6 +39,7 @@ LOST_AFTER_SECONDS = 10.0
 class Connection:
     checking: bool = False
     health: dict | None = None
+    models: dict | None = None  # GET /v1/models (None: not asked, or a server without it)
     error: str | None = None
     url: str = ""
     thread: threading.Thread | None = None  # made by the operator, started by the timer's first call
@@ -109,12 +110,22 @@ def _check_connection(url: str, token: str) -> None:
     """In a thread: inside the render guard, so a Generate's renders wait for its answer (at most 3 s)."""
     c = STATUS.connection
     with GUARD.thread_segment():
+        client = Client(url, token=token)
         try:
-            c.health, c.error = Client(url, token=token).health(), None
+            c.health, c.error = client.health(), None
+            c.models = _models(client)
         except ServerError as e:
-            c.health, c.error = None, str(e)
+            c.health, c.models, c.error = None, None, str(e)
         finally:
             c.checking, c.url = False, url
+
+
+def _models(client: Client) -> dict | None:
+    """GET /v1/models, for what the panel offers (the Look reference); None where the server cannot say."""
+    try:
+        return client.models()
+    except ServerError:
+        return None
 
 
 def _started(thread: threading.Thread | None) -> bool:
@@ -338,7 +349,10 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
     def execute(self, context):
         if self.pending != "NONE":
             return self._pending(self.pending == "SEND")
+        from ..core.reference import ReferenceError
+        from ..core.reference import unavailable as reference_unavailable
         from .generation import prepare_steps
+        from .look import reference_for
         from .passes import PassError, run_steps
         from .scene_keyframes import KeyframeError
         from .strips import PlacementError, active_preview_strip, check_target, shot_scene_of
@@ -369,9 +383,12 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
         settings = to_settings(props)
         if health is not None and (why := unavailable(settings, health)):  # said before anything is rendered
             return self._fail(why)
+        reference = reference_for(shot, props.preview_scene)
+        if reference is not None and (why := reference_unavailable(STATUS.connection.models)):
+            return self._fail(why)
         target_name = target.name if target is not None else ""
         replace_name = replace.name if replace else None
-        steps = prepare_steps(shot, settings, retake)
+        steps = prepare_steps(shot, settings, retake, reference)
         try:
             progress = next(steps)  # the settings and keyframes checked, nothing rendered yet
             if STEP_PASSES if STEP_PASSES is not None else not bpy.app.background:
@@ -381,7 +398,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
                     bpy.app.timers.register(_poll_prepare, first_interval=0.0)
                 return {"FINISHED"}
             prepared = run_steps(steps)
-        except (KeyframeError, PassError, ValueError) as e:
+        except (KeyframeError, PassError, ReferenceError, ValueError) as e:
             return self._fail(str(e))
         sent = _prepared(shot.name, prepared, settings, replace_name, target_name, self._warn)
         return {"FINISHED"} if sent else {"CANCELLED"}
@@ -450,6 +467,10 @@ def start_run(scene_name: str, prepared: PreparedJob, settings, replace_name, ta
     sent = [f"{len(prepared.images)} {settings.modality} keyframes"] if prepared.images else []
     if prepared.dense_frames:
         sent.append(f"depth at {len(prepared.dense_frames)} frames")
+    if prepared.reference:
+        files = prepared.reference["files"]
+        images = f"{len(files)} image{'s' * (len(files) > 1)}"
+        sent.append(f"the Look reference of {prepared.reference['source']} ({images})")
     if (retake := prepared.retake) is not None:
         first, last = retake.timeline
         sent.append(f"a retake of frames {first}-{last} (generated {retake.frames[0]}-{retake.frames[1]})")

@@ -68,6 +68,8 @@ def _draw_connection(layout, props) -> None:
             box.label(text="LoRAs: " + ", ".join(c.health["loras"]))
         if c.health.get("controlnets"):  # per-frame ControlNets (servers before them did not say)
             box.label(text="ControlNets: " + ", ".join(c.health["controlnets"]))
+        if adapter := (c.models or {}).get("ip_adapter"):  # the Look reference's (GET /v1/models)
+            box.label(text=f"IP-Adapter: {adapter.get('name', '')} ({adapter.get('kind', '')})")
     elif c.error:
         box.label(text=c.error, icon="ERROR")
     else:
@@ -148,6 +150,63 @@ def draw_look(layout, context) -> None:
         row = col.row(align=True)
         row.prop(props, "pin", icon="PINNED" if props.pin else "UNPINNED")
         row.prop(props, "color_lock")
+
+
+def draw_reference(layout, context) -> None:
+    """The Look reference: the sequence's (every shot cut into its edit inherits it) and the shot's own; greyed
+    out, with the reason, when the server has no IP-Adapter (GET /v1/models)."""
+    from ..core.reference import unavailable as reference_unavailable
+    from .look_operators import look_scene
+    from .strips import PlacementError
+
+    shot = _shot(context)
+    col = layout.column()
+    if why := reference_unavailable(STATUS.connection.models):
+        for i, line in enumerate(why.split("; ")):  # a label does not wrap: one clause a line
+            col.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+        col = col.column()
+        col.active = False
+    try:
+        sequence = look_scene(context, "SEQUENCE")
+    except PlacementError:
+        sequence = None
+    own = shot.sparsectrl_look.own
+    box = col.box()
+    if sequence is None:
+        box.label(text="Sequence: none yet (made by the first Generate)", icon="SEQUENCE")
+        box.operator("sparsectrl.reference_add", text="Add Images", icon="ADD").which = "SEQUENCE"
+    else:
+        sub = box.column()
+        sub.active = not own
+        sub.label(text=f"Sequence '{sequence.name}'" + (": not used by this shot" if own else ""), icon="SEQUENCE")
+        _draw_look(sub, sequence.sparsectrl_look, "SEQUENCE", context)
+    box = col.box()
+    box.prop(shot.sparsectrl_look, "own", text=f"Own reference for '{shot.name}'")
+    if own:
+        _draw_look(box, shot.sparsectrl_look, "SHOT", context)
+
+
+def _draw_look(layout, look, which: str, context) -> None:
+    """One reference's images (each removable), Add and Use This Frame, strength and window."""
+    for index, image in enumerate(look.images):
+        row = layout.row(align=True)
+        row.prop(image, "filepath", text="")
+        remove = row.operator("sparsectrl.reference_remove", text="", icon="X")
+        remove.which, remove.index = which, index
+    if which == "SHOT" and not len(look.images):
+        layout.label(text="No images: this shot has no reference", icon="INFO")
+    row = layout.row(align=True)
+    row.operator("sparsectrl.reference_add", text="Add Images", icon="ADD").which = which
+    from .look_operators import selected_take
+
+    sub = row.row(align=True)
+    sub.active = selected_take(context)[1] is not None  # a take selected on the sequence's Sequencer
+    sub.operator("sparsectrl.reference_from_frame", text="Use This Frame", icon="SEQUENCE").which = which
+    layout.prop(look, "strength")
+    row = layout.row(align=True)
+    row.label(text="Reference steps")
+    row.prop(look, "guidance_start")
+    row.prop(look, "guidance_end")
 
 
 def draw_generation(layout, context) -> None:
@@ -263,6 +322,7 @@ SECTIONS = (
     Section("keyframes", "Keyframes", draw_keyframes),
     Section("depth", "Depth every frame", draw_depth, draw_depth_header, closed=True),
     Section("look", "Look", draw_look, closed=True),
+    Section("reference", "Look Reference", draw_reference, closed=True),
     Section("generation", "Generation", draw_generation, closed=True),
     Section("takes", "Takes", draw_takes),
 )

@@ -187,6 +187,8 @@ def _tag(movie, metadata: dict) -> None:
     movie[f"{PROPS_KEY}_keyframes"] = json.dumps(metadata.get("keyframes", {}))
     if "retake" in metadata:  # the parent (job, strip) and the span (generated, timeline), readable in the UI
         movie[f"{PROPS_KEY}_retake"] = json.dumps(metadata["retake"])
+    if "reference" in metadata:  # the Look reference's files and hashes, readable in the UI
+        movie[f"{PROPS_KEY}_reference"] = json.dumps(metadata["reference"])
 
 
 def metadata_of(strip) -> dict:

@@ -100,6 +100,13 @@ class Client:
             raise ServerError(f"{self.url} did not answer like a SparseCtrl server", "bad_answer")
         return health
 
+    def models(self) -> dict[str, Any]:
+        """GET /v1/models: what the server has loaded (its "ip_adapter": the Look reference's, or null)."""
+        models = self._request("GET", "/v1/models", timeout=3.0)
+        if not isinstance(models, dict):
+            raise ServerError(f"{self.url} did not answer like a SparseCtrl server", "bad_answer")
+        return models
+
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/v1/jobs", body, timeout=60.0)
 

@@ -58,6 +58,7 @@ class PreparedJob:
     look_group: dict = field(default_factory=dict)  # the RGB look's keyframe_groups entry (core/request.look_group)
     pin: bool = False  # the RGB keyframes pinned (settings.pin)
     retake: Retake | None = None  # the span of a take this job regenerates (its body's "retake")
+    reference: dict = field(default_factory=dict)  # the Look reference sent (core/reference.record); {}: none
 
     def encode(self) -> None:
         """The passes as PNG into the request body (once; later calls do nothing)."""

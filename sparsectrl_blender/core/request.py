@@ -222,17 +222,20 @@ def job_body(
     output_frames: int,
     keyframes: list[tuple[int, int, bytes]],
     retake: dict | None = None,
+    reference: dict | None = None,
 ) -> dict:
     """The POST /v1/jobs body. `keyframes` are (generated index, output index, PNG bytes); the server
     retimes the clip to `output_frames` with each keyframe's generated frame on its output frame. Built with
     no keyframes first (the prompt and LoRAs checked before anything is rendered), `keyframe_entries` fill them
-    in once the passes are PNGs. `retake`: the body's "retake" (core/retake.Retake.entry). Colour lock is sent
+    in once the passes are PNGs. `retake`: the body's "retake" (core/retake.Retake.entry); `reference`: the body's
+    "reference" (core/reference.entry), sent only when given, which steers a job alone too. Colour lock is sent
     only with RGB keyframes (the panel offers it only then; a setting left on is not an error)."""
     if not settings.prompt.strip():
         raise ValueError("write a prompt first: it says what the preview should look like")
-    if not uses_keyframes(settings) and not settings.depth_every_frame:
+    if not uses_keyframes(settings) and not settings.depth_every_frame and reference is None:
         raise ValueError(
-            "nothing steers the preview: choose where the keyframes come from, or turn on Depth every frame"
+            "nothing steers the preview: choose where the keyframes come from, turn on Depth every frame, or give "
+            "a Look reference"
         )
     extra = {}
     if uses_keyframes(settings):
@@ -250,6 +253,8 @@ def job_body(
         extra["color_lock"] = True
     if retake is not None:
         extra["retake"] = retake
+    if reference is not None:  # sent only when on: the body is as before otherwise
+        extra["reference"] = reference
     return {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt or None,

@@ -5,11 +5,12 @@ A shot list is a text file, one shot per line, written as on a command line (she
 blank lines skipped):
 
     seq010/sh010.blend --prompt "ink, dusk" --seed 7
-    seq010/sh020.blend --scene "sh020 alt" --keyframes every:12
+    seq010/sh020.blend --scene "sh020 alt" --keyframes every:12 --reference art/knight.png,art/knight_back.png
     "seq010/sh 030.blend" --out renders/sh030_previs.blend
 
 A line's flags override the command's own for that shot; the rest are the command's. Relative paths on a line
-(the shot, --out, --passes-dir) are relative to the list's folder, so the list can sit beside the shots."""
+(the shot, --out, --passes-dir, each file of --reference) are relative to the list's folder, so the list can sit
+beside the shots."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import shlex
 from pathlib import Path
 
 LINE_PATHS = ("out", "passes_dir")  # a line's path flags, relative to the list's folder
+LINE_PATH_LISTS = ("reference",)  # a line's comma-separated path flags, each relative to the list's folder
 
 
 class ShotListError(ValueError):
@@ -89,6 +91,9 @@ def plan_shots(make_parser, args: argparse.Namespace) -> list[argparse.Namespace
             for flag in LINE_PATHS:
                 if given.get(flag):
                     setattr(plan, flag, str(_beside(folder, given[flag])))
+            for flag in LINE_PATH_LISTS:
+                if given.get(flag):
+                    setattr(plan, flag, _list_beside(folder, given[flag]))
             plans.append(plan)
     if not plans:
         raise ValueError("name a .blend file, several, or a shot list (--shots FILE)")
@@ -109,6 +114,14 @@ def _tell_apart(plans: list[argparse.Namespace]) -> None:
     for plan in plans:
         if extra := vars(plan).pop("label_extra", ""):
             plan.where = f"{plan.where} ({extra})"
+
+
+def _list_beside(folder: Path, text: str) -> str:
+    """ "a.png,b.png" with each relative path made relative to `folder` ("//" (beside the .blend) and "none" kept)."""
+    if text.strip().lower() == "none":
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return ",".join(p if p.startswith("//") else str(_beside(folder, p)) for p in parts)
 
 
 def _beside(folder: Path, path: str) -> Path:

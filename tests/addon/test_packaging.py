@@ -27,7 +27,7 @@ import bpy, addon_utils
 def state():
     return {
         "enabled": MOD in bpy.context.preferences.addons,
-        "scene_prop": hasattr(bpy.types.Scene, "sparsectrl"),
+        "scene_prop": [hasattr(bpy.types.Scene, name) for name in ("sparsectrl", "sparsectrl_look")],
         "classes": sorted(n for n in dir(bpy.types) if n.startswith("SPARSECTRL_")),
         "ops": sorted(n for n in dir(bpy.ops.sparsectrl)),
         "timers": [bpy.app.timers.is_registered(t) for t in TIMERS()],
@@ -163,20 +163,23 @@ def test_install_enable_disable_reenable_leaves_nothing_behind(tmp_path):
     assert out.stdout.split("PASSES ", 1)[1].split()[0].startswith("extensions/.local/lib/python"), out.stdout
     assert out.returncode == 0, out.stderr[-2000:]
     installed, with_timers, disabled, reenabled = json.loads(out.stdout.split("STATES ", 1)[1].splitlines()[0])
-    assert installed["enabled"] and installed["scene_prop"] and installed["token_field"]
+    assert installed["enabled"] and all(installed["scene_prop"]) and installed["token_field"]
     assert "TOKEN s3cret" in out.stdout  # the preferences belong to the add-on's module, not its blender/ folder
     assert installed["classes"] == [
         "SPARSECTRL_OT_cancel",
         "SPARSECTRL_OT_check_connection",
         "SPARSECTRL_OT_generate",
         "SPARSECTRL_OT_randomize_seed",
+        "SPARSECTRL_OT_reference_add",
+        "SPARSECTRL_OT_reference_from_frame",
+        "SPARSECTRL_OT_reference_remove",
         "SPARSECTRL_OT_report",
         "SPARSECTRL_PT_sequencer",
-        *(f"SPARSECTRL_PT_sequencer_{k}" for k in ("depth", "generation", "keyframes", "look", "takes")),
+        *(f"SPARSECTRL_PT_sequencer_{k}" for k in ("depth", "generation", "keyframes", "look", "reference", "takes")),
         "SPARSECTRL_PT_view3d",
-        *(f"SPARSECTRL_PT_view3d_{k}" for k in ("depth", "generation", "keyframes", "look", "takes")),
+        *(f"SPARSECTRL_PT_view3d_{k}" for k in ("depth", "generation", "keyframes", "look", "reference", "takes")),
     ]
     assert any(with_timers["timers"])
-    assert not disabled["enabled"] and not disabled["scene_prop"]
+    assert not disabled["enabled"] and not any(disabled["scene_prop"])
     assert disabled["classes"] == [] and disabled["ops"] == [] and not any(disabled["timers"])
     assert reenabled["enabled"] and reenabled["classes"] == installed["classes"] and not any(reenabled["timers"])

@@ -165,7 +165,7 @@ def test_every_sub_panel_is_registered_under_its_parent_and_draws(addon):
     build_shot()
     parents = {"SPARSECTRL_PT_sequencer": "SEQUENCE_EDITOR", "SPARSECTRL_PT_view3d": "VIEW_3D"}
     subs = [cls for cls in panels.CLASSES if getattr(cls, "bl_parent_id", "")]
-    assert len(subs) == 2 * len(panels.SECTIONS) == 10
+    assert len(subs) == 2 * len(panels.SECTIONS) == 12
     for cls in subs:
         assert getattr(bpy.types, cls.__name__, None) is cls, f"{cls.__name__} not registered"
         assert parents[cls.bl_parent_id] == cls.bl_space_type
@@ -176,9 +176,9 @@ def test_every_sub_panel_is_registered_under_its_parent_and_draws(addon):
         cls.draw(panel, bpy.context)
         assert log, f"{cls.__name__} draws nothing"
     labels = {cls.bl_label: cls for cls in subs if cls.bl_space_type == "SEQUENCE_EDITOR"}
-    assert list(labels) == ["Keyframes", "Depth every frame", "Look", "Generation", "Takes"]
+    assert list(labels) == ["Keyframes", "Depth every frame", "Look", "Look Reference", "Generation", "Takes"]
     closed = {label for label, cls in labels.items() if "DEFAULT_CLOSED" in cls.bl_options}
-    assert closed == {"Depth every frame", "Look", "Generation"}
+    assert closed == {"Depth every frame", "Look", "Look Reference", "Generation"}
     header = []
     labels["Depth every frame"].draw_header(type("Self", (), {"layout": Layout(header)})(), bpy.context)
     assert header == [("prop", "depth_every_frame")]
