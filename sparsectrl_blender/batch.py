@@ -423,7 +423,7 @@ def reference_from(args: argparse.Namespace, scene, settings: GenerationSettings
     in the .blend (the shot's own, else its sequence's: blender/look.py), with --reference-strength and
     --reference-guidance over it. BatchError for settings the server would refuse."""
     from .blender.look import reference_for
-    from .core.reference import LookReference, ReferenceError, check, is_on, parse_files
+    from .core.reference import LookReference, LookReferenceError, check, is_on, parse_files
 
     if args.reference is not None:
         reference = LookReference(parse_files(args.reference), source="--reference")
@@ -442,7 +442,7 @@ def reference_from(args: argparse.Namespace, scene, settings: GenerationSettings
     reference = dataclasses.replace(reference, **changes)
     try:
         check(reference)
-    except ReferenceError as e:
+    except LookReferenceError as e:
         raise BatchError(str(e)) from None
     return reference if is_on(reference) else None
 

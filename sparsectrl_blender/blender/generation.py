@@ -59,7 +59,7 @@ def prepare(
 
 def reference_parts(reference: LookReference | None) -> tuple[dict | None, dict]:
     """(the body's "reference", what the strip records of it) for a reference that is on; (None, {}) otherwise.
-    The files are read (and checked) here: ReferenceError naming the file."""
+    The files are read (and checked) here: LookReferenceError naming the file."""
     import bpy
 
     from ..core import reference as look

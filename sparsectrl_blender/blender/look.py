@@ -15,7 +15,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
 
-from ..core.reference import STRENGTH_RANGE, LookReference, ReferenceError, frame_file_name
+from ..core.reference import STRENGTH_RANGE, LookReference, LookReferenceError, frame_file_name
 
 LOOK_PROP = "sparsectrl_look"  # the PropertyGroup's name on every scene
 _DEFAULTS = LookReference()
@@ -131,15 +131,15 @@ def reference_for(shot, preview_scene: str = "") -> LookReference | None:
 def grab_frame(strip, frame: int, path: Path) -> Path:
     """Timeline frame `frame` of the movie strip `strip` written as a PNG at `path`, as the Sequencer shows it
     (a temporary scene renders the movie's frame with the Standard view; it is removed after). Nothing of the
-    artist's scenes or files changes. ReferenceError for a frame the strip does not show."""
+    artist's scenes or files changes. LookReferenceError for a frame the strip does not show."""
     first, last = round(strip.frame_final_start), round(strip.frame_final_end) - 1
     if not first <= frame <= last:
-        raise ReferenceError(
+        raise LookReferenceError(
             f"frame {frame} is not on the take '{strip.name}' (frames {first}-{last}): move the playhead onto it"
         )
     element = strip.elements[0] if len(strip.elements) else None
     if element is None or not element.orig_width:
-        raise ReferenceError(f"the take '{strip.name}' has no readable movie ({strip.filepath})")
+        raise LookReferenceError(f"the take '{strip.name}' has no readable movie ({strip.filepath})")
     path.parent.mkdir(parents=True, exist_ok=True)
     results = set(bpy.data.images)  # the render result image made here is removed with the scene
     temp = bpy.data.scenes.new("sparsectrl frame grab")
@@ -155,7 +155,7 @@ def grab_frame(strip, frame: int, path: Path) -> Path:
             bpy.ops.render.render(animation=True, scene=temp.name)
             written = sorted(Path(folder).glob("frame_*.png"))
             if not written:
-                raise ReferenceError(f"could not render frame {frame} of '{strip.name}'")
+                raise LookReferenceError(f"could not render frame {frame} of '{strip.name}'")
             os.replace(written[0], path)
     finally:
         bpy.data.scenes.remove(temp)

@@ -146,7 +146,7 @@ class SPARSECTRL_OT_reference_from_frame(bpy.types.Operator):
     )
 
     def execute(self, context):
-        from ..core.reference import MAX_IMAGES, ReferenceError
+        from ..core.reference import MAX_IMAGES, LookReferenceError
         from .look import frame_path, grab_frame, stored_path
 
         scene, strip = selected_take(context)
@@ -160,7 +160,7 @@ class SPARSECTRL_OT_reference_from_frame(bpy.types.Operator):
         frame = scene.frame_current
         try:
             path = grab_frame(strip, frame, frame_path(strip, frame))
-        except (ReferenceError, RuntimeError, OSError) as e:
+        except (LookReferenceError, RuntimeError, OSError) as e:
             return _fail(self, f"cannot use frame {frame} of '{strip.name}': {e}")
         if not self.add:
             look.images.clear()

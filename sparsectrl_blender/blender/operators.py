@@ -349,7 +349,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
     def execute(self, context):
         if self.pending != "NONE":
             return self._pending(self.pending == "SEND")
-        from ..core.reference import ReferenceError
+        from ..core.reference import LookReferenceError
         from ..core.reference import unavailable as reference_unavailable
         from .generation import prepare_steps
         from .look import reference_for
@@ -398,7 +398,7 @@ class SPARSECTRL_OT_generate(bpy.types.Operator):
                     bpy.app.timers.register(_poll_prepare, first_interval=0.0)
                 return {"FINISHED"}
             prepared = run_steps(steps)
-        except (KeyframeError, PassError, ReferenceError, ValueError) as e:
+        except (KeyframeError, PassError, LookReferenceError, ValueError) as e:
             return self._fail(str(e))
         sent = _prepared(shot.name, prepared, settings, replace_name, target_name, self._warn)
         return {"FINISHED"} if sent else {"CANCELLED"}

@@ -22,7 +22,7 @@ DEFAULT_STRENGTH = 1.0  # the server's (diffusers' and ComfyUI's) when omitted
 FORMATS = "PNG, JPEG or WebP"
 
 
-class ReferenceError(ValueError):
+class LookReferenceError(ValueError):
     """A reference that cannot be sent; the message names the file or setting, for the artist."""
 
 
@@ -60,16 +60,17 @@ def parse_files(text: str) -> tuple[str, ...]:
 def check(reference: LookReference) -> None:
     """The settings the server would refuse, said before anything is read or rendered."""
     if len(reference.files) > MAX_IMAGES:
-        raise ReferenceError(
+        raise LookReferenceError(
             f"the Look reference has {len(reference.files)} images: the server takes at most {MAX_IMAGES}"
         )
     low, high = STRENGTH_RANGE
     if not low <= reference.strength <= high:
-        raise ReferenceError(f"the Look reference strength must be {low:g} to {high:g} (got {reference.strength:g})")
+        strength = reference.strength
+        raise LookReferenceError(f"the Look reference strength must be {low:g} to {high:g} (got {strength:g})")
     try:
         check_window("Look reference", reference.guidance_start, reference.guidance_end)
     except ValueError as e:
-        raise ReferenceError(str(e)) from None
+        raise LookReferenceError(str(e)) from None
 
 
 def image_format(data: bytes) -> str | None:
@@ -84,11 +85,11 @@ def image_format(data: bytes) -> str | None:
 
 
 def absolute(path_text: str, blend_path: str) -> Path:
-    """A file as written ("//" relative to the saved .blend, "~" the home folder) as a path; ReferenceError when it
+    """A file as written ("//" relative to the saved .blend, "~" the home folder) as a path; LookReferenceError when it
     is relative to a .blend not saved yet."""
     if path_text.startswith("//"):
         if not blend_path:
-            raise ReferenceError(
+            raise LookReferenceError(
                 f"Look reference {path_text} is relative to the .blend, which is not saved yet: save it first, or "
                 "give the full path"
             )
@@ -97,7 +98,7 @@ def absolute(path_text: str, blend_path: str) -> Path:
 
 
 def read_images(reference: LookReference, locate: Callable[[str], Path]) -> list[bytes]:
-    """Each file's bytes, in order; ReferenceError naming the first that is missing, unreadable or not an image
+    """Each file's bytes, in order; LookReferenceError naming the first that is missing, unreadable or not an image
     the server decodes. `locate` turns a file as written into a path (`absolute` with the .blend's path)."""
     check(reference)
     images = []
@@ -106,11 +107,11 @@ def read_images(reference: LookReference, locate: Callable[[str], Path]) -> list
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise ReferenceError(f"Look reference: no file {path}") from None
+            raise LookReferenceError(f"Look reference: no file {path}") from None
         except OSError as e:
-            raise ReferenceError(f"Look reference: cannot read {path} ({e.strerror or e})") from None
+            raise LookReferenceError(f"Look reference: cannot read {path} ({e.strerror or e})") from None
         if image_format(data) is None:
-            raise ReferenceError(f"Look reference: {path} is not a {FORMATS} image (save it as one of those)")
+            raise LookReferenceError(f"Look reference: {path} is not a {FORMATS} image (save it as one of those)")
         images.append(data)
     return images
 

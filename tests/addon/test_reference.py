@@ -11,7 +11,7 @@ import pytest
 
 from sparsectrl_blender.core import reference as look
 from sparsectrl_blender.core.png import encode_png
-from sparsectrl_blender.core.reference import LookReference, ReferenceError
+from sparsectrl_blender.core.reference import LookReference, LookReferenceError
 from sparsectrl_blender.core.request import GenerationSettings, job_body
 
 PNG = encode_png(np.full((8, 8, 3), 90, np.uint8))
@@ -38,20 +38,20 @@ def test_files_are_read_as_they_are_and_checked_for_what_the_server_decodes(tmp_
     reference = LookReference(("//a.png", str(tmp_path / "b.jpg"), "//c.webp"))
     images = look.read_images(reference, locate)
     assert images == [PNG, JPEG_HEAD + b"rest", WEBP_HEAD + b"rest"]
-    with pytest.raises(ReferenceError, match="notes.txt is not a PNG, JPEG or WebP image"):
+    with pytest.raises(LookReferenceError, match="notes.txt is not a PNG, JPEG or WebP image"):
         look.read_images(LookReference(("//notes.txt",)), locate)
-    with pytest.raises(ReferenceError, match="no file .*missing.png"):
+    with pytest.raises(LookReferenceError, match="no file .*missing.png"):
         look.read_images(LookReference(("//missing.png",)), locate)
-    with pytest.raises(ReferenceError, match="relative to the .blend, which is not saved yet"):
+    with pytest.raises(LookReferenceError, match="relative to the .blend, which is not saved yet"):
         look.read_images(LookReference(("//a.png",)), lambda text: look.absolute(text, ""))
 
 
 def test_settings_the_server_refuses_are_said_before_anything_is_read():
-    with pytest.raises(ReferenceError, match="9 images: the server takes at most 8"):
+    with pytest.raises(LookReferenceError, match="9 images: the server takes at most 8"):
         look.check(LookReference(tuple(f"{i}.png" for i in range(9))))
-    with pytest.raises(ReferenceError, match="strength must be 0 to 2 \\(got 2.5\\)"):
+    with pytest.raises(LookReferenceError, match="strength must be 0 to 2 \\(got 2.5\\)"):
         look.check(LookReference(("a.png",), 2.5))
-    with pytest.raises(ReferenceError, match="Look reference guidance: start 0.8 and end 0.2"):
+    with pytest.raises(LookReferenceError, match="Look reference guidance: start 0.8 and end 0.2"):
         look.check(LookReference(("a.png",), 1.0, 0.8, 0.2))
 
 
