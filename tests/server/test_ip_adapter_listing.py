@@ -60,3 +60,17 @@ def test_download_list_offers_the_three_adapters_not_by_default():
     rows = {line.split()[0].lstrip("*"): line for line in listing.stdout.splitlines() if "h94/IP-Adapter" in line}
     assert set(rows) == {"ip-adapter", "ip-adapter-plus", "ip-adapter-plus-face"}, listing.stdout
     assert not any(line.lstrip().startswith("*") for line in rows.values())  # fetched on request only
+
+
+def test_the_pasted_lines_name_the_adapter_and_its_encoder():
+    import tomllib
+
+    from server.weights.download import DOWNLOADS, config_lines
+
+    pasted = tomllib.loads(config_lines([DOWNLOADS["ip-adapter-plus-face"]]))["model"]["ip_adapter"]
+    assert pasted == {
+        "adapter": "h94/IP-Adapter/models/ip-adapter-plus-face_sd15.safetensors",
+        "image_encoder": "h94/IP-Adapter/models/image_encoder",
+    }
+    refs = load_config(overrides={"model": {"ip_adapter": pasted}}).model.ip_adapter
+    assert refs.image_encoder.ref == "h94/IP-Adapter/models/image_encoder"
