@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,37 @@ def test_the_pasted_lines_name_the_adapter_and_its_encoder():
     }
     refs = load_config(overrides={"model": {"ip_adapter": pasted}}).model.ip_adapter
     assert refs.image_encoder.ref == "h94/IP-Adapter/models/image_encoder"
+
+
+@pytest.mark.slow
+def test_load_model_takes_a_comfyui_root_and_names_a_wrong_file(h94, tiny_root, tiny_config, tmp_path):
+    """Through load_model, as the server starts: ComfyUI's models/ipadapter + models/clip_vision single file (found
+    through [model.search] comfyui), listed as ModelInfo.ip_adapter; a ControlNet's weights named as no IP-Adapter."""
+    from server.engine.models import load_model
+    from server.jobs.model_info import ModelInfo
+
+    comfy = tmp_path / "ComfyUI"
+    for sub in ("ipadapter", "clip_vision"):
+        (comfy / "models" / sub).mkdir(parents=True)
+    face = comfy / "models" / "ipadapter" / "ip-adapter-plus-face_sd15.safetensors"
+    shutil.copy(h94 / "models" / "ip-adapter-plus_sd15.safetensors", face)
+    clip = comfy / "models" / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    shutil.copy(h94 / "models" / "image_encoder" / "model.safetensors", clip)
+
+    def model(adapter: str):
+        overrides = {
+            "model": {"base": "tiny", "ip_adapter": {"adapter": adapter}, "search": {"comfyui": str(comfy)}},
+            "server": {"data_dir": str(tiny_config.data_dir)},
+        }
+        config = load_config(overrides=overrides)
+        return load_model(config.model, config.data_dir)
+
+    info = ModelInfo.of(model(face.name)).ip_adapter
+    assert info == {"name": "ip-adapter-plus-face_sd15", "kind": "plus-face", "image_encoder": str(clip)}
+    from server.engine.tiny import build_tiny_controlnet
+
+    controlnet = build_tiny_controlnet(tmp_path / "controlnet", tiny_root / "base" / "unet")
+    wrong = next(Path(controlnet).rglob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match="not an IP-Adapter") as e:
+        model(str(wrong))
+    assert str(wrong) in str(e.value)
