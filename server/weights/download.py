@@ -37,6 +37,7 @@ _SD15_FILES = (
 _DIFFUSERS_MODEL = ("config.json", "diffusion_pytorch_model.safetensors")
 # h94's CLIP ViT-H/14 (~2.5 GB fp16), found beside the adapter once fetched (weights/ip_adapter.py).
 _IMAGE_ENCODER = ("models/image_encoder/config.json", "models/image_encoder/model.safetensors")
+_ENCODER_LINE = 'image_encoder = "h94/IP-Adapter/models/image_encoder"'
 
 DOWNLOADS = {
     d.name: d
@@ -95,7 +96,7 @@ DOWNLOADS = {
             ("models/ip-adapter_sd15.safetensors", *_IMAGE_ENCODER),
             "~2.6 GB",
             "SD1.5 IP-Adapter + its ViT-H/14 image encoder, for a job's reference look (on request)",
-            'adapter = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"',
+            'adapter = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"\n' + _ENCODER_LINE,
             "model.ip_adapter",
         ),
         Download(
@@ -104,7 +105,7 @@ DOWNLOADS = {
             ("models/ip-adapter-plus_sd15.safetensors", *_IMAGE_ENCODER),
             "~2.6 GB",
             "SD1.5 IP-Adapter Plus (closer to the reference) + its image encoder (on request)",
-            'adapter = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"',
+            'adapter = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"\n' + _ENCODER_LINE,
             "model.ip_adapter",
         ),
         Download(
@@ -113,7 +114,7 @@ DOWNLOADS = {
             ("models/ip-adapter-plus-face_sd15.safetensors", *_IMAGE_ENCODER),
             "~2.6 GB",
             "SD1.5 IP-Adapter Plus Face (a character's face) + its image encoder (on request)",
-            'adapter = "h94/IP-Adapter/models/ip-adapter-plus-face_sd15.safetensors"',
+            'adapter = "h94/IP-Adapter/models/ip-adapter-plus-face_sd15.safetensors"\n' + _ENCODER_LINE,
             "model.ip_adapter",
         ),
         Download(
