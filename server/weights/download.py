@@ -35,7 +35,7 @@ _SD15_FILES = (
     "vae/diffusion_pytorch_model.safetensors",
 )
 _DIFFUSERS_MODEL = ("config.json", "diffusion_pytorch_model.safetensors")
-# h94's CLIP ViT-H/14 (~2.5 GB fp16), found beside the adapter once fetched (weights/ip_adapter.py).
+# h94's CLIP ViT-H/14 (~2.5 GB, float32 on disk), found beside the adapter once fetched (weights/ip_adapter.py).
 _IMAGE_ENCODER = ("models/image_encoder/config.json", "models/image_encoder/model.safetensors")
 _ENCODER_LINE = 'image_encoder = "h94/IP-Adapter/models/image_encoder"'
 
