@@ -1,12 +1,26 @@
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import png_bytes, sketch
 from tests.e2e.server_process import ServerProcess
+
+
+@pytest.fixture
+def addon():
+    """The add-on registered in this Blender (bpy as a module) for one test: its operators module, the status
+    reset after."""
+    import sparsectrl_blender
+
+    sparsectrl_blender.register()
+    ops = sys.modules["sparsectrl_blender.blender.operators"]
+    yield ops
+    sparsectrl_blender.unregister()
+    ops.STATUS.__init__()
 
 
 def keyframe(index: int, shift: int = 0) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -331,17 +330,6 @@ def test_empty_passes_are_named_once_and_refused_on_request(tiny_server, tmp_pat
         "warning: the lineart pass is empty at keyframe 24: the camera sees one flat colour there (nothing in view, "
         "or one surface filling the frame, such as a wall close to the lens), so the model gets no guidance there"
     ]
-
-
-@pytest.fixture
-def addon():
-    import sparsectrl_blender
-
-    sparsectrl_blender.register()
-    ops = sys.modules["sparsectrl_blender.blender.operators"]
-    yield ops
-    sparsectrl_blender.unregister()
-    ops.STATUS.__init__()
 
 
 def _finish(ops):

@@ -26,25 +26,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def look_server(tmp_path_factory, tiny_root):
-    """The tiny server, when it takes a reference (GET /v1/models names its IP-Adapter); skipped otherwise."""
+    """The tiny server, which ships an IP-Adapter (GET /v1/models names it)."""
     server = ServerProcess.tiny(tmp_path_factory.mktemp("look_server"), tiny_root)
-    adapter = server.client.get("/v1/models").json().get("ip_adapter")
-    if not adapter:
-        server.stop()
-        pytest.skip("this server takes no reference: GET /v1/models names no ip_adapter (#30's server side)")
+    assert server.client.get("/v1/models").json()["ip_adapter"]["kind"] == "plain"
     yield server
     server.stop()
-
-
-@pytest.fixture
-def addon():
-    import sparsectrl_blender
-
-    sparsectrl_blender.register()
-    ops = sys.modules["sparsectrl_blender.blender.operators"]
-    yield ops
-    sparsectrl_blender.unregister()
-    ops.STATUS.__init__()
 
 
 def _strips(scene):

@@ -28,17 +28,6 @@ def tiny_server(tmp_path_factory, tiny_root):
     server.stop()
 
 
-@pytest.fixture
-def addon():
-    import sparsectrl_blender
-
-    sparsectrl_blender.register()
-    ops = sys.modules["sparsectrl_blender.blender.operators"]
-    yield ops
-    sparsectrl_blender.unregister()
-    ops.STATUS.__init__()
-
-
 def preview_strips(scene):
     editor = scene.sequence_editor
     strips = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all  # 4.5+ / 4.2
