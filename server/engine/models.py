@@ -29,7 +29,7 @@ from ..weights.convert import (
 from ..weights.ip_adapter import (
     CLIP_VISION_NAMES,
     IPAdapterWeights,
-    default_image_encoder,
+    find_image_encoder,
     load_ip_adapter_weights,
     read_ip_adapter,
 )
@@ -305,7 +305,8 @@ def load_ip_adapter(refs: IPAdapterRefs, section: ModelSection, dtype: torch.dty
     if refs.image_encoder is not None:
         encoder = _located(refs.image_encoder, "clip_vision", "IP-Adapter image encoder", section).path
     else:
-        encoder = default_image_encoder(adapter) or _clip_vision_in_folders(section)
+        found = find_image_encoder(adapter, section.search)
+        encoder = found[1].path if found is not None else None
     if encoder is None:
         _load("IP-Adapter", adapter, read_ip_adapter, adapter)  # a file that is no IP-Adapter says so first
         raise ModelLoadError(
@@ -314,15 +315,6 @@ def load_ip_adapter(refs: IPAdapterRefs, section: ModelSection, dtype: torch.dty
             "[model.ip_adapter] image_encoder (docs/weights.md)"
         )
     return _load("IP-Adapter", adapter, load_ip_adapter_weights, adapter, encoder, dtype)
-
-
-def _clip_vision_in_folders(section: ModelSection) -> Path | None:
-    for name in CLIP_VISION_NAMES:
-        try:
-            return locate(name, "clip_vision", section.search).path
-        except WeightsNotFound:
-            continue
-    return None
 
 
 def load_model(section: ModelSection, data_dir: Path, performance=None) -> LoadedModel:

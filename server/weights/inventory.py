@@ -14,6 +14,7 @@ from typing import Any
 
 from .checkpoint import PICKLE_SUFFIXES, CheckpointError, read_state_dict
 from .convert import identify
+from .ip_adapter import CLIP_VISION_NAMES, adapter_kind, find_image_encoder
 from .locate import WeightsNotFound, is_tokenizer_dir, locate
 from .refs import WeightRef
 
@@ -81,7 +82,7 @@ def _condition_input(keys: dict[str, Any], folder: Path | None) -> str | None:
     return "latents" if "controlnet_cond_embedding.weight" in keys else "pixels"
 
 
-def _identify(role: str, keys: dict[str, Any], path: Path) -> str:
+def _identify(role: str, keys: dict[str, Any]) -> str:
     """convert.identify, plus the IP-Adapter's two files (weights/ip_adapter.py reads them at load time)."""
     if role == "ip_adapter" and any(k.startswith("image_proj.") for k in keys):
         if not any(k.startswith("ip_adapter.") for k in keys):
@@ -90,12 +91,6 @@ def _identify(role: str, keys: dict[str, Any], path: Path) -> str:
     if role == "image_encoder" and "visual_projection.weight" in keys:
         return "clip_vision" if any(k.startswith("vision_model.") for k in keys) else "unknown"
     return identify(keys)
-
-
-def _ip_kind(keys: dict[str, Any], path: Path) -> str:
-    if "image_proj.proj.weight" in keys:
-        return "plain"
-    return "plus-face" if "face" in path.name.lower() else "plus"
 
 
 def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> Entry:
@@ -133,14 +128,17 @@ def check(role: str, name: str, ref: WeightRef, search, deep: bool = False) -> E
     if not keys:
         entry.detail = "pickled checkpoint: read safely at load time (--deep checks it now)"
         return entry
-    found = _identify(role, keys, path)
+    found = _identify(role, keys)
     if role == "vae":
         ok = any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys)
         found = "vae" if ok else found
     entry.loadable = found == expected
     entry.detail = f"holds: {found}" if entry.loadable else f"holds {found}, expected {expected}"
-    if entry.loadable and role == "ip_adapter":
-        entry.detail += f" ({_ip_kind(keys, path)})"
+    if entry.loadable and role == "ip_adapter":  # the kind as the loader tells it (or why it would refuse it)
+        try:
+            entry.detail += f" ({adapter_kind(path, {k.removeprefix('image_proj.') for k in keys})})"
+        except CheckpointError as e:
+            entry.loadable, entry.detail = False, str(e)
     return entry
 
 
@@ -174,17 +172,10 @@ def inventory(section, deep: bool = False) -> list[Entry]:
 
 
 def _default_image_encoder(adapter: Entry, section, deep: bool) -> Entry:
-    """The encoder the loader takes when none is configured: h94's image_encoder folder beside the adapter, else a
-    ViT-H/14 file in the clip_vision folders (engine/models.py load_ip_adapter)."""
-    from .ip_adapter import CLIP_VISION_NAMES, default_image_encoder
-
-    beside = default_image_encoder(Path(adapter.path)) if adapter.path else None
-    for ref in ([str(beside)] if beside else []) + list(CLIP_VISION_NAMES):
-        try:
-            locate(ref, "clip_vision", section.search)
-        except WeightsNotFound:
-            continue
-        return check("image_encoder", "image_encoder", WeightRef(ref), section.search, deep)
+    """The encoder the loader takes when none is configured (ip_adapter.find_image_encoder)."""
+    found = find_image_encoder(Path(adapter.path) if adapter.path else None, section.search)
+    if found is not None:
+        return check("image_encoder", "image_encoder", WeightRef(found[0]), section.search, deep)
     where = section.search.described("clip_vision")
     detail = f"none beside the adapter (h94's models/image_encoder) and no {CLIP_VISION_NAMES[0]} file in {where}"
     return Entry("image_encoder", "image_encoder", "", found=False, detail=detail)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, read_pickle, read_state_dict
+from .locate import Located, SearchFolders, WeightsNotFound, locate
 
 CONFIGS = Path(__file__).parent / "configs"
 KINDS = ("plain", "plus", "plus-face")
@@ -74,17 +76,17 @@ def _read_nested_pickle(path: Path) -> dict:
     return {part: dict(data[part]) for part in ("image_proj", "ip_adapter") if isinstance(data.get(part), dict)}
 
 
-def adapter_kind(path: Path, state_dict: dict) -> str:
+def adapter_kind(path: Path, proj_keys: Collection[str]) -> str:
     """plain (one image embedding to 4 tokens), plus (a Resampler over the encoder's hidden states), plus-face
-    (the plus shape, trained on faces: told by its file name, as h94 names it). Other IP-Adapters (full-face,
-    FaceID, SDXL) are refused by name."""
-    proj = state_dict["image_proj"]
-    if "proj.weight" in proj:
+    (the plus shape, trained on faces: told by its file name, as h94 names it), from the names of the adapter's
+    image_proj weights (the loaded dict's, or a file header's for `models`). Other IP-Adapters (full-face, FaceID,
+    SDXL) are refused by name."""
+    if "proj.weight" in proj_keys:
         return "plain"
-    if "latents" in proj and "proj_in.weight" in proj:
+    if "latents" in proj_keys and "proj_in.weight" in proj_keys:
         return "plus-face" if "face" in Path(path).name.lower() else "plus"
     raise CheckpointError(
-        f"{path}: an IP-Adapter of a kind this server does not take (image_proj holds {sorted(proj)[:3]}...); "
+        f"{path}: an IP-Adapter of a kind this server does not take (image_proj holds {sorted(proj_keys)[:3]}...); "
         f"take ip-adapter_sd15, ip-adapter-plus_sd15 or ip-adapter-plus-face_sd15"
     )
 
@@ -127,17 +129,18 @@ def load_image_encoder(path: Path, dtype: torch.dtype):
     path = Path(path)
     weights = read_state_dict(_weights_file(path) if path.is_dir() else path)
     config = vision_config(path, weights)
-    expected = set(CLIPVisionModelWithProjection(config).state_dict())
-    missing = sorted(k for k in expected - set(weights) if not k.endswith("position_ids"))
+    try:
+        model, info = CLIPVisionModelWithProjection.from_pretrained(
+            None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True
+        )
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the image encoder's weights do not fit its config ({e})") from e
+    missing = sorted(k for k in info["missing_keys"] if not k.endswith("position_ids"))
     if missing:
         raise CheckpointError(
             f"{path}: the image encoder lacks {len(missing)} weights ({missing[0]}, ...): not a CLIP vision model "
             "with projection (CLIPVisionModelWithProjection) of this file's shapes"
         )
-    try:
-        model = CLIPVisionModelWithProjection.from_pretrained(None, config=config, state_dict=weights, dtype=dtype)
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: the image encoder's weights do not fit its config ({e})") from e
     return model.eval().requires_grad_(False)
 
 
@@ -169,7 +172,7 @@ def load_ip_adapter_weights(adapter: Path, image_encoder: Path, dtype: torch.dty
     from transformers import CLIPImageProcessor
 
     state_dict = read_ip_adapter(adapter)
-    kind = adapter_kind(adapter, state_dict)
+    kind = adapter_kind(adapter, state_dict["image_proj"])
     encoder = load_image_encoder(image_encoder, dtype)
     check_fits(state_dict, kind, encoder, adapter, image_encoder)
     size = encoder.config.image_size  # as diffusers' load_ip_adapter makes its feature extractor
@@ -183,3 +186,18 @@ def default_image_encoder(adapter: Path) -> Path | None:
     models/image_encoder)."""
     folder = Path(adapter).parent / "image_encoder"
     return folder if (folder / "config.json").is_file() else None
+
+
+def find_image_encoder(adapter: Path | None, search: SearchFolders) -> tuple[str, Located] | None:
+    """(ref, where) of the image encoder taken when [model.ip_adapter] names none: h94's image_encoder folder beside
+    the adapter, else a CLIP_VISION_NAMES file in the clip_vision folders; None: neither. The loader
+    (engine/models.py) and the listing (inventory.py) both ask here."""
+    beside = default_image_encoder(adapter) if adapter is not None else None
+    if beside is not None:
+        return str(beside), Located(beside.resolve(), "path")
+    for name in CLIP_VISION_NAMES:
+        try:
+            return name, locate(name, "clip_vision", search)
+        except WeightsNotFound:
+            continue
+    return None
