@@ -16,6 +16,7 @@ import bpy
 from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
 
 from ..core.reference import STRENGTH_RANGE, LookReference, LookReferenceError, frame_file_name
+from .properties import fraction_of_steps
 
 LOOK_PROP = "sparsectrl_look"  # the PropertyGroup's name on every scene
 _DEFAULTS = LookReference()
@@ -54,22 +55,8 @@ class SparseCtrlLook(bpy.types.PropertyGroup):
         max=STRENGTH_RANGE[1],
         description="The IP-Adapter's scale: how strongly the reference's character and style steer (0: not sent)",
     )
-    guidance_start: FloatProperty(
-        name="Start",
-        default=0.0,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-        description="The part of the denoising before the reference starts to steer",
-    )
-    guidance_end: FloatProperty(
-        name="End",
-        default=1.0,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-        description="The part of the denoising after which the reference stops steering",
-    )
+    guidance_start: fraction_of_steps(_DEFAULTS.guidance_start, "Start", "before the reference starts to steer")
+    guidance_end: fraction_of_steps(_DEFAULTS.guidance_end, "End", "after which the reference stops steering")
     # No methods here (properties.py says why).
 
 

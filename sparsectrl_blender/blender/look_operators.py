@@ -82,7 +82,7 @@ class SPARSECTRL_OT_reference_add(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context):
-        from ..core.reference import FORMATS, MAX_IMAGES, image_format
+        from ..core.reference import MAX_IMAGES, LookReferenceError, read_image
         from .look import stored_path
 
         paths = [Path(self.directory) / f.name for f in self.files if f.name] if self.directory else []
@@ -91,12 +91,9 @@ class SPARSECTRL_OT_reference_add(bpy.types.Operator):
             return _fail(self, "choose one or more image files")
         for path in paths:
             try:
-                with open(path, "rb") as f:
-                    head = f.read(16)
-            except OSError as e:
-                return _fail(self, f"cannot read {path} ({e.strerror or e})")
-            if image_format(head) is None:
-                return _fail(self, f"{path} is not a {FORMATS} image: the server takes only those")
+                read_image(path)
+            except LookReferenceError as e:
+                return _fail(self, str(e))
         look, why = _look(context, self.which, make=True)
         if look is None:
             return _fail(self, why)

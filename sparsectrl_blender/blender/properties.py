@@ -20,11 +20,12 @@ from ..core.request import (
 _DEFAULTS = GenerationSettings()
 
 
-def _fraction_of_steps(field: str, name: str, what: str):
-    """A guidance window's start or end: a fraction of the denoising steps (docs/api.md)."""
+def fraction_of_steps(default: float, name: str, what: str):
+    """A guidance window's start or end: a fraction of the denoising steps (docs/api.md). The panel's and the Look
+    reference's (look.py)."""
     return FloatProperty(
         name=name,
-        default=getattr(_DEFAULTS, field),
+        default=default,
         min=0.0,
         max=1.0,
         subtype="FACTOR",
@@ -131,19 +132,21 @@ class SparseCtrlSettings(bpy.types.PropertyGroup):
         description="The RGB encoder's conditioning scale for the look (a render, or image files As RGB) beside "
         "the Condition's keyframes",
     )
-    keyframe_guidance_start: _fraction_of_steps(
-        "keyframe_guidance_start", "Start", "before the keyframes start to steer"
+    keyframe_guidance_start: fraction_of_steps(
+        _DEFAULTS.keyframe_guidance_start, "Start", "before the keyframes start to steer"
     )
-    keyframe_guidance_end: _fraction_of_steps(
-        "keyframe_guidance_end",
+    keyframe_guidance_end: fraction_of_steps(
+        _DEFAULTS.keyframe_guidance_end,
         "End",
         "after which the keyframes stop steering. Line art: 0.2-0.4 keeps the layout and avoids the scribble "
         "encoder's stock-footage watermark",
     )
-    look_guidance_start: _fraction_of_steps("look_guidance_start", "Start", "before the RGB look starts to steer")
-    look_guidance_end: _fraction_of_steps("look_guidance_end", "End", "after which the RGB look stops steering")
-    depth_guidance_start: _fraction_of_steps("depth_guidance_start", "Start", "before the depth starts to steer")
-    depth_guidance_end: _fraction_of_steps("depth_guidance_end", "End", "after which the depth stops steering")
+    look_guidance_start: fraction_of_steps(
+        _DEFAULTS.look_guidance_start, "Start", "before the RGB look starts to steer"
+    )
+    look_guidance_end: fraction_of_steps(_DEFAULTS.look_guidance_end, "End", "after which the RGB look stops steering")
+    depth_guidance_start: fraction_of_steps(_DEFAULTS.depth_guidance_start, "Start", "before the depth starts to steer")
+    depth_guidance_end: fraction_of_steps(_DEFAULTS.depth_guidance_end, "End", "after which the depth stops steering")
     pin: BoolProperty(
         name="Pin",
         default=_DEFAULTS.pin,

@@ -97,23 +97,25 @@ def absolute(path_text: str, blend_path: str) -> Path:
     return Path(path_text).expanduser()
 
 
+def read_image(path: Path) -> bytes:
+    """One reference file's bytes; LookReferenceError when it is missing, unreadable or not an image the server
+    decodes (the panel's Add Images checks files with it too)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LookReferenceError(f"Look reference: no file {path}") from None
+    except OSError as e:
+        raise LookReferenceError(f"Look reference: cannot read {path} ({e.strerror or e})") from None
+    if image_format(data) is None:
+        raise LookReferenceError(f"Look reference: {path} is not a {FORMATS} image (save it as one of those)")
+    return data
+
+
 def read_images(reference: LookReference, locate: Callable[[str], Path]) -> list[bytes]:
-    """Each file's bytes, in order; LookReferenceError naming the first that is missing, unreadable or not an image
-    the server decodes. `locate` turns a file as written into a path (`absolute` with the .blend's path)."""
+    """Each file's bytes, in order (read_image); LookReferenceError naming the first that cannot be sent. `locate`
+    turns a file as written into a path (`absolute` with the .blend's path)."""
     check(reference)
-    images = []
-    for text in reference.files:
-        path = locate(text)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise LookReferenceError(f"Look reference: no file {path}") from None
-        except OSError as e:
-            raise LookReferenceError(f"Look reference: cannot read {path} ({e.strerror or e})") from None
-        if image_format(data) is None:
-            raise LookReferenceError(f"Look reference: {path} is not a {FORMATS} image (save it as one of those)")
-        images.append(data)
-    return images
+    return [read_image(locate(text)) for text in reference.files]
 
 
 def entry(reference: LookReference, images: list[bytes]) -> dict:
